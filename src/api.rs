@@ -1,0 +1,78 @@
+//! Which Tencent API a request names: `/v4/<service>/<command>`.
+//!
+//! Both segments are non-empty and made of `A-Za-z0-9_` only, so an `Api` can be put into an
+//! upstream URL, a log line or a metric label as it is.
+
+use std::fmt;
+
+/// One REST API, e.g. `live_engine_http_srv/set_room_metadata`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Api {
+    service: String,
+    command: String,
+}
+
+impl Api {
+    /// Parses a request path; `None` unless it is exactly `/v4/<service>/<command>`.
+    pub fn from_path(path: &str) -> Option<Api> {
+        let mut parts = path.strip_prefix("/v4/")?.split('/');
+        let (service, command) = (parts.next()?, parts.next()?);
+        if parts.next().is_some() || !is_name(service) || !is_name(command) {
+            return None;
+        }
+        Some(Api {
+            service: service.to_owned(),
+            command: command.to_owned(),
+        })
+    }
+
+    /// The service segment, e.g. `live_engine_http_srv`.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The command segment, e.g. `set_room_metadata`.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+}
+
+/// `service/command`: the form used in `api_limits` keys, logs and metrics.
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.command)
+    }
+}
+
+fn is_name(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v4_service_command_only() {
+        let api = Api::from_path("/v4/live_engine_http_srv/set_room_metadata").unwrap();
+        assert_eq!(api.to_string(), "live_engine_http_srv/set_room_metadata");
+        for bad in [
+            "/",
+            "/v4",
+            "/v4/",
+            "/v4/a",
+            "/v4/a/",
+            "/v4//b",
+            "/v3/a/b",
+            "/v4/a/b/c",
+            "/v4/a/b%2Fc",
+            "/v4/a/../b",
+            "/v4/a-b/c",
+        ] {
+            assert_eq!(Api::from_path(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! A stand-in for Tencent's REST API, for local runs, tests and benchmarks.
+//!
+//! It checks a request as Tencent does, in Tencent's order — method, path, query parameters,
+//! SDKAppID, UserSig (with our own `usersig::verify`), admin rights, JSON body — and answers
+//! Tencent's codes when something is wrong. The room metadata APIs work on an in-memory store
+//! with the documented limits; every other API answers OK. Like Tencent, it answers HTTP 200
+//! with the envelope for every API-level outcome, each with a fresh `RequestId`.
+
+mod rooms;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::api::Api;
+use crate::config::{App, SecretKey};
+use crate::error::json_response;
+use crate::usersig::{self, VerifyError};
+
+pub use rooms::Rooms;
+
+/// The largest body the emulator reads.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A Tencent API-level refusal: an ErrorCode and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Tencent's ErrorCode.
+    pub code: u32,
+    /// Tencent-style `ErrorInfo`.
+    pub info: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `info`.
+    pub fn new(code: u32, info: impl Into<String>) -> Self {
+        Self {
+            code,
+            info: info.into(),
+        }
+    }
+}
+
+/// One emulated app: its key and its admin accounts.
+struct Tenant {
+    key: SecretKey,
+    admins: Vec<String>,
+}
+
+/// The emulator's state: known apps and the rooms' metadata.
+pub struct Emulator {
+    tenants: HashMap<u64, Tenant>,
+    rooms: Rooms,
+    seq: AtomicU64,
+}
+
+/// A validated request's coordinates.
+struct Caller {
+    sdkappid: u64,
+}
+
+impl Emulator {
+    /// An emulator that knows `apps` (each app's identifier is its admin account).
+    pub fn new(apps: &[App]) -> Emulator {
+        let mut tenants: HashMap<u64, Tenant> = HashMap::new();
+        for app in apps {
+            let tenant = tenants.entry(app.sdkappid).or_insert_with(|| Tenant {
+                key: app.secret_key.clone(),
+                admins: Vec::new(),
+            });
+            tenant.admins.push(app.identifier.clone());
+        }
+        Emulator {
+            tenants,
+            rooms: Rooms::default(),
+            seq: AtomicU64::new(1),
+        }
+    }
+
+    fn request_id(&self) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("Id-{:032x}-O-Seq-{seq}", rand::random::<u128>())
+    }
+
+    /// Checks the URL part of a request: parameters, app, UserSig, admin rights.
+    fn authenticate(&self, query: Option<&str>, now: u64) -> Result<Caller, Refusal> {
+        let params: HashMap<String, String> =
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let param = |name: &str| {
+            params
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Refusal::new(60002, format!("URL parameter {name} is missing")))
+        };
+        let sdkappid: u64 = param("sdkappid")?
+            .parse()
+            .map_err(|_| Refusal::new(60002, "URL parameter sdkappid is not a number"))?;
+        let identifier = param("identifier")?;
+        let token = param("usersig")?;
+        param("random")?.parse::<u32>().map_err(|_| {
+            Refusal::new(
+                60002,
+                "URL parameter random is not a 32-bit unsigned integer",
+            )
+        })?;
+        if param("contenttype")? != "json" {
+            return Err(Refusal::new(
+                60002,
+                "URL parameter contenttype must be json",
+            ));
+        }
+        let tenant = self
+            .tenants
+            .get(&sdkappid)
+            .ok_or_else(|| Refusal::new(60006, format!("SDKAppID {sdkappid} is invalid")))?;
+        usersig::verify(&tenant.key, token, sdkappid, identifier, now).map_err(refusal_for)?;
+        if !tenant.admins.iter().any(|a| a == identifier) {
+            return Err(Refusal::new(
+                60010,
+                format!("{identifier} is not an App admin"),
+            ));
+        }
+        Ok(Caller { sdkappid })
+    }
+
+    /// Carries out an authenticated request on the store.
+    fn execute(
+        &self,
+        caller: &Caller,
+        api: &Api,
+        body: &Map<String, Value>,
+    ) -> Result<Value, Refusal> {
+        match (api.service(), api.command()) {
+            ("live_engine_http_srv", "set_room_metadata") => self.rooms.set(caller.sdkappid, body),
+            ("live_engine_http_srv", "get_room_metadata") => self.rooms.get(caller.sdkappid, body),
+            ("live_engine_http_srv", "del_room_metadata") => {
+                self.rooms.delete(caller.sdkappid, body)
+            }
+            _ => Ok(Value::Null),
+        }
+    }
+}
+
+/// How Tencent answers each UserSig fault.
+fn refusal_for(error: VerifyError) -> Refusal {
+    let code = match error {
+        VerifyError::Malformed(_) => 70003,
+        VerifyError::SdkAppIdMismatch => 70014,
+        VerifyError::IdentifierMismatch => 70013,
+        VerifyError::Expired => 70001,
+        VerifyError::BadSignature => 70009,
+    };
+    Refusal::new(code, error.to_string())
+}
+
+/// Answers one request as Tencent would.
+pub async fn handle(emulator: Arc<Emulator>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let outcome = answer(&emulator, request).await;
+    let mut doc = json!({
+        "ActionStatus": if outcome.is_ok() { "OK" } else { "FAIL" },
+        "ErrorCode": 0,
+        "ErrorInfo": "",
+        "RequestId": emulator.request_id(),
+    });
+    match outcome {
+        Ok(Value::Null) => {}
+        Ok(response) => doc["Response"] = response,
+        Err(refusal) => {
+            doc["ErrorCode"] = refusal.code.into();
+            doc["ErrorInfo"] = refusal.info.into();
+        }
+    }
+    json_response(StatusCode::OK, doc.to_string().into())
+}
+
+async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value, Refusal> {
+    if request.method() != Method::POST {
+        return Err(Refusal::new(60002, "HTTP method must be POST"));
+    }
+    let api = Api::from_path(request.uri().path())
+        .ok_or_else(|| Refusal::new(60002, "URL path must be /v4/<service>/<command>"))?;
+    let caller = emulator.authenticate(request.uri().query(), usersig::unix_now())?;
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| Refusal::new(60002, "request body could not be read"))?
+        .to_bytes();
+    let body: Map<String, Value> = serde_json::from_slice(&body)
+        .map_err(|e| Refusal::new(60003, format!("request JSON is invalid: {e}")))?;
+    emulator.execute(&caller, &api, &body)
+}

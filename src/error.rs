@@ -1,0 +1,102 @@
+//! The errors timgate answers itself, and the one place their HTTP status and Tencent
+//! ErrorCode are decided.
+//!
+//! Every answer uses Tencent's envelope (`ActionStatus`, `ErrorCode`, `ErrorInfo`), so callers
+//! parse one shape whether Tencent or timgate spoke. `ErrorInfo` never carries a secret: the
+//! upstream URL (which holds a UserSig) is never formatted into an error.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+
+/// Why timgate answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The path is not `/v4/<service>/<command>`.
+    #[error("no such API: the path must be /v4/<service>/<command>")]
+    NotFound,
+    /// Any method but POST.
+    #[error("method {0} is not allowed: Tencent's REST API takes POST only")]
+    MethodNotAllowed(hyper::Method),
+    /// `sdkappid` is given but is not a number.
+    #[error("sdkappid {0:?} is not a number")]
+    BadSdkAppId(String),
+    /// `sdkappid` names no configured app.
+    #[error("sdkappid {0} is not configured in this gateway")]
+    UnknownApp(u64),
+    /// No `sdkappid` and more than one configured app.
+    #[error("sdkappid is required: this gateway serves {0} apps")]
+    AmbiguousApp(usize),
+    /// The body is over `server.max_body_bytes`.
+    #[error("request body is over the {0}-byte limit")]
+    BodyTooLarge(usize),
+    /// The caller's body could not be read.
+    #[error("request body could not be read: {0}")]
+    BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The body is not JSON: Tencent would answer 60003.
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// No connection to Tencent could be made, or it broke.
+    #[error("Tencent is unreachable: {0}")]
+    Unreachable(#[source] hyper_util::client::legacy::Error),
+    /// Tencent's answer could not be read.
+    #[error("Tencent's answer could not be read: {0}")]
+    UpstreamBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Tencent did not answer within the attempt's deadline.
+    #[error("Tencent did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Error {
+    /// The HTTP status and Tencent ErrorCode for this error.
+    pub fn status_and_code(&self) -> (StatusCode, u32) {
+        match self {
+            Error::NotFound => (StatusCode::NOT_FOUND, 60002),
+            Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, 60002),
+            Error::BadSdkAppId(_) => (StatusCode::BAD_REQUEST, 60006),
+            Error::UnknownApp(_) => (StatusCode::BAD_REQUEST, 60006),
+            Error::AmbiguousApp(_) => (StatusCode::BAD_REQUEST, 60006),
+            Error::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 60002),
+            Error::BodyRead(_) => (StatusCode::BAD_REQUEST, 60002),
+            Error::NotJson(_) => (StatusCode::OK, 60003),
+            Error::Unreachable(_) => (StatusCode::BAD_GATEWAY, 60008),
+            Error::UpstreamBody(_) => (StatusCode::BAD_GATEWAY, 60008),
+            Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 60008),
+        }
+    }
+
+    /// The response a caller gets.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status_and_code();
+        let mut response = envelope(status, code, &self.to_string());
+        if let Error::MethodNotAllowed(_) = self {
+            response
+                .headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+/// A Tencent-shaped failure: `{"ActionStatus":"FAIL","ErrorCode":code,"ErrorInfo":info}`.
+pub fn envelope(status: StatusCode, code: u32, info: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "ActionStatus": "FAIL",
+        "ErrorCode": code,
+        "ErrorInfo": info,
+    });
+    json_response(status, body.to_string().into())
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

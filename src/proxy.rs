@@ -1,0 +1,228 @@
+//! The request path: route, read, check, sign, forward, answer.
+//!
+//! `handle` is the edge: it turns any `Error` into Tencent's envelope and writes the one log
+//! line per request. `forward` is the chain of steps, in the order the spec gives them.
+//! Caller-supplied `identifier`, `usersig`, `random` and `contenttype` are never read: the
+//! upstream URL is built from scratch for every attempt, with a fresh `random`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Method, Request, Response, Uri};
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::api::Api;
+use crate::config::{App, Config, Endpoint};
+use crate::error::{Error, json_response};
+use crate::upstream::{Reply, Upstream};
+use crate::usersig::{self, Signer};
+
+/// Everything the request path needs, shared by all connections.
+pub struct Gateway {
+    routes: HashMap<u64, Route>,
+    upstream: Upstream,
+    max_body_bytes: usize,
+}
+
+/// One configured app: where it goes and who it signs as.
+struct Route {
+    app: App,
+    base: String,
+    signer: Signer,
+}
+
+/// What is known about a request so far, for its log line.
+#[derive(Default)]
+struct Call {
+    app: Option<u64>,
+    api: Option<Api>,
+    attempts: u32,
+}
+
+impl Gateway {
+    /// Builds the gateway; `emulator` is the in-process emulator's address, for apps
+    /// configured with `endpoint = "emulator"`.
+    pub fn new(config: &Config, emulator: Option<SocketAddr>) -> Gateway {
+        let routes = config
+            .apps
+            .iter()
+            .map(|app| {
+                let base = match (&app.endpoint, emulator) {
+                    (Endpoint::Url(uri), _) => origin(uri),
+                    (Endpoint::Emulator, Some(addr)) => format!("http://{addr}"),
+                    (Endpoint::Emulator, None) => {
+                        unreachable!("the launcher starts an emulator for emulator endpoints")
+                    }
+                };
+                let signer = Signer::new(
+                    app.secret_key.clone(),
+                    app.sdkappid,
+                    app.identifier.clone(),
+                    app.usersig_ttl,
+                );
+                (
+                    app.sdkappid,
+                    Route {
+                        app: app.clone(),
+                        base,
+                        signer,
+                    },
+                )
+            })
+            .collect();
+        Gateway {
+            routes,
+            upstream: Upstream::new(
+                config.server.upstream_timeout,
+                config.server.connect_timeout,
+            ),
+            max_body_bytes: config.server.max_body_bytes,
+        }
+    }
+}
+
+/// Answers one caller request. Never fails: every error becomes Tencent's envelope.
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let mut call = Call::default();
+    let (response, error_code, request_id, error) =
+        match forward(&gateway, request, &mut call).await {
+            Ok(reply) => {
+                let (code, id) = (reply.outcome.error_code, reply.outcome.request_id.clone());
+                (respond(reply, call.attempts), code, id, None)
+            }
+            Err(error) => {
+                let code = i64::from(error.status_and_code().1);
+                let info = error.to_string();
+                (error.into_response(), Some(code), None, Some(info))
+            }
+        };
+    info!(
+        app = call.app,
+        api = call.api.as_ref().map(tracing::field::display),
+        status = response.status().as_u16(),
+        error_code,
+        request_id,
+        attempts = call.attempts,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        error,
+        "request"
+    );
+    response
+}
+
+async fn forward(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    call: &mut Call,
+) -> Result<Reply, Error> {
+    let api = Api::from_path(request.uri().path()).ok_or(Error::NotFound)?;
+    call.api = Some(api.clone());
+    if request.method() != Method::POST {
+        return Err(Error::MethodNotAllowed(request.method().clone()));
+    }
+    let route = gateway.route(request.uri().query())?;
+    call.app = Some(route.app.sdkappid);
+    let body = read_body(request, gateway.max_body_bytes).await?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(Error::NotJson)?;
+    call.attempts += 1;
+    gateway.upstream.send(route.target(&api), body).await
+}
+
+impl Gateway {
+    /// The app a request is for: `?sdkappid=N`, or the only configured app.
+    fn route(&self, query: Option<&str>) -> Result<&Route, Error> {
+        let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .find(|(name, _)| name == "sdkappid")
+            .map(|(_, value)| value.into_owned());
+        match given {
+            Some(text) => {
+                let id: u64 = text.parse().map_err(|_| Error::BadSdkAppId(text))?;
+                self.routes.get(&id).ok_or(Error::UnknownApp(id))
+            }
+            None if self.routes.len() == 1 => {
+                Ok(self.routes.values().next().expect("one route exists"))
+            }
+            None => Err(Error::AmbiguousApp(self.routes.len())),
+        }
+    }
+}
+
+impl Route {
+    /// The upstream URL for one attempt: admin identity, a current UserSig, a new `random`.
+    fn target(&self, api: &Api) -> Uri {
+        let (sig, _minted) = self.signer.usersig(usersig::unix_now());
+        let identifier: String =
+            form_urlencoded::byte_serialize(self.app.identifier.as_bytes()).collect();
+        format!(
+            "{}/v4/{}/{}?sdkappid={}&identifier={}&usersig={}&random={}&contenttype=json",
+            self.base,
+            api.service(),
+            api.command(),
+            self.app.sdkappid,
+            identifier,
+            sig.as_str(),
+            rand::random::<u32>(),
+        )
+        .parse()
+        .expect("base, API segments, numbers and URL-safe tokens form a valid URI")
+    }
+}
+
+/// Reads the whole body, up to `limit` bytes; an empty body becomes `{}`.
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Error> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::BodyTooLarge(limit));
+    }
+    let body = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::BodyTooLarge(limit)
+            } else {
+                Error::BodyRead(e)
+            }
+        })?
+        .to_bytes();
+    // Tencent refuses an empty body; `{}` is what every caller means by it.
+    Ok(if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    })
+}
+
+/// Tencent's answer, passed through unchanged, plus how many attempts it took.
+fn respond(reply: Reply, attempts: u32) -> Response<Full<Bytes>> {
+    let mut response = json_response(reply.status, reply.body);
+    if let Some(content_type) = reply.content_type {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, content_type);
+    }
+    response
+        .headers_mut()
+        .insert("x-timgate-attempts", attempts.into());
+    response
+}
+
+/// `scheme://authority` of a base URL, without a trailing slash.
+fn origin(uri: &Uri) -> String {
+    format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.authority().map_or("", |a| a.as_str())
+    )
+}
