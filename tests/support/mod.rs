@@ -1,0 +1,259 @@
+//! Test support: the real gateway, the real emulator and a recording upstream, each started
+//! in-process on 127.0.0.1:0, and a plain HTTP client to call them.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use timgate::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The demo key every test app signs with.
+pub const KEY: &str = "test-key-0123456789";
+
+/// A one-app config pointing at `endpoint`.
+pub fn one_app(sdkappid: u64, endpoint: &str) -> String {
+    app_entry(sdkappid, "administrator", endpoint)
+}
+
+/// One `[[apps]]` entry.
+pub fn app_entry(sdkappid: u64, identifier: &str, endpoint: &str) -> String {
+    format!(
+        "[[apps]]\nsdkappid = {sdkappid}\nidentifier = \"{identifier}\"\nsecret_key = \"{KEY}\"\n\
+         region = \"singapore\"\nendpoint = \"{endpoint}\"\n"
+    )
+}
+
+/// A server running in this process; stops when dropped.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<bool>,
+}
+
+impl Running {
+    /// Asks the server to drain and waits until it has; returns whether it drained in time.
+    pub async fn stop(mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .expect("server task ends without panicking")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn spawn<F, Fut>(start: F) -> Running
+where
+    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(start(listener, stopped));
+    Running {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Starts the gateway for `config`.
+pub async fn gateway(config: Config) -> Running {
+    spawn(|listener, stopped| async move {
+        timgate::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    })
+    .await
+}
+
+/// Starts the emulator for `config`'s apps.
+pub async fn emulator(config: &Config) -> Running {
+    let config = config.clone();
+    spawn(|listener, stopped| async move {
+        timgate::emulate(&config, listener, async {
+            let _ = stopped.await;
+        })
+        .await;
+        true
+    })
+    .await
+}
+
+/// One request as an upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// The value of query parameter `name`, if given once or more (the first).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A recording upstream whose answers come from `reply`.
+pub struct Recorder {
+    pub server: Running,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    /// Answers every request with Tencent's OK envelope.
+    pub async fn ok() -> Recorder {
+        Self::with(|_| ok_envelope()).await
+    }
+
+    /// Answers every request with `reply(seen)`.
+    pub async fn with(reply: impl Fn(&Seen) -> Value + Send + Sync + 'static) -> Recorder {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let reply = Arc::new(reply);
+        let server = spawn(|listener, stopped| async move {
+            let handler = move |request: Request<Incoming>| {
+                let (log, reply) = (log.clone(), reply.clone());
+                async move {
+                    let seen = record(request).await;
+                    let answer = reply(&seen);
+                    log.lock().unwrap().push(seen);
+                    timgate::error::json_response(StatusCode::OK, answer.to_string().into())
+                }
+            };
+            timgate::server::serve(
+                listener,
+                handler,
+                async {
+                    let _ = stopped.await;
+                },
+                std::time::Duration::from_secs(5),
+            )
+            .await
+        })
+        .await;
+        Recorder { server, seen }
+    }
+
+    /// The endpoint URL to configure.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    /// Everything seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn record(request: Request<Incoming>) -> Seen {
+    let path = request.uri().path().to_owned();
+    let query = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    Seen { path, query, body }
+}
+
+/// Tencent's OK envelope.
+pub fn ok_envelope() -> Value {
+    serde_json::json!({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "", "RequestId": "Id-test"})
+}
+
+/// An answer as the caller saw it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The envelope's ErrorCode.
+    pub fn code(&self) -> i64 {
+        self.json()["ErrorCode"]
+            .as_i64()
+            .expect("ErrorCode is an integer")
+    }
+}
+
+/// A keep-alive HTTP client.
+#[derive(Clone)]
+pub struct Caller {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Caller {
+    fn default() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Caller {
+    /// Sends `method path_and_query` to `addr` with `body`.
+    pub async fn send(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .body(Full::new(body.into()))
+            .unwrap();
+        let response: Response<Incoming> = self.client.request(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// POSTs `body` to `addr` at `path`.
+    pub async fn post(&self, addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Answer {
+        self.send("POST", addr, path, body).await
+    }
+}
