@@ -6,8 +6,9 @@
 //! that names the offending key. The secret key is a `SecretKey`, whose `Debug` prints `***`,
 //! so a whole `Config` can be logged.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,7 +148,29 @@ pub struct App {
     pub endpoint: Endpoint,
     /// Lifetime of each minted UserSig (`usersig_ttl_secs`, default 600); re-signed at half.
     pub usersig_ttl: Duration,
+    /// Calls per second Tencent allows this SDKAppID (`rate_limit`, default 200).
+    pub rate_limit: NonZeroU32,
+    /// Calls per second for single APIs, keyed `service/command` (`api_limits`); the
+    /// documented lower limits are there unless overridden.
+    pub api_limits: BTreeMap<String, NonZeroU32>,
+    /// Longest a request may wait for its turn (`max_queue_wait_ms`, default 1000).
+    pub max_queue_wait: Duration,
+    /// Upstream attempts per request, the first included (`max_attempts`, default 3).
+    pub max_attempts: u32,
+    /// First retry backoff (`retry_base_ms`, default 50); doubles per retry, jittered.
+    pub retry_base: Duration,
+    /// Longest retry backoff (`retry_cap_ms`, default 1000).
+    pub retry_cap: Duration,
+    /// No attempt starts later than this after the request arrived (`deadline_ms`, default 10000).
+    pub deadline: Duration,
 }
+
+/// Tencent's documented per-API limits below the app's 200/s (TENCENT.md §6).
+pub const DEFAULT_API_LIMITS: [(&str, u32); 3] = [
+    ("live_engine_http_srv/get_room_list", 10),
+    ("live_engine_http_srv/get_room_stats", 100),
+    ("live_engine_http_srv/add_robot", 100),
+];
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -227,10 +250,42 @@ struct RawApp {
     endpoint: Option<String>,
     #[serde(default = "default_ttl")]
     usersig_ttl_secs: u64,
+    #[serde(default = "default_rate_limit")]
+    rate_limit: u32,
+    #[serde(default)]
+    api_limits: BTreeMap<String, u32>,
+    #[serde(default = "default_max_queue_wait_ms")]
+    max_queue_wait_ms: u64,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_retry_base_ms")]
+    retry_base_ms: u64,
+    #[serde(default = "default_retry_cap_ms")]
+    retry_cap_ms: u64,
+    #[serde(default = "default_deadline_ms")]
+    deadline_ms: u64,
 }
 
 fn default_ttl() -> u64 {
     600
+}
+fn default_rate_limit() -> u32 {
+    200
+}
+fn default_max_queue_wait_ms() -> u64 {
+    1000
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_retry_base_ms() -> u64 {
+    50
+}
+fn default_retry_cap_ms() -> u64 {
+    1000
+}
+fn default_deadline_ms() -> u64 {
+    10_000
 }
 
 impl Config {
@@ -365,6 +420,18 @@ impl RawApp {
                 "must be between 60 and 86400: short-lived, yet long enough to re-sign at half",
             ));
         }
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(ConfigError::new(
+                key("max_attempts"),
+                "must be between 1 and 10",
+            ));
+        }
+        if self.retry_cap_ms < self.retry_base_ms {
+            return Err(ConfigError::new(
+                key("retry_cap_ms"),
+                "must be at least retry_base_ms",
+            ));
+        }
         Ok(App {
             sdkappid,
             identifier,
@@ -377,8 +444,39 @@ impl RawApp {
             region,
             endpoint,
             usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
+            rate_limit: NonZeroU32::new(self.rate_limit)
+                .ok_or_else(|| ConfigError::new(key("rate_limit"), "must be above 0"))?,
+            api_limits: api_limits(&key("api_limits"), self.api_limits)?,
+            max_queue_wait: Duration::from_millis(self.max_queue_wait_ms),
+            max_attempts: self.max_attempts,
+            retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
+            retry_cap: Duration::from_millis(self.retry_cap_ms),
+            deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
         })
     }
+}
+
+/// The documented per-API limits, overridden and extended by the configured ones.
+fn api_limits(
+    at: &str,
+    configured: BTreeMap<String, u32>,
+) -> Result<BTreeMap<String, NonZeroU32>, ConfigError> {
+    let defaults = DEFAULT_API_LIMITS
+        .iter()
+        .map(|(api, n)| ((*api).to_owned(), *n));
+    let mut limits = BTreeMap::new();
+    for (api, n) in defaults.chain(configured) {
+        let key = format!("{at}.\"{api}\"");
+        if crate::api::Api::from_path(&format!("/v4/{api}")).is_none() {
+            return Err(ConfigError::new(
+                key,
+                "must name an API as \"service/command\"",
+            ));
+        }
+        let n = NonZeroU32::new(n).ok_or_else(|| ConfigError::new(key, "must be above 0"))?;
+        limits.insert(api, n);
+    }
+    Ok(limits)
 }
 
 /// Resolves exactly one of the three secret sources.
@@ -546,6 +644,32 @@ mod tests {
         let config = Config::from_toml(&text).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(config.apps[0].secret_key.expose(), "from-file");
+    }
+
+    #[test]
+    fn api_limits_keep_documented_defaults_and_take_overrides() {
+        let text = format!(
+            "{GOOD}rate_limit = 500\n[apps.api_limits]\n\"live_engine_http_srv/get_room_list\" = 20\n\"openim/sendmsg\" = 50\n"
+        );
+        let app = &Config::from_toml(&text).unwrap().apps[0];
+        assert_eq!(app.rate_limit.get(), 500);
+        let limit = |api: &str| app.api_limits.get(api).map(|n| n.get());
+        assert_eq!(limit("live_engine_http_srv/get_room_list"), Some(20));
+        assert_eq!(limit("live_engine_http_srv/get_room_stats"), Some(100));
+        assert_eq!(limit("openim/sendmsg"), Some(50));
+    }
+
+    #[test]
+    fn a_malformed_api_limit_is_refused_naming_it() {
+        let e = refusal(&format!(
+            "{GOOD}[apps.api_limits]\n\"get_room_list\" = 20\n"
+        ));
+        assert!(
+            e.key.contains("api_limits") && e.key.contains("get_room_list"),
+            "{e}"
+        );
+        let e = refusal(&format!("{GOOD}rate_limit = 0\n"));
+        assert_eq!(e.key, "apps[0].rate_limit");
     }
 
     #[test]

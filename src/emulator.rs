@@ -6,23 +6,27 @@
 //! with the documented limits; every other API answers OK. Like Tencent, it answers HTTP 200
 //! with the envelope for every API-level outcome, each with a fresh `RequestId`.
 
+mod limits;
 mod rooms;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use crate::api::Api;
 use crate::config::{App, SecretKey};
 use crate::error::json_response;
 use crate::usersig::{self, VerifyError};
 
+pub use limits::Limits;
 pub use rooms::Rooms;
 
 /// The largest body the emulator reads.
@@ -53,12 +57,28 @@ struct Tenant {
     admins: Vec<String>,
 }
 
-/// The emulator's state: known apps and the rooms' metadata.
+/// The emulator's state: known apps, their limits, the rooms' metadata and injected faults.
 pub struct Emulator {
     tenants: HashMap<u64, Tenant>,
+    limits: Limits,
     rooms: Rooms,
+    faults: Mutex<HashMap<String, Fault>>,
     seq: AtomicU64,
 }
+
+/// An injected failure: the next `times` requests for an API answer `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Fault {
+    /// The ErrorCode to answer, e.g. 100001.
+    #[serde(rename = "ErrorCode")]
+    pub code: u32,
+    /// How many requests answer it before the API behaves again.
+    #[serde(rename = "Times")]
+    pub times: u32,
+}
+
+/// The path of the emulator's fault-injection endpoint.
+pub const FAULTS_PATH: &str = "/_emulator/faults";
 
 /// A validated request's coordinates.
 struct Caller {
@@ -78,7 +98,9 @@ impl Emulator {
         }
         Emulator {
             tenants,
+            limits: Limits::new(apps),
             rooms: Rooms::default(),
+            faults: Mutex::default(),
             seq: AtomicU64::new(1),
         }
     }
@@ -129,6 +151,25 @@ impl Emulator {
             ));
         }
         Ok(Caller { sdkappid })
+    }
+
+    /// Makes the next `fault.times` requests for `api` (`service/command`) answer `fault.code`.
+    pub fn inject(&self, api: String, fault: Fault) {
+        self.lock_faults().insert(api, fault);
+    }
+
+    /// Answers with an injected fault for `api`, if one is pending.
+    fn fault(&self, api: &Api) -> Result<(), Refusal> {
+        let mut faults = self.lock_faults();
+        let Some(fault) = faults.get_mut(&api.to_string()).filter(|f| f.times > 0) else {
+            return Ok(());
+        };
+        fault.times -= 1;
+        Err(Refusal::new(fault.code, "injected by the emulator"))
+    }
+
+    fn lock_faults(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fault>> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Carries out an authenticated request on the store.
@@ -185,15 +226,42 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
     if request.method() != Method::POST {
         return Err(Refusal::new(60002, "HTTP method must be POST"));
     }
+    if request.uri().path() == FAULTS_PATH {
+        return inject(emulator, request).await;
+    }
     let api = Api::from_path(request.uri().path())
         .ok_or_else(|| Refusal::new(60002, "URL path must be /v4/<service>/<command>"))?;
     let caller = emulator.authenticate(request.uri().query(), usersig::unix_now())?;
+    emulator
+        .limits
+        .admit(caller.sdkappid, &api, Instant::now())?;
+    emulator.fault(&api)?;
+    let body: Map<String, Value> = read_json(request).await?;
+    emulator.execute(&caller, &api, &body)
+}
+
+/// `POST /_emulator/faults` with `{"Api": "service/command", "ErrorCode": N, "Times": N}`.
+async fn inject(emulator: &Emulator, request: Request<Incoming>) -> Result<Value, Refusal> {
+    #[derive(Deserialize)]
+    struct Injection {
+        #[serde(rename = "Api")]
+        api: String,
+        #[serde(flatten)]
+        fault: Fault,
+    }
+    let Injection { api, fault } = read_json(request).await?;
+    emulator.inject(api, fault);
+    Ok(Value::Null)
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, Refusal> {
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
         .map_err(|_| Refusal::new(60002, "request body could not be read"))?
         .to_bytes();
-    let body: Map<String, Value> = serde_json::from_slice(&body)
-        .map_err(|e| Refusal::new(60003, format!("request JSON is invalid: {e}")))?;
-    emulator.execute(&caller, &api, &body)
+    serde_json::from_slice(&body)
+        .map_err(|e| Refusal::new(60003, format!("request JSON is invalid: {e}")))
 }

@@ -12,6 +12,8 @@ use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use crate::limiter::{Scope, Throttled};
+
 /// Why timgate answered a request itself.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,6 +50,16 @@ pub enum Error {
     /// Tencent did not answer within the attempt's deadline.
     #[error("Tencent did not answer within {0:?}")]
     Timeout(Duration),
+    /// The request would wait longer than `max_queue_wait_ms` for its turn.
+    #[error("{} rate limit reached: the wait for a turn would be {:?}, over this app's max_queue_wait_ms", scope_name(.0.scope), .0.retry_after)]
+    Throttled(Throttled),
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::App => "SDKAppID",
+        Scope::Api => "API",
+    }
 }
 
 impl Error {
@@ -65,6 +77,12 @@ impl Error {
             Error::Unreachable(_) => (StatusCode::BAD_GATEWAY, 60008),
             Error::UpstreamBody(_) => (StatusCode::BAD_GATEWAY, 60008),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 60008),
+            Error::Throttled(Throttled {
+                scope: Scope::App, ..
+            }) => (StatusCode::TOO_MANY_REQUESTS, 60011),
+            Error::Throttled(Throttled {
+                scope: Scope::Api, ..
+            }) => (StatusCode::TOO_MANY_REQUESTS, 60007),
         }
     }
 
@@ -72,10 +90,18 @@ impl Error {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let (status, code) = self.status_and_code();
         let mut response = envelope(status, code, &self.to_string());
-        if let Error::MethodNotAllowed(_) = self {
-            response
-                .headers_mut()
-                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+        let headers = response.headers_mut();
+        match self {
+            Error::MethodNotAllowed(_) => {
+                headers.insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            Error::Throttled(throttled) => {
+                // Whole seconds, rounded up: a caller that waits this long finds room.
+                let secs = throttled.retry_after.as_secs()
+                    + u64::from(throttled.retry_after.subsec_nanos() > 0);
+                headers.insert(hyper::header::RETRY_AFTER, secs.max(1).into());
+            }
+            _ => {}
         }
         response
     }

@@ -20,12 +20,15 @@ use tracing::info;
 use crate::api::Api;
 use crate::config::{App, Config, Endpoint};
 use crate::error::{Error, json_response};
+use crate::limiter::{Limiter, Local};
+use crate::retry::{self, Verdict};
 use crate::upstream::{Reply, Upstream};
 use crate::usersig::{self, Signer};
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
     routes: HashMap<u64, Route>,
+    limiter: Arc<dyn Limiter>,
     upstream: Upstream,
     max_body_bytes: usize,
 }
@@ -38,8 +41,8 @@ struct Route {
 }
 
 /// What is known about a request so far, for its log line.
-#[derive(Default)]
 struct Call {
+    started: Instant,
     app: Option<u64>,
     api: Option<Api>,
     attempts: u32,
@@ -78,6 +81,7 @@ impl Gateway {
             .collect();
         Gateway {
             routes,
+            limiter: Arc::new(Local::new(&config.apps)),
             upstream: Upstream::new(
                 config.server.upstream_timeout,
                 config.server.connect_timeout,
@@ -89,8 +93,12 @@ impl Gateway {
 
 /// Answers one caller request. Never fails: every error becomes Tencent's envelope.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let started = Instant::now();
-    let mut call = Call::default();
+    let mut call = Call {
+        started: Instant::now(),
+        app: None,
+        api: None,
+        attempts: 0,
+    };
     let (response, error_code, request_id, error) =
         match forward(&gateway, request, &mut call).await {
             Ok(reply) => {
@@ -110,7 +118,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         error_code,
         request_id,
         attempts = call.attempts,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = call.started.elapsed().as_secs_f64() * 1000.0,
         error,
         "request"
     );
@@ -131,8 +139,46 @@ async fn forward(
     call.app = Some(route.app.sdkappid);
     let body = read_body(request, gateway.max_body_bytes).await?;
     serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(Error::NotJson)?;
-    call.attempts += 1;
-    gateway.upstream.send(route.target(&api), body).await
+    gateway.exchange(route, &api, body, call).await
+}
+
+impl Gateway {
+    /// Sends attempts, each through the limiter, until the retry policy says the outcome is
+    /// final, attempts run out, or the deadline would pass. The caller gets the last answer.
+    async fn exchange(
+        &self,
+        route: &Route,
+        api: &Api,
+        body: Bytes,
+        call: &mut Call,
+    ) -> Result<Reply, Error> {
+        let app = &route.app;
+        let deadline = call.started + app.deadline;
+        let mut last = None;
+        loop {
+            let max_wait = app
+                .max_queue_wait
+                .min(deadline.saturating_duration_since(Instant::now()));
+            if let Err(throttled) = self.limiter.acquire(app.sdkappid, api, max_wait).await {
+                // A retry that finds no room ends with the answer already in hand.
+                return last.unwrap_or(Err(Error::Throttled(throttled)));
+            }
+            call.attempts += 1;
+            let outcome = self.upstream.send(route.target(api), body.clone()).await;
+            match retry::decide(&outcome) {
+                Verdict::Answer => return outcome,
+                Verdict::SlowDown(scope) => self.limiter.slow_down(app.sdkappid, api, scope),
+                Verdict::Retry => {}
+            }
+            let pause =
+                retry::backoff(call.attempts, app.retry_base, app.retry_cap, rand::random());
+            if call.attempts >= app.max_attempts || Instant::now() + pause >= deadline {
+                return outcome;
+            }
+            last = Some(outcome);
+            tokio::time::sleep(pause).await;
+        }
+    }
 }
 
 impl Gateway {

@@ -1,0 +1,130 @@
+//! The emulator's view of Tencent's call-frequency limits: a sliding one-second window per
+//! SDKAppID (60011) and per API of it (60007). Only admitted requests count, as at Tencent.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Refusal;
+use crate::api::Api;
+use crate::config::App;
+
+const WINDOW: Duration = Duration::from_secs(1);
+/// The per-API limit where none is configured: most of Tencent's APIs allow 200/s.
+const DEFAULT_API_LIMIT: u32 = 200;
+
+/// Recent admissions per SDKAppID and per API.
+pub struct Limits {
+    apps: HashMap<u64, (NonZeroU32, std::collections::BTreeMap<String, NonZeroU32>)>,
+    hits: Mutex<HashMap<(u64, Option<String>), VecDeque<Instant>>>,
+}
+
+impl Limits {
+    /// The limits configured for `apps`.
+    pub fn new(apps: &[App]) -> Limits {
+        Limits {
+            apps: apps
+                .iter()
+                .map(|a| (a.sdkappid, (a.rate_limit, a.api_limits.clone())))
+                .collect(),
+            hits: Mutex::default(),
+        }
+    }
+
+    /// Admits one request at `now`, or refuses it the way Tencent does.
+    pub fn admit(&self, sdkappid: u64, api: &Api, now: Instant) -> Result<(), Refusal> {
+        let Some((app_limit, api_limits)) = self.apps.get(&sdkappid) else {
+            return Ok(());
+        };
+        let name = api.to_string();
+        let api_limit = api_limits.get(&name).map_or(DEFAULT_API_LIMIT, |n| n.get());
+        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
+        let app_count = recent(&mut hits, (sdkappid, None), now);
+        if app_count >= app_limit.get() as usize {
+            return Err(Refusal::new(
+                60011,
+                format!("SDKAppID over {app_limit} requests per second"),
+            ));
+        }
+        let api_count = recent(&mut hits, (sdkappid, Some(name.clone())), now);
+        if api_count >= api_limit as usize {
+            return Err(Refusal::new(
+                60007,
+                format!("{name} over {api_limit} requests per second"),
+            ));
+        }
+        for key in [(sdkappid, None), (sdkappid, Some(name))] {
+            hits.entry(key).or_default().push_back(now);
+        }
+        Ok(())
+    }
+}
+
+/// How many admissions for `key` lie within the second before `now`, dropping older ones.
+fn recent(
+    hits: &mut HashMap<(u64, Option<String>), VecDeque<Instant>>,
+    key: (u64, Option<String>),
+    now: Instant,
+) -> usize {
+    let Some(log) = hits.get_mut(&key) else {
+        return 0;
+    };
+    while log
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+    {
+        log.pop_front();
+    }
+    log.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn limits(extra: &str) -> Limits {
+        let text = format!(
+            "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = 5\n{extra}"
+        );
+        Limits::new(&Config::from_toml(&text).unwrap().apps)
+    }
+
+    #[test]
+    fn refuses_past_the_app_limit_within_one_second_only() {
+        let limits = limits("");
+        let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert!(
+                limits
+                    .admit(1, &api, t0 + Duration::from_millis(i * 100))
+                    .is_ok()
+            );
+        }
+        let refused = limits
+            .admit(1, &api, t0 + Duration::from_millis(999))
+            .unwrap_err();
+        assert_eq!(refused.code, 60011);
+        assert!(
+            limits
+                .admit(1, &api, t0 + Duration::from_millis(1000))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn refuses_past_an_api_limit_with_60007() {
+        let limits = limits("[apps.api_limits]\n\"openim/sendmsg\" = 2\n");
+        let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+        let other = Api::from_path("/v4/openim/other").unwrap();
+        let t0 = Instant::now();
+        assert!(limits.admit(1, &api, t0).is_ok());
+        assert!(limits.admit(1, &api, t0).is_ok());
+        assert_eq!(limits.admit(1, &api, t0).unwrap_err().code, 60007);
+        assert!(limits.admit(1, &other, t0).is_ok());
+    }
+}

@@ -1,0 +1,564 @@
+//! Keeps every SDKAppID, and every API of it, under Tencent's call-frequency limits.
+//!
+//! Each limit L is a `Lane` with two layers:
+//! - **Pacing** (ours): a request reserves the lane's next free slot (GCRA virtual scheduling,
+//!   burst 1, at `PACE` × L), then sleeps until it. Slots are handed out in arrival
+//!   order, so release is first-in first-out, and the wait is known at once: a request whose
+//!   slot lies beyond its allowed wait is refused before it queues. Waiters are sleeping
+//!   futures, no queue structure exists; a caller that disconnects drops its reservation (and
+//!   gives the slot back when it was the last one).
+//! - **Guard** (governor): at the actual moment of sending, every lane's governor limiter
+//!   (rate r = `GUARD` × L, burst b = L − floor(r)) must admit the attempt. Late timer wake-ups
+//!   can bunch paced requests; the guard cannot be fooled by that. GCRA admits at most
+//!   b + floor(r) = L cells in any closed one-second window, so timgate never sends more than
+//!   the limit in any sliding second, the first second after idle included. Pacing runs a
+//!   little slower than the guard, so the guard only bites on jitter and the flow keeps a
+//!   margin of about 4% for network jitter between here and Tencent.
+//!
+//! An API-limited request waits for its API lane first, then for the app lane, so a slow API
+//! never holds up the app's other APIs. Lanes are built once from the configuration; unknown
+//! SDKAppIDs are refused by routing before they reach here.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+use crate::api::Api;
+use crate::config::App;
+
+/// Share of the limit that pacing releases: the margin absorbs network jitter at Tencent.
+pub const PACE: f64 = 0.96;
+/// Share of the limit the send-time guard refills at; its burst makes up the rest of L.
+pub const GUARD: f64 = 0.97;
+/// How long a lane runs at half pace after Tencent said it was too fast.
+pub const SLOWDOWN: Duration = Duration::from_secs(2);
+
+/// Which limit refused or slowed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole SDKAppID (Tencent's 60011).
+    App,
+    /// One API of the SDKAppID (Tencent's 60007).
+    Api,
+}
+
+/// A request that would wait longer than it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    /// The limit at fault.
+    pub scope: Scope,
+    /// When the lane expects to have room.
+    pub retry_after: Duration,
+}
+
+/// What a limiter backend offers the request path. The in-process `Local` is one; a shared,
+/// fleet-wide backend implements the same two calls.
+pub trait Limiter: Send + Sync {
+    /// Waits, in arrival order, until one attempt of `api` for `sdkappid` may be sent;
+    /// refuses at once when the wait would exceed `max_wait`.
+    fn acquire<'a>(
+        &'a self,
+        sdkappid: u64,
+        api: &'a Api,
+        max_wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Throttled>> + Send + 'a>>;
+
+    /// Tencent said `scope` is over its limit: run it slower for a while.
+    fn slow_down(&self, sdkappid: u64, api: &Api, scope: Scope);
+
+    /// How many requests are waiting for a slot, across all lanes.
+    fn waiting(&self) -> usize;
+}
+
+/// The in-process limiter: one app lane per SDKAppID, one lane per API with its own limit.
+pub struct Local {
+    apps: HashMap<u64, AppLanes>,
+    waiting: Arc<AtomicUsize>,
+}
+
+struct AppLanes {
+    app: Arc<Lane>,
+    apis: HashMap<String, Arc<Lane>>,
+}
+
+impl Local {
+    /// Lanes for every configured app and each of its `api_limits`.
+    pub fn new(apps: &[App]) -> Local {
+        let apps = apps
+            .iter()
+            .map(|app| {
+                let apis = app
+                    .api_limits
+                    .iter()
+                    .map(|(api, limit)| (api.clone(), Arc::new(Lane::new(Scope::Api, *limit))))
+                    .collect();
+                let lanes = AppLanes {
+                    app: Arc::new(Lane::new(Scope::App, app.rate_limit)),
+                    apis,
+                };
+                (app.sdkappid, lanes)
+            })
+            .collect();
+        Local {
+            apps,
+            waiting: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The lanes one attempt must pass, narrowest first.
+    fn lanes(&self, sdkappid: u64, api: &Api) -> Vec<Arc<Lane>> {
+        let Some(app) = self.apps.get(&sdkappid) else {
+            return Vec::new();
+        };
+        let api_lane = app.apis.get(&api.to_string()).cloned();
+        api_lane.into_iter().chain([app.app.clone()]).collect()
+    }
+
+    async fn wait_for(&self, lanes: Vec<Arc<Lane>>, max_wait: Duration) -> Result<(), Throttled> {
+        let start = Instant::now();
+        // Refuse at once when any lane is already too far behind.
+        for lane in &lanes {
+            lane.predict(start, max_wait)?;
+        }
+        let _waiting = Waiting::enter(&self.waiting);
+        for lane in &lanes {
+            let now = Instant::now();
+            let budget = max_wait.saturating_sub(now - start);
+            let ticket = lane.reserve(now, budget)?;
+            tokio::time::sleep_until(ticket.slot).await;
+            ticket.used();
+        }
+        guard(&lanes).await;
+        Ok(())
+    }
+}
+
+impl Limiter for Local {
+    fn acquire<'a>(
+        &'a self,
+        sdkappid: u64,
+        api: &'a Api,
+        max_wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Throttled>> + Send + 'a>> {
+        let lanes = self.lanes(sdkappid, api);
+        Box::pin(self.wait_for(lanes, max_wait))
+    }
+
+    fn slow_down(&self, sdkappid: u64, api: &Api, scope: Scope) {
+        let lanes = self.lanes(sdkappid, api);
+        let lane = match scope {
+            Scope::Api => lanes.iter().find(|l| l.scope == Scope::Api),
+            Scope::App => None,
+        };
+        // An API without its own lane slows the whole app: that is the lane it runs in.
+        if let Some(lane) = lane.or_else(|| lanes.last()) {
+            lane.slow_down(Instant::now());
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Passes every lane's send-time guard at one instant; any refusal waits and starts over.
+/// A cell a guard admitted for a send that then waited is never reused, so real sends are
+/// always a subset of what each guard admitted.
+async fn guard(lanes: &[Arc<Lane>]) {
+    'again: loop {
+        for lane in lanes {
+            if let Err(not_until) = lane.guard.check() {
+                let wait = not_until.wait_time_from(TokioClock.now());
+                tokio::time::sleep(wait).await;
+                continue 'again;
+            }
+        }
+        return;
+    }
+}
+
+/// Counts a request as waiting for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Guard = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
+
+/// One limit: its pacing state and its send-time guard.
+struct Lane {
+    scope: Scope,
+    interval: Duration,
+    pace: Mutex<Pace>,
+    guard: Guard,
+}
+
+/// GCRA virtual-scheduling state: the theoretical arrival time of the next request.
+struct Pace {
+    tat: Instant,
+    slow_until: Option<Instant>,
+}
+
+/// A reserved slot; returns itself to the lane if dropped unused while still the last one.
+struct Ticket<'a> {
+    lane: &'a Lane,
+    slot: Instant,
+    before: Instant,
+    after: Instant,
+    used: bool,
+}
+
+impl Ticket<'_> {
+    fn used(mut self) {
+        self.used = true;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            let mut pace = self.lane.lock();
+            if pace.tat == self.after {
+                pace.tat = self.before;
+            }
+        }
+    }
+}
+
+impl Lane {
+    fn new(scope: Scope, limit: NonZeroU32) -> Lane {
+        let per = |share: f64| Duration::from_secs_f64(1.0 / (f64::from(limit.get()) * share));
+        let refill = (f64::from(limit.get()) * GUARD).floor() as u32;
+        let burst = NonZeroU32::new(limit.get() - refill).expect("floor(0.97 L) < L for L ≥ 1");
+        let quota = Quota::with_period(per(GUARD))
+            .expect("a positive limit gives a positive period")
+            .allow_burst(burst);
+        Lane {
+            scope,
+            interval: per(PACE),
+            pace: Mutex::new(Pace {
+                tat: Instant::now(),
+                slow_until: None,
+            }),
+            guard: RateLimiter::direct_with_clock(quota, TokioClock),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pace> {
+        self.pace.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses when the next free slot is already beyond `max_wait` from `now`.
+    fn predict(&self, now: Instant, max_wait: Duration) -> Result<(), Throttled> {
+        let wait = self.lock().tat.saturating_duration_since(now);
+        self.check(wait, max_wait)
+    }
+
+    fn check(&self, wait: Duration, max_wait: Duration) -> Result<(), Throttled> {
+        if wait > max_wait {
+            return Err(Throttled {
+                scope: self.scope,
+                retry_after: wait,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the next free slot at or after `now`, unless it is more than `max_wait` away.
+    fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Ticket<'_>, Throttled> {
+        let mut pace = self.lock();
+        let slot = pace.tat.max(now);
+        self.check(slot - now, max_wait)?;
+        let slowed = pace.slow_until.is_some_and(|until| now < until);
+        let interval = if slowed {
+            self.interval * 2
+        } else {
+            self.interval
+        };
+        let before = pace.tat;
+        pace.tat = slot + interval;
+        Ok(Ticket {
+            lane: self,
+            slot,
+            before,
+            after: pace.tat,
+            used: false,
+        })
+    }
+
+    fn slow_down(&self, now: Instant) {
+        let mut pace = self.lock();
+        pace.slow_until = Some(now + SLOWDOWN);
+        // Leave a gap before the next slot as well, so the pause starts now.
+        pace.tat = pace.tat.max(now) + self.interval * 2;
+    }
+}
+
+/// governor's view of tokio's clock, so that paused test time drives the guard too.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokioClock;
+
+/// A tokio instant as governor measures it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokioInstant(Instant);
+
+impl std::ops::Add<Nanos> for TokioInstant {
+    type Output = TokioInstant;
+
+    fn add(self, other: Nanos) -> TokioInstant {
+        TokioInstant(self.0 + Duration::from(other))
+    }
+}
+
+impl Reference for TokioInstant {
+    fn duration_since(&self, earlier: Self) -> Nanos {
+        self.0.saturating_duration_since(earlier.0).into()
+    }
+
+    fn saturating_sub(&self, duration: Nanos) -> Self {
+        TokioInstant(self.0.checked_sub(duration.into()).unwrap_or(self.0))
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = TokioInstant;
+
+    fn now(&self) -> TokioInstant {
+        TokioInstant(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::sync::Mutex as StdMutex;
+
+    const ROOM_LIST: &str = "/v4/live_engine_http_srv/get_room_list";
+    const SEND: &str = "/v4/openim/sendmsg";
+
+    fn local(rate_limit: u32) -> Arc<Local> {
+        let app = |id: u64| {
+            format!(
+                "[[apps]]\nsdkappid = {id}\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = {rate_limit}\n"
+            )
+        };
+        let config = Config::from_toml(&format!("{}{}", app(1), app(2))).unwrap();
+        Arc::new(Local::new(&config.apps))
+    }
+
+    fn api(path: &str) -> Api {
+        Api::from_path(path).unwrap()
+    }
+
+    /// Starts `n` acquisitions in order, one after another, and returns their release times
+    /// in release order, tagged with their arrival index.
+    async fn burst(
+        limiter: &Arc<Local>,
+        app: u64,
+        path: &str,
+        n: usize,
+        max_wait: Duration,
+    ) -> Vec<(usize, Instant)> {
+        let released = Arc::new(StdMutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let (limiter, released, api) = (limiter.clone(), released.clone(), api(path));
+            tasks.push(tokio::spawn(async move {
+                if limiter.acquire(app, &api, max_wait).await.is_ok() {
+                    released.lock().unwrap().push((i, Instant::now()));
+                }
+            }));
+            // Let task i take its place in line before task i + 1 arrives.
+            tokio::task::yield_now().await;
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        Arc::try_unwrap(released).unwrap().into_inner().unwrap()
+    }
+
+    /// The most releases in any window of one second (closed at both ends).
+    fn busiest_second(times: &[Instant]) -> usize {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        let mut start = 0;
+        let mut most = 0;
+        for end in 0..sorted.len() {
+            while sorted[end] - sorted[start] > Duration::from_secs(1) {
+                start += 1;
+            }
+            most = most.max(end - start + 1);
+        }
+        most
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_after_idle_never_exceeds_the_limit_in_any_second() {
+        let limiter = local(200);
+        let released = burst(&limiter, 1, SEND, 1000, Duration::from_secs(60)).await;
+        let times: Vec<Instant> = released.iter().map(|(_, t)| *t).collect();
+        assert_eq!(times.len(), 1000);
+        assert!(busiest_second(&times) <= 200, "{}", busiest_second(&times));
+        // Efficiency under sustained overload: at least 95% of the limit.
+        let span = (*times.last().unwrap() - times[0]).as_secs_f64();
+        let rate = 999.0 / span;
+        assert!(rate >= 0.95 * 200.0, "released {rate:.1}/s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_guard_alone_never_admits_more_than_the_limit_in_any_second() {
+        // Sends as fast as the guard lets them, as if every paced wake-up came late at once.
+        for limit in [1, 2, 10, 33, 100, 200, 1000] {
+            let lane = Arc::new(Lane::new(Scope::App, NonZeroU32::new(limit).unwrap()));
+            let end = Instant::now() + Duration::from_secs(3);
+            let mut times = Vec::new();
+            while Instant::now() < end {
+                guard(std::slice::from_ref(&lane)).await;
+                times.push(Instant::now());
+            }
+            assert!(
+                busiest_second(&times) <= limit as usize,
+                "limit {limit}: {}",
+                busiest_second(&times)
+            );
+            assert!(
+                busiest_second(&times) >= (limit as usize * 96) / 100,
+                "limit {limit}: too strict"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_limit_holds_beside_the_app_limit() {
+        let limiter = local(200);
+        let released = burst(&limiter, 1, ROOM_LIST, 60, Duration::from_secs(60)).await;
+        let times: Vec<Instant> = released.iter().map(|(_, t)| *t).collect();
+        assert!(busiest_second(&times) <= 10, "{}", busiest_second(&times));
+        let span = (*times.last().unwrap() - times[0]).as_secs_f64();
+        assert!(59.0 / span >= 9.5, "released {:.2}/s", 59.0 / span);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_released_first_in_first_out() {
+        let limiter = local(50);
+        let released = burst(&limiter, 1, SEND, 200, Duration::from_secs(60)).await;
+        let order: Vec<usize> = released.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, (0..200).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_predicted_too_long_is_refused_at_once() {
+        let limiter = local(10);
+        let max_wait = Duration::from_millis(250);
+        // Three fit within 250 ms at 9.6/s (0, 104, 208 ms); the fourth is refused.
+        let released = burst(&limiter, 1, SEND, 3, max_wait).await;
+        assert_eq!(released.len(), 3);
+        let before = Instant::now();
+        let refused = limiter
+            .acquire(1, &api(SEND), Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(Instant::now(), before, "refused without waiting");
+        assert_eq!(refused.scope, Scope::App);
+        assert!(
+            refused.retry_after > Duration::ZERO
+                && refused.retry_after <= Duration::from_millis(105)
+        );
+
+        let room_list = local(200);
+        room_list
+            .acquire(1, &api(ROOM_LIST), max_wait)
+            .await
+            .unwrap();
+        let refused = room_list
+            .acquire(1, &api(ROOM_LIST), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.scope, Scope::Api);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saturating_one_app_does_not_slow_another() {
+        let limiter = local(10);
+        let busy = limiter.clone();
+        let flood =
+            tokio::spawn(async move { burst(&busy, 1, SEND, 50, Duration::from_secs(60)).await });
+        for _ in 0..10_000 {
+            if limiter.waiting() >= 45 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(limiter.waiting() >= 45);
+        let before = Instant::now();
+        limiter
+            .acquire(2, &api(SEND), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(Instant::now(), before);
+        assert_eq!(flood.await.unwrap().len(), 50);
+        assert_eq!(limiter.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_leaves_gives_its_turn_back() {
+        let limiter = local(10);
+        let send = api(SEND);
+        limiter.acquire(1, &send, Duration::ZERO).await.unwrap();
+        let leaver = limiter.acquire(1, &send, Duration::from_secs(1));
+        // Poll once so it takes its place, then drop it: it leaves the queue.
+        let mut leaver = Box::pin(leaver);
+        assert!(futures_poll_once(leaver.as_mut()).await.is_none());
+        assert_eq!(limiter.waiting(), 1);
+        drop(leaver);
+        assert_eq!(limiter.waiting(), 0);
+        // The next caller gets the slot the leaver had, ~104 ms after the first.
+        let start = Instant::now();
+        limiter
+            .acquire(1, &send, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(Instant::now() - start <= Duration::from_millis(105));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tencents_rate_limit_answer_halves_the_pace_for_a_while() {
+        let limiter = local(100);
+        let send = api(SEND);
+        limiter.slow_down(1, &send, Scope::App);
+        let released = burst(&limiter, 1, SEND, 41, Duration::from_secs(60)).await;
+        let span = released.last().unwrap().1 - released[0].1;
+        // 40 intervals at half of 96/s take about 0.83 s instead of 0.42 s.
+        assert!(span >= Duration::from_millis(800), "{span:?}");
+    }
+
+    async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| match Pin::new(&mut future).poll(cx) {
+            std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await
+    }
+}

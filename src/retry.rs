@@ -1,0 +1,110 @@
+//! The retry policy: which outcomes are retried, and how long to wait before the next try.
+//!
+//! Pure functions; the loop that applies them lives in `proxy`. Retried: ErrorCode 100001
+//! (Tencent asks for it), a connection that failed before the request was sent, and Tencent's
+//! rate-limit answers (60007, 60011, 60018, 60019: the request was not carried out), which
+//! also slow the lane down. Never retried: signature errors (700xx: retrying them triggers the
+//! one-minute lockout, 70050), invalid parameters and every other answer, and a timeout or a
+//! broken connection once the request may have reached Tencent.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::limiter::Scope;
+use crate::upstream::Reply;
+
+/// What to do with one attempt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Give this outcome to the caller.
+    Answer,
+    /// Try again after a backoff.
+    Retry,
+    /// Tencent says `Scope` is over its limit: slow it down, then try again.
+    SlowDown(Scope),
+}
+
+/// Decides whether an attempt's outcome is final.
+pub fn decide(outcome: &Result<Reply, Error>) -> Verdict {
+    match outcome {
+        Ok(reply) => match reply.outcome.error_code {
+            Some(100001) => Verdict::Retry,
+            Some(60007) => Verdict::SlowDown(Scope::Api),
+            Some(60011 | 60018 | 60019) => Verdict::SlowDown(Scope::App),
+            _ => Verdict::Answer,
+        },
+        // Refused or failed while connecting: nothing was sent.
+        Err(Error::Unreachable(e)) if e.is_connect() => Verdict::Retry,
+        Err(_) => Verdict::Answer,
+    }
+}
+
+/// The pause before retry number `retry` (1 for the first retry): exponential from `base`,
+/// capped at `cap`, with "equal jitter" — half fixed, half scaled by `jitter` in `[0, 1)`.
+pub fn backoff(retry: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exponential = base.saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+    let full = exponential.min(cap);
+    full / 2 + (full / 2).mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Outcome;
+    use bytes::Bytes;
+    use hyper::StatusCode;
+
+    fn reply(code: i64) -> Result<Reply, Error> {
+        Ok(Reply {
+            status: StatusCode::OK,
+            content_type: None,
+            body: Bytes::new(),
+            outcome: Outcome {
+                error_code: Some(code),
+                request_id: None,
+            },
+        })
+    }
+
+    #[test]
+    fn retries_100001_only_among_tencent_failures() {
+        assert_eq!(decide(&reply(100001)), Verdict::Retry);
+        for code in [
+            0, 100002, 100004, 60002, 60003, 60008, 70001, 70003, 70009, 70013, 70050,
+        ] {
+            assert_eq!(decide(&reply(code)), Verdict::Answer, "{code}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_answers_slow_the_right_scope() {
+        assert_eq!(decide(&reply(60007)), Verdict::SlowDown(Scope::Api));
+        for code in [60011, 60018, 60019] {
+            assert_eq!(decide(&reply(code)), Verdict::SlowDown(Scope::App));
+        }
+    }
+
+    #[test]
+    fn timeouts_are_never_retried() {
+        assert_eq!(
+            decide(&Err(Error::Timeout(Duration::from_secs(5)))),
+            Verdict::Answer
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_base_and_stops_at_cap() {
+        let (base, cap) = (Duration::from_millis(50), Duration::from_secs(1));
+        let fixed = |n| backoff(n, base, cap, 0.0);
+        assert_eq!(fixed(1), Duration::from_millis(25));
+        assert_eq!(fixed(2), Duration::from_millis(50));
+        assert_eq!(fixed(5), Duration::from_millis(400));
+        assert_eq!(fixed(6), Duration::from_millis(500));
+        assert_eq!(fixed(40), Duration::from_millis(500));
+        assert_eq!(
+            backoff(1, base, cap, 0.999_999),
+            Duration::from_nanos(49_999_975)
+        );
+        assert_eq!(backoff(40, base, cap, 1.0), cap);
+    }
+}
