@@ -1,5 +1,7 @@
 //! The emulator's view of Tencent's call-frequency limits: a sliding one-second window per
-//! SDKAppID (60011) and per API of it (60007). Only admitted requests count, as at Tencent.
+//! SDKAppID (60011, `rate_limit`) and per API with its own entry in `api_limits` (60007); an
+//! API without one is bounded by `rate_limit` alone, as in the gateway. Only admitted
+//! requests count.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -13,8 +15,6 @@ use crate::api::Api;
 use crate::config::App;
 
 const WINDOW: Duration = Duration::from_secs(1);
-/// The per-API limit where none is configured: most of Tencent's APIs allow 200/s.
-const DEFAULT_API_LIMIT: u32 = 200;
 
 /// Recent admissions per SDKAppID and per API.
 pub struct Limits {
@@ -40,23 +40,21 @@ impl Limits {
             return Ok(());
         };
         let name = api.to_string();
-        let api_limit = api_limits.get(&name).map_or(DEFAULT_API_LIMIT, |n| n.get());
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        let app_count = recent(&mut hits, (sdkappid, None), now);
-        if app_count >= app_limit.get() as usize {
-            return Err(Refusal::new(
-                60011,
-                format!("SDKAppID over {app_limit} requests per second"),
-            ));
+        if recent(&mut hits, (sdkappid, None), now) >= app_limit.get() as usize {
+            let info = format!("SDKAppID over {app_limit} requests per second");
+            return Err(Refusal::new(60011, info));
         }
-        let api_count = recent(&mut hits, (sdkappid, Some(name.clone())), now);
-        if api_count >= api_limit as usize {
-            return Err(Refusal::new(
-                60007,
-                format!("{name} over {api_limit} requests per second"),
-            ));
+        let mut keys = vec![(sdkappid, None)];
+        if let Some(api_limit) = api_limits.get(&name) {
+            let key = (sdkappid, Some(name.clone()));
+            if recent(&mut hits, key.clone(), now) >= api_limit.get() as usize {
+                let info = format!("{name} over {api_limit} requests per second");
+                return Err(Refusal::new(60007, info));
+            }
+            keys.push(key);
         }
-        for key in [(sdkappid, None), (sdkappid, Some(name))] {
+        for key in keys {
             hits.entry(key).or_default().push_back(now);
         }
         Ok(())

@@ -105,6 +105,7 @@ pub async fn emulator(config: &Config) -> Running {
 /// One request as an upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub at: tokio::time::Instant,
     pub path: String,
     pub query: Vec<(String, String)>,
     pub body: Bytes,
@@ -130,6 +131,19 @@ impl Recorder {
     /// Answers every request with Tencent's OK envelope.
     pub async fn ok() -> Recorder {
         Self::with(|_| ok_envelope()).await
+    }
+
+    /// Answers the first `n` requests with ErrorCode `code`, then OK.
+    pub async fn failing(n: usize, code: i64) -> Recorder {
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        Self::with(move |_| {
+            if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
+                serde_json::json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": "scripted", "RequestId": "Id-f"})
+            } else {
+                ok_envelope()
+            }
+        })
+        .await
     }
 
     /// Answers every request with `reply(seen)`.
@@ -173,12 +187,18 @@ impl Recorder {
 }
 
 async fn record(request: Request<Incoming>) -> Seen {
+    let at = tokio::time::Instant::now();
     let path = request.uri().path().to_owned();
     let query = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
         .into_owned()
         .collect();
     let body = request.into_body().collect().await.unwrap().to_bytes();
-    Seen { path, query, body }
+    Seen {
+        at,
+        path,
+        query,
+        body,
+    }
 }
 
 /// Tencent's OK envelope.

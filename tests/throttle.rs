@@ -1,0 +1,255 @@
+//! Throttling and retries end to end: bursts, refusals, and Tencent's answers, over real HTTP.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::json;
+use support::{Caller, KEY, Recorder, emulator, gateway, one_app};
+use timgate::config::{Config, SecretKey};
+use timgate::usersig;
+use tokio::time::Instant;
+
+const APP: u64 = 1400000001;
+const INFO: &str = "/v4/live_engine_http_srv/get_room_info";
+const ROOM_LIST: &str = "/v4/live_engine_http_srv/get_room_list";
+
+fn config(endpoint: &str, extra: &str) -> Config {
+    Config::from_toml(&format!("{}{extra}", one_app(APP, endpoint))).unwrap()
+}
+
+/// Sends `n` requests at once and waits for every answer.
+async fn burst(
+    caller: &Caller,
+    addr: std::net::SocketAddr,
+    path: &str,
+    n: usize,
+) -> Vec<support::Answer> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (caller, path) = (caller.clone(), path.to_owned());
+            tokio::spawn(async move { caller.post(addr, &path, r#"{"RoomId":"r"}"#).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+fn busiest_second(times: &mut [Instant]) -> usize {
+    times.sort();
+    let (mut start, mut most) = (0, 0);
+    for end in 0..times.len() {
+        while times[end] - times[start] > Duration::from_secs(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+/// The app under test (300/s) and a warm-up app without a practical limit, both at `endpoint`.
+fn burst_config(endpoint: &str) -> Config {
+    let text = format!(
+        "{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{}rate_limit = 1000000\n",
+        one_app(APP, endpoint),
+        one_app(WARM, endpoint)
+    );
+    Config::from_toml(&text).unwrap()
+}
+
+/// An app used only to open the callers' and the upstream's connections before a burst, so
+/// that the burst measures the limiter rather than 1,000 TCP handshakes on two cores.
+const WARM: u64 = 1400000999;
+
+async fn warmed(caller: &Caller, addr: std::net::SocketAddr) {
+    let answers = burst(caller, addr, &format!("{INFO}?sdkappid={WARM}"), 1000).await;
+    assert!(answers.iter().all(|a| a.code() == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_1000_never_exceeds_the_limit_at_the_upstream() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(burst_config(&upstream.url())).await;
+    let caller = Caller::default();
+    warmed(&caller, gw.addr).await;
+    let answers = burst(&caller, gw.addr, &format!("{INFO}?sdkappid={APP}"), 1000).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status == StatusCode::OK && a.code() == 0)
+    );
+
+    let seen = upstream.seen();
+    let mut times: Vec<Instant> = seen
+        .iter()
+        .filter(|s| s.param("sdkappid") == Some("1400000001"))
+        .map(|s| s.at)
+        .collect();
+    assert_eq!(times.len(), 1000);
+    let busiest = busiest_second(&mut times);
+    assert!(busiest <= 300, "{busiest} requests within one second");
+    let rate = 999.0 / (times[999] - times[0]).as_secs_f64();
+    assert!(
+        rate >= 0.95 * 300.0,
+        "the upstream received {rate:.1}/s of 300/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_never_answers_60011_to_a_burst() {
+    let emu = emulator(&burst_config("http://127.0.0.1:1")).await;
+    let gw = gateway(burst_config(&format!("http://{}", emu.addr))).await;
+    let caller = Caller::default();
+    warmed(&caller, gw.addr).await;
+    let answers = burst(&caller, gw.addr, &format!("{INFO}?sdkappid={APP}"), 1000).await;
+    let codes: HashSet<i64> = answers.iter().map(support::Answer::code).collect();
+    assert_eq!(codes, HashSet::from([0]));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.headers["x-timgate-attempts"] == "1")
+    );
+}
+
+#[tokio::test]
+async fn a_wait_over_max_queue_wait_is_refused_at_once_with_retry_after() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(config(
+        &upstream.url(),
+        "rate_limit = 1\nmax_queue_wait_ms = 100\n",
+    ))
+    .await;
+    let caller = Caller::default();
+    assert_eq!(caller.post(gw.addr, INFO, "{}").await.code(), 0);
+    let started = Instant::now();
+    let refused = caller.post(gw.addr, INFO, "{}").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused without waiting"
+    );
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::TOO_MANY_REQUESTS, 60011)
+    );
+    assert_eq!(refused.headers["retry-after"], "2");
+    assert_eq!(refused.json()["ActionStatus"], "FAIL");
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_api_over_its_own_limit_is_refused_with_60007() {
+    let upstream = Recorder::ok().await;
+    let extra =
+        "max_queue_wait_ms = 50\n[apps.api_limits]\n\"live_engine_http_srv/get_room_list\" = 2\n";
+    let gw = gateway(config(&upstream.url(), extra)).await;
+    let caller = Caller::default();
+    assert_eq!(caller.post(gw.addr, ROOM_LIST, "{}").await.code(), 0);
+    let refused = caller.post(gw.addr, ROOM_LIST, "{}").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::TOO_MANY_REQUESTS, 60007)
+    );
+    // Other APIs of the app are not held up by it.
+    assert_eq!(caller.post(gw.addr, INFO, "{}").await.code(), 0);
+}
+
+async fn emulated(faults: serde_json::Value) -> (support::Running, support::Running) {
+    let emu = emulator(&config("http://127.0.0.1:1", "")).await;
+    let injected = Caller::default()
+        .post(emu.addr, timgate::emulator::FAULTS_PATH, faults.to_string())
+        .await;
+    assert_eq!(injected.code(), 0);
+    let extra = "retry_base_ms = 1\nretry_cap_ms = 5\n";
+    let gw = gateway(config(&format!("http://{}", emu.addr), extra)).await;
+    (emu, gw)
+}
+
+#[tokio::test]
+async fn retries_100001_twice_then_succeeds() {
+    let (_emu, gw) = emulated(
+        json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 100001, "Times": 2}),
+    )
+    .await;
+    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    assert_eq!(answer.code(), 0);
+    assert_eq!(answer.headers["x-timgate-attempts"], "3");
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts_with_tencents_last_answer() {
+    let (_emu, gw) = emulated(
+        json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 100001, "Times": 50}),
+    )
+    .await;
+    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    assert_eq!((answer.status, answer.code()), (StatusCode::OK, 100001));
+    assert_eq!(answer.headers["x-timgate-attempts"], "3");
+}
+
+#[tokio::test]
+async fn never_retries_an_expired_signature() {
+    let (_emu, gw) = emulated(
+        json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 70001, "Times": 5}),
+    )
+    .await;
+    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    assert_eq!(answer.code(), 70001);
+    assert_eq!(answer.headers["x-timgate-attempts"], "1");
+}
+
+#[tokio::test]
+async fn every_retry_is_freshly_signed_with_a_new_random() {
+    let upstream = Recorder::failing(2, 100001).await;
+    let gw = gateway(config(
+        &upstream.url(),
+        "retry_base_ms = 1\nretry_cap_ms = 5\n",
+    ))
+    .await;
+    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    assert_eq!(answer.headers["x-timgate-attempts"], "3");
+    let seen = upstream.seen();
+    let randoms: HashSet<&str> = seen.iter().map(|s| s.param("random").unwrap()).collect();
+    assert_eq!(randoms.len(), 3);
+    for s in &seen {
+        let token = s.param("usersig").unwrap();
+        usersig::verify(
+            &SecretKey::new(KEY),
+            token,
+            APP,
+            "administrator",
+            usersig::unix_now(),
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tencents_rate_limit_answer_is_retried_at_a_slower_pace() {
+    let upstream = Recorder::failing(1, 60011).await;
+    let gw = gateway(config(
+        &upstream.url(),
+        "retry_base_ms = 1\nretry_cap_ms = 5\n",
+    ))
+    .await;
+    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    assert_eq!(answer.code(), 0);
+    assert_eq!(answer.headers["x-timgate-attempts"], "2");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_and_reported_as_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = gateway(config(&url, "retry_base_ms = 1\nretry_cap_ms = 5\n")).await;
+    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::BAD_GATEWAY, 60008)
+    );
+}
