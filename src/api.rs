@@ -8,8 +8,10 @@ use std::fmt;
 /// One REST API, e.g. `live_engine_http_srv/set_room_metadata`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Api {
-    service: String,
-    command: String,
+    /// `service/command`.
+    name: String,
+    /// Where `/` sits in `name`.
+    split: usize,
 }
 
 impl Api {
@@ -21,26 +23,31 @@ impl Api {
             return None;
         }
         Some(Api {
-            service: service.to_owned(),
-            command: command.to_owned(),
+            name: format!("{service}/{command}"),
+            split: service.len(),
         })
     }
 
     /// The service segment, e.g. `live_engine_http_srv`.
     pub fn service(&self) -> &str {
-        &self.service
+        &self.name[..self.split]
     }
 
     /// The command segment, e.g. `set_room_metadata`.
     pub fn command(&self) -> &str {
-        &self.command
+        &self.name[self.split + 1..]
+    }
+
+    /// `service/command`: the form used in `api_limits` keys, the rules table, logs and metrics.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
-/// `service/command`: the form used in `api_limits` keys, logs and metrics.
+/// `service/command`.
 impl fmt::Display for Api {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.service, self.command)
+        f.write_str(&self.name)
     }
 }
 
@@ -59,6 +66,8 @@ mod tests {
     fn parses_v4_service_command_only() {
         let api = Api::from_path("/v4/live_engine_http_srv/set_room_metadata").unwrap();
         assert_eq!(api.to_string(), "live_engine_http_srv/set_room_metadata");
+        assert_eq!(api.service(), "live_engine_http_srv");
+        assert_eq!(api.command(), "set_room_metadata");
         for bad in [
             "/",
             "/v4",

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::api::Api;
 use crate::config::{App, SecretKey};
 use crate::error::json_response;
+use crate::rules::{self, Refusal};
 use crate::usersig::{self, VerifyError};
 
 pub use limits::Limits;
@@ -31,25 +32,6 @@ pub use rooms::Rooms;
 
 /// The largest body the emulator reads.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// A Tencent API-level refusal: an ErrorCode and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Tencent's ErrorCode.
-    pub code: u32,
-    /// Tencent-style `ErrorInfo`.
-    pub info: String,
-}
-
-impl Refusal {
-    /// A refusal with `code` and `info`.
-    pub fn new(code: u32, info: impl Into<String>) -> Self {
-        Self {
-            code,
-            info: info.into(),
-        }
-    }
-}
 
 /// One emulated app: its key and its admin accounts.
 struct Tenant {
@@ -236,8 +218,15 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
         .limits
         .admit(caller.sdkappid, &api, Instant::now())?;
     emulator.fault(&api)?;
-    let body: Map<String, Value> = read_json(request).await?;
-    emulator.execute(&caller, &api, &body)
+    let bytes = read_bytes(request).await?;
+    let parsed: serde_json_borrow::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
+    if let Some(rules) = rules::for_api(api.name()) {
+        rules::check(rules, &parsed)?;
+    }
+    let Some(object) = parsed.as_object() else {
+        return Err(Refusal::new(60003, "request JSON must be an object"));
+    };
+    emulator.execute(&caller, &api, &Map::from(object))
 }
 
 /// `POST /_emulator/faults` with `{"Api": "service/command", "ErrorCode": N, "Times": N}`.
@@ -257,11 +246,17 @@ async fn inject(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
 async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, Refusal> {
-    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
+    serde_json::from_slice(&read_bytes(request).await?).map_err(not_json)
+}
+
+async fn read_bytes(request: Request<Incoming>) -> Result<Bytes, Refusal> {
+    Ok(Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
         .map_err(|_| Refusal::new(60002, "request body could not be read"))?
-        .to_bytes();
-    serde_json::from_slice(&body)
-        .map_err(|e| Refusal::new(60003, format!("request JSON is invalid: {e}")))
+        .to_bytes())
+}
+
+fn not_json(e: serde_json::Error) -> Refusal {
+    Refusal::new(60003, format!("request JSON is invalid: {e}"))
 }

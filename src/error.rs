@@ -13,6 +13,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::limiter::{Scope, Throttled};
+use crate::rules::Refusal;
 
 /// Why timgate answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,9 @@ pub enum Error {
     /// The caller's body could not be read.
     #[error("request body could not be read: {0}")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The body breaks a documented rule of its API: Tencent's code, no quota spent.
+    #[error("{}", .0.info)]
+    Rejected(Refusal),
     /// The body is not JSON: Tencent would answer 60003.
     #[error("request body is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
@@ -74,6 +78,7 @@ impl Error {
             Error::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 60002),
             Error::BodyRead(_) => (StatusCode::BAD_REQUEST, 60002),
             Error::NotJson(_) => (StatusCode::OK, 60003),
+            Error::Rejected(refusal) => (StatusCode::OK, refusal.code),
             Error::Unreachable(_) => (StatusCode::BAD_GATEWAY, 60008),
             Error::UpstreamBody(_) => (StatusCode::BAD_GATEWAY, 60008),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 60008),

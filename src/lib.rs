@@ -21,6 +21,7 @@ pub mod error;
 pub mod limiter;
 pub mod proxy;
 pub mod retry;
+pub mod rules;
 pub mod server;
 pub mod upstream;
 pub mod usersig;

@@ -121,7 +121,7 @@ impl Local {
         let Some(app) = self.apps.get(&sdkappid) else {
             return Vec::new();
         };
-        let api_lane = app.apis.get(&api.to_string()).cloned();
+        let api_lane = app.apis.get(api.name()).cloned();
         api_lane.into_iter().chain([app.app.clone()]).collect()
     }
 

@@ -22,6 +22,7 @@ use crate::config::{App, Config, Endpoint};
 use crate::error::{Error, json_response};
 use crate::limiter::{Limiter, Local};
 use crate::retry::{self, Verdict};
+use crate::rules;
 use crate::upstream::{Reply, Upstream};
 use crate::usersig::{self, Signer};
 
@@ -138,8 +139,23 @@ async fn forward(
     let route = gateway.route(request.uri().query())?;
     call.app = Some(route.app.sdkappid);
     let body = read_body(request, gateway.max_body_bytes).await?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(Error::NotJson)?;
+    inspect(&api, &body)?;
     gateway.exchange(route, &api, body, call).await
+}
+
+/// One parse of the body: JSON at all (else 60003), then the API's rules, if it has any.
+/// Strings are borrowed from `body`, which goes upstream unchanged.
+fn inspect(api: &Api, body: &[u8]) -> Result<(), Error> {
+    match rules::for_api(api.name()) {
+        None => serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .map(drop)
+            .map_err(Error::NotJson),
+        Some(rules) => {
+            let value: serde_json_borrow::Value =
+                serde_json::from_slice(body).map_err(Error::NotJson)?;
+            rules::check(rules, &value).map_err(Error::Rejected)
+        }
+    }
 }
 
 impl Gateway {

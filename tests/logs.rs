@@ -38,7 +38,7 @@ async fn trace_logs_never_carry_the_key_or_a_usersig() {
     config.server.max_body_bytes = 1024;
     let gw = gateway(config).await;
     let caller = Caller::default();
-    let path = "/v4/live_engine_http_srv/set_room_metadata";
+    let path = "/v4/openim/query_online_status";
     caller.post(gw.addr, path, "{}").await;
     caller.post(gw.addr, path, "not json").await;
     caller

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 const APP: u64 = 1400000001;
 const INFO: &str = "/v4/live_engine_http_srv/get_room_info";
 const ROOM_LIST: &str = "/v4/live_engine_http_srv/get_room_list";
+const ROOM: &str = r#"{"RoomId":"r"}"#;
 
 fn config(endpoint: &str, extra: &str) -> Config {
     Config::from_toml(&format!("{}{extra}", one_app(APP, endpoint))).unwrap()
@@ -125,9 +126,9 @@ async fn a_wait_over_max_queue_wait_is_refused_at_once_with_retry_after() {
     ))
     .await;
     let caller = Caller::default();
-    assert_eq!(caller.post(gw.addr, INFO, "{}").await.code(), 0);
+    assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
     let started = Instant::now();
-    let refused = caller.post(gw.addr, INFO, "{}").await;
+    let refused = caller.post(gw.addr, INFO, ROOM).await;
     assert!(
         started.elapsed() < Duration::from_millis(100),
         "refused without waiting"
@@ -148,14 +149,20 @@ async fn an_api_over_its_own_limit_is_refused_with_60007() {
         "max_queue_wait_ms = 50\n[apps.api_limits]\n\"live_engine_http_srv/get_room_list\" = 2\n";
     let gw = gateway(config(&upstream.url(), extra)).await;
     let caller = Caller::default();
-    assert_eq!(caller.post(gw.addr, ROOM_LIST, "{}").await.code(), 0);
-    let refused = caller.post(gw.addr, ROOM_LIST, "{}").await;
+    assert_eq!(
+        caller
+            .post(gw.addr, ROOM_LIST, r#"{"Next":""}"#)
+            .await
+            .code(),
+        0
+    );
+    let refused = caller.post(gw.addr, ROOM_LIST, r#"{"Next":""}"#).await;
     assert_eq!(
         (refused.status, refused.code()),
         (StatusCode::TOO_MANY_REQUESTS, 60007)
     );
     // Other APIs of the app are not held up by it.
-    assert_eq!(caller.post(gw.addr, INFO, "{}").await.code(), 0);
+    assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
 }
 
 async fn emulated(faults: serde_json::Value) -> (support::Running, support::Running) {
@@ -175,7 +182,7 @@ async fn retries_100001_twice_then_succeeds() {
         json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 100001, "Times": 2}),
     )
     .await;
-    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
     assert_eq!(answer.code(), 0);
     assert_eq!(answer.headers["x-timgate-attempts"], "3");
 }
@@ -186,7 +193,7 @@ async fn gives_up_after_max_attempts_with_tencents_last_answer() {
         json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 100001, "Times": 50}),
     )
     .await;
-    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
     assert_eq!((answer.status, answer.code()), (StatusCode::OK, 100001));
     assert_eq!(answer.headers["x-timgate-attempts"], "3");
 }
@@ -197,7 +204,7 @@ async fn never_retries_an_expired_signature() {
         json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 70001, "Times": 5}),
     )
     .await;
-    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
     assert_eq!(answer.code(), 70001);
     assert_eq!(answer.headers["x-timgate-attempts"], "1");
 }
@@ -210,7 +217,7 @@ async fn every_retry_is_freshly_signed_with_a_new_random() {
         "retry_base_ms = 1\nretry_cap_ms = 5\n",
     ))
     .await;
-    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
     assert_eq!(answer.headers["x-timgate-attempts"], "3");
     let seen = upstream.seen();
     let randoms: HashSet<&str> = seen.iter().map(|s| s.param("random").unwrap()).collect();
@@ -236,7 +243,7 @@ async fn tencents_rate_limit_answer_is_retried_at_a_slower_pace() {
         "retry_base_ms = 1\nretry_cap_ms = 5\n",
     ))
     .await;
-    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
     assert_eq!(answer.code(), 0);
     assert_eq!(answer.headers["x-timgate-attempts"], "2");
 }
@@ -247,7 +254,7 @@ async fn a_refused_connection_is_retried_and_reported_as_502() {
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let gw = gateway(config(&url, "retry_base_ms = 1\nretry_cap_ms = 5\n")).await;
-    let answer = Caller::default().post(gw.addr, INFO, "{}").await;
+    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
     assert_eq!(
         (answer.status, answer.code()),
         (StatusCode::BAD_GATEWAY, 60008)

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Refusal;
 use crate::api::Api;
 use crate::config::App;
+use crate::rules::Refusal;
 
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -39,15 +39,15 @@ impl Limits {
         let Some((app_limit, api_limits)) = self.apps.get(&sdkappid) else {
             return Ok(());
         };
-        let name = api.to_string();
+        let name = api.name();
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
         if recent(&mut hits, (sdkappid, None), now) >= app_limit.get() as usize {
             let info = format!("SDKAppID over {app_limit} requests per second");
             return Err(Refusal::new(60011, info));
         }
         let mut keys = vec![(sdkappid, None)];
-        if let Some(api_limit) = api_limits.get(&name) {
-            let key = (sdkappid, Some(name.clone()));
+        if let Some(api_limit) = api_limits.get(name) {
+            let key = (sdkappid, Some(name.to_owned()));
             if recent(&mut hits, key.clone(), now) >= api_limit.get() as usize {
                 let info = format!("{name} over {api_limit} requests per second");
                 return Err(Refusal::new(60007, info));

@@ -1,8 +1,9 @@
-//! The emulator's room metadata store, with Tencent's limits (TENCENT.md §6).
+//! The emulator's room metadata store, with the limits that depend on the room's state.
 //!
-//! A room holds at most 10 keys, each at most 50 bytes, each value at most 2 KB and all
-//! values together at most 16 KB, counted on the room *after* an update. An update that would
-//! break a limit changes nothing. Rooms exist from their first metadata (the emulator does not
+//! A request's own shape (key and value sizes, its key count, its values' total) is checked
+//! by `rules` before it gets here. What only the store can know is checked here: a room holds
+//! at most 10 keys and 16 KB of values *after* an update, and an update that would break
+//! either changes nothing. Rooms exist from their first metadata (the emulator does not
 //! require `create_room` first).
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,14 +11,10 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 
-use super::Refusal;
+use crate::rules::Refusal;
 
 /// Most keys a room's metadata may hold.
 pub const MAX_KEYS: usize = 10;
-/// Longest key, in UTF-8 bytes.
-pub const MAX_KEY_BYTES: usize = 50;
-/// Longest single value, in UTF-8 bytes.
-pub const MAX_VALUE_BYTES: usize = 2048;
 /// Most bytes all of a room's values may hold together.
 pub const MAX_TOTAL_BYTES: usize = 16 * 1024;
 
@@ -121,41 +118,16 @@ fn keys(body: &Map<String, Value>) -> Result<Vec<&str>, Refusal> {
         .collect()
 }
 
-/// The request's `Metadata` entries, each within the per-key and per-value limits.
+/// The request's `Metadata` entries; their limits were checked by the rules.
 fn metadata(body: &Map<String, Value>) -> Result<Vec<(&str, &str)>, Refusal> {
-    let list = body
-        .get("Metadata")
+    let invalid = || Refusal::new(100002, "Metadata must be an array of {Key, Value} strings");
+    body.get("Metadata")
         .and_then(Value::as_array)
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| Refusal::new(100002, "Metadata is required: a non-empty array"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, entry)| {
-            let field = |name: &str| {
-                entry.get(name).and_then(Value::as_str).ok_or_else(|| {
-                    Refusal::new(100002, format!("Metadata[{i}].{name} must be a string"))
-                })
-            };
-            let (key, value) = (field("Key")?, field("Value")?);
-            if key.len() > MAX_KEY_BYTES {
-                return Err(Refusal::new(
-                    100504,
-                    format!(
-                        "Metadata[{i}].Key is {} bytes; the limit is {MAX_KEY_BYTES}",
-                        key.len()
-                    ),
-                ));
-            }
-            if value.len() > MAX_VALUE_BYTES {
-                return Err(Refusal::new(
-                    100501,
-                    format!(
-                        "Metadata[{i}].Value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-                        value.len()
-                    ),
-                ));
-            }
-            Ok((key, value))
+        .ok_or_else(invalid)?
+        .iter()
+        .map(|entry| {
+            let field = |name: &str| entry.get(name).and_then(Value::as_str).ok_or_else(invalid);
+            Ok((field("Key")?, field("Value")?))
         })
         .collect()
 }
@@ -190,21 +162,6 @@ mod tests {
         assert_eq!(got, json!({"Metadata": [{"Key": "b", "Value": "2"}]}));
         let other_app = rooms.get(2, &body(json!({"RoomId": "r"}))).unwrap();
         assert_eq!(other_app, json!({"Metadata": []}));
-    }
-
-    #[test]
-    fn limits_hold_exactly_at_the_boundary() {
-        let rooms = Rooms::default();
-        assert_eq!(
-            code(set(&rooms, &[("k".repeat(50).as_str(), "v".into())])),
-            0
-        );
-        assert_eq!(
-            code(set(&rooms, &[("k".repeat(51).as_str(), "v".into())])),
-            100504
-        );
-        assert_eq!(code(set(&rooms, &[("v", "x".repeat(2048))])), 0);
-        assert_eq!(code(set(&rooms, &[("v", "x".repeat(2049))])), 100501);
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! Request checks: what Tencent would refuse for its shape, refused here first, with Tencent's
+//! own ErrorCode and an `ErrorInfo` that says exactly what is wrong.
+//!
+//! Rules are data (`table`): per API, a list of (field path, check, error code), read in
+//! order; the first broken rule answers. A path names fields from the body's root, with `[]`
+//! for every element of an array: `Metadata[].Value`. Checks read the parsed body in place
+//! (strings are borrowed from the request bytes, never copied) and never change it. APIs
+//! without rules pass unchecked. The gateway and the emulator use the same table.
+
+mod table;
+
+use std::collections::HashSet;
+
+use serde_json_borrow::Value;
+
+pub use table::TABLE;
+
+/// A JSON type a field must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    String,
+    Integer,
+    Array,
+    Object,
+}
+
+/// One check on every value a path selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Present, not null, and of this type.
+    Required(Type),
+    /// Absent, null, or of this type.
+    Optional(Type),
+    /// A string or array with at least one element.
+    NonEmpty,
+    /// A string of at most this many UTF-8 bytes.
+    MaxBytes(usize),
+    /// An array of at most this many elements.
+    MaxItems(usize),
+    /// An integer of at most this value.
+    MaxValue(i64),
+    /// At most this many distinct strings across all selected values.
+    MaxDistinct(usize),
+    /// At most this many UTF-8 bytes across all selected strings.
+    MaxTotalBytes(usize),
+}
+
+/// One line of an API's rules, as it reads on Tencent's page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// The field path, e.g. `Metadata[].Key`.
+    pub field: &'static str,
+    /// What must hold for it.
+    pub check: Check,
+    /// Tencent's ErrorCode when it does not.
+    pub code: u32,
+}
+
+/// A Tencent API-level refusal: an ErrorCode and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Tencent's ErrorCode.
+    pub code: u32,
+    /// What is wrong, naming the field.
+    pub info: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `info`.
+    pub fn new(code: u32, info: impl Into<String>) -> Self {
+        Self {
+            code,
+            info: info.into(),
+        }
+    }
+}
+
+/// The rules for `api` (`service/command`), if it has any.
+pub fn for_api(api: &str) -> Option<&'static [Rule]> {
+    TABLE
+        .iter()
+        .find(|(name, _)| *name == api)
+        .map(|(_, rules)| *rules)
+}
+
+/// Checks a parsed body against `rules`; the first broken rule answers. A body that names a
+/// key twice in one object is refused first: which of the two Tencent reads is not documented.
+pub fn check(rules: &[Rule], body: &Value<'_>) -> Result<(), Refusal> {
+    if let Some(key) = repeated_key(body) {
+        return Err(Refusal::new(
+            INVALID,
+            format!("the body names the key {key:?} twice in one object"),
+        ));
+    }
+    rules.iter().try_for_each(|rule| apply(rule, body))
+}
+
+/// Tencent's "invalid parameter".
+const INVALID: u32 = 100002;
+
+/// A key that appears twice in one object anywhere in `value`, if any.
+fn repeated_key<'v>(value: &'v Value<'_>) -> Option<&'v str> {
+    match value {
+        Value::Object(object) => {
+            let keys: Vec<&str> = object.keys().collect();
+            let repeated = if keys.len() <= 16 {
+                keys.iter()
+                    .enumerate()
+                    .find(|(i, k)| keys[..*i].contains(k))
+                    .map(|(_, k)| *k)
+            } else {
+                let mut seen = HashSet::new();
+                keys.iter().find(|k| !seen.insert(**k)).copied()
+            };
+            repeated.or_else(|| object.values().find_map(repeated_key))
+        }
+        Value::Array(items) => items.iter().find_map(repeated_key),
+        _ => None,
+    }
+}
+
+fn apply(rule: &Rule, body: &Value<'_>) -> Result<(), Refusal> {
+    let fail = |at: &[usize], what: String| {
+        Err(Refusal::new(
+            rule.code,
+            format!("{} {what}", name(rule.field, at)),
+        ))
+    };
+    match rule.check {
+        Check::MaxDistinct(max) => {
+            let mut seen = HashSet::new();
+            visit(body, rule.field, &mut |_, v| {
+                seen.extend(v.and_then(Value::as_str));
+                Ok(())
+            })?;
+            if seen.len() > max {
+                return fail(
+                    &[],
+                    format!("has {} distinct values; the limit is {max}", seen.len()),
+                );
+            }
+            Ok(())
+        }
+        Check::MaxTotalBytes(max) => {
+            let mut total = 0;
+            visit(body, rule.field, &mut |_, v| {
+                total += v.and_then(Value::as_str).map_or(0, str::len);
+                Ok(())
+            })?;
+            if total > max {
+                return fail(&[], format!("totals {total} bytes; the limit is {max}"));
+            }
+            Ok(())
+        }
+        check => visit(body, rule.field, &mut |at, v| match one(check, v) {
+            Ok(()) => Ok(()),
+            Err(what) => fail(at, what),
+        }),
+    }
+}
+
+/// Checks one selected value (`None` when absent); says what is wrong.
+fn one(check: Check, value: Option<&Value<'_>>) -> Result<(), String> {
+    let value = value.filter(|v| !v.is_null());
+    match (check, value) {
+        (Check::Required(ty), None) => Err(format!("is required: {}", article(ty))),
+        (Check::Required(ty) | Check::Optional(ty), Some(v)) if !is(ty, v) => {
+            Err(format!("must be {}, not {}", article(ty), kind(v)))
+        }
+        (Check::NonEmpty, Some(v))
+            if v.as_str() == Some("") || v.as_array().is_some_and(<[_]>::is_empty) =>
+        {
+            Err("must not be empty".into())
+        }
+        (Check::MaxBytes(max), Some(Value::Str(s))) if s.len() > max => {
+            Err(format!("is {} bytes; the limit is {max}", s.len()))
+        }
+        (Check::MaxItems(max), Some(Value::Array(items))) if items.len() > max => {
+            Err(format!("has {} items; the limit is {max}", items.len()))
+        }
+        (Check::MaxValue(max), Some(v))
+            if v.as_i64().is_some_and(|n| n > max)
+                || v.as_u64().is_some_and(|n| n > max as u64) =>
+        {
+            Err(format!("is {v}; the limit is {max}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Calls `f` with every value `path` selects (and `None` where the last field is absent).
+/// Where an intermediate field is absent or of another type, nothing is selected: the rule
+/// for that field itself says what is wrong.
+fn visit<'v>(
+    root: &'v Value<'v>,
+    path: &str,
+    f: &mut dyn FnMut(&[usize], Option<&'v Value<'v>>) -> Result<(), Refusal>,
+) -> Result<(), Refusal> {
+    fn walk<'v>(
+        value: Option<&'v Value<'v>>,
+        segments: &[&str],
+        at: &mut Vec<usize>,
+        f: &mut dyn FnMut(&[usize], Option<&'v Value<'v>>) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        let Some((segment, rest)) = segments.split_first() else {
+            return f(at, value);
+        };
+        let Some(Value::Object(object)) = value else {
+            return Ok(());
+        };
+        let (field, each) = match segment.strip_suffix("[]") {
+            Some(field) => (field, true),
+            None => (*segment, false),
+        };
+        let child = object.get(field);
+        if !each {
+            return walk(child, rest, at, f);
+        }
+        let Some(Value::Array(items)) = child else {
+            return Ok(());
+        };
+        for (i, item) in items.iter().enumerate() {
+            at.push(i);
+            walk(Some(item), rest, at, f)?;
+            at.pop();
+        }
+        Ok(())
+    }
+    let segments: Vec<&str> = path.split('.').collect();
+    walk(Some(root), &segments, &mut Vec::new(), f)
+}
+
+/// `Metadata[].Value` with indices `[3]` reads `Metadata[3].Value`.
+fn name(path: &str, at: &[usize]) -> String {
+    let mut out = String::with_capacity(path.len() + 8);
+    let mut indices = at.iter();
+    for (i, part) in path.split("[]").enumerate() {
+        if i > 0 {
+            match indices.next() {
+                Some(n) => out.push_str(&format!("[{n}]")),
+                None => out.push_str("[]"),
+            }
+        }
+        out.push_str(part);
+    }
+    out
+}
+
+fn is(ty: Type, value: &Value<'_>) -> bool {
+    match ty {
+        Type::String => value.is_string(),
+        Type::Integer => value.is_i64() || value.is_u64(),
+        Type::Array => value.is_array(),
+        Type::Object => value.is_object(),
+    }
+}
+
+fn article(ty: Type) -> &'static str {
+    match ty {
+        Type::String => "a string",
+        Type::Integer => "an integer",
+        Type::Array => "an array",
+        Type::Object => "an object",
+    }
+}
+
+fn kind(value: &Value<'_>) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::Str(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
