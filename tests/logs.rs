@@ -47,7 +47,7 @@ async fn trace_logs_never_carry_the_key_or_a_usersig() {
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(
-        logs.contains("set_room_metadata"),
+        logs.contains("query_online_status"),
         "the request line is logged"
     );
     assert!(!logs.contains(KEY), "the key leaked");
