@@ -154,19 +154,21 @@ impl Emulator {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Carries out an authenticated request on the store.
-    fn execute(
-        &self,
-        caller: &Caller,
-        api: &Api,
-        body: &Map<String, Value>,
-    ) -> Result<Value, Refusal> {
-        match (api.service(), api.command()) {
-            ("live_engine_http_srv", "set_room_metadata") => self.rooms.set(caller.sdkappid, body),
-            ("live_engine_http_srv", "get_room_metadata") => self.rooms.get(caller.sdkappid, body),
-            ("live_engine_http_srv", "del_room_metadata") => {
-                self.rooms.delete(caller.sdkappid, body)
-            }
+    /// Carries out an authenticated request's `body`: the API's rules (the same table the
+    /// gateway checks), then the store. Returns the API's `Response`, if it has one.
+    pub fn execute(&self, sdkappid: u64, api: &Api, body: &[u8]) -> Result<Value, Refusal> {
+        let parsed: serde_json_borrow::Value = serde_json::from_slice(body).map_err(not_json)?;
+        if let Some(rules) = rules::for_api(api.name()) {
+            rules::check(rules, &parsed)?;
+        }
+        let Some(object) = parsed.as_object() else {
+            return Err(Refusal::new(60003, "request JSON must be an object"));
+        };
+        let body = Map::from(object);
+        match api.name() {
+            "live_engine_http_srv/set_room_metadata" => self.rooms.set(sdkappid, &body),
+            "live_engine_http_srv/get_room_metadata" => self.rooms.get(sdkappid, &body),
+            "live_engine_http_srv/del_room_metadata" => self.rooms.delete(sdkappid, &body),
             _ => Ok(Value::Null),
         }
     }
@@ -219,14 +221,7 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
         .admit(caller.sdkappid, &api, Instant::now())?;
     emulator.fault(&api)?;
     let bytes = read_bytes(request).await?;
-    let parsed: serde_json_borrow::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
-    if let Some(rules) = rules::for_api(api.name()) {
-        rules::check(rules, &parsed)?;
-    }
-    let Some(object) = parsed.as_object() else {
-        return Err(Refusal::new(60003, "request JSON must be an object"));
-    };
-    emulator.execute(&caller, &api, &Map::from(object))
+    emulator.execute(caller.sdkappid, &api, &bytes)
 }
 
 /// `POST /_emulator/faults` with `{"Api": "service/command", "ErrorCode": N, "Times": N}`.

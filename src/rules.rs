@@ -86,6 +86,12 @@ pub fn for_api(api: &str) -> Option<&'static [Rule]> {
 /// Checks a parsed body against `rules`; the first broken rule answers. A body that names a
 /// key twice in one object is refused first: which of the two Tencent reads is not documented.
 pub fn check(rules: &[Rule], body: &Value<'_>) -> Result<(), Refusal> {
+    if !body.is_object() {
+        return Err(Refusal::new(
+            INVALID,
+            format!("the body must be a JSON object, not {}", kind(body)),
+        ));
+    }
     if let Some(key) = repeated_key(body) {
         return Err(Refusal::new(
             INVALID,
@@ -272,5 +278,213 @@ fn kind(value: &Value<'_>) -> &'static str {
         Value::Str(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET: &str = "live_engine_http_srv/set_room_metadata";
+
+    fn verdict(api: &str, body: &str) -> Result<(), Refusal> {
+        let value: Value = serde_json::from_str(body).expect("test bodies are JSON");
+        check(for_api(api).expect("a checked API"), &value)
+    }
+
+    fn entries(n: usize, value_len: usize) -> String {
+        let list: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"Key":"k{i}","Value":"{}"}}"#, "v".repeat(value_len)))
+            .collect();
+        format!(r#"{{"RoomId":"r","Metadata":[{}]}}"#, list.join(","))
+    }
+
+    #[test]
+    fn error_info_names_the_element_and_its_size() {
+        let body = format!(
+            r#"{{"RoomId":"r","Metadata":[{{"Key":"a","Value":"x"}},{{"Key":"b","Value":"x"}},{{"Key":"c","Value":"x"}},{{"Key":"d","Value":"{}"}}]}}"#,
+            "é".repeat(1025) + "x"
+        );
+        let refusal = verdict(SET, &body).unwrap_err();
+        assert_eq!(refusal.code, 100501);
+        assert_eq!(
+            refusal.info,
+            "Metadata[3].Value is 2051 bytes; the limit is 2048"
+        );
+    }
+
+    #[test]
+    fn set_room_metadata_limits_hold_exactly_at_the_boundary() {
+        assert_eq!(verdict(SET, &entries(10, 1)), Ok(()));
+        assert_eq!(verdict(SET, &entries(11, 1)).unwrap_err().code, 100500);
+        assert_eq!(verdict(SET, &entries(8, 2048)), Ok(()));
+        let over = verdict(
+            SET,
+            &entries(8, 2048).replace(r#""Key":"k0""#, r#""Key":"k0","Extra":1"#),
+        );
+        assert_eq!(over, Ok(()), "unknown fields are Tencent's business");
+        let total = verdict(
+            SET,
+            &entries(8, 2048).replace("]}", r#",{"Key":"z","Value":"1"}]}"#),
+        );
+        assert_eq!(
+            total.unwrap_err(),
+            Refusal::new(
+                100502,
+                "Metadata[].Value totals 16385 bytes; the limit is 16384"
+            )
+        );
+        let key = |n: usize| {
+            format!(
+                r#"{{"RoomId":"r","Metadata":[{{"Key":"{}","Value":""}}]}}"#,
+                "k".repeat(n)
+            )
+        };
+        assert_eq!(verdict(SET, &key(50)), Ok(()));
+        assert_eq!(verdict(SET, &key(51)).unwrap_err().code, 100504);
+    }
+
+    #[test]
+    fn repeated_keys_in_one_request_count_once() {
+        let body = entries(10, 1).replace("]}", r#",{"Key":"k0","Value":"again"}]}"#);
+        assert_eq!(verdict(SET, &body), Ok(()));
+    }
+
+    #[test]
+    fn malformed_shapes_are_invalid_parameters() {
+        let cases = [
+            (
+                r#"{"Metadata":[{"Key":"k","Value":"v"}]}"#,
+                "RoomId is required: a string",
+            ),
+            (
+                r#"{"RoomId":null,"Metadata":[]}"#,
+                "RoomId is required: a string",
+            ),
+            (
+                r#"{"RoomId":7,"Metadata":[]}"#,
+                "RoomId must be a string, not a number",
+            ),
+            (r#"{"RoomId":"","Metadata":[]}"#, "RoomId must not be empty"),
+            (
+                r#"{"RoomId":"r","Metadata":[]}"#,
+                "Metadata must not be empty",
+            ),
+            (
+                r#"{"RoomId":"r","Metadata":{"Key":"k"}}"#,
+                "Metadata must be an array, not an object",
+            ),
+            (
+                r#"{"RoomId":"r","Metadata":[1]}"#,
+                "Metadata[0] must be an object, not a number",
+            ),
+            (
+                r#"{"RoomId":"r","Metadata":[{"Key":"k","Value":"v"},null]}"#,
+                "Metadata[1] is required: an object",
+            ),
+            (
+                r#"{"RoomId":"r","Metadata":[{"Key":"k"}]}"#,
+                "Metadata[0].Value is required: a string",
+            ),
+            (
+                r#"{"RoomId":"r","Metadata":[{"Key":["k"],"Value":"v"}]}"#,
+                "Metadata[0].Key must be a string, not an array",
+            ),
+            (
+                r#"{"RoomId":"r","RoomId":"s","Metadata":[{"Key":"k","Value":"v"}]}"#,
+                r#"the body names the key "RoomId" twice in one object"#,
+            ),
+            (
+                r#"{"RoomId":"r","Metadata":[{"Key":"k","Key":"j","Value":"v"}]}"#,
+                r#"the body names the key "Key" twice in one object"#,
+            ),
+            ("[]", "the body must be a JSON object, not an array"),
+            ("\"text\"", "the body must be a JSON object, not a string"),
+        ];
+        for (body, info) in cases {
+            assert_eq!(
+                verdict(SET, body),
+                Err(Refusal::new(100002, info)),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_array_is_refused_quickly_by_count() {
+        let body = entries(100_000, 1);
+        let started = std::time::Instant::now();
+        assert_eq!(verdict(SET, &body).unwrap_err().code, 100500);
+        let numbers = format!(
+            r#"{{"RoomId":"r","Metadata":[{}]}}"#,
+            vec!["1"; 100_000].join(",")
+        );
+        assert_eq!(verdict(SET, &numbers).unwrap_err().code, 100002);
+        // Generous: this is about not being quadratic, not about speed.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn integer_limits_and_optional_fields() {
+        let list = "live_engine_http_srv/get_room_list";
+        assert_eq!(verdict(list, r#"{"Next":"","Count":20}"#), Ok(()));
+        assert_eq!(verdict(list, r#"{"Next":""}"#), Ok(()));
+        assert_eq!(verdict(list, r#"{"Next":"","Count":null}"#), Ok(()));
+        assert_eq!(
+            verdict(list, r#"{"Next":"","Count":21}"#),
+            Err(Refusal::new(100002, "Count is 21; the limit is 20"))
+        );
+        assert_eq!(
+            verdict(list, r#"{"Next":"","Count":"20"}"#)
+                .unwrap_err()
+                .info,
+            "Count must be an integer, not a string"
+        );
+        assert_eq!(
+            verdict(list, r#"{"Next":"","Count":2.5}"#)
+                .unwrap_err()
+                .code,
+            100002
+        );
+        assert_eq!(
+            verdict(list, r#"{"Count":1}"#).unwrap_err().info,
+            "Next is required: a string"
+        );
+    }
+
+    #[test]
+    fn nested_fields_are_named_by_their_path() {
+        let create = "live_engine_http_srv/create_room";
+        let body = format!(r#"{{"RoomInfo":{{"RoomId":"{}"}}}}"#, "r".repeat(49));
+        assert_eq!(
+            verdict(create, &body).unwrap_err().info,
+            "RoomInfo.RoomId is 49 bytes; the limit is 48"
+        );
+        let body = r#"{"RoomInfo":{"RoomId":"r","Category":[1,2,3,4]}}"#;
+        assert_eq!(
+            verdict(create, body).unwrap_err().info,
+            "RoomInfo.Category has 4 items; the limit is 3"
+        );
+        assert_eq!(
+            verdict(create, r#"{"RoomInfo":"r"}"#).unwrap_err().info,
+            "RoomInfo must be an object, not a string"
+        );
+    }
+
+    #[test]
+    fn unchecked_apis_have_no_rules() {
+        assert!(for_api("openim/sendmsg").is_none());
+        assert!(
+            TABLE
+                .iter()
+                .all(|(api, rules)| api.contains('/') && !rules.is_empty())
+        );
+    }
+
+    #[test]
+    fn paths_read_with_their_indices() {
+        assert_eq!(name("Metadata[].Value", &[3]), "Metadata[3].Value");
+        assert_eq!(name("Metadata[].Value", &[]), "Metadata[].Value");
+        assert_eq!(name("RoomInfo.RoomId", &[]), "RoomInfo.RoomId");
     }
 }
