@@ -1,0 +1,260 @@
+//! Every documented limit, end to end: at the limit a request reaches Tencent; one past it,
+//! the caller gets Tencent's code and Tencent sees nothing. And whatever the gateway's checks
+//! accept, the emulator (Tencent's stand-in) accepts too.
+
+mod support;
+
+use proptest::prelude::*;
+use proptest::strategy::Strategy;
+use serde_json::{Value, json};
+use support::{Caller, Recorder, gateway, one_app};
+use timgate::api::Api;
+use timgate::config::Config;
+use timgate::emulator::Emulator;
+use timgate::rules::{self, Check, Rule, TABLE};
+
+/// A body each checked API accepts, as small as its rules allow.
+fn valid(api: &str) -> Value {
+    let command = api.split('/').nth(1).unwrap();
+    match command {
+        "set_room_metadata" => json!({"RoomId": "r", "Metadata": [{"Key": "k", "Value": "v"}]}),
+        "del_room_metadata" => json!({"RoomId": "r", "Keys": ["k"]}),
+        "create_room" | "update_room_info" => json!({"RoomInfo": {"RoomId": "r"}}),
+        "get_room_list" => json!({"Next": ""}),
+        "ban_member" => json!({"RoomId": "r", "MemberList_Account": ["u"], "Duration": 60}),
+        "unban_member" => json!({"RoomId": "r", "MemberList_Account": ["u"]}),
+        "mute_member" => json!({"RoomId": "r", "MuteTime": 0}),
+        "send_text_msg" => json!({"RoomId": "r", "Sender_Account": "u", "TextContent": "hi"}),
+        _ => json!({"RoomId": "r"}),
+    }
+}
+
+/// The field `path` selects in `body` (the first element where it passes an array).
+fn field<'a>(body: &'a mut Value, path: &str) -> &'a mut Value {
+    path.split('.')
+        .fold(body, |value, segment| match segment.strip_suffix("[]") {
+            Some(name) => {
+                let list = &mut value[name];
+                if !list.is_array() || list.as_array().unwrap().is_empty() {
+                    *list = json!([{}]);
+                }
+                &mut list[0]
+            }
+            None => &mut value[segment],
+        })
+}
+
+/// `valid(api)` changed so that `rule`'s measure is exactly `n`.
+fn sized(api: &str, rule: &Rule, n: usize) -> Value {
+    let mut body = valid(api);
+    let (list, item) = rule.field.rsplit_once("[].").unwrap_or(("", rule.field));
+    match rule.check {
+        Check::MaxBytes(_) => *field(&mut body, rule.field) = json!("b".repeat(n)),
+        Check::MaxItems(_) => {
+            *field(&mut body, rule.field) =
+                json!((0..n).map(|i| format!("m{i}")).collect::<Vec<_>>())
+        }
+        Check::MaxValue(_) => *field(&mut body, rule.field) = json!(n),
+        Check::MaxDistinct(_) => {
+            let entries: Vec<Value> = (0..n)
+                .map(|i| json!({item: format!("k{i}"), "Value": "v"}))
+                .collect();
+            *field(&mut body, list) = json!(entries);
+        }
+        Check::MaxTotalBytes(_) => {
+            // Values at most 2 KB each, as the per-value rule wants, adding up to n.
+            let entries: Vec<Value> = (0..n.div_ceil(2048))
+                .map(
+                    |i| json!({"Key": format!("k{i}"), item: "t".repeat((n - i * 2048).min(2048))}),
+                )
+                .collect();
+            *field(&mut body, list) = json!(entries);
+        }
+        Check::Required(_) | Check::Optional(_) | Check::NonEmpty => unreachable!("not a limit"),
+    }
+    body
+}
+
+fn limit(check: Check) -> Option<usize> {
+    match check {
+        Check::MaxBytes(n)
+        | Check::MaxItems(n)
+        | Check::MaxDistinct(n)
+        | Check::MaxTotalBytes(n) => Some(n),
+        Check::MaxValue(n) => Some(n as usize),
+        Check::Required(_) | Check::Optional(_) | Check::NonEmpty => None,
+    }
+}
+
+#[tokio::test]
+async fn every_limit_passes_at_the_limit_and_fails_one_past_it() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(Config::from_toml(&one_app(1, &upstream.url())).unwrap()).await;
+    let caller = Caller::default();
+    let mut sent = 0;
+    let mut limits = 0;
+    for (api, rules) in TABLE {
+        let path = format!("/v4/{api}");
+        let answer = caller.post(gw.addr, &path, valid(api).to_string()).await;
+        assert_eq!(answer.code(), 0, "{api}: the valid body: {}", answer.json());
+        sent += 1;
+        for rule in rules.iter() {
+            let Some(n) = limit(rule.check) else { continue };
+            limits += 1;
+            let at = caller
+                .post(gw.addr, &path, sized(api, rule, n).to_string())
+                .await;
+            assert_eq!(at.code(), 0, "{api} {} at {n}: {}", rule.field, at.json());
+            sent += 1;
+            let over = caller
+                .post(gw.addr, &path, sized(api, rule, n + 1).to_string())
+                .await;
+            assert_eq!(over.status, hyper::StatusCode::OK);
+            assert_eq!(
+                over.code(),
+                i64::from(rule.code),
+                "{api} {} at {}: {}",
+                rule.field,
+                n + 1,
+                over.json()
+            );
+            assert!(
+                over.json()["ErrorInfo"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("the limit is {n}"))
+            );
+            assert_eq!(
+                upstream.seen().len(),
+                sent,
+                "{api}: a refused request reached Tencent"
+            );
+        }
+    }
+    assert_eq!(limits, 17, "every documented limit is covered");
+}
+
+#[tokio::test]
+async fn malformed_bodies_never_reach_tencent() {
+    let upstream = Recorder::ok().await;
+    let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
+    config.server.max_body_bytes = 8 << 20;
+    let gw = gateway(config).await;
+    let caller = Caller::default();
+    let set = "/v4/live_engine_http_srv/set_room_metadata";
+    let deep = format!(
+        "{{\"RoomId\":\"r\",\"Metadata\":{}{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let mut invalid_utf8 = br#"{"RoomId":"r","Metadata":[{"Key":"k","Value":""#.to_vec();
+    invalid_utf8.extend_from_slice(&[0xff, 0xfe]);
+    invalid_utf8.extend_from_slice(br#""}]}"#);
+    let cases: Vec<(Vec<u8>, i64)> = vec![
+        (deep.into_bytes(), 60003),
+        (invalid_utf8, 60003),
+        (
+            br#"{"RoomId":"r","Metadata":[{"Key":"k","Value":"v"}]} trailing"#.to_vec(),
+            60003,
+        ),
+        (
+            br#"{"RoomId":"r","RoomId":"s","Metadata":[{"Key":"k","Value":"v"}]}"#.to_vec(),
+            100002,
+        ),
+        (
+            br#"{"RoomId":null,"Metadata":[{"Key":"k","Value":"v"}]}"#.to_vec(),
+            100002,
+        ),
+        (
+            format!(
+                r#"{{"RoomId":"r","Metadata":[{}]}}"#,
+                vec![r#"{"Key":"k","Value":""}"#; 100_000].join(",")
+            )
+            .into_bytes(),
+            0,
+        ),
+        (
+            format!(
+                r#"{{"RoomId":"r","Metadata":[{}]}}"#,
+                (0..100_000)
+                    .map(|i| format!(r#"{{"Key":"k{i}","Value":"v"}}"#))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+            .into_bytes(),
+            100500,
+        ),
+    ];
+    let mut passed = 0;
+    for (body, code) in cases {
+        let answer = caller.post(gw.addr, set, body).await;
+        assert_eq!(answer.code(), code, "{}", answer.json());
+        passed += usize::from(code == 0);
+    }
+    assert_eq!(upstream.seen().len(), passed);
+}
+
+fn emulator() -> Emulator {
+    let config = Config::from_toml(&one_app(1, "http://127.0.0.1:1")).unwrap();
+    Emulator::new(&config.apps)
+}
+
+/// Strings of `around` UTF-8 bytes give or take a few, in one- to three-byte characters.
+fn near(around: usize) -> impl Strategy<Value = String> {
+    let low = around.saturating_sub(6);
+    prop_oneof![
+        (low..around + 6).prop_map(|n| "x".repeat(n)),
+        (low / 2..(around + 6) / 2).prop_map(|n| "é".repeat(n)),
+        (low / 3..(around + 6) / 3, 0..3usize)
+            .prop_map(|(n, pad)| "字".repeat(n) + &"a".repeat(pad)),
+    ]
+}
+
+/// Mostly well-formed strings, some at the documented size, now and then a wrong type.
+fn string_ish(short: &'static str, limit: usize) -> impl Strategy<Value = Value> {
+    prop_oneof![
+        12 => short.prop_map(Value::from),
+        4 => near(limit).prop_map(Value::from),
+        1 => Just(Value::Null),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => Just(json!(["nested"])),
+    ]
+}
+
+fn metadata_body() -> impl Strategy<Value = Value> {
+    let entry = prop_oneof![
+        30 => (string_ish("[a-z0-9]{1,6}", 50), string_ish("[a-z ]{0,12}", 2048)).prop_map(|(k, v)| json!({"Key": k, "Value": v})),
+        1 => Just(json!("not an object")),
+        1 => string_ish("[a-z]{1,4}", 50).prop_map(|k| json!({"Key": k})),
+    ];
+    (
+        string_ish("[a-z]{1,8}", 48),
+        proptest::collection::vec(entry, 0..13),
+    )
+        .prop_map(|(room, entries)| json!({"RoomId": room, "Metadata": entries}))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn whatever_the_checker_accepts_the_emulator_accepts(body in metadata_body()) {
+        let api = Api::from_path("/v4/live_engine_http_srv/set_room_metadata").unwrap();
+        let bytes = body.to_string();
+        let parsed: serde_json_borrow::Value = serde_json::from_str(&bytes).unwrap();
+        if rules::check(rules::for_api(api.name()).unwrap(), &parsed).is_ok() {
+            let answer = emulator().execute(1, &api, bytes.as_bytes());
+            prop_assert!(answer.is_ok(), "{bytes}: {answer:?}");
+        }
+    }
+
+    #[test]
+    fn the_emulator_refuses_what_the_checker_refuses(body in metadata_body()) {
+        let api = Api::from_path("/v4/live_engine_http_srv/set_room_metadata").unwrap();
+        let bytes = body.to_string();
+        let parsed: serde_json_borrow::Value = serde_json::from_str(&bytes).unwrap();
+        if let Err(refusal) = rules::check(rules::for_api(api.name()).unwrap(), &parsed) {
+            prop_assert_eq!(emulator().execute(1, &api, bytes.as_bytes()).unwrap_err(), refusal);
+        }
+    }
+}
