@@ -106,6 +106,8 @@ pub struct Config {
     pub server: Server,
     /// The emulator (`timgate emulate`, or the in-process one).
     pub emulator: Emulator,
+    /// Logging.
+    pub log: Log,
     /// One entry per SDKAppID; at least one.
     pub apps: Vec<App>,
 }
@@ -115,6 +117,8 @@ pub struct Config {
 pub struct Server {
     /// Where callers reach the gateway (`listen`, default `127.0.0.1:8080`).
     pub listen: SocketAddr,
+    /// Health, readiness and metrics (`admin_listen`, default `127.0.0.1:9464`).
+    pub admin_listen: SocketAddr,
     /// Largest request body accepted (`max_body_bytes`, default 1 MiB).
     pub max_body_bytes: usize,
     /// One upstream attempt's deadline (`upstream_timeout_ms`, default 5000; Tencent's own is 3 s).
@@ -123,6 +127,23 @@ pub struct Server {
     pub connect_timeout: Duration,
     /// How long accepted requests may take to finish on shutdown (`drain_timeout_ms`, default 20000).
     pub drain_timeout: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// `text` (default) or `json` lines (`format`); `--log-format` overrides it.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[emulator]`.
@@ -199,6 +220,8 @@ struct RawConfig {
     #[serde(default)]
     emulator: RawEmulator,
     #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
     apps: Vec<RawApp>,
 }
 
@@ -206,6 +229,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: String,
+    admin_listen: String,
     max_body_bytes: u64,
     upstream_timeout_ms: u64,
     connect_timeout_ms: u64,
@@ -216,12 +240,32 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9464".into(),
             max_body_bytes: 1024 * 1024,
             upstream_timeout_ms: 5000,
             connect_timeout_ms: 2000,
             drain_timeout_ms: 20_000,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
 }
 
 #[derive(Deserialize)]
@@ -355,6 +399,9 @@ impl RawConfig {
             emulator: Emulator {
                 listen: socket_addr("emulator.listen", &self.emulator.listen)?,
             },
+            log: Log {
+                format: self.log.format,
+            },
             apps,
         })
     }
@@ -372,8 +419,17 @@ impl RawServer {
                 "must be above 3000: Tencent's own deadline is 3 s",
             ));
         }
+        let listen = socket_addr("server.listen", &self.listen)?;
+        let admin_listen = socket_addr("server.admin_listen", &self.admin_listen)?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(ConfigError::new(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
         Ok(Server {
-            listen: socket_addr("server.listen", &self.listen)?,
+            listen,
+            admin_listen,
             max_body_bytes,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,

@@ -91,6 +91,22 @@ impl Error {
         }
     }
 
+    /// A short, fixed name for the metrics' `outcome` label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Error::NotFound => "not_found",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::BadSdkAppId(_) | Error::UnknownApp(_) | Error::AmbiguousApp(_) => "unknown_app",
+            Error::BodyTooLarge(_) => "body_too_large",
+            Error::BodyRead(_) => "body_unreadable",
+            Error::NotJson(_) => "not_json",
+            Error::Rejected(_) => "rejected",
+            Error::Throttled(_) => "throttled",
+            Error::Unreachable(_) | Error::UpstreamBody(_) => "upstream_unreachable",
+            Error::Timeout(_) => "upstream_timeout",
+        }
+    }
+
     /// The response a caller gets.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let (status, code) = self.status_and_code();

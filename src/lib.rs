@@ -13,12 +13,18 @@
 //! - [`error`]: the errors timgate answers itself, in Tencent's envelope.
 //! - [`emulator`]: a stand-in for Tencent, for local runs, tests and benchmarks.
 //! - [`server`]: the accept loop with graceful drain, shared by gateway and emulator.
+//! - [`limiter`]: keeps each SDKAppID and API under Tencent's call-frequency limits.
+//! - [`retry`]: which upstream outcomes are retried, and the backoff between tries.
+//! - [`rules`]: the documented request limits, checked before any quota is spent.
+//! - [`metrics`]: Prometheus metrics; [`admin`]: the health, readiness and metrics listener.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod limiter;
+pub mod metrics;
 pub mod proxy;
 pub mod retry;
 pub mod rules;
@@ -28,21 +34,33 @@ pub mod usersig;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::admin::Admin;
 use crate::config::{Config, Endpoint};
 use crate::emulator::Emulator;
 use crate::proxy::Gateway;
 
-/// Runs the gateway on `listener` until `shutdown` resolves, then drains.
+/// The two ports the gateway serves.
+pub struct Listeners {
+    /// Where callers send their requests (`server.listen`).
+    pub proxy: TcpListener,
+    /// Health, readiness and metrics (`server.admin_listen`).
+    pub admin: TcpListener,
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains: readiness fails at once, no new
+/// connection is accepted, and every accepted request (queued ones included) is answered
+/// within `server.drain_timeout_ms`. The admin listener stops last.
 ///
 /// Starts the in-process emulator first when an app's endpoint is `"emulator"`.
 /// Returns whether every accepted connection finished within the drain deadline.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<bool> {
     let embedded = if config.apps.iter().any(|a| a.endpoint == Endpoint::Emulator) {
@@ -57,9 +75,43 @@ pub async fn run(
         &config,
         embedded.as_ref().map(|(addr, _)| *addr),
     ));
-    info!(addr = %listener.local_addr()?, apps = config.apps.len(), "gateway listening");
+    let admin = Arc::new(Admin::new(gateway.clone()));
+    let admin_addr = listeners.admin.local_addr()?;
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = {
+        let admin = admin.clone();
+        let handler = move |request| admin::handle(admin.clone(), request);
+        let stopped = async {
+            let _ = admin_stopped.await;
+        };
+        tokio::spawn(server::serve(
+            listeners.admin,
+            handler,
+            stopped,
+            Duration::from_secs(1),
+        ))
+    };
+    info!(
+        addr = %listeners.proxy.local_addr()?,
+        admin = %admin_addr,
+        apps = config.apps.len(),
+        "gateway listening"
+    );
     let handler = move |request| proxy::handle(gateway.clone(), request);
-    let drained = server::serve(listener, handler, shutdown, config.server.drain_timeout).await;
+    let draining = async {
+        shutdown.await;
+        admin.drain();
+        info!(deadline = ?config.server.drain_timeout, "draining");
+    };
+    let drained = server::serve(
+        listeners.proxy,
+        handler,
+        draining,
+        config.server.drain_timeout,
+    )
+    .await;
+    let _ = stop_admin.send(());
+    let _ = admin_task.await;
     if let Some((_, task)) = embedded {
         task.abort();
     }

@@ -1,14 +1,17 @@
-//! The `timgate` command: run the gateway, run the emulator, or sign a UserSig.
+//! The `timgate` command: run the gateway, run the emulator, check a configuration, or sign
+//! a UserSig.
 //!
 //! Configuration is loaded and validated before any port is bound; a bad one exits with
-//! code 64 and a message naming the key at fault.
+//! code 64 and a message naming the key at fault. A drain that ends with every request
+//! answered exits 0; one cut short by `drain_timeout_ms` exits 1.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use timgate::config::{Config, SecretKey};
+use clap::{Parser, Subcommand, ValueEnum};
+use timgate::Listeners;
+use timgate::config::{Config, LogFormat, SecretKey};
 use timgate::usersig::{self, Claims};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -25,8 +28,17 @@ struct Cli {
     /// The configuration file (TOML); `TIMGATE__<SECTION>__<KEY>` variables override it.
     #[arg(long, global = true, default_value = "config/timgate.toml")]
     config: PathBuf,
+    /// Log lines as text or JSON; overrides `log.format`. The filter is `RUST_LOG`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<Format>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +51,8 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Validate the configuration and print it, secrets masked; non-zero on any problem.
+    Check,
     /// Print a UserSig; the key comes from the TIMGATE_SECRET_KEY environment variable.
     Sign {
         /// The SDKAppID.
@@ -55,19 +69,46 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Sign {
-            sdkappid,
-            identifier,
-            expire,
-        } => sign(sdkappid, identifier, expire),
-        command => serve(&cli.config, command),
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Sign {
+        sdkappid,
+        identifier,
+        expire,
+    } = command
+    {
+        return sign(sdkappid, identifier, expire);
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!(
+                "timgate: invalid configuration {}: {e}",
+                cli.config.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Command::Check = command {
+        println!("{}: valid\n{config:#?}", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let format = match cli.log_format {
+        Some(Format::Json) => LogFormat::Json,
+        Some(Format::Text) => LogFormat::Text,
+        None => config.log.format,
+    };
+    init_logs(format);
+    serve(config, command)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
     }
 }
 
@@ -87,14 +128,7 @@ fn sign(sdkappid: u64, identifier: String, expire: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(path: &std::path::Path, command: Command) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("timgate: invalid configuration {}: {e}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+fn serve(config: Config, command: Command) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,14 +143,21 @@ fn serve(path: &std::path::Path, command: Command) -> ExitCode {
                 Ok(true)
             }
             _ => {
-                let listener = TcpListener::bind(config.server.listen).await?;
-                timgate::run(config, listener, shutdown_signal()).await
+                let listeners = Listeners {
+                    proxy: TcpListener::bind(config.server.listen).await?,
+                    admin: TcpListener::bind(config.server.admin_listen).await?,
+                };
+                timgate::run(config, listeners, shutdown_signal()).await
             }
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            tracing::error!("drain deadline passed before every request was answered");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("timgate: {e}");
             ExitCode::FAILURE
@@ -124,7 +165,7 @@ fn serve(path: &std::path::Path, command: Command) -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -137,5 +178,5 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutdown requested: draining");
+    tracing::info!("shutdown requested");
 }

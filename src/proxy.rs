@@ -21,6 +21,7 @@ use crate::api::Api;
 use crate::config::{App, Config, Endpoint};
 use crate::error::{Error, json_response};
 use crate::limiter::{Limiter, Local};
+use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::rules;
 use crate::upstream::{Reply, Upstream};
@@ -30,6 +31,7 @@ use crate::usersig::{self, Signer};
 pub struct Gateway {
     routes: HashMap<u64, Route>,
     limiter: Arc<dyn Limiter>,
+    metrics: Arc<Metrics>,
     upstream: Upstream,
     max_body_bytes: usize,
 }
@@ -83,6 +85,7 @@ impl Gateway {
         Gateway {
             routes,
             limiter: Arc::new(Local::new(&config.apps)),
+            metrics: Arc::new(Metrics::new()),
             upstream: Upstream::new(
                 config.server.upstream_timeout,
                 config.server.connect_timeout,
@@ -94,24 +97,37 @@ impl Gateway {
 
 /// Answers one caller request. Never fails: every error becomes Tencent's envelope.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let _in_flight = gateway.metrics.in_flight();
     let mut call = Call {
         started: Instant::now(),
         app: None,
         api: None,
         attempts: 0,
     };
-    let (response, error_code, request_id, error) =
-        match forward(&gateway, request, &mut call).await {
-            Ok(reply) => {
-                let (code, id) = (reply.outcome.error_code, reply.outcome.request_id.clone());
-                (respond(reply, call.attempts), code, id, None)
-            }
-            Err(error) => {
-                let code = i64::from(error.status_and_code().1);
-                let info = error.to_string();
-                (error.into_response(), Some(code), None, Some(info))
-            }
-        };
+    let (response, error_code, request_id, error) = match forward(&gateway, request, &mut call)
+        .await
+    {
+        Ok(reply) => {
+            let (code, id) = (reply.outcome.error_code, reply.outcome.request_id.clone());
+            let outcome = match code {
+                Some(0) => "ok",
+                Some(_) => "tencent_error",
+                None => "not_an_envelope",
+            };
+            gateway
+                .metrics
+                .request(call.app, call.api.as_ref().map(Api::name), outcome);
+            (respond(reply, call.attempts), code, id, None)
+        }
+        Err(error) => {
+            let code = i64::from(error.status_and_code().1);
+            let info = error.to_string();
+            gateway
+                .metrics
+                .request(call.app, call.api.as_ref().map(Api::name), error.outcome());
+            (error.into_response(), Some(code), None, Some(info))
+        }
+    };
     info!(
         app = call.app,
         api = call.api.as_ref().map(tracing::field::display),
@@ -175,12 +191,19 @@ impl Gateway {
             let max_wait = app
                 .max_queue_wait
                 .min(deadline.saturating_duration_since(Instant::now()));
+            let queued = Instant::now();
             if let Err(throttled) = self.limiter.acquire(app.sdkappid, api, max_wait).await {
+                self.metrics.rejected(app.sdkappid, throttled.scope);
                 // A retry that finds no room ends with the answer already in hand.
                 return last.unwrap_or(Err(Error::Throttled(throttled)));
             }
+            self.metrics.throttled(app.sdkappid, queued.elapsed());
             call.attempts += 1;
-            let outcome = self.upstream.send(route.target(api), body.clone()).await;
+            let target = route.target(api, &self.metrics);
+            let sent = Instant::now();
+            let outcome = self.upstream.send(target, body.clone()).await;
+            self.metrics
+                .attempt(app.sdkappid, sent.elapsed(), call.attempts > 1);
             match retry::decide(&outcome) {
                 Verdict::Answer => return outcome,
                 Verdict::SlowDown(scope) => self.limiter.slow_down(app.sdkappid, api, scope),
@@ -198,6 +221,16 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// The gateway's metrics, for the admin listener.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How many requests are waiting for their turn.
+    pub fn waiting(&self) -> usize {
+        self.limiter.waiting()
+    }
+
     /// The app a request is for: `?sdkappid=N`, or the only configured app.
     fn route(&self, query: Option<&str>) -> Result<&Route, Error> {
         let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
@@ -218,8 +251,11 @@ impl Gateway {
 
 impl Route {
     /// The upstream URL for one attempt: admin identity, a current UserSig, a new `random`.
-    fn target(&self, api: &Api) -> Uri {
-        let (sig, _minted) = self.signer.usersig(usersig::unix_now());
+    fn target(&self, api: &Api, metrics: &Metrics) -> Uri {
+        let (sig, minted) = self.signer.usersig(usersig::unix_now());
+        if minted {
+            metrics.signed(self.app.sdkappid);
+        }
         let identifier: String =
             form_urlencoded::byte_serialize(self.app.identifier.as_bytes()).collect();
         format!(

@@ -107,7 +107,7 @@ async fn refuses_bad_bodies_and_methods() {
     );
     let path = format!("/v4/live_engine_http_srv/set_room_metadata?{q}");
     assert_eq!(caller.post(emu.addr, &path, "").await.code(), 60003);
-    assert_eq!(caller.post(emu.addr, &path, "[1]").await.code(), 60003);
+    assert_eq!(caller.post(emu.addr, &path, "[1]").await.code(), 100002);
     assert_eq!(caller.send("GET", emu.addr, &path, "").await.code(), 60002);
     let big = format!(
         r#"{{"RoomId":"r","Metadata":[{{"Key":"k","Value":"{}"}}]}}"#,

@@ -39,6 +39,8 @@ pub fn app_entry(sdkappid: u64, identifier: &str, endpoint: &str) -> String {
 /// A server running in this process; stops when dropped.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address (the gateway only).
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<bool>,
 }
@@ -46,12 +48,17 @@ pub struct Running {
 impl Running {
     /// Asks the server to drain and waits until it has; returns whether it drained in time.
     pub async fn stop(mut self) -> bool {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.begin_stop();
         (&mut self.task)
             .await
             .expect("server task ends without panicking")
+    }
+
+    /// Asks the server to drain, without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -72,21 +79,27 @@ where
     let task = tokio::spawn(start(listener, stopped));
     Running {
         addr,
+        admin: None,
         stop: Some(stop),
         task,
     }
 }
 
-/// Starts the gateway for `config`.
+/// Starts the gateway for `config`, with its admin listener on another free port.
 pub async fn gateway(config: Config) -> Running {
-    spawn(|listener, stopped| async move {
-        timgate::run(config, listener, async {
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let mut running = spawn(|proxy, stopped| async move {
+        let listeners = timgate::Listeners { proxy, admin };
+        timgate::run(config, listeners, async {
             let _ = stopped.await;
         })
         .await
         .unwrap()
     })
-    .await
+    .await;
+    running.admin = Some(admin_addr);
+    running
 }
 
 /// Starts the emulator for `config`'s apps.
