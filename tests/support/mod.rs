@@ -138,6 +138,7 @@ impl Seen {
 pub struct Recorder {
     pub server: Running,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    arrivals: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Recorder {
@@ -161,16 +162,34 @@ impl Recorder {
 
     /// Answers every request with `reply(seen)`.
     pub async fn with(reply: impl Fn(&Seen) -> Value + Send + Sync + 'static) -> Recorder {
+        Self::slow(std::time::Duration::ZERO, reply).await
+    }
+
+    /// Answers every request with `reply(seen)`, `delay` after it arrived: a slow Tencent.
+    pub async fn slow(
+        delay: std::time::Duration,
+        reply: impl Fn(&Seen) -> Value + Send + Sync + 'static,
+    ) -> Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let reply = Arc::new(reply);
+        let (arrived, arrivals) = tokio::sync::watch::channel(0);
+        let arrived = Arc::new(arrived);
         let server = spawn(|listener, stopped| async move {
             let handler = move |request: Request<Incoming>| {
-                let (log, reply) = (log.clone(), reply.clone());
+                let (log, reply, arrived) = (log.clone(), reply.clone(), arrived.clone());
                 async move {
                     let seen = record(request).await;
                     let answer = reply(&seen);
-                    log.lock().unwrap().push(seen);
+                    let count = {
+                        let mut log = log.lock().unwrap();
+                        log.push(seen);
+                        log.len()
+                    };
+                    arrived.send_replace(count);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     timgate::error::json_response(StatusCode::OK, answer.to_string().into())
                 }
             };
@@ -185,7 +204,17 @@ impl Recorder {
             .await
         })
         .await;
-        Recorder { server, seen }
+        Recorder {
+            server,
+            seen,
+            arrivals,
+        }
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn arrived(&self, n: usize) {
+        let mut arrivals = self.arrivals.clone();
+        arrivals.wait_for(|count| *count >= n).await.unwrap();
     }
 
     /// The endpoint URL to configure.
@@ -283,6 +312,11 @@ impl Caller {
             headers,
             body,
         }
+    }
+
+    /// GETs `path` from `addr`.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Answer {
+        self.send("GET", addr, path, Bytes::new()).await
     }
 
     /// POSTs `body` to `addr` at `path`.
