@@ -5,6 +5,7 @@
 //! code 64 and a message naming the key at fault. A drain that ends with every request
 //! answered exits 0; one cut short by `drain_timeout_ms` exits 1.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -103,8 +104,10 @@ fn main() -> ExitCode {
 
 fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, not for a log collector.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => logs.json().init(),

@@ -1,0 +1,397 @@
+//! End-to-end load: a minimal fast upstream called directly and through a real `timgate`
+//! process, in the same run, on loopback. Prints throughput and added latency (p50, p99 at a
+//! fixed rate) as ratios to direct, and timgate's resident memory idle, under load, and with
+//! 1,000 open connections. Stops by itself; `LOAD_SECS` sets each phase's length (default 5).
+//! Where nginx is installed, its `proxy_pass` (keep-alive upstream, 2 workers) is measured in
+//! the same run too, as the yardstick for what a proxy reaches on this machine.
+//!
+//! Run: `cargo bench --bench load`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+const PATH: &str = "/v4/openim/query_online_status";
+const BODY: &str = r#"{"To_Account":["user1","user2"]}"#;
+const CONCURRENCY: usize = 64;
+const FIXED_RATE: u64 = 1000;
+const OPEN_CONNECTIONS: usize = 1000;
+
+fn main() {
+    let secs: u64 = std::env::var("LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let phase = Duration::from_secs(secs);
+    let upstream = start_upstream();
+    let mut gateway = Gateway::start(upstream);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let idle = gateway.rss_kib();
+        // Warm both paths so connection set-up is not measured.
+        throughput(upstream, Duration::from_millis(300)).await;
+        throughput(gateway.addr, Duration::from_millis(300)).await;
+
+        let direct = throughput(upstream, phase).await;
+        let sampler = Sampler::start(gateway.pid());
+        let via = throughput(gateway.addr, phase).await;
+        let under_load = sampler.stop();
+        if let Some(mut nginx) = Nginx::start(upstream) {
+            throughput(nginx.addr, Duration::from_millis(300)).await;
+            let proxied = throughput(nginx.addr, phase).await;
+            println!(
+                "yardstick: nginx proxy_pass {proxied:.0} req/s = {:.2} of direct; timgate = {:.2} of nginx",
+                proxied / direct,
+                via / proxied
+            );
+            nginx.stop();
+        }
+
+        let direct_latency = latency(upstream, phase).await;
+        let via_latency = latency(gateway.addr, phase).await;
+        let connected = open_connections(gateway.addr, &gateway).await;
+
+        report(direct, via, &direct_latency, &via_latency, idle, under_load, connected);
+    });
+    gateway.stop();
+}
+
+/// A minimal fast upstream on its own thread: answers Tencent's OK envelope to everything.
+fn start_upstream() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("addr"))
+                .expect("send addr");
+            let ok = Bytes::from_static(
+                br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","RequestId":"Id-bench"}"#,
+            );
+            let handler = move |request: Request<hyper::body::Incoming>| {
+                let ok = ok.clone();
+                async move {
+                    let _ = request.into_body().collect().await;
+                    timgate::error::json_response(StatusCode::OK, ok)
+                }
+            };
+            timgate::server::serve(listener, handler, std::future::pending(), Duration::ZERO).await;
+        });
+    });
+    rx.recv().expect("upstream address")
+}
+
+/// A `timgate` process in front of the upstream, with no practical rate limit.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    config: std::path::PathBuf,
+}
+
+impl Gateway {
+    fn start(upstream: SocketAddr) -> Gateway {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+        };
+        let (addr, admin) = (free(), free());
+        let config = std::env::temp_dir().join(format!("timgate-load-{}.toml", std::process::id()));
+        let text = format!(
+            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\n\
+             [[apps]]\nsdkappid = 1400000001\nidentifier = \"administrator\"\nsecret_key = \"bench-key\"\n\
+             region = \"singapore\"\nendpoint = \"http://{upstream}\"\nrate_limit = 100000000\n"
+        );
+        std::fs::write(&config, text).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_timgate"))
+            .arg("--config")
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start timgate");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "timgate did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Gateway {
+            child,
+            addr,
+            config,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// nginx as a plain keep-alive reverse proxy, if it is installed.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(upstream: SocketAddr) -> Option<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?;
+        let dir = std::env::temp_dir().join(format!("timgate-load-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).ok()?;
+        let conf = format!(
+            "worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/logs/error.log crit;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 10000000; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+             upstream up {{ server {upstream}; keepalive 128; keepalive_requests 10000000; }}\n\
+             server {{ listen {addr}; location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; }} }} }}\n",
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).ok()?;
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if started.elapsed() > Duration::from_secs(5) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Nginx { child, addr, dir })
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Samples a process's resident memory every 50 ms and keeps the peak.
+struct Sampler {
+    running: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let running = Arc::new(AtomicBool::new(true));
+        let peak = Arc::new(AtomicU64::new(0));
+        let (r, p) = (running.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while r.load(Ordering::Relaxed) {
+                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Sampler {
+            running,
+            peak,
+            thread,
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.running.store(false, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+async fn call(sender: &mut Sender, addr: SocketAddr) {
+    sender.ready().await.expect("connection ready");
+    let request = Request::post(format!("http://{addr}{PATH}"))
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.expect("body");
+}
+
+/// Requests per second with `CONCURRENCY` keep-alive connections in a closed loop.
+async fn throughput(addr: SocketAddr, length: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + length;
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut sender = connect(addr).await;
+                while Instant::now() < deadline {
+                    call(&mut sender, addr).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Latencies at a fixed `FIXED_RATE`, each timed from its scheduled start (no coordinated
+/// omission), over a pool of keep-alive connections.
+async fn latency(addr: SocketAddr, length: Duration) -> Vec<Duration> {
+    let (free_tx, free_rx) = async_channel(64);
+    for _ in 0..64 {
+        free_tx.send(connect(addr).await).await.expect("pool");
+    }
+    let free_rx = Arc::new(tokio::sync::Mutex::new(free_rx));
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / FIXED_RATE));
+    let total = FIXED_RATE * length.as_secs();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        ticker.tick().await;
+        let scheduled = Instant::now();
+        let (free_tx, free_rx) = (free_tx.clone(), free_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = free_rx.lock().await.recv().await.expect("connection");
+            call(&mut sender, addr).await;
+            let took = scheduled.elapsed();
+            free_tx.send(sender).await.expect("return connection");
+            took
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        latencies.push(task.await.expect("task"));
+    }
+    latencies.sort();
+    latencies
+}
+
+fn async_channel(
+    size: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Sender>,
+    tokio::sync::mpsc::Receiver<Sender>,
+) {
+    tokio::sync::mpsc::channel(size)
+}
+
+/// Opens `OPEN_CONNECTIONS` keep-alive connections, each having made one request, and
+/// returns timgate's resident memory while they are all open.
+async fn open_connections(addr: SocketAddr, gateway: &Gateway) -> u64 {
+    let mut senders = Vec::with_capacity(OPEN_CONNECTIONS);
+    for _ in 0..OPEN_CONNECTIONS {
+        let mut sender = connect(addr).await;
+        call(&mut sender, addr).await;
+        senders.push(sender);
+    }
+    let rss = gateway.rss_kib();
+    drop(senders);
+    rss
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(direct: f64, via: f64, d: &[Duration], v: &[Duration], idle: u64, load: u64, conns: u64) {
+    let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let (d50, d99, v50, v99) = (
+        percentile(d, 0.5),
+        percentile(d, 0.99),
+        percentile(v, 0.5),
+        percentile(v, 0.99),
+    );
+    println!("== timgate load bench (same run, loopback, {CONCURRENCY} connections) ==");
+    println!(
+        "throughput: direct {direct:.0} req/s, through timgate {via:.0} req/s = {:.2} of direct (target >= 0.40)",
+        via / direct
+    );
+    println!(
+        "latency at {FIXED_RATE} req/s: direct p50 {:.3} ms p99 {:.3} ms; through timgate p50 {:.3} ms p99 {:.3} ms",
+        ms(d50),
+        ms(d99),
+        ms(v50),
+        ms(v99)
+    );
+    println!(
+        "added latency: p50 {:.3} ms ({:.2}x direct), p99 {:.3} ms ({:.2}x direct) (target p99 added < 1 ms)",
+        ms(v50.saturating_sub(d50)),
+        ms(v50) / ms(d50).max(1e-9),
+        ms(v99.saturating_sub(d99)),
+        ms(v99) / ms(d99).max(1e-9)
+    );
+    println!(
+        "timgate resident memory: idle {:.1} MiB (target < 10), peak under load {:.1} MiB, \
+         {OPEN_CONNECTIONS} open connections {:.1} MiB (target < 30)",
+        mib(idle),
+        mib(load),
+        mib(conns)
+    );
+}
