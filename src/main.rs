@@ -5,7 +5,7 @@
 //! code 64 and a message naming the key at fault. A drain that ends with every request
 //! answered exits 0; one cut short by `drain_timeout_ms` exits 1.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -90,7 +90,12 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Check = command {
-        println!("{}: valid\n{config:#?}", cli.config.display());
+        // A closed pipe (`timgate check | head`) is not an error worth a panic.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}: valid\n{config:#?}",
+            cli.config.display()
+        );
         return ExitCode::SUCCESS;
     }
     let format = match cli.log_format {
@@ -127,7 +132,11 @@ fn sign(sdkappid: u64, identifier: String, expire: u64) -> ExitCode {
         expire,
         userbuf: None,
     };
-    println!("{}", usersig::sign(&SecretKey::new(&key), &claims).as_str());
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}",
+        usersig::sign(&SecretKey::new(&key), &claims).as_str()
+    );
     ExitCode::SUCCESS
 }
 
