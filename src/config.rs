@@ -121,6 +121,8 @@ pub struct Server {
     pub admin_listen: SocketAddr,
     /// Largest request body accepted (`max_body_bytes`, default 1 MiB).
     pub max_body_bytes: usize,
+    /// How long a caller may take to send its body (`body_read_timeout_ms`, default 10000).
+    pub body_read_timeout: Duration,
     /// One upstream attempt's deadline (`upstream_timeout_ms`, default 5000; Tencent's own is 3 s).
     pub upstream_timeout: Duration,
     /// TCP+TLS connect deadline (`connect_timeout_ms`, default 2000).
@@ -231,6 +233,7 @@ struct RawServer {
     listen: String,
     admin_listen: String,
     max_body_bytes: u64,
+    body_read_timeout_ms: u64,
     upstream_timeout_ms: u64,
     connect_timeout_ms: u64,
     drain_timeout_ms: u64,
@@ -242,6 +245,7 @@ impl Default for RawServer {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9464".into(),
             max_body_bytes: 1024 * 1024,
+            body_read_timeout_ms: 10_000,
             upstream_timeout_ms: 5000,
             connect_timeout_ms: 2000,
             drain_timeout_ms: 20_000,
@@ -431,6 +435,7 @@ impl RawServer {
             listen,
             admin_listen,
             max_body_bytes,
+            body_read_timeout: millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),

@@ -36,6 +36,9 @@ pub enum Error {
     /// The body is over `server.max_body_bytes`.
     #[error("request body is over the {0}-byte limit")]
     BodyTooLarge(usize),
+    /// The caller did not send its whole body within `server.body_read_timeout_ms`.
+    #[error("request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     /// The caller's body could not be read.
     #[error("request body could not be read: {0}")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -77,6 +80,7 @@ impl Error {
             Error::AmbiguousApp(_) => (StatusCode::BAD_REQUEST, 60006),
             Error::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 60002),
             Error::BodyRead(_) => (StatusCode::BAD_REQUEST, 60002),
+            Error::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 60002),
             Error::NotJson(_) => (StatusCode::OK, 60003),
             Error::Rejected(refusal) => (StatusCode::OK, refusal.code),
             Error::Unreachable(_) => (StatusCode::BAD_GATEWAY, 60008),
@@ -98,7 +102,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::BadSdkAppId(_) | Error::UnknownApp(_) | Error::AmbiguousApp(_) => "unknown_app",
             Error::BodyTooLarge(_) => "body_too_large",
-            Error::BodyRead(_) => "body_unreadable",
+            Error::BodyRead(_) | Error::BodyTimeout(_) => "body_unreadable",
             Error::NotJson(_) => "not_json",
             Error::Rejected(_) => "rejected",
             Error::Throttled(_) => "throttled",

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -34,6 +35,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     upstream: Upstream,
     max_body_bytes: usize,
+    body_timeout: Duration,
 }
 
 /// One configured app: where it goes and who it signs as.
@@ -91,6 +93,7 @@ impl Gateway {
                 config.server.connect_timeout,
             ),
             max_body_bytes: config.server.max_body_bytes,
+            body_timeout: config.server.body_read_timeout,
         }
     }
 }
@@ -154,7 +157,7 @@ async fn forward(
     }
     let route = gateway.route(request.uri().query())?;
     call.app = Some(route.app.sdkappid);
-    let body = read_body(request, gateway.max_body_bytes).await?;
+    let body = read_body(request, gateway.max_body_bytes, gateway.body_timeout).await?;
     inspect(&api, &body)?;
     gateway.exchange(route, &api, body, call).await
 }
@@ -273,8 +276,12 @@ impl Route {
     }
 }
 
-/// Reads the whole body, up to `limit` bytes; an empty body becomes `{}`.
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Error> {
+/// Reads the whole body, up to `limit` bytes and within `deadline`; an empty body becomes `{}`.
+async fn read_body(
+    request: Request<Incoming>,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, Error> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -283,9 +290,10 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Er
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Error::BodyTooLarge(limit));
     }
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
+    let reading = Limited::new(request.into_body(), limit).collect();
+    let body = tokio::time::timeout(deadline, reading)
         .await
+        .map_err(|_| Error::BodyTimeout(deadline))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 Error::BodyTooLarge(limit)

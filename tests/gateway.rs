@@ -348,3 +348,22 @@ async fn tencents_status_and_body_come_back_unchanged() {
     assert_eq!(answer.json()["Extra"], json!([1]));
     assert_eq!(answer.code(), 100004);
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408_not_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Recorder::ok().await;
+    let mut cfg = config(&one_app(APP, &upstream.url()));
+    cfg.server.body_read_timeout = Duration::from_millis(200);
+    let gw = gateway(cfg).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!("POST {PLAIN} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"a\":");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the gateway answered and closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"ErrorCode\":60002"));
+    assert!(upstream.seen().is_empty());
+}

@@ -31,6 +31,33 @@ async fn eventually<F: std::future::Future<Output = bool>>(mut probe: impl FnMut
     panic!("condition not reached within 5 s");
 }
 
+/// Waits until the gateway's `metric` (without labels) reaches `at_least`.
+async fn metric_reaches(
+    caller: &Caller,
+    admin: std::net::SocketAddr,
+    metric: &'static str,
+    at_least: f64,
+) {
+    eventually(|| {
+        let caller = caller.clone();
+        async move {
+            let text =
+                String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap();
+            sample(&text, metric, &[]) >= at_least
+        }
+    })
+    .await;
+}
+
+/// Waits until `/readyz` says the gateway is draining.
+async fn unready(caller: &Caller, admin: std::net::SocketAddr) {
+    eventually(|| {
+        let caller = caller.clone();
+        async move { caller.get(admin, "/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn metrics_move_as_requests_flow() {
     let upstream = Recorder::ok().await;
@@ -111,22 +138,10 @@ async fn a_drain_answers_in_flight_and_queued_requests_and_fails_readiness() {
         .collect();
     // One at the upstream, the rest waiting their turn at 4/s.
     upstream.arrived(1).await;
-    eventually(|| {
-        let caller = caller.clone();
-        async move {
-            let text =
-                String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap();
-            sample(&text, "timgate_throttle_queue_depth", &[]) >= 3.0
-        }
-    })
-    .await;
+    metric_reaches(&caller, admin, "timgate_throttle_queue_depth", 3.0).await;
 
     gw.begin_stop();
-    eventually(|| {
-        let caller = caller.clone();
-        async move { caller.get(admin, "/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE }
-    })
-    .await;
+    unready(&caller, admin).await;
     for request in requests {
         let answer = request.await.unwrap();
         assert_eq!((answer.status, answer.code()), (StatusCode::OK, 0));
@@ -172,15 +187,7 @@ async fn sigterm_answers_every_accepted_request_then_exits_0() {
         .collect();
     upstream.arrived(1).await;
     // Every request accepted before the signal: one at Tencent, four waiting their turn.
-    eventually(|| {
-        let caller = caller.clone();
-        async move {
-            let text =
-                String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap();
-            sample(&text, "timgate_inflight_requests", &[]) >= 5.0
-        }
-    })
-    .await;
+    metric_reaches(&caller, admin, "timgate_inflight_requests", 5.0).await;
     let pid = child.id().unwrap().to_string();
     assert!(
         Command::new("kill")
@@ -189,11 +196,7 @@ async fn sigterm_answers_every_accepted_request_then_exits_0() {
             .unwrap()
             .success()
     );
-    eventually(|| {
-        let caller = caller.clone();
-        async move { caller.get(admin, "/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE }
-    })
-    .await;
+    unready(&caller, admin).await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no new connections while draining"
