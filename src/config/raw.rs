@@ -1,0 +1,370 @@
+//! The configuration as written: serde structs with their defaults, and the validation that
+//! turns them into the typed `Config`, naming the key at fault for every problem.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use hyper::Uri;
+use serde::Deserialize;
+
+use super::{
+    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, Log, LogFormat, Region,
+    SecretKey, Server,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    emulator: RawEmulator,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    admin_listen: String,
+    max_body_bytes: u64,
+    body_read_timeout_ms: u64,
+    upstream_timeout_ms: u64,
+    connect_timeout_ms: u64,
+    drain_timeout_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9464".into(),
+            max_body_bytes: 1024 * 1024,
+            body_read_timeout_ms: 10_000,
+            upstream_timeout_ms: 5000,
+            connect_timeout_ms: 2000,
+            drain_timeout_ms: 20_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEmulator {
+    listen: String,
+}
+
+impl Default for RawEmulator {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9000".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    sdkappid: Option<u64>,
+    identifier: Option<String>,
+    secret_key: Option<String>,
+    secret_key_env: Option<String>,
+    secret_key_file: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    #[serde(default = "default_ttl")]
+    usersig_ttl_secs: u64,
+    #[serde(default = "default_rate_limit")]
+    rate_limit: u32,
+    #[serde(default)]
+    api_limits: BTreeMap<String, u32>,
+    #[serde(default = "default_max_queue_wait_ms")]
+    max_queue_wait_ms: u64,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_retry_base_ms")]
+    retry_base_ms: u64,
+    #[serde(default = "default_retry_cap_ms")]
+    retry_cap_ms: u64,
+    #[serde(default = "default_deadline_ms")]
+    deadline_ms: u64,
+}
+
+fn default_ttl() -> u64 {
+    600
+}
+fn default_rate_limit() -> u32 {
+    200
+}
+fn default_max_queue_wait_ms() -> u64 {
+    1000
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_retry_base_ms() -> u64 {
+    50
+}
+fn default_retry_cap_ms() -> u64 {
+    1000
+}
+fn default_deadline_ms() -> u64 {
+    10_000
+}
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, ConfigError> {
+        if self.apps.is_empty() {
+            return Err(ConfigError::new(
+                "apps",
+                "at least one [[apps]] entry is required",
+            ));
+        }
+        let apps = self
+            .apps
+            .into_iter()
+            .enumerate()
+            .map(|(i, app)| app.validate(&format!("apps[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = HashSet::new();
+        for (i, app) in apps.iter().enumerate() {
+            if !seen.insert(app.sdkappid) {
+                return Err(ConfigError::new(
+                    format!("apps[{i}].sdkappid"),
+                    format!("{} is configured twice", app.sdkappid),
+                ));
+            }
+        }
+        Ok(Config {
+            server: self.server.validate()?,
+            emulator: Emulator {
+                listen: socket_addr("emulator.listen", &self.emulator.listen)?,
+            },
+            log: Log {
+                format: self.log.format,
+            },
+            apps,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<Server, ConfigError> {
+        let max_body_bytes = usize::try_from(self.max_body_bytes)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::new("server.max_body_bytes", "must be above 0"))?;
+        if self.upstream_timeout_ms <= 3000 {
+            return Err(ConfigError::new(
+                "server.upstream_timeout_ms",
+                "must be above 3000: Tencent's own deadline is 3 s",
+            ));
+        }
+        let listen = socket_addr("server.listen", &self.listen)?;
+        let admin_listen = socket_addr("server.admin_listen", &self.admin_listen)?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(ConfigError::new(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
+        Ok(Server {
+            listen,
+            admin_listen,
+            max_body_bytes,
+            body_read_timeout: millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
+            upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        })
+    }
+}
+
+impl RawApp {
+    fn validate(self, at: &str) -> Result<App, ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
+        let sdkappid = self
+            .sdkappid
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::new(key("sdkappid"), "required, a positive integer"))?;
+        let identifier = self
+            .identifier
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError::new(key("identifier"), "required: an App admin account"))?;
+        let region_name = self.region.as_deref().unwrap_or("");
+        let region = Region::from_name(region_name).ok_or_else(|| {
+            let names: Vec<_> = Region::ALL.iter().map(|(n, _)| *n).collect();
+            ConfigError::new(
+                key("region"),
+                format!(
+                    "unknown region {region_name:?}; expected one of {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let endpoint = match self.endpoint.as_deref() {
+            None => Endpoint::Url(
+                base_url(&format!("https://{}", region.domain()))
+                    .expect("the built-in domains are valid URLs"),
+            ),
+            Some("emulator") => Endpoint::Emulator,
+            Some(url) => {
+                Endpoint::Url(base_url(url).map_err(|m| ConfigError::new(key("endpoint"), m))?)
+            }
+        };
+        if self.usersig_ttl_secs < 60 || self.usersig_ttl_secs > 86_400 {
+            return Err(ConfigError::new(
+                key("usersig_ttl_secs"),
+                "must be between 60 and 86400: short-lived, yet long enough to re-sign at half",
+            ));
+        }
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(ConfigError::new(
+                key("max_attempts"),
+                "must be between 1 and 10",
+            ));
+        }
+        if self.retry_cap_ms < self.retry_base_ms {
+            return Err(ConfigError::new(
+                key("retry_cap_ms"),
+                "must be at least retry_base_ms",
+            ));
+        }
+        Ok(App {
+            sdkappid,
+            identifier,
+            secret_key: secret(
+                at,
+                self.secret_key,
+                self.secret_key_env,
+                self.secret_key_file,
+            )?,
+            region,
+            endpoint,
+            usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
+            rate_limit: NonZeroU32::new(self.rate_limit)
+                .ok_or_else(|| ConfigError::new(key("rate_limit"), "must be above 0"))?,
+            api_limits: api_limits(&key("api_limits"), self.api_limits)?,
+            max_queue_wait: Duration::from_millis(self.max_queue_wait_ms),
+            max_attempts: self.max_attempts,
+            retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
+            retry_cap: Duration::from_millis(self.retry_cap_ms),
+            deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
+        })
+    }
+}
+
+/// The documented per-API limits, overridden and extended by the configured ones.
+fn api_limits(
+    at: &str,
+    configured: BTreeMap<String, u32>,
+) -> Result<BTreeMap<String, NonZeroU32>, ConfigError> {
+    let defaults = DEFAULT_API_LIMITS
+        .iter()
+        .map(|(api, n)| ((*api).to_owned(), *n));
+    let mut limits = BTreeMap::new();
+    for (api, n) in defaults.chain(configured) {
+        let key = format!("{at}.\"{api}\"");
+        if crate::api::Api::from_path(&format!("/v4/{api}")).is_none() {
+            return Err(ConfigError::new(
+                key,
+                "must name an API as \"service/command\"",
+            ));
+        }
+        let n = NonZeroU32::new(n).ok_or_else(|| ConfigError::new(key, "must be above 0"))?;
+        limits.insert(api, n);
+    }
+    Ok(limits)
+}
+
+/// Resolves exactly one of the three secret sources.
+fn secret(
+    at: &str,
+    inline: Option<String>,
+    env: Option<String>,
+    file: Option<String>,
+) -> Result<SecretKey, ConfigError> {
+    let key = format!("{at}.secret_key");
+    let value = match (inline, env, file) {
+        (Some(k), None, None) => k,
+        (None, Some(var), None) => std::env::var(&var).map_err(|_| {
+            ConfigError::new(
+                format!("{at}.secret_key_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        (None, None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| {
+                ConfigError::new(
+                    format!("{at}.secret_key_file"),
+                    format!("cannot read {path}: {e}"),
+                )
+            })?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None, None) => {
+            return Err(ConfigError::new(
+                key,
+                "missing: set one of secret_key, secret_key_env, secret_key_file",
+            ));
+        }
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                "set exactly one of secret_key, secret_key_env, secret_key_file",
+            ));
+        }
+    };
+    if value.is_empty() {
+        return Err(ConfigError::new(key, "the secret key is empty"));
+    }
+    Ok(SecretKey::new(&value))
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| ConfigError::new(key, format!("{text:?} is not an IP:port address")))
+}
+
+fn millis(key: &str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::new(key, "must be above 0"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn base_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let bare = uri.path_and_query().is_none_or(|pq| pq.as_str() == "/");
+    if !scheme_ok || uri.authority().is_none() || !bare {
+        return Err(format!(
+            "{text:?} must be http(s)://host[:port] with no path or query, or \"emulator\""
+        ));
+    }
+    Ok(uri)
+}
