@@ -71,10 +71,8 @@ pub async fn run(
     } else {
         None
     };
-    let gateway = Arc::new(Gateway::new(
-        &config,
-        embedded.as_ref().map(|(addr, _)| *addr),
-    ));
+    let emulator = embedded.as_ref().map(|(addr, _)| *addr);
+    let gateway = Arc::new(Gateway::new(&config, emulator).map_err(std::io::Error::other)?);
     let admin = Arc::new(Admin::new(gateway.clone()));
     let admin_addr = listeners.admin.local_addr()?;
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();

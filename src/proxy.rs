@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::api::Api;
-use crate::config::{App, Config, Endpoint};
+use crate::config::{App, Config, ConfigError, Endpoint};
 use crate::error::{Error, json_response};
 use crate::limiter::{Limiter, Local};
 use crate::metrics::Metrics;
@@ -55,17 +55,21 @@ struct Call {
 
 impl Gateway {
     /// Builds the gateway; `emulator` is the in-process emulator's address, for apps
-    /// configured with `endpoint = "emulator"`.
-    pub fn new(config: &Config, emulator: Option<SocketAddr>) -> Gateway {
+    /// configured with `endpoint = "emulator"` (an error when there is none).
+    pub fn new(config: &Config, emulator: Option<SocketAddr>) -> Result<Gateway, ConfigError> {
         let routes = config
             .apps
             .iter()
-            .map(|app| {
+            .enumerate()
+            .map(|(i, app)| {
                 let base = match (&app.endpoint, emulator) {
                     (Endpoint::Url(uri), _) => origin(uri),
                     (Endpoint::Emulator, Some(addr)) => format!("http://{addr}"),
                     (Endpoint::Emulator, None) => {
-                        unreachable!("the launcher starts an emulator for emulator endpoints")
+                        return Err(ConfigError {
+                            key: format!("apps[{i}].endpoint"),
+                            message: "\"emulator\" needs the in-process emulator that timgate::run starts".into(),
+                        });
                     }
                 };
                 let signer = Signer::new(
@@ -74,17 +78,15 @@ impl Gateway {
                     app.identifier.clone(),
                     app.usersig_ttl,
                 );
-                (
-                    app.sdkappid,
-                    Route {
-                        app: app.clone(),
-                        base,
-                        signer,
-                    },
-                )
+                let route = Route {
+                    app: app.clone(),
+                    base,
+                    signer,
+                };
+                Ok((app.sdkappid, route))
             })
-            .collect();
-        Gateway {
+            .collect::<Result<_, _>>()?;
+        Ok(Gateway {
             routes,
             limiter: Arc::new(Local::new(&config.apps)),
             metrics: Arc::new(Metrics::new()),
@@ -94,7 +96,7 @@ impl Gateway {
             ),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
-        }
+        })
     }
 }
 
