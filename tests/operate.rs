@@ -244,3 +244,56 @@ fn check_prints_the_config_with_the_key_masked() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("apps[0].identifier"));
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let upstream = Recorder::ok().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let path = std::env::temp_dir().join(format!("timgate-json-{}.toml", std::process::id()));
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{}",
+        one_app(1400000001, &upstream.url())
+    );
+    std::fs::write(&path, text).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    eventually(|| async move { tokio::net::TcpStream::connect(admin).await.is_ok() }).await;
+    assert_eq!(Caller::default().post(addr, INFO, ROOM).await.code(), 0);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "request")
+        .expect("a request line");
+    assert_eq!(request["fields"]["app"], 1400000001);
+    assert_eq!(
+        request["fields"]["api"],
+        "live_engine_http_srv/get_room_info"
+    );
+    assert_eq!(request["fields"]["status"], 200);
+    assert_eq!(request["fields"]["error_code"], 0);
+    assert_eq!(request["fields"]["request_id"], "Id-test");
+    assert_eq!(request["fields"]["attempts"], 1);
+}
