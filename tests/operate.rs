@@ -6,30 +6,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use support::{Caller, Recorder, gateway, ok_envelope, one_app};
+use support::{Caller, Recorder, eventually, gateway, ok_envelope, one_app, sample, scrape};
 use timgate::config::Config;
 
 const INFO: &str = "/v4/live_engine_http_srv/get_room_info";
 const ROOM: &str = r#"{"RoomId":"r"}"#;
-
-/// The value of the first sample of `metric` whose line contains all of `labels`.
-fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Polls `probe` until it holds, for at most five seconds; for states another process sets.
-async fn eventually<F: std::future::Future<Output = bool>>(mut probe: impl FnMut() -> F) {
-    for _ in 0..500 {
-        if probe().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not reached within 5 s");
-}
 
 /// Waits until the gateway's `metric` (without labels) reaches `at_least`.
 async fn metric_reaches(
@@ -40,11 +21,7 @@ async fn metric_reaches(
 ) {
     eventually(|| {
         let caller = caller.clone();
-        async move {
-            let text =
-                String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap();
-            sample(&text, metric, &[]) >= at_least
-        }
+        async move { scrape(&caller, admin, metric).await >= at_least }
     })
     .await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::json;
-use support::{Caller, KEY, Recorder, emulator, gateway, one_app};
+use support::{Caller, KEY, Recorder, emulator, eventually, gateway, one_app, scrape};
 use timgate::config::{Config, SecretKey};
 use timgate::usersig;
 use tokio::time::Instant;
@@ -259,4 +259,44 @@ async fn a_refused_connection_is_retried_and_reported_as_502() {
         (answer.status, answer.code()),
         (StatusCode::BAD_GATEWAY, 60008)
     );
+}
+
+#[tokio::test]
+async fn a_caller_that_disconnects_while_waiting_never_reaches_tencent() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Recorder::ok().await;
+    let gw = gateway(config(
+        &upstream.url(),
+        "rate_limit = 2\nmax_queue_wait_ms = 5000\n",
+    ))
+    .await;
+    let caller = Caller::default();
+    assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
+
+    // The next turn is ~0.5 s away: this caller sends its request and hangs up at once.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST {INFO} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{ROOM}",
+        ROOM.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let admin = gw.admin.unwrap();
+    let depth = |caller: Caller| async move {
+        scrape(&caller, admin, "timgate_throttle_queue_depth").await
+    };
+    eventually(|| {
+        let depth = depth(caller.clone());
+        async move { depth.await >= 1.0 }
+    })
+    .await;
+    drop(stream);
+    eventually(|| {
+        let depth = depth(caller.clone());
+        async move { depth.await == 0.0 }
+    })
+    .await;
+
+    // A later caller gets the turn; the one that left was never sent.
+    assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
+    assert_eq!(upstream.seen().len(), 2);
 }

@@ -324,3 +324,29 @@ impl Caller {
         self.send("POST", addr, path, body).await
     }
 }
+
+/// The value of the first sample of `metric` whose line contains all of `labels`, or 0.
+pub fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Scrapes the admin listener at `admin` and reads `metric` (without labels).
+pub async fn scrape(caller: &Caller, admin: SocketAddr, metric: &str) -> f64 {
+    let text = String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap();
+    sample(&text, metric, &[])
+}
+
+/// Polls `probe` until it holds, for at most five seconds: for states that another task or
+/// process reaches on its own time, such as a signal handled or a caller gone.
+pub async fn eventually<F: Future<Output = bool>>(mut probe: impl FnMut() -> F) {
+    for _ in 0..500 {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
