@@ -6,7 +6,7 @@
 //! SDKAppIDs (or `none`), and the `api` label holds at most `MAX_APIS` distinct APIs, the rest
 //! counted as `other`, so a caller inventing paths cannot grow memory without bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,6 +44,17 @@ struct RejectionLabels {
     scope: &'static str,
 }
 
+/// One app's per-app series, resolved once.
+struct AppSeries {
+    attempts: Counter,
+    retries: Counter,
+    latency: Histogram,
+    throttle_wait: Histogram,
+    rejected_app: Counter,
+    rejected_api: Counter,
+    signs: Counter,
+}
+
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -57,17 +68,19 @@ pub struct Metrics {
     usersig_signs: Family<AppLabels, Counter>,
     inflight: Gauge,
     apis: Mutex<HashSet<String>>,
+    apps: HashMap<u64, AppSeries>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(&[])
     }
 }
 
 impl Metrics {
-    /// Every metric, registered under the `timgate_` prefix.
-    pub fn new() -> Metrics {
+    /// Every metric, registered under the `timgate_` prefix, with the per-app series of
+    /// `apps` created up front (they show as 0 before the first request).
+    pub fn new(apps: &[u64]) -> Metrics {
         let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let mut metrics = Metrics {
             registry: Registry::with_prefix("timgate"),
@@ -81,6 +94,7 @@ impl Metrics {
             usersig_signs: Family::default(),
             inflight: Gauge::default(),
             apis: Mutex::default(),
+            apps: HashMap::new(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -130,6 +144,10 @@ impl Metrics {
             "Requests accepted and not yet answered",
             metrics.inflight.clone(),
         );
+        metrics.apps = apps
+            .iter()
+            .map(|app| (*app, metrics.series(*app)))
+            .collect();
         metrics
     }
 
@@ -145,48 +163,69 @@ impl Metrics {
 
     /// One upstream attempt and how long it took; `retry` when it was not the first.
     pub fn attempt(&self, app: u64, took: Duration, retry: bool) {
-        let labels = AppLabels {
-            app: app.to_string(),
-        };
-        self.attempts.get_or_create(&labels).inc();
-        if retry {
-            self.retries.get_or_create(&labels).inc();
-        }
-        self.upstream_latency
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        self.with_series(app, |series| {
+            series.attempts.inc();
+            if retry {
+                series.retries.inc();
+            }
+            series.latency.observe(took.as_secs_f64());
+        });
     }
 
     /// A turn granted after `waited`.
     pub fn throttled(&self, app: u64, waited: Duration) {
-        let labels = AppLabels {
-            app: app.to_string(),
-        };
-        self.throttle_wait
-            .get_or_create(&labels)
-            .observe(waited.as_secs_f64());
+        self.with_series(app, |series| {
+            series.throttle_wait.observe(waited.as_secs_f64())
+        });
     }
 
     /// A request refused because its wait would be too long.
     pub fn rejected(&self, app: u64, scope: Scope) {
-        let scope = match scope {
-            Scope::App => "app",
-            Scope::Api => "api",
-        };
-        let labels = RejectionLabels {
-            app: app.to_string(),
-            scope,
-        };
-        self.throttle_rejections.get_or_create(&labels).inc();
+        self.with_series(app, |series| {
+            let counter = match scope {
+                Scope::App => &series.rejected_app,
+                Scope::Api => &series.rejected_api,
+            };
+            counter.inc();
+        });
     }
 
     /// A UserSig minted for `app`.
     pub fn signed(&self, app: u64) {
-        self.usersig_signs
-            .get_or_create(&AppLabels {
+        self.with_series(app, |series| {
+            series.signs.inc();
+        });
+    }
+
+    /// Runs `f` on `app`'s series: the pre-created ones for a configured app (no allocation
+    /// on the request path), else ones looked up by label.
+    fn with_series(&self, app: u64, f: impl FnOnce(&AppSeries)) {
+        match self.apps.get(&app) {
+            Some(series) => f(series),
+            None => f(&self.series(app)),
+        }
+    }
+
+    fn series(&self, app: u64) -> AppSeries {
+        let labels = AppLabels {
+            app: app.to_string(),
+        };
+        let rejected = |scope| {
+            let labels = RejectionLabels {
                 app: app.to_string(),
-            })
-            .inc();
+                scope,
+            };
+            self.throttle_rejections.get_or_create(&labels).clone()
+        };
+        AppSeries {
+            attempts: self.attempts.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            latency: self.upstream_latency.get_or_create(&labels).clone(),
+            throttle_wait: self.throttle_wait.get_or_create(&labels).clone(),
+            rejected_app: rejected("app"),
+            rejected_api: rejected("api"),
+            signs: self.usersig_signs.get_or_create(&labels).clone(),
+        }
     }
 
     /// Counts a request in flight until the returned guard is dropped.
@@ -233,7 +272,7 @@ mod tests {
 
     #[test]
     fn names_follow_prometheus_conventions() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(&[]);
         metrics.request(Some(1), Some("openim/sendmsg"), "ok");
         metrics.attempt(1, Duration::from_millis(3), false);
         metrics.throttled(1, Duration::ZERO);
@@ -255,8 +294,18 @@ mod tests {
     }
 
     #[test]
+    fn configured_apps_show_from_the_start() {
+        let text = Metrics::new(&[7]).render(0);
+        assert!(
+            text.contains("timgate_upstream_attempts_total{app=\"7\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("timgate_throttle_rejections_total{app=\"7\",scope=\"api\"} 0"));
+    }
+
+    #[test]
     fn api_labels_are_bounded() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(&[]);
         for i in 0..MAX_APIS + 10 {
             metrics.request(Some(1), Some(&format!("svc/cmd{i}")), "ok");
         }
@@ -270,7 +319,7 @@ mod tests {
 
     #[test]
     fn in_flight_counts_until_dropped() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(&[]);
         let a = metrics.in_flight();
         let b = metrics.in_flight();
         assert_eq!(metrics.inflight.get(), 2);

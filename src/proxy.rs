@@ -89,7 +89,9 @@ impl Gateway {
         Ok(Gateway {
             routes,
             limiter: Arc::new(Local::new(&config.apps)),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::new(
+                &config.apps.iter().map(|a| a.sdkappid).collect::<Vec<_>>(),
+            )),
             upstream: Upstream::new(
                 config.server.upstream_timeout,
                 config.server.connect_timeout,
