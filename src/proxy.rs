@@ -42,6 +42,8 @@ pub struct Gateway {
 struct Route {
     app: App,
     base: String,
+    /// `?sdkappid=N&identifier=ID&usersig=`, fixed for the app's lifetime.
+    credentials: String,
     signer: Signer,
 }
 
@@ -78,9 +80,12 @@ impl Gateway {
                     app.identifier.clone(),
                     app.usersig_ttl,
                 );
+                let identifier: String =
+                    form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
                 let route = Route {
                     app: app.clone(),
                     base,
+                    credentials: format!("?sdkappid={}&identifier={identifier}&usersig=", app.sdkappid),
                     signer,
                 };
                 Ok((app.sdkappid, route))
@@ -242,10 +247,12 @@ impl Gateway {
     fn route(&self, query: Option<&str>) -> Result<&Route, Error> {
         let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .find(|(name, _)| name == "sdkappid")
-            .map(|(_, value)| value.into_owned());
+            .map(|(_, value)| value);
         match given {
             Some(text) => {
-                let id: u64 = text.parse().map_err(|_| Error::BadSdkAppId(text))?;
+                let id: u64 = text
+                    .parse()
+                    .map_err(|_| Error::BadSdkAppId(text.into_owned()))?;
                 self.routes.get(&id).ok_or(Error::UnknownApp(id))
             }
             None if self.routes.len() == 1 => {
@@ -263,15 +270,11 @@ impl Route {
         if minted {
             metrics.signed(self.app.sdkappid);
         }
-        let identifier: String =
-            form_urlencoded::byte_serialize(self.app.identifier.as_bytes()).collect();
         format!(
-            "{}/v4/{}/{}?sdkappid={}&identifier={}&usersig={}&random={}&contenttype=json",
+            "{}/v4/{}{}{}&random={}&contenttype=json",
             self.base,
-            api.service(),
-            api.command(),
-            self.app.sdkappid,
-            identifier,
+            api.name(),
+            self.credentials,
             sig.as_str(),
             rand::random::<u32>(),
         )
