@@ -1,10 +1,11 @@
 //! A stand-in for Tencent's REST API, for local runs, tests and benchmarks.
 //!
-//! It checks a request as Tencent does, in Tencent's order — method, path, query parameters,
-//! SDKAppID, UserSig (with our own `usersig::verify`), admin rights, JSON body — and answers
-//! Tencent's codes when something is wrong. The room metadata APIs work on an in-memory store
-//! with the documented limits; every other API answers OK. Like Tencent, it answers HTTP 200
-//! with the envelope for every API-level outcome, each with a fresh `RequestId`.
+//! It checks a request as Tencent does — method, path, query parameters, SDKAppID, UserSig
+//! (with our own `usersig::verify`), admin rights, call frequency (sliding one-second windows),
+//! injected faults, JSON body, then the API's rules from the same table the gateway uses —
+//! and answers Tencent's codes when something is wrong. The room metadata APIs work on an
+//! in-memory store; every other API answers OK. Like Tencent, it answers HTTP 200 with the
+//! envelope for every API-level outcome, each with a fresh `RequestId`.
 
 mod limits;
 mod rooms;
