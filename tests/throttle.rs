@@ -300,3 +300,52 @@ async fn a_caller_that_disconnects_while_waiting_never_reaches_tencent() {
     assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
     assert_eq!(upstream.seen().len(), 2);
 }
+
+/// A TCP relay to `target` that holds every new connection for `delay` first, as a TLS
+/// handshake with a distant Tencent region would.
+async fn handshaking(target: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+// Known gap: with hyper-util's pool the turn is taken before a connection exists, so a
+// request that must first open one (150 ms here) reaches Tencent later than one sent on a
+// pooled connection a moment after it, and arrivals bunch: 332 in one second at 300/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: the turn is taken before the connection is ready; see the closing note"]
+async fn a_burst_after_idle_holds_the_limit_even_when_new_connections_are_slow() {
+    let upstream = Recorder::ok().await;
+    let slow_path = handshaking(upstream.server.addr, Duration::from_millis(150)).await;
+    let text = format!(
+        "{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{}rate_limit = 1000000\n",
+        one_app(APP, &format!("http://{slow_path}")),
+        one_app(WARM, &upstream.url())
+    );
+    let gw = gateway(Config::from_toml(&text).unwrap()).await;
+    let caller = Caller::default();
+    warmed(&caller, gw.addr).await;
+    let answers = burst(&caller, gw.addr, &format!("{INFO}?sdkappid={APP}"), 1000).await;
+    assert!(answers.iter().all(|a| a.code() == 0));
+    let mut times: Vec<Instant> = upstream
+        .seen()
+        .iter()
+        .filter(|s| s.param("sdkappid") == Some("1400000001"))
+        .map(|s| s.at)
+        .collect();
+    let busiest = busiest_second(&mut times);
+    assert!(
+        busiest <= 300,
+        "{busiest} requests within one second at Tencent"
+    );
+}
