@@ -48,9 +48,12 @@ pub enum Error {
     /// The body is not JSON: Tencent would answer 60003.
     #[error("request body is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
-    /// No connection to Tencent could be made, or it broke.
+    /// No connection to Tencent could be made; nothing was sent.
     #[error("Tencent is unreachable: {0}")]
-    Unreachable(#[source] hyper_util::client::legacy::Error),
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The connection broke after the request may have reached Tencent.
+    #[error("the connection to Tencent broke: {0}")]
+    Broken(#[source] hyper::Error),
     /// Tencent's answer could not be read.
     #[error("Tencent's answer could not be read: {0}")]
     UpstreamBody(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -84,6 +87,7 @@ impl Error {
             Error::NotJson(_) => (StatusCode::OK, 60003),
             Error::Rejected(refusal) => (StatusCode::OK, refusal.code),
             Error::Unreachable(_) => (StatusCode::BAD_GATEWAY, 60008),
+            Error::Broken(_) => (StatusCode::BAD_GATEWAY, 60008),
             Error::UpstreamBody(_) => (StatusCode::BAD_GATEWAY, 60008),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 60008),
             Error::Throttled(Throttled {
@@ -106,7 +110,9 @@ impl Error {
             Error::NotJson(_) => "not_json",
             Error::Rejected(_) => "rejected",
             Error::Throttled(_) => "throttled",
-            Error::Unreachable(_) | Error::UpstreamBody(_) => "upstream_unreachable",
+            Error::Unreachable(_) | Error::Broken(_) | Error::UpstreamBody(_) => {
+                "upstream_unreachable"
+            }
             Error::Timeout(_) => "upstream_timeout",
         }
     }

@@ -25,7 +25,7 @@ use crate::limiter::{Limiter, Local};
 use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::rules;
-use crate::upstream::{Reply, Upstream};
+use crate::upstream::{Origin, Reply, Upstream};
 use crate::usersig::{self, Signer};
 
 /// Everything the request path needs, shared by all connections.
@@ -41,7 +41,7 @@ pub struct Gateway {
 /// One configured app: where it goes and who it signs as.
 struct Route {
     app: App,
-    base: String,
+    origin: Origin,
     /// `?sdkappid=N&identifier=ID&usersig=`, fixed for the app's lifetime.
     credentials: String,
     signer: Signer,
@@ -64,9 +64,11 @@ impl Gateway {
             .iter()
             .enumerate()
             .map(|(i, app)| {
-                let base = match (&app.endpoint, emulator) {
-                    (Endpoint::Url(uri), _) => origin(uri),
-                    (Endpoint::Emulator, Some(addr)) => format!("http://{addr}"),
+                let origin = match (&app.endpoint, emulator) {
+                    (Endpoint::Url(uri), _) => Origin::new(uri),
+                    (Endpoint::Emulator, Some(addr)) => Origin::new(
+                        &format!("http://{addr}").parse().expect("an address makes a valid URL"),
+                    ),
                     (Endpoint::Emulator, None) => {
                         return Err(ConfigError {
                             key: format!("apps[{i}].endpoint"),
@@ -84,7 +86,7 @@ impl Gateway {
                     form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
                 let route = Route {
                     app: app.clone(),
-                    base,
+                    origin,
                     credentials: format!("?sdkappid={}&identifier={identifier}&usersig=", app.sdkappid),
                     signer,
                 };
@@ -203,19 +205,34 @@ impl Gateway {
             let max_wait = app
                 .max_queue_wait
                 .min(deadline.saturating_duration_since(Instant::now()));
-            let queued = Instant::now();
-            if let Err(throttled) = self.limiter.acquire(app.sdkappid, api, max_wait).await {
-                self.metrics.rejected(app.sdkappid, throttled.scope);
-                // A retry that finds no room ends with the answer already in hand.
-                return last.unwrap_or(Err(Error::Throttled(throttled)));
-            }
-            self.metrics.throttled(app.sdkappid, queued.elapsed());
-            call.attempts += 1;
-            let target = route.target(api, &self.metrics);
-            let sent = Instant::now();
-            let outcome = self.upstream.send(target, body.clone()).await;
-            self.metrics
-                .attempt(app.sdkappid, sent.elapsed(), call.attempts > 1);
+            // The connection first, then the turn: a turn is spent the moment it is granted.
+            let outcome = match self.upstream.connect(&route.origin).await {
+                Err(unreachable) => {
+                    call.attempts += 1;
+                    Err(unreachable)
+                }
+                Ok(connection) => {
+                    let queued = Instant::now();
+                    if let Err(throttled) = self.limiter.acquire(app.sdkappid, api, max_wait).await
+                    {
+                        self.upstream.release(connection);
+                        self.metrics.rejected(app.sdkappid, throttled.scope);
+                        // A retry that finds no room ends with the answer already in hand.
+                        return last.unwrap_or(Err(Error::Throttled(throttled)));
+                    }
+                    self.metrics.throttled(app.sdkappid, queued.elapsed());
+                    call.attempts += 1;
+                    let target = route.target(api, &self.metrics);
+                    let sent = Instant::now();
+                    let outcome = self
+                        .upstream
+                        .send(connection, &route.origin, target, body.clone())
+                        .await;
+                    self.metrics
+                        .attempt(app.sdkappid, sent.elapsed(), call.attempts > 1);
+                    outcome
+                }
+            };
             match retry::decide(&outcome) {
                 Verdict::Answer => return outcome,
                 Verdict::SlowDown(scope) => self.limiter.slow_down(app.sdkappid, api, scope),
@@ -264,15 +281,15 @@ impl Gateway {
 }
 
 impl Route {
-    /// The upstream URL for one attempt: admin identity, a current UserSig, a new `random`.
+    /// The upstream path and query for one attempt: admin identity, a current UserSig, a new
+    /// `random`.
     fn target(&self, api: &Api, metrics: &Metrics) -> Uri {
         let (sig, minted) = self.signer.usersig(usersig::unix_now());
         if minted {
             metrics.signed(self.app.sdkappid);
         }
         format!(
-            "{}/v4/{}{}{}&random={}&contenttype=json",
-            self.base,
+            "/v4/{}{}{}&random={}&contenttype=json",
             api.name(),
             self.credentials,
             sig.as_str(),
@@ -329,13 +346,4 @@ fn respond(reply: Reply, attempts: u32) -> Response<Full<Bytes>> {
         .headers_mut()
         .insert("x-timgate-attempts", attempts.into());
     response
-}
-
-/// `scheme://authority` of a base URL, without a trailing slash.
-fn origin(uri: &Uri) -> String {
-    format!(
-        "{}://{}",
-        uri.scheme_str().unwrap_or("https"),
-        uri.authority().map_or("", |a| a.as_str())
-    )
 }

@@ -33,8 +33,8 @@ pub fn decide(outcome: &Result<Reply, Error>) -> Verdict {
             Some(60011 | 60018 | 60019) => Verdict::SlowDown(Scope::App),
             _ => Verdict::Answer,
         },
-        // Refused or failed while connecting: nothing was sent.
-        Err(Error::Unreachable(e)) if e.is_connect() => Verdict::Retry,
+        // No connection could be made: nothing was sent.
+        Err(Error::Unreachable(_)) => Verdict::Retry,
         Err(_) => Verdict::Answer,
     }
 }
@@ -89,6 +89,15 @@ mod tests {
         assert_eq!(
             decide(&Err(Error::Timeout(Duration::from_secs(5)))),
             Verdict::Answer
+        );
+    }
+
+    #[test]
+    fn a_connection_never_made_is_retried() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            decide(&Err(Error::Unreachable(refused.into()))),
+            Verdict::Retry
         );
     }
 

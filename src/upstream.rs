@@ -1,26 +1,36 @@
-//! The pooled HTTP(S) client to Tencent, and one upstream attempt.
+//! Connections to Tencent, pooled, and one upstream attempt on one of them.
 //!
-//! One `hyper-util` client is shared by every app: keep-alive connections are pooled per
-//! host, TLS is rustls with compiled-in roots. An attempt is bounded twice, by the connect
-//! deadline and by the whole-attempt deadline (above Tencent's own 3 s). The attempt's URL
-//! holds a UserSig, so it is never logged or put into an error.
+//! A request first gets a *ready* connection — an idle pooled one, or a new one with its TCP
+//! and TLS handshakes done — and only then takes its turn under the rate limits and sends.
+//! So the moment a turn is granted is the moment the request goes on the wire: a handshake
+//! never delays one request past others sent after it, which would bunch arrivals at
+//! Tencent above the limit. Connections are HTTP/1.1 keep-alive, TLS by rustls with
+//! compiled-in roots, kept idle per origin for `IDLE_TIMEOUT`. An attempt's URL holds a
+//! UserSig, so it is never logged or put into an error.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
+use tokio::time::Instant;
+use tower_service::Service;
 
 use crate::error::Error;
 
 /// The largest answer read from Tencent; real ones are a few KB.
 const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
+/// How long an unused connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most idle connections kept per origin.
+const MAX_IDLE_PER_ORIGIN: usize = 256;
 
 /// Tencent's answer to one attempt, as it will be passed back to the caller.
 #[derive(Debug, Clone)]
@@ -46,64 +56,183 @@ pub struct Outcome {
     pub request_id: Option<String>,
 }
 
-/// The shared upstream client.
-#[derive(Clone)]
+/// Where attempts go: `scheme://authority`, as the pool and the `Host` header know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    uri: Uri,
+    key: String,
+    host: HeaderValue,
+}
+
+impl Origin {
+    /// The origin of a base URL such as `https://adminapisgp.im.qcloud.com`.
+    pub fn new(base: &Uri) -> Origin {
+        let scheme = base.scheme_str().unwrap_or("https");
+        let authority = base.authority().map_or("", |a| a.as_str());
+        let key = format!("{scheme}://{authority}");
+        Origin {
+            uri: key
+                .parse()
+                .expect("a scheme and a parsed authority form a URI"),
+            host: HeaderValue::from_str(authority).expect("a parsed authority is a valid header"),
+            key,
+        }
+    }
+}
+
+/// A ready connection, checked out of the pool for one attempt.
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    origin: String,
+}
+
+struct Idle {
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// The shared connection pool and its attempt deadline.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    connector: HttpsConnector<HttpConnector>,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Upstream {
-    /// A pooled client whose attempts give up after `timeout`, connects after `connect_timeout`.
+    /// A pool whose attempts give up after `timeout`, and connects (TLS included) after
+    /// `connect_timeout`.
     pub fn new(timeout: Duration, connect_timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(https);
-        Self { client, timeout }
+        Self {
+            connector,
+            idle: Mutex::default(),
+            timeout,
+            connect_timeout,
+        }
     }
 
-    /// POSTs `body` to `uri` once and reads the whole answer, within the attempt deadline.
-    pub async fn send(&self, uri: Uri, body: Bytes) -> Result<Reply, Error> {
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .expect("method, a parsed URI and a static header make a valid request");
-        tokio::time::timeout(self.timeout, self.exchange(request))
+    /// A ready connection to `origin`: an idle one from the pool, or a new one.
+    /// A failure here means nothing was sent.
+    pub async fn connect(&self, origin: &Origin) -> Result<Connection, Error> {
+        if let Some(sender) = self.take_idle(&origin.key) {
+            return Ok(Connection {
+                sender,
+                origin: origin.key.clone(),
+            });
+        }
+        let dial = async {
+            let io = self.connector.clone().call(origin.uri.clone()).await?;
+            let (sender, connection) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                // Ends when Tencent or the pool closes the connection; nothing to report.
+                let _ = connection.await;
+            });
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender)
+        };
+        let sender = tokio::time::timeout(self.connect_timeout, dial)
             .await
-            .map_err(|_| Error::Timeout(self.timeout))?
-    }
-
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Reply, Error> {
-        let response = self
-            .client
-            .request(request)
-            .await
+            .map_err(|_| Error::Unreachable("connect timed out".into()))?
             .map_err(Error::Unreachable)?;
-        let status = response.status();
-        let content_type = response.headers().get(CONTENT_TYPE).cloned();
-        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(Error::UpstreamBody)?
-            .to_bytes();
-        let outcome = serde_json::from_slice(&body).unwrap_or_default();
-        Ok(Reply {
-            status,
-            content_type,
-            body,
-            outcome,
+        Ok(Connection {
+            sender,
+            origin: origin.key.clone(),
         })
     }
+
+    /// POSTs `body` to `path` (path and query) on `connection`, within the attempt deadline,
+    /// and returns the connection to the pool when the exchange completed cleanly.
+    pub async fn send(
+        &self,
+        connection: Connection,
+        origin: &Origin,
+        path: Uri,
+        body: Bytes,
+    ) -> Result<Reply, Error> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, origin.host.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("method, a parsed URI and valid headers make a valid request");
+        let Connection { mut sender, origin } = connection;
+        let reply = tokio::time::timeout(self.timeout, exchange(&mut sender, request))
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))??;
+        self.put_idle(origin, sender);
+        Ok(reply)
+    }
+
+    /// Gives back a connection that was checked out but not used.
+    pub fn release(&self, connection: Connection) {
+        self.put_idle(connection.origin, connection.sender);
+    }
+
+    fn take_idle(&self, origin: &str) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(origin)?;
+        // Newest first: the likeliest to be alive. Closed or stale ones are dropped.
+        while let Some(entry) = list.pop() {
+            if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, origin: String, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(origin).or_default();
+        if list.len() < MAX_IDLE_PER_ORIGIN {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Reply, Error> {
+    let response = match sender.try_send_request(request).await {
+        Ok(response) => response,
+        Err(mut e) => {
+            // With the request handed back, it was never written: nothing reached Tencent.
+            let unsent = e.take_message().is_some();
+            let error = e.into_error();
+            return Err(if unsent {
+                Error::Unreachable(error.into())
+            } else {
+                Error::Broken(error)
+            });
+        }
+    };
+    let status = response.status();
+    let content_type = response.headers().get(CONTENT_TYPE).cloned();
+    let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+        .collect()
+        .await
+        .map_err(Error::UpstreamBody)?
+        .to_bytes();
+    let outcome = serde_json::from_slice(&body).unwrap_or_default();
+    Ok(Reply {
+        status,
+        content_type,
+        body,
+        outcome,
+    })
 }
