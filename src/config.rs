@@ -131,8 +131,21 @@ pub struct Server {
     pub upstream_timeout: Duration,
     /// TCP+TLS connect deadline (`connect_timeout_ms`, default 2000).
     pub connect_timeout: Duration,
+    /// Certificates trusted besides Mozilla's roots (`ca_file`, PEM; default none), for a
+    /// private CA in front of Tencent or a local TLS test upstream.
+    pub extra_roots: ExtraRoots,
     /// How long accepted requests may take to finish on shutdown (`drain_timeout_ms`, default 20000).
     pub drain_timeout: Duration,
+}
+
+/// Extra trusted root certificates; `Debug` shows only how many.
+#[derive(Clone, Default)]
+pub struct ExtraRoots(pub Vec<rustls_pki_types::CertificateDer<'static>>);
+
+impl std::fmt::Debug for ExtraRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} certificate(s)", self.0.len())
+    }
 }
 
 /// `[log]`.
@@ -380,6 +393,23 @@ mod tests {
         );
         let e = refusal(&format!("{GOOD}rate_limit = 0\n"));
         assert_eq!(e.key, "apps[0].rate_limit");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_is_refused() {
+        let e = refusal(&format!(
+            "[server]\nca_file = \"/nonexistent/ca.pem\"\n{GOOD}"
+        ));
+        assert_eq!(e.key, "server.ca_file");
+        let path = std::env::temp_dir().join(format!("timgate-empty-ca-{}", std::process::id()));
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let e = refusal(&format!(
+            "[server]\nca_file = {:?}\n{GOOD}",
+            path.display().to_string()
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(e.key, "server.ca_file");
+        assert!(e.message.contains("no PEM certificate"), "{e}");
     }
 
     #[test]

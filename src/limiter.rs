@@ -64,14 +64,32 @@ pub struct Throttled {
 /// What a limiter backend offers the request path. The in-process `Local` is one; a shared,
 /// fleet-wide backend implements the same two calls.
 pub trait Limiter: Send + Sync {
-    /// Waits, in arrival order, until one attempt of `api` for `sdkappid` may be sent;
-    /// refuses at once when the wait would exceed `max_wait`.
+    /// Waits, in arrival order, for one attempt's turn of `api` for `sdkappid`; refuses at
+    /// once when the wait would exceed `max_wait`.
+    fn turn<'a>(
+        &'a self,
+        sdkappid: u64,
+        api: &'a Api,
+        max_wait: Duration,
+    ) -> Waiting<'a, Result<(), Throttled>>;
+
+    /// Waits until a request sent now keeps every limit, and counts it as sent: call it after
+    /// the turn, with the connection ready, right before writing the request.
+    fn send_now<'a>(&'a self, sdkappid: u64, api: &'a Api) -> Waiting<'a, ()>;
+
+    /// `turn` then `send_now`, for a caller with nothing to prepare in between.
     fn acquire<'a>(
         &'a self,
         sdkappid: u64,
         api: &'a Api,
         max_wait: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Throttled>> + Send + 'a>>;
+    ) -> Waiting<'a, Result<(), Throttled>> {
+        Box::pin(async move {
+            self.turn(sdkappid, api, max_wait).await?;
+            self.send_now(sdkappid, api).await;
+            Ok(())
+        })
+    }
 
     /// Tencent said `scope` is over its limit: run it slower for a while.
     fn slow_down(&self, sdkappid: u64, api: &Api, scope: Scope);
@@ -124,13 +142,13 @@ impl Local {
         api_lane.into_iter().chain([app.app.clone()]).collect()
     }
 
-    async fn wait_for(&self, lanes: Vec<Arc<Lane>>, max_wait: Duration) -> Result<(), Throttled> {
+    async fn queue(&self, lanes: Vec<Arc<Lane>>, max_wait: Duration) -> Result<(), Throttled> {
         let start = Instant::now();
         // Refuse at once when any lane is already too far behind.
         for lane in &lanes {
             lane.predict(start, max_wait)?;
         }
-        let _waiting = Waiting::enter(&self.waiting);
+        let _waiting = Queued::enter(&self.waiting);
         for lane in &lanes {
             let now = Instant::now();
             let budget = max_wait.saturating_sub(now - start);
@@ -141,20 +159,24 @@ impl Local {
             }
             ticket.used();
         }
-        guard(&lanes).await;
         Ok(())
     }
 }
 
 impl Limiter for Local {
-    fn acquire<'a>(
+    fn turn<'a>(
         &'a self,
         sdkappid: u64,
         api: &'a Api,
         max_wait: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Throttled>> + Send + 'a>> {
+    ) -> Waiting<'a, Result<(), Throttled>> {
         let lanes = self.lanes(sdkappid, api);
-        Box::pin(self.wait_for(lanes, max_wait))
+        Box::pin(self.queue(lanes, max_wait))
+    }
+
+    fn send_now<'a>(&'a self, sdkappid: u64, api: &'a Api) -> Waiting<'a, ()> {
+        let lanes = self.lanes(sdkappid, api);
+        Box::pin(async move { guard(&lanes).await })
     }
 
     fn slow_down(&self, sdkappid: u64, api: &Api, scope: Scope) {
@@ -174,17 +196,20 @@ impl Limiter for Local {
     }
 }
 
-/// Counts a request as waiting for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
+/// A limiter's answer, once it is time.
+pub type Waiting<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-impl<'a> Waiting<'a> {
+/// Counts a request as waiting for its turn for as long as it lives.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
     fn enter(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Self(count)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

@@ -102,6 +102,7 @@ impl Gateway {
             upstream: Upstream::new(
                 config.server.upstream_timeout,
                 config.server.connect_timeout,
+                &config.server.extra_roots,
             ),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
@@ -205,34 +206,17 @@ impl Gateway {
             let max_wait = app
                 .max_queue_wait
                 .min(deadline.saturating_duration_since(Instant::now()));
-            // The connection first, then the turn: a turn is spent the moment it is granted.
-            let outcome = match self.upstream.connect(&route.origin).await {
-                Err(unreachable) => {
-                    call.attempts += 1;
-                    Err(unreachable)
-                }
-                Ok(connection) => {
-                    let queued = Instant::now();
-                    if let Err(throttled) = self.limiter.acquire(app.sdkappid, api, max_wait).await
-                    {
-                        self.upstream.release(connection);
-                        self.metrics.rejected(app.sdkappid, throttled.scope);
-                        // A retry that finds no room ends with the answer already in hand.
-                        return last.unwrap_or(Err(Error::Throttled(throttled)));
-                    }
-                    self.metrics.throttled(app.sdkappid, queued.elapsed());
-                    call.attempts += 1;
-                    let target = route.target(api, &self.metrics);
-                    let sent = Instant::now();
-                    let outcome = self
-                        .upstream
-                        .send(connection, &route.origin, target, body.clone())
-                        .await;
-                    self.metrics
-                        .attempt(app.sdkappid, sent.elapsed(), call.attempts > 1);
-                    outcome
-                }
-            };
+            let queued = Instant::now();
+            if let Err(throttled) = self.limiter.turn(app.sdkappid, api, max_wait).await {
+                self.metrics.rejected(app.sdkappid, throttled.scope);
+                // A retry that finds no room ends with the answer already in hand.
+                return last.unwrap_or(Err(Error::Throttled(throttled)));
+            }
+            self.metrics.throttled(app.sdkappid, queued.elapsed());
+            call.attempts += 1;
+            let outcome = self
+                .attempt(route, api, body.clone(), call.attempts > 1)
+                .await;
             match retry::decide(&outcome) {
                 Verdict::Answer => return outcome,
                 Verdict::SlowDown(scope) => self.limiter.slow_down(app.sdkappid, api, scope),
@@ -250,6 +234,29 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// One attempt whose turn has come: a ready connection (handshakes done), then the
+    /// send-time check of every limit, then the request on the wire at once — so a slow
+    /// handshake can never bunch requests at Tencent past the limit.
+    async fn attempt(
+        &self,
+        route: &Route,
+        api: &Api,
+        body: Bytes,
+        retry: bool,
+    ) -> Result<Reply, Error> {
+        let connection = self.upstream.connect(&route.origin).await?;
+        self.limiter.send_now(route.app.sdkappid, api).await;
+        let target = route.target(api, &self.metrics);
+        let sent = Instant::now();
+        let outcome = self
+            .upstream
+            .send(connection, &route.origin, target, body)
+            .await;
+        self.metrics
+            .attempt(route.app.sdkappid, sent.elapsed(), retry);
+        outcome
+    }
+
     /// The gateway's metrics, for the admin listener.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -1,15 +1,14 @@
 //! Connections to Tencent, pooled, and one upstream attempt on one of them.
 //!
-//! A request first gets a *ready* connection — an idle pooled one, or a new one with its TCP
-//! and TLS handshakes done — and only then takes its turn under the rate limits and sends.
-//! So the moment a turn is granted is the moment the request goes on the wire: a handshake
-//! never delays one request past others sent after it, which would bunch arrivals at
-//! Tencent above the limit. Connections are HTTP/1.1 keep-alive, TLS by rustls with
-//! compiled-in roots, kept idle per origin for `IDLE_TIMEOUT`. An attempt's URL holds a
-//! UserSig, so it is never logged or put into an error.
+//! `connect` hands out a *ready* connection — an idle pooled one, or a new one with its TCP
+//! and TLS handshakes done — so the request path can check the rate limits at the moment the
+//! request goes on the wire, after any handshake, not before it. Connections are HTTP/1.1
+//! keep-alive, TLS by rustls with Mozilla's roots (plus `server.ca_file`), kept idle per
+//! origin for `IDLE_TIMEOUT`. An attempt's URL holds a UserSig, so it is never logged or put
+//! into an error.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::config::ExtraRoots;
 use crate::error::Error;
 
 /// The largest answer read from Tencent; real ones are a few KB.
@@ -101,14 +101,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// A pool whose attempts give up after `timeout`, and connects (TLS included) after
-    /// `connect_timeout`.
-    pub fn new(timeout: Duration, connect_timeout: Duration) -> Self {
+    /// `connect_timeout`. TLS trusts Mozilla's roots and `extra_roots`.
+    pub fn new(timeout: Duration, connect_timeout: Duration, extra_roots: &ExtraRoots) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls(extra_roots))
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -172,11 +172,6 @@ impl Upstream {
         Ok(reply)
     }
 
-    /// Gives back a connection that was checked out but not used.
-    pub fn release(&self, connection: Connection) {
-        self.put_idle(connection.origin, connection.sender);
-    }
-
     fn take_idle(&self, origin: &str) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(origin)?;
@@ -202,6 +197,20 @@ impl Upstream {
             });
         }
     }
+}
+
+/// rustls with the ring provider, Mozilla's roots and the configured extra ones.
+fn tls(extra_roots: &ExtraRoots) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    // Each was checked to be usable when the configuration was loaded.
+    roots.add_parsable_certificates(extra_roots.0.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 async fn exchange(

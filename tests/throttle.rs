@@ -300,3 +300,76 @@ async fn a_caller_that_disconnects_while_waiting_never_reaches_tencent() {
     assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
     assert_eq!(upstream.seen().len(), 2);
 }
+
+/// A TLS front for `target` whose handshakes take `delay` longer, as a distant region's do.
+/// Returns its address and the PEM of the certificate it presents (for 127.0.0.1).
+async fn distant_tls(
+    target: std::net::SocketAddr,
+    delay: Duration,
+) -> (std::net::SocketAddr, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // The handshake's round trips to a faraway data center.
+                tokio::time::sleep(delay).await;
+                let Ok(mut tls) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    (addr, certified.cert.pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
+    let upstream = Recorder::ok().await;
+    let (front, pem) = distant_tls(upstream.server.addr, Duration::from_millis(150)).await;
+    let ca = std::env::temp_dir().join(format!("timgate-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, pem).unwrap();
+    let text = format!(
+        "[server]\nca_file = {:?}\n{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{}rate_limit = 1000000\n",
+        ca.display().to_string(),
+        one_app(APP, &format!("https://{front}")),
+        one_app(WARM, &upstream.url())
+    );
+    let config = Config::from_toml(&text).unwrap();
+    std::fs::remove_file(&ca).unwrap();
+    let gw = gateway(config).await;
+    let caller = Caller::default();
+    warmed(&caller, gw.addr).await;
+    let answers = burst(&caller, gw.addr, &format!("{INFO}?sdkappid={APP}"), 1000).await;
+    assert!(
+        answers.iter().all(|a| a.code() == 0),
+        "{:?}",
+        answers[0].json()
+    );
+    let mut times: Vec<Instant> = upstream
+        .seen()
+        .iter()
+        .filter(|s| s.param("sdkappid") == Some("1400000001"))
+        .map(|s| s.at)
+        .collect();
+    assert_eq!(times.len(), 1000);
+    let busiest = busiest_second(&mut times);
+    assert!(
+        busiest <= 300,
+        "{busiest} requests within one second at Tencent"
+    );
+}

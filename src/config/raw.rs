@@ -10,8 +10,8 @@ use hyper::Uri;
 use serde::Deserialize;
 
 use super::{
-    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, Log, LogFormat, Region,
-    SecretKey, Server,
+    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, ExtraRoots, Log, LogFormat,
+    Region, SecretKey, Server,
 };
 
 #[derive(Deserialize)]
@@ -34,6 +34,7 @@ struct RawServer {
     admin_listen: String,
     max_body_bytes: u64,
     body_read_timeout_ms: u64,
+    ca_file: Option<String>,
     upstream_timeout_ms: u64,
     connect_timeout_ms: u64,
     drain_timeout_ms: u64,
@@ -46,6 +47,7 @@ impl Default for RawServer {
             admin_listen: "127.0.0.1:9464".into(),
             max_body_bytes: 1024 * 1024,
             body_read_timeout_ms: 10_000,
+            ca_file: None,
             upstream_timeout_ms: 5000,
             connect_timeout_ms: 2000,
             drain_timeout_ms: 20_000,
@@ -199,6 +201,7 @@ impl RawServer {
             body_read_timeout: millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
+            extra_roots: extra_roots(self.ca_file.as_deref())?,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
         })
     }
@@ -343,6 +346,31 @@ fn secret(
         return Err(ConfigError::new(key, "the secret key is empty"));
     }
     Ok(SecretKey::new(&value))
+}
+
+/// The certificates in the PEM file at `path`, if one is configured; at least one.
+fn extra_roots(path: Option<&str>) -> Result<ExtraRoots, ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Some(path) = path else {
+        return Ok(ExtraRoots::default());
+    };
+    let fail = |why: String| ConfigError::new("server.ca_file", format!("{path}: {why}"));
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| fail(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in it".into()));
+    }
+    let (_, rejected) =
+        rustls::RootCertStore::empty().add_parsable_certificates(certs.iter().cloned());
+    if rejected > 0 {
+        return Err(fail(format!(
+            "{rejected} certificate(s) are not usable as roots"
+        )));
+    }
+    Ok(ExtraRoots(certs))
 }
 
 fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
