@@ -127,6 +127,61 @@ async fn a_drain_answers_in_flight_and_queued_requests_and_fails_readiness() {
     assert_eq!(upstream.seen().len(), 6);
 }
 
+/// A `timgate` process on free ports, its configuration in a temporary file.
+struct Process {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    config: std::path::PathBuf,
+}
+
+impl Process {
+    /// Starts `timgate ARGS --config FILE` for `apps` and waits until its admin port answers.
+    async fn start(apps: &str, args: &[&str], stderr: Stdio) -> Process {
+        let (port, admin_port) = (free_port(), free_port());
+        let config =
+            std::env::temp_dir().join(format!("timgate-{}-{port}.toml", std::process::id()));
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{apps}"
+        );
+        std::fs::write(&config, text).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        eventually(|| async move { tokio::net::TcpStream::connect(admin).await.is_ok() }).await;
+        Process {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            admin,
+            config,
+        }
+    }
+
+    /// Sends SIGTERM, as Kubernetes and systemd do.
+    fn terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -138,23 +193,12 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn sigterm_answers_every_accepted_request_then_exits_0() {
     let upstream = Recorder::slow(Duration::from_millis(300), |_| ok_envelope()).await;
-    let (port, admin_port) = (free_port(), free_port());
-    let path = std::env::temp_dir().join(format!("timgate-sigterm-{}.toml", std::process::id()));
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{}rate_limit = 4\nmax_queue_wait_ms = 5000\n",
+    let apps = format!(
+        "{}rate_limit = 4\nmax_queue_wait_ms = 5000\n",
         one_app(1400000001, &upstream.url())
     );
-    std::fs::write(&path, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
-        .arg("--config")
-        .arg(&path)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    eventually(|| async move { tokio::net::TcpStream::connect(admin).await.is_ok() }).await;
-
+    let mut gateway = Process::start(&apps, &[], Stdio::null()).await;
+    let (addr, admin) = (gateway.addr, gateway.admin);
     let caller = Caller::default();
     let requests: Vec<_> = (0..5)
         .map(|_| {
@@ -165,14 +209,7 @@ async fn sigterm_answers_every_accepted_request_then_exits_0() {
     upstream.arrived(1).await;
     // Every request accepted before the signal: one at Tencent, four waiting their turn.
     metric_reaches(&caller, admin, "timgate_inflight_requests", 5.0).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    gateway.terminate();
     unready(&caller, admin).await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
@@ -182,8 +219,7 @@ async fn sigterm_answers_every_accepted_request_then_exits_0() {
         let answer = request.await.unwrap();
         assert_eq!((answer.status, answer.code()), (StatusCode::OK, 0));
     }
-    let status = child.wait().await.unwrap();
-    std::fs::remove_file(&path).unwrap();
+    let status = gateway.child.wait().await.unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(upstream.seen().len(), 5);
 }
@@ -225,37 +261,25 @@ fn check_prints_the_config_with_the_key_masked() {
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_request_fields() {
     let upstream = Recorder::ok().await;
-    let (port, admin_port) = (free_port(), free_port());
-    let path = std::env::temp_dir().join(format!("timgate-json-{}.toml", std::process::id()));
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{}",
-        one_app(1400000001, &upstream.url())
+    let apps = one_app(1400000001, &upstream.url());
+    let mut gateway = Process::start(&apps, &["--log-format", "json"], Stdio::piped()).await;
+    assert_eq!(
+        Caller::default()
+            .post(gateway.addr, INFO, ROOM)
+            .await
+            .code(),
+        0
     );
-    std::fs::write(&path, text).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
-        .args(["--log-format", "json", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
+    gateway.terminate();
+    let mut logs = Vec::new();
+    let mut stderr = gateway.child.stderr.take().unwrap();
+    tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut logs)
+        .await
         .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    eventually(|| async move { tokio::net::TcpStream::connect(admin).await.is_ok() }).await;
-    assert_eq!(Caller::default().post(addr, INFO, ROOM).await.code(), 0);
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = child.wait_with_output().await.unwrap();
-    std::fs::remove_file(&path).unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let status = gateway.child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
 
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stderr)
+    let lines: Vec<serde_json::Value> = String::from_utf8(logs)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -165,48 +165,48 @@ async fn an_api_over_its_own_limit_is_refused_with_60007() {
     assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
 }
 
-async fn emulated(faults: serde_json::Value) -> (support::Running, support::Running) {
+/// Sends one request through a gateway to an emulator told to answer `fault`; returns the
+/// caller's HTTP status, ErrorCode and `x-timgate-attempts`.
+async fn through_fault(code: u32, times: u32) -> (StatusCode, i64, String) {
     let emu = emulator(&config("http://127.0.0.1:1", "")).await;
+    let fault =
+        json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": code, "Times": times});
     let injected = Caller::default()
-        .post(emu.addr, timgate::emulator::FAULTS_PATH, faults.to_string())
+        .post(emu.addr, timgate::emulator::FAULTS_PATH, fault.to_string())
         .await;
     assert_eq!(injected.code(), 0);
     let extra = "retry_base_ms = 1\nretry_cap_ms = 5\n";
     let gw = gateway(config(&format!("http://{}", emu.addr), extra)).await;
-    (emu, gw)
+    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
+    let attempts = answer.headers["x-timgate-attempts"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (answer.status, answer.code(), attempts)
 }
 
 #[tokio::test]
 async fn retries_100001_twice_then_succeeds() {
-    let (_emu, gw) = emulated(
-        json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 100001, "Times": 2}),
-    )
-    .await;
-    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
-    assert_eq!(answer.code(), 0);
-    assert_eq!(answer.headers["x-timgate-attempts"], "3");
+    assert_eq!(
+        through_fault(100001, 2).await,
+        (StatusCode::OK, 0, "3".into())
+    );
 }
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_with_tencents_last_answer() {
-    let (_emu, gw) = emulated(
-        json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 100001, "Times": 50}),
-    )
-    .await;
-    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
-    assert_eq!((answer.status, answer.code()), (StatusCode::OK, 100001));
-    assert_eq!(answer.headers["x-timgate-attempts"], "3");
+    assert_eq!(
+        through_fault(100001, 50).await,
+        (StatusCode::OK, 100001, "3".into())
+    );
 }
 
 #[tokio::test]
 async fn never_retries_an_expired_signature() {
-    let (_emu, gw) = emulated(
-        json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": 70001, "Times": 5}),
-    )
-    .await;
-    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
-    assert_eq!(answer.code(), 70001);
-    assert_eq!(answer.headers["x-timgate-attempts"], "1");
+    assert_eq!(
+        through_fault(70001, 5).await,
+        (StatusCode::OK, 70001, "1".into())
+    );
 }
 
 #[tokio::test]
