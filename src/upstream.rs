@@ -217,6 +217,11 @@ async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
 ) -> Result<Reply, Error> {
+    // A pooled connection can close between checkout and now; then nothing was sent.
+    sender
+        .ready()
+        .await
+        .map_err(|e| Error::Unreachable(e.into()))?;
     let response = match sender.try_send_request(request).await {
         Ok(response) => response,
         Err(mut e) => {
