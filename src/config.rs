@@ -263,11 +263,6 @@ impl Config {
             .map_err(|e| ConfigError::new("config", e.to_string()))?;
         raw.validate()
     }
-
-    /// The app for `sdkappid`, if configured.
-    pub fn app(&self, sdkappid: u64) -> Option<&App> {
-        self.apps.iter().find(|a| a.sdkappid == sdkappid)
-    }
 }
 
 #[cfg(test)]

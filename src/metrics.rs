@@ -71,12 +71,6 @@ pub struct Metrics {
     apps: HashMap<u64, AppSeries>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new(&[])
-    }
-}
-
 impl Metrics {
     /// Every metric, registered under the `timgate_` prefix, with the per-app series of
     /// `apps` created up front (they show as 0 before the first request).
