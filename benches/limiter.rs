@@ -1,6 +1,8 @@
 //! The limiter's per-attempt cost when a slot is free, with 1 and with 10,000 apps configured,
 //! reported beside a baseline measured in the same run (an `Api` lookup key being formatted,
 //! which every acquire does once), so the numbers read as ratios on a noisy machine.
+// Benches may unwrap and print: a panic stops a broken run, stdout is the report.
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ fn acquire(c: &mut Criterion) {
     let api = Api::from_path("/v4/openim/sendmsg").expect("valid path");
     let mut group = c.benchmark_group("limiter_acquire");
     group.bench_function("baseline_api_to_string", |b| {
-        b.iter(|| black_box(&api).to_string())
+        b.iter(|| black_box(&api).to_string());
     });
     for apps in [1u64, 10_000] {
         let local = limiter(apps);
@@ -46,9 +48,9 @@ fn acquire(c: &mut Criterion) {
                     local
                         .acquire(app, api, Duration::from_secs(1))
                         .await
-                        .expect("free slot")
+                        .expect("free slot");
                 }
-            })
+            });
         });
     }
     group.finish();

@@ -6,6 +6,8 @@
 //! the same run too, as the yardstick for what a proxy reaches on this machine.
 //!
 //! Run: `cargo bench --bench load`.
+// Benches may unwrap and print: a panic stops a broken run, stdout is the report.
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -170,9 +172,7 @@ impl Gateway {
     }
 
     fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
+        signal(self.pid(), rustix::process::Signal::TERM);
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config);
     }
@@ -225,11 +225,19 @@ impl Nginx {
     }
 
     fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-QUIT", &self.child.id().to_string()])
-            .status();
+        signal(self.child.id(), rustix::process::Signal::QUIT);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `signal` to a child we started, in Rust rather than through a `kill` program.
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 

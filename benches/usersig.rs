@@ -1,5 +1,7 @@
 //! UserSig signing and verifying: the per-request cost of minting (every ttl/2) and of the
 //! emulator's check (every request).
+// Benches may unwrap and print: a panic stops a broken run, stdout is the report.
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use timgate::config::SecretKey;
@@ -16,7 +18,7 @@ fn usersig(c: &mut Criterion) {
     };
     let token = usersig::sign(&key, &claims);
     c.bench_function("usersig_sign", |b| {
-        b.iter(|| usersig::sign(&key, black_box(&claims)))
+        b.iter(|| usersig::sign(&key, black_box(&claims)));
     });
     c.bench_function("usersig_verify", |b| {
         b.iter(|| {
@@ -27,10 +29,10 @@ fn usersig(c: &mut Criterion) {
                 "administrator",
                 1_700_000_100,
             )
-        })
+        });
     });
     c.bench_function("usersig_hmac_only", |b| {
-        b.iter(|| usersig::signature(&key, black_box(&claims)))
+        b.iter(|| usersig::signature(&key, black_box(&claims)));
     });
 }
 

@@ -51,13 +51,21 @@ impl std::fmt::Display for SecretKey {
 /// A Tencent data center, with its documented domains (TENCENT.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Region {
+    /// Mainland China (`china`).
     China,
+    /// Singapore (`singapore`).
     Singapore,
+    /// Seoul (`korea`).
     Korea,
+    /// Tokyo (`japan`).
     Japan,
+    /// Frankfurt (`germany`).
     Germany,
+    /// Mumbai (`india`).
     India,
+    /// Silicon Valley (`usa`).
     Usa,
+    /// Jakarta (`indonesia`).
     Indonesia,
 }
 

@@ -152,7 +152,9 @@ impl Emulator {
     }
 
     fn lock_faults(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fault>> {
-        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+        self.faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Carries out an authenticated request's `body`: the API's rules (the same table the

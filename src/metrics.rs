@@ -169,7 +169,7 @@ impl Metrics {
     /// A turn granted after `waited`.
     pub fn throttled(&self, app: u64, waited: Duration) {
         self.with_series(app, |series| {
-            series.throttle_wait.observe(waited.as_secs_f64())
+            series.throttle_wait.observe(waited.as_secs_f64());
         });
     }
 
@@ -238,7 +238,10 @@ impl Metrics {
     }
 
     fn api_label(&self, api: &str) -> String {
-        let mut apis = self.apis.lock().unwrap_or_else(|p| p.into_inner());
+        let mut apis = self
+            .apis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if apis.contains(api) || (apis.len() < MAX_APIS && apis.insert(api.to_owned())) {
             api.to_owned()
         } else {

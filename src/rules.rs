@@ -18,9 +18,13 @@ pub use table::TABLE;
 /// A JSON type a field must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
+    /// A JSON string.
     String,
+    /// A JSON number without a fraction.
     Integer,
+    /// A JSON array.
     Array,
+    /// A JSON object.
     Object,
 }
 
@@ -194,19 +198,18 @@ fn one(check: Check, value: Option<&Value<'_>>) -> Result<(), String> {
     }
 }
 
+/// What `visit` calls with each selected value: its array indices on the way, and the value.
+type Visitor<'f, 'v> = dyn FnMut(&[usize], Option<&'v Value<'v>>) -> Result<(), Refusal> + 'f;
+
 /// Calls `f` with every value `path` selects (and `None` where the last field is absent).
 /// Where an intermediate field is absent or of another type, nothing is selected: the rule
 /// for that field itself says what is wrong.
-fn visit<'v>(
-    root: &'v Value<'v>,
-    path: &str,
-    f: &mut dyn FnMut(&[usize], Option<&'v Value<'v>>) -> Result<(), Refusal>,
-) -> Result<(), Refusal> {
+fn visit<'v>(root: &'v Value<'v>, path: &str, f: &mut Visitor<'_, 'v>) -> Result<(), Refusal> {
     fn walk<'v>(
         value: Option<&'v Value<'v>>,
         segments: &[&str],
         at: &mut Vec<usize>,
-        f: &mut dyn FnMut(&[usize], Option<&'v Value<'v>>) -> Result<(), Refusal>,
+        f: &mut Visitor<'_, 'v>,
     ) -> Result<(), Refusal> {
         let Some((segment, rest)) = segments.split_first() else {
             return f(at, value);

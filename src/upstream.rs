@@ -173,7 +173,10 @@ impl Upstream {
     }
 
     fn take_idle(&self, origin: &str) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let list = idle.get_mut(origin)?;
         // Newest first: the likeliest to be alive. Closed or stale ones are dropped.
         while let Some(entry) = list.pop() {
@@ -188,7 +191,10 @@ impl Upstream {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let list = idle.entry(origin).or_default();
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(Idle {

@@ -1,4 +1,6 @@
 //! The `timgate` binary: configuration refused before binding, and `timgate sign`.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

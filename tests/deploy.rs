@@ -1,5 +1,7 @@
 //! The files in `deploy/` stay true to the binary: the Kubernetes ConfigMap's configuration
 //! passes `timgate check`, and the probes and ports name the admin listener.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

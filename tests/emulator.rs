@@ -1,4 +1,6 @@
 //! The emulator refuses what Tencent refuses, with Tencent's codes, over real HTTP.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -1,4 +1,6 @@
 //! End to end: callers → gateway → emulator or recording upstream, all real HTTP on loopback.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

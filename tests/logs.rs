@@ -1,6 +1,8 @@
 //! No log line, at any level, carries the SecretKey or a UserSig.
 //!
 //! Its own test binary, so the trace-level subscriber it installs sees everything.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -1,4 +1,6 @@
 //! Running it as a sidecar: health, readiness, metrics, drains, signals, `timgate check`.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -165,14 +167,9 @@ impl Process {
 
     /// Sends SIGTERM, as Kubernetes and systemd do.
     fn terminate(&self) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
+        let pid = rustix::process::Pid::from_raw(pid).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     }
 }
 

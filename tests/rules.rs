@@ -1,6 +1,8 @@
 //! Every documented limit, end to end: at the limit a request reaches Tencent; one past it,
 //! the caller gets Tencent's code and Tencent sees nothing. And whatever the gateway's checks
 //! accept, the emulator (Tencent's stand-in) accepts too.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -52,7 +54,7 @@ fn sized(api: &str, rule: &Rule, n: usize) -> Value {
         Check::MaxBytes(_) => *field(&mut body, rule.field) = json!("b".repeat(n)),
         Check::MaxItems(_) => {
             *field(&mut body, rule.field) =
-                json!((0..n).map(|i| format!("m{i}")).collect::<Vec<_>>())
+                json!((0..n).map(|i| format!("m{i}")).collect::<Vec<_>>());
         }
         Check::MaxValue(_) => *field(&mut body, rule.field) = json!(n),
         Check::MaxDistinct(_) => {

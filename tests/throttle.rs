@@ -1,4 +1,6 @@
 //! Throttling and retries end to end: bursts, refusals, and Tencent's answers, over real HTTP.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -16,10 +16,17 @@ use crate::rules::Refusal;
 
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// An app's own limit and its per-API limits.
+type AppLimits = (NonZeroU32, std::collections::BTreeMap<String, NonZeroU32>);
+/// A window's key: the SDKAppID alone (60011) or with an API name (60007).
+type Key = (u64, Option<String>);
+/// Admission times per window.
+type Hits = HashMap<Key, VecDeque<Instant>>;
+
 /// Recent admissions per SDKAppID and per API.
 pub struct Limits {
-    apps: HashMap<u64, (NonZeroU32, std::collections::BTreeMap<String, NonZeroU32>)>,
-    hits: Mutex<HashMap<(u64, Option<String>), VecDeque<Instant>>>,
+    apps: HashMap<u64, AppLimits>,
+    hits: Mutex<Hits>,
 }
 
 impl Limits {
@@ -40,7 +47,10 @@ impl Limits {
             return Ok(());
         };
         let name = api.name();
-        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hits = self
+            .hits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if recent(&mut hits, (sdkappid, None), now) >= app_limit.get() as usize {
             let info = format!("SDKAppID over {app_limit} requests per second");
             return Err(Refusal::new(60011, info));
@@ -62,11 +72,7 @@ impl Limits {
 }
 
 /// How many admissions for `key` lie within the second before `now`, dropping older ones.
-fn recent(
-    hits: &mut HashMap<(u64, Option<String>), VecDeque<Instant>>,
-    key: (u64, Option<String>),
-    now: Instant,
-) -> usize {
+fn recent(hits: &mut Hits, key: Key, now: Instant) -> usize {
     let Some(log) = hits.get_mut(&key) else {
         return 0;
     };

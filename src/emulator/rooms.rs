@@ -97,7 +97,9 @@ impl Rooms {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, String), Metadata>> {
         // A panic elsewhere cannot leave a half-applied update: updates are built aside first.
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+        self.rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

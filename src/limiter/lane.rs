@@ -92,7 +92,9 @@ impl Lane {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pace> {
-        self.pace.lock().unwrap_or_else(|p| p.into_inner())
+        self.pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Refuses when the next free slot is already beyond `max_wait` from `now`.
