@@ -39,6 +39,9 @@ pub enum Error {
     /// The caller did not send its whole body within `server.body_read_timeout_ms`.
     #[error("request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
+    /// The request bodies held at once would pass `server.max_body_bytes_in_flight`.
+    #[error("the gateway is holding its limit of {0} request body bytes; retry shortly")]
+    Overloaded(usize),
     /// The caller's body could not be read.
     #[error("request body could not be read: {0}")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -84,6 +87,8 @@ impl Error {
             Error::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 60002),
             Error::BodyRead(_) => (StatusCode::BAD_REQUEST, 60002),
             Error::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 60002),
+            // 60008 is Tencent's own "retry, bounded" code for an overloaded or slow service.
+            Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, 60008),
             Error::NotJson(_) => (StatusCode::OK, 60003),
             Error::Rejected(refusal) => (StatusCode::OK, refusal.code),
             Error::Unreachable(_) => (StatusCode::BAD_GATEWAY, 60008),
@@ -107,6 +112,7 @@ impl Error {
             Error::BadSdkAppId(_) | Error::UnknownApp(_) | Error::AmbiguousApp(_) => "unknown_app",
             Error::BodyTooLarge(_) => "body_too_large",
             Error::BodyRead(_) | Error::BodyTimeout(_) => "body_unreadable",
+            Error::Overloaded(_) => "overloaded",
             Error::NotJson(_) => "not_json",
             Error::Rejected(_) => "rejected",
             Error::Throttled(_) => "throttled",
@@ -125,6 +131,9 @@ impl Error {
         match self {
             Error::MethodNotAllowed(_) => {
                 headers.insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            Error::Overloaded(_) => {
+                headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Error::Throttled(throttled) => {
                 // Whole seconds, rounded up: a caller that waits this long finds room.

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, Response, Uri};
 use tokio::time::Instant;
 use tracing::info;
 
 use crate::api::Api;
+use crate::body::{self, Budget};
 use crate::config::{App, Config, ConfigError, Endpoint};
 use crate::error::{Error, json_response};
 use crate::limiter::{Limiter, Local};
@@ -36,6 +36,7 @@ pub struct Gateway {
     upstream: Upstream,
     max_body_bytes: usize,
     body_timeout: Duration,
+    bodies: Budget,
 }
 
 /// One configured app: where it goes and who it signs as.
@@ -106,6 +107,7 @@ impl Gateway {
             ),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
+            bodies: Budget::new(config.server.max_body_bytes_in_flight),
         })
     }
 }
@@ -169,7 +171,13 @@ async fn forward(
     }
     let route = gateway.route(request.uri().query())?;
     call.app = Some(route.app.sdkappid);
-    let body = read_body(request, gateway.max_body_bytes, gateway.body_timeout).await?;
+    let (body, _held) = body::read(
+        request,
+        gateway.max_body_bytes,
+        gateway.body_timeout,
+        &gateway.bodies,
+    )
+    .await?;
     inspect(&api, &body)?;
     gateway.exchange(route, &api, body, call).await
 }
@@ -305,40 +313,6 @@ impl Route {
         .parse()
         .expect("base, API segments, numbers and URL-safe tokens form a valid URI")
     }
-}
-
-/// Reads the whole body, up to `limit` bytes and within `deadline`; an empty body becomes `{}`.
-async fn read_body(
-    request: Request<Incoming>,
-    limit: usize,
-    deadline: Duration,
-) -> Result<Bytes, Error> {
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(Error::BodyTooLarge(limit));
-    }
-    let reading = Limited::new(request.into_body(), limit).collect();
-    let body = tokio::time::timeout(deadline, reading)
-        .await
-        .map_err(|_| Error::BodyTimeout(deadline))?
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Error::BodyTooLarge(limit)
-            } else {
-                Error::BodyRead(e)
-            }
-        })?
-        .to_bytes();
-    // Tencent refuses an empty body; `{}` is what every caller means by it.
-    Ok(if body.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        body
-    })
 }
 
 /// Tencent's answer, passed through unchanged, plus how many attempts it took.

@@ -33,6 +33,7 @@ struct RawServer {
     listen: String,
     admin_listen: String,
     max_body_bytes: u64,
+    max_body_bytes_in_flight: u64,
     body_read_timeout_ms: u64,
     ca_file: Option<String>,
     upstream_timeout_ms: u64,
@@ -45,7 +46,8 @@ impl Default for RawServer {
         Self {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9464".into(),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 128 * 1024,
+            max_body_bytes_in_flight: 8 * 1024 * 1024,
             body_read_timeout_ms: 10_000,
             ca_file: None,
             upstream_timeout_ms: 5000,
@@ -180,6 +182,18 @@ impl RawServer {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| ConfigError::new("server.max_body_bytes", "must be above 0"))?;
+        let max_body_bytes_in_flight = usize::try_from(self.max_body_bytes_in_flight)
+            .ok()
+            .filter(|n| *n >= max_body_bytes)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "server.max_body_bytes_in_flight",
+                    "must be at least server.max_body_bytes",
+                )
+            })?;
+        if u32::try_from(max_body_bytes).is_err() {
+            return Err(ConfigError::new("server.max_body_bytes", "must be below 4 GiB"));
+        }
         if self.upstream_timeout_ms <= 3000 {
             return Err(ConfigError::new(
                 "server.upstream_timeout_ms",
@@ -198,6 +212,7 @@ impl RawServer {
             listen,
             admin_listen,
             max_body_bytes,
+            max_body_bytes_in_flight,
             body_read_timeout: millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
