@@ -34,6 +34,7 @@ impl Admin {
     /// From now on `/readyz` fails.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.gateway.metrics().draining();
     }
 }
 

@@ -5,6 +5,8 @@
 //! several side by side. Label values are bounded: the `app` label only ever holds configured
 //! SDKAppIDs (or `none`), and the `api` label holds at most `MAX_APIS` distinct APIs, the rest
 //! counted as `other`, so a caller inventing paths cannot grow memory without bound.
+//! The per-lane series (`api` on the configured limits, Tencent's `code` from a fixed table)
+//! are created up front from the configuration, so a first 60011 shows as an increase from 0.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -15,9 +17,11 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::config::App;
 use crate::limiter::Scope;
 
 /// Distinct `api` label values kept before the rest are counted as `other`.
@@ -44,6 +48,42 @@ struct RejectionLabels {
     scope: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    app: String,
+    api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    app: String,
+    code: &'static str,
+}
+
+/// Tencent ErrorCodes counted under their own `code` label (TENCENT.md §5): success, the
+/// rate-limit codes, 100001 "please retry", 60008, the UserSig and region errors, 100002.
+/// Every other code is `other`; an answer without an ErrorCode is `none`.
+pub const CODES: [(i64, &str); 18] = [
+    (0, "0"),
+    (60007, "60007"),
+    (60008, "60008"),
+    (60011, "60011"),
+    (60018, "60018"),
+    (60019, "60019"),
+    (70001, "70001"),
+    (70003, "70003"),
+    (70005, "70005"),
+    (70009, "70009"),
+    (70013, "70013"),
+    (70014, "70014"),
+    (70016, "70016"),
+    (70020, "70020"),
+    (70050, "70050"),
+    (70052, "70052"),
+    (100001, "100001"),
+    (100002, "100002"),
+];
+
 /// One app's per-app series, resolved once.
 struct AppSeries {
     attempts: Counter,
@@ -53,6 +93,10 @@ struct AppSeries {
     rejected_app: Counter,
     rejected_api: Counter,
     signs: Counter,
+    /// Tencent's answers by ErrorCode, in `CODES` order, then `other`, then `none`.
+    codes: Vec<Counter>,
+    /// Attempts sent per API that has a limit of its own, keyed `service/command`.
+    api_attempts: HashMap<String, Counter>,
 }
 
 /// The gateway's metrics.
@@ -67,14 +111,18 @@ pub struct Metrics {
     queue_depth: Gauge,
     usersig_signs: Family<AppLabels, Counter>,
     inflight: Gauge,
+    upstream_codes: Family<CodeLabels, Counter>,
+    api_attempts: Family<ApiLabels, Counter>,
+    draining: Gauge,
     apis: Mutex<HashSet<String>>,
     apps: HashMap<u64, AppSeries>,
 }
 
 impl Metrics {
     /// Every metric, registered under the `timgate_` prefix, with the per-app series of
-    /// `apps` created up front (they show as 0 before the first request).
-    pub fn new(apps: &[u64]) -> Metrics {
+    /// `apps` created up front (they show as 0 before the first request) and each app's
+    /// configured limits as gauges.
+    pub fn new(apps: &[App]) -> Metrics {
         let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let mut metrics = Metrics {
             registry: Registry::with_prefix("timgate"),
@@ -87,6 +135,9 @@ impl Metrics {
             queue_depth: Gauge::default(),
             usersig_signs: Family::default(),
             inflight: Gauge::default(),
+            upstream_codes: Family::default(),
+            api_attempts: Family::default(),
+            draining: Gauge::default(),
             apis: Mutex::default(),
             apps: HashMap::new(),
         };
@@ -138,11 +189,70 @@ impl Metrics {
             "Requests accepted and not yet answered",
             metrics.inflight.clone(),
         );
+        metrics.register_operators_view(apps);
         metrics.apps = apps
             .iter()
-            .map(|app| (*app, metrics.series(*app)))
+            .map(|app| (app.sdkappid, metrics.series(app.sdkappid, app.api_limits.keys())))
             .collect();
         metrics
+    }
+
+    /// The series the dashboard and alerts need beyond the request path's own: Tencent's
+    /// codes, sends per limited API, the configured limits and waits, and the drain.
+    fn register_operators_view(&mut self, apps: &[App]) {
+        let app_limit = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        let api_limit = Family::<ApiLabels, Gauge<f64, AtomicU64>>::default();
+        let max_wait = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
+        for app in apps {
+            let labels = AppLabels {
+                app: app.sdkappid.to_string(),
+            };
+            app_limit
+                .get_or_create(&labels)
+                .set(f64::from(app.rate_limit.get()));
+            max_wait
+                .get_or_create(&labels)
+                .set(app.max_queue_wait.as_secs_f64());
+            for (api, limit) in &app.api_limits {
+                let labels = ApiLabels {
+                    app: app.sdkappid.to_string(),
+                    api: api.clone(),
+                };
+                api_limit.get_or_create(&labels).set(f64::from(limit.get()));
+            }
+        }
+        let r = &mut self.registry;
+        r.register(
+            "upstream_error_codes",
+            "Tencent's answers by ErrorCode (a fixed set, else `other`; `none` without one)",
+            self.upstream_codes.clone(),
+        );
+        r.register(
+            "api_upstream_attempts",
+            "Upstream attempts, retries included, of each API that has a limit of its own",
+            self.api_attempts.clone(),
+        );
+        r.register(
+            "app_limit_per_second",
+            "Each app's configured rate_limit",
+            app_limit,
+        );
+        r.register(
+            "api_limit_per_second",
+            "Each app's configured per-API limits (api_limits and the built-in ones)",
+            api_limit,
+        );
+        r.register_with_unit(
+            "max_queue_wait",
+            "Each app's configured max_queue_wait_ms: the longest wait before a 429",
+            Unit::Seconds,
+            max_wait,
+        );
+        r.register(
+            "draining",
+            "1 from the moment a drain (SIGTERM) starts: requests still in flight may be cut",
+            self.draining.clone(),
+        );
     }
 
     /// One answered request.
@@ -173,6 +283,29 @@ impl Metrics {
         });
     }
 
+    /// Tencent's answer to one attempt on `api`: its ErrorCode, `None` when the attempt got
+    /// no envelope (timed out, broke, or the body was not Tencent's JSON).
+    pub fn answered(&self, app: u64, api: &str, code: Option<i64>) {
+        self.with_series(app, |series| {
+            if let Some(sent) = series.api_attempts.get(api) {
+                sent.inc();
+            }
+            let slot = match code {
+                Some(code) => CODES
+                    .iter()
+                    .position(|(known, _)| *known == code)
+                    .unwrap_or(CODES.len()),
+                None => CODES.len() + 1,
+            };
+            series.codes[slot].inc();
+        });
+    }
+
+    /// A drain has started.
+    pub fn draining(&self) {
+        self.draining.set(1);
+    }
+
     /// A request refused because its wait would be too long.
     pub fn rejected(&self, app: u64, scope: Scope) {
         self.with_series(app, |series| {
@@ -196,11 +329,11 @@ impl Metrics {
     fn with_series(&self, app: u64, f: impl FnOnce(&AppSeries)) {
         match self.apps.get(&app) {
             Some(series) => f(series),
-            None => f(&self.series(app)),
+            None => f(&self.series(app, std::iter::empty())),
         }
     }
 
-    fn series(&self, app: u64) -> AppSeries {
+    fn series<'a>(&self, app: u64, limited: impl Iterator<Item = &'a String>) -> AppSeries {
         let labels = AppLabels {
             app: app.to_string(),
         };
@@ -219,6 +352,27 @@ impl Metrics {
             rejected_app: rejected("app"),
             rejected_api: rejected("api"),
             signs: self.usersig_signs.get_or_create(&labels).clone(),
+            codes: CODES
+                .iter()
+                .map(|(_, code)| *code)
+                .chain(["other", "none"])
+                .map(|code| {
+                    let labels = CodeLabels {
+                        app: app.to_string(),
+                        code,
+                    };
+                    self.upstream_codes.get_or_create(&labels).clone()
+                })
+                .collect(),
+            api_attempts: limited
+                .map(|api| {
+                    let labels = ApiLabels {
+                        app: app.to_string(),
+                        api: api.clone(),
+                    };
+                    (api.clone(), self.api_attempts.get_or_create(&labels).clone())
+                })
+                .collect(),
         }
     }
 
@@ -290,14 +444,66 @@ mod tests {
         }
     }
 
+    /// App 7 with rate_limit 50, a 250 ms wait, and one API limit of its own besides the
+    /// built-in ones.
+    fn app_seven() -> Vec<App> {
+        let text = "[[apps]]\nsdkappid = 7\nidentifier = \"administrator\"\n\
+                    secret_key = \"k\"\nregion = \"singapore\"\nrate_limit = 50\n\
+                    max_queue_wait_ms = 250\n[apps.api_limits]\n\"openim/sendmsg\" = 20\n";
+        crate::config::Config::from_toml(text).unwrap().apps
+    }
+
     #[test]
     fn configured_apps_show_from_the_start() {
-        let text = Metrics::new(&[7]).render(0);
-        assert!(
-            text.contains("timgate_upstream_attempts_total{app=\"7\"} 0"),
-            "{text}"
-        );
-        assert!(text.contains("timgate_throttle_rejections_total{app=\"7\",scope=\"api\"} 0"));
+        let text = Metrics::new(&app_seven()).render(0);
+        for zero in [
+            "timgate_upstream_attempts_total{app=\"7\"} 0",
+            "timgate_throttle_rejections_total{app=\"7\",scope=\"api\"} 0",
+            "timgate_upstream_error_codes_total{app=\"7\",code=\"60011\"} 0",
+            "timgate_upstream_error_codes_total{app=\"7\",code=\"other\"} 0",
+            "timgate_api_upstream_attempts_total{app=\"7\",api=\"openim/sendmsg\"} 0",
+            "timgate_draining 0",
+        ] {
+            assert!(text.contains(zero), "{zero} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn configured_limits_are_gauges() {
+        let text = Metrics::new(&app_seven()).render(0);
+        for line in [
+            "timgate_app_limit_per_second{app=\"7\"} 50.0",
+            "timgate_api_limit_per_second{app=\"7\",api=\"openim/sendmsg\"} 20.0",
+            "timgate_api_limit_per_second{app=\"7\",api=\"live_engine_http_srv/get_room_list\"} 10.0",
+            "timgate_max_queue_wait_seconds{app=\"7\"} 0.25",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn tencent_codes_are_a_fixed_set() {
+        let metrics = Metrics::new(&app_seven());
+        metrics.answered(7, "openim/sendmsg", Some(60011));
+        metrics.answered(7, "openim/sendmsg", Some(123456));
+        metrics.answered(7, "openim/sendmsg", Some(-7));
+        metrics.answered(7, "svc/unlimited", None);
+        let text = metrics.render(0);
+        let app = "timgate_upstream_error_codes_total{app=\"7\"";
+        assert!(text.contains(&format!("{app},code=\"60011\"}} 1")), "{text}");
+        assert!(text.contains(&format!("{app},code=\"other\"}} 2")), "{text}");
+        assert!(text.contains(&format!("{app},code=\"none\"}} 1")), "{text}");
+        assert_eq!(text.matches(app).count(), CODES.len() + 2);
+        // Sends are counted for APIs with a limit of their own only: a bounded label.
+        assert!(text.contains("api=\"openim/sendmsg\"} 3"), "{text}");
+        assert!(!text.contains("svc/unlimited"), "{text}");
+    }
+
+    #[test]
+    fn a_drain_shows() {
+        let metrics = Metrics::new(&[]);
+        metrics.draining();
+        assert!(metrics.render(0).contains("timgate_draining 1"));
     }
 
     #[test]

@@ -97,9 +97,7 @@ impl Gateway {
         Ok(Gateway {
             routes,
             limiter: Arc::new(Local::new(&config.apps)),
-            metrics: Arc::new(Metrics::new(
-                &config.apps.iter().map(|a| a.sdkappid).collect::<Vec<_>>(),
-            )),
+            metrics: Arc::new(Metrics::new(&config.apps)),
             upstream: Upstream::new(
                 config.server.upstream_timeout,
                 config.server.connect_timeout,
@@ -262,6 +260,8 @@ impl Gateway {
             .await;
         self.metrics
             .attempt(route.app.sdkappid, sent.elapsed(), retry);
+        let code = outcome.as_ref().ok().and_then(|r| r.outcome.error_code);
+        self.metrics.answered(route.app.sdkappid, api.name(), code);
         outcome
     }
 
