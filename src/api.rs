@@ -1,9 +1,17 @@
 //! Which Tencent API a request names: `/v4/<service>/<command>`.
 //!
-//! Both segments are non-empty and made of `A-Za-z0-9_` only, so an `Api` can be put into an
-//! upstream URL, a log line or a metric label as it is.
+//! Both segments are non-empty and made of `A-Za-z0-9_` only, and `service/command` is at most
+//! `MAX_NAME_BYTES` long, so an `Api` can be put into an upstream URL or a log line as it is,
+//! and a path no real API could have is refused before it costs anything.
 
 use std::fmt;
+
+/// The longest `service/command` accepted. The longest name in Tencent's documentation
+/// (TENCENT.md) is `live_engine_http_srv/get_banned_member_list`, 43 bytes, and the Chat
+/// family's longest run to about 50 (`group_open_http_svc/send_group_system_notification`);
+/// 128 leaves room for APIs Tencent adds, and keeps the upstream URL far below the 64 KiB
+/// that `http::Uri` can hold.
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// One REST API, e.g. `live_engine_http_srv/set_room_metadata`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -15,9 +23,14 @@ pub struct Api {
 }
 
 impl Api {
-    /// Parses a request path; `None` unless it is exactly `/v4/<service>/<command>`.
+    /// Parses a request path; `None` unless it is exactly `/v4/<service>/<command>` with a
+    /// name of at most `MAX_NAME_BYTES`.
     pub fn from_path(path: &str) -> Option<Api> {
-        let mut parts = path.strip_prefix("/v4/")?.split('/');
+        let name = path.strip_prefix("/v4/")?;
+        if name.len() > MAX_NAME_BYTES {
+            return None;
+        }
+        let mut parts = name.split('/');
         let (service, command) = (parts.next()?, parts.next()?);
         if parts.next().is_some() || !is_name(service) || !is_name(command) {
             return None;
@@ -83,5 +96,13 @@ mod tests {
         ] {
             assert_eq!(Api::from_path(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn names_over_128_bytes_are_refused() {
+        let longest = format!("/v4/{}/{}", "s".repeat(63), "c".repeat(64));
+        assert_eq!(Api::from_path(&longest).unwrap().name().len(), 128);
+        let over = format!("/v4/{}/{}", "s".repeat(63), "c".repeat(65));
+        assert_eq!(Api::from_path(&over), None);
     }
 }

@@ -21,6 +21,10 @@ pub enum Error {
     /// The path is not `/v4/<service>/<command>`.
     #[error("no such API: the path must be /v4/<service>/<command>")]
     NotFound,
+    /// The API's name cannot be put into an upstream URL; `Api`'s own checks make this a
+    /// guard, so that no caller's path can reach a panic.
+    #[error("the request path cannot be forwarded to Tencent")]
+    Unforwardable,
     /// Any method but POST.
     #[error("method {0} is not allowed: Tencent's REST API takes POST only")]
     MethodNotAllowed(hyper::Method),
@@ -81,6 +85,7 @@ impl Error {
         match self {
             Error::NotFound => (StatusCode::NOT_FOUND, 60002),
             Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, 60002),
+            Error::Unforwardable => (StatusCode::BAD_REQUEST, 60002),
             Error::BadSdkAppId(_) => (StatusCode::BAD_REQUEST, 60006),
             Error::UnknownApp(_) => (StatusCode::BAD_REQUEST, 60006),
             Error::AmbiguousApp(_) => (StatusCode::BAD_REQUEST, 60006),
@@ -107,7 +112,7 @@ impl Error {
     /// A short, fixed name for the metrics' `outcome` label.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Error::NotFound => "not_found",
+            Error::NotFound | Error::Unforwardable => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::BadSdkAppId(_) | Error::UnknownApp(_) | Error::AmbiguousApp(_) => "unknown_app",
             Error::BodyTooLarge(_) => "body_too_large",

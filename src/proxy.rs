@@ -252,7 +252,7 @@ impl Gateway {
     ) -> Result<Reply, Error> {
         let connection = self.upstream.connect(&route.origin).await?;
         self.limiter.send_now(route.app.sdkappid, api).await;
-        let target = route.target(api, &self.metrics);
+        let target = route.target(api, &self.metrics)?;
         let sent = Instant::now();
         let outcome = self
             .upstream
@@ -298,7 +298,9 @@ impl Gateway {
 impl Route {
     /// The upstream path and query for one attempt: admin identity, a current UserSig, a new
     /// `random`.
-    fn target(&self, api: &Api, metrics: &Metrics) -> Uri {
+    /// Fallible because `api` comes from the caller: `Api`'s checks make a failure unexpected,
+    /// but a caller's path must never reach a panic.
+    fn target(&self, api: &Api, metrics: &Metrics) -> Result<Uri, Error> {
         let (sig, minted) = self.signer.usersig(usersig::unix_now());
         if minted {
             metrics.signed(self.app.sdkappid);
@@ -311,7 +313,7 @@ impl Route {
             rand::random::<u32>(),
         )
         .parse()
-        .expect("base, API segments, numbers and URL-safe tokens form a valid URI")
+        .map_err(|_| Error::Unforwardable)
     }
 }
 

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use support::{Caller, Recorder, eventually, gateway, ok_envelope, one_app, sample, scrape};
+use support::{
+    Caller, Process, Recorder, eventually, gateway, ok_envelope, one_app, sample, scrape,
+};
 use timgate::config::Config;
 
 const INFO: &str = "/v4/live_engine_http_srv/get_room_info";
@@ -127,64 +129,6 @@ async fn a_drain_answers_in_flight_and_queued_requests_and_fails_readiness() {
     }
     assert!(gw.stop().await, "drained within the deadline");
     assert_eq!(upstream.seen().len(), 6);
-}
-
-/// A `timgate` process on free ports, its configuration in a temporary file.
-struct Process {
-    child: tokio::process::Child,
-    addr: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    config: std::path::PathBuf,
-}
-
-impl Process {
-    /// Starts `timgate ARGS --config FILE` for `apps` and waits until its admin port answers.
-    async fn start(apps: &str, args: &[&str], stderr: Stdio) -> Process {
-        let (port, admin_port) = (free_port(), free_port());
-        let config =
-            std::env::temp_dir().join(format!("timgate-{}-{port}.toml", std::process::id()));
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{apps}"
-        );
-        std::fs::write(&config, text).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-        eventually(|| async move { tokio::net::TcpStream::connect(admin).await.is_ok() }).await;
-        Process {
-            child,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            admin,
-            config,
-        }
-    }
-
-    /// Sends SIGTERM, as Kubernetes and systemd do.
-    fn terminate(&self) {
-        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
-        let pid = rustix::process::Pid::from_raw(pid).expect("a child's pid is positive");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

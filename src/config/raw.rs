@@ -192,7 +192,10 @@ impl RawServer {
                 )
             })?;
         if u32::try_from(max_body_bytes).is_err() {
-            return Err(ConfigError::new("server.max_body_bytes", "must be below 4 GiB"));
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be below 4 GiB",
+            ));
         }
         if self.upstream_timeout_ms <= 3000 {
             return Err(ConfigError::new(

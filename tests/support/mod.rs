@@ -350,3 +350,149 @@ pub async fn eventually<F: Future<Output = bool>>(mut probe: impl FnMut() -> F) 
     }
     panic!("condition not reached within 5 s");
 }
+
+/// A `timgate` process on free ports, its configuration in a temporary file.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    config: std::path::PathBuf,
+}
+
+impl Process {
+    /// Starts `timgate ARGS --config FILE` and waits until its admin port answers. `config`
+    /// follows the `[server]` table's `listen` and `admin_listen`: lines before its first
+    /// table header are more `[server]` keys.
+    pub async fn start(config: &str, args: &[&str], stderr: std::process::Stdio) -> Process {
+        let (port, admin_port) = (free_port(), free_port());
+        let path = std::env::temp_dir().join(format!("timgate-{}-{port}.toml", std::process::id()));
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{config}"
+        );
+        std::fs::write(&path, text).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        eventually(|| async move { tokio::net::TcpStream::connect(admin).await.is_ok() }).await;
+        Process {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            admin,
+            config: path,
+        }
+    }
+
+    /// Starts it with JSON logs, and a task that collects its log lines as they come.
+    pub async fn logged(config: &str) -> (Process, Logs) {
+        let mut process = Self::start(
+            config,
+            &["--log-format", "json"],
+            std::process::Stdio::piped(),
+        )
+        .await;
+        let stderr = process.child.stderr.take().unwrap();
+        (process, Logs::collect(stderr))
+    }
+
+    /// Sends SIGTERM, as Kubernetes and systemd do.
+    pub fn terminate(&self) {
+        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
+        let pid = rustix::process::Pid::from_raw(pid).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+
+    /// Resident memory now, in MiB (VmRSS from /proc).
+    pub fn rss_mib(&self) -> f64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib / 1024.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process's JSON log lines, collected as they are written.
+#[derive(Clone)]
+pub struct Logs {
+    lines: Arc<Mutex<Vec<Value>>>,
+    count: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Logs {
+    fn collect(stderr: tokio::process::ChildStderr) -> Logs {
+        use tokio::io::AsyncBufReadExt;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (count, counted) = tokio::sync::watch::channel(0);
+        let log = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(value);
+                    log.len()
+                };
+                count.send_replace(n);
+            }
+        });
+        Logs {
+            lines,
+            count: counted,
+        }
+    }
+
+    /// The `fields` of every "request" line so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["fields"]["message"] == "request")
+            .map(|l| l["fields"].clone())
+            .collect()
+    }
+
+    /// Waits, at most ten seconds, until `n` request lines have been written.
+    pub async fn requests_reach(&self, n: usize) -> Vec<Value> {
+        let mut count = self.count.clone();
+        let waiting = async {
+            loop {
+                if self.requests().len() >= n {
+                    return;
+                }
+                if count.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        self.requests()
+    }
+}
