@@ -9,10 +9,10 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
 use timgate::api::Api;
 use timgate::config::Config;
-use timgate::limiter::{Limiter, Local};
+use timgate::limiter::{Lanes, Limiter};
 
 /// `n` apps whose limits are high enough that no acquire ever waits.
-fn limiter(n: u64) -> Local {
+fn limiter(n: u64) -> Vec<Lanes> {
     let text: String = (1..=n)
         .map(|id| {
             format!(
@@ -20,11 +20,13 @@ fn limiter(n: u64) -> Local {
             )
         })
         .collect();
-    Local::new(
-        &Config::from_toml(&text)
-            .expect("bench config is valid")
-            .apps,
-    )
+    let limiter = Limiter::default();
+    Config::from_toml(&text)
+        .expect("bench config is valid")
+        .apps
+        .iter()
+        .map(|app| limiter.lanes(app))
+        .collect()
 }
 
 fn acquire(c: &mut Criterion) {
@@ -38,15 +40,15 @@ fn acquire(c: &mut Criterion) {
         b.iter(|| black_box(&api).to_string());
     });
     for apps in [1u64, 10_000] {
-        let local = limiter(apps);
-        let mut next = 0u64;
+        let lanes = limiter(apps);
+        let mut next = 0;
         group.bench_with_input(BenchmarkId::from_parameter(apps), &apps, |b, &apps| {
             b.to_async(&runtime).iter(|| {
-                next = next % apps + 1;
-                let (local, api, app) = (&local, &api, next);
+                next = (next + 1) % apps as usize;
+                let (lanes, api) = (&lanes[next], &api);
                 async move {
-                    local
-                        .acquire(app, api, Duration::from_secs(1))
+                    lanes
+                        .acquire(api, Duration::from_secs(1))
                         .await
                         .expect("free slot");
                 }

@@ -16,14 +16,17 @@
 //!   margin of about 4% for network jitter between here and Tencent.
 //!
 //! An API-limited request waits for its API lane first, then for the app lane, so a slow API
-//! never holds up the app's other APIs. Lanes are built once from the configuration; unknown
+//! never holds up the app's other APIs. Each app's `Lanes` are built once from the
+//! configuration and carried by its route, so no step looks the app up again; unknown
 //! SDKAppIDs are refused by routing before they reach here.
+//!
+//! The order of one attempt is a type: `Lanes::turn` grants a `Turn`, the caller gets a
+//! ready connection, and `Turn::send_now` consumes the turn at the send-time guard right
+//! before the write. A turn cannot be spent twice, nor a guard passed without a turn.
 
 mod lane;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -61,95 +64,55 @@ pub struct Throttled {
     pub retry_after: Duration,
 }
 
-/// What a limiter backend offers the request path. The in-process `Local` is one; a shared,
-/// fleet-wide backend implements the same two calls.
-pub trait Limiter: Send + Sync {
-    /// Waits, in arrival order, for one attempt's turn of `api` for `sdkappid`; refuses at
-    /// once when the wait would exceed `max_wait`.
-    fn turn<'a>(
-        &'a self,
-        sdkappid: u64,
-        api: &'a Api,
-        max_wait: Duration,
-    ) -> Waiting<'a, Result<(), Throttled>>;
-
-    /// Waits until a request sent now keeps every limit, and counts it as sent: call it after
-    /// the turn, with the connection ready, right before writing the request.
-    fn send_now<'a>(&'a self, sdkappid: u64, api: &'a Api) -> Waiting<'a, ()>;
-
-    /// `turn` then `send_now`, for a caller with nothing to prepare in between.
-    fn acquire<'a>(
-        &'a self,
-        sdkappid: u64,
-        api: &'a Api,
-        max_wait: Duration,
-    ) -> Waiting<'a, Result<(), Throttled>> {
-        Box::pin(async move {
-            self.turn(sdkappid, api, max_wait).await?;
-            self.send_now(sdkappid, api).await;
-            Ok(())
-        })
-    }
-
-    /// Tencent said `scope` is over its limit: run it slower for a while.
-    fn slow_down(&self, sdkappid: u64, api: &Api, scope: Scope);
-
-    /// How many requests are waiting for a slot, across all lanes.
-    fn waiting(&self) -> usize;
-}
-
-/// The in-process limiter: one app lane per SDKAppID, one lane per API with its own limit.
-pub struct Local {
-    apps: HashMap<u64, AppLanes>,
+/// The limiter: builds each app's `Lanes` once, and counts the requests waiting in any of them.
+#[derive(Default)]
+pub struct Limiter {
     waiting: Arc<AtomicUsize>,
 }
 
-struct AppLanes {
-    app: Arc<Lane>,
-    apis: HashMap<String, Arc<Lane>>,
-}
-
-impl Local {
-    /// Lanes for every configured app and each of its `api_limits`.
-    pub fn new(apps: &[App]) -> Local {
-        let apps = apps
+impl Limiter {
+    /// The lanes of `app`: its own limit and one lane per entry of its `api_limits`.
+    pub fn lanes(&self, app: &App) -> Lanes {
+        let apis = app
+            .api_limits
             .iter()
-            .map(|app| {
-                let apis = app
-                    .api_limits
-                    .iter()
-                    .map(|(api, limit)| (api.clone(), Arc::new(Lane::new(Scope::Api, *limit))))
-                    .collect();
-                let lanes = AppLanes {
-                    app: Arc::new(Lane::new(Scope::App, app.rate_limit)),
-                    apis,
-                };
-                (app.sdkappid, lanes)
-            })
+            .map(|(api, limit)| (api.clone(), Lane::new(Scope::Api, *limit)))
             .collect();
-        Local {
-            apps,
-            waiting: Arc::new(AtomicUsize::new(0)),
+        Lanes {
+            app: Lane::new(Scope::App, app.rate_limit),
+            apis,
+            waiting: self.waiting.clone(),
         }
     }
 
-    /// The lanes one attempt must pass, narrowest first.
-    fn lanes(&self, sdkappid: u64, api: &Api) -> Vec<Arc<Lane>> {
-        let Some(app) = self.apps.get(&sdkappid) else {
-            return Vec::new();
-        };
-        let api_lane = app.apis.get(api.name()).cloned();
-        api_lane.into_iter().chain([app.app.clone()]).collect()
+    /// How many requests are waiting for a slot, across all lanes.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
+}
 
-    async fn queue(&self, lanes: Vec<Arc<Lane>>, max_wait: Duration) -> Result<(), Throttled> {
+/// One app's limits, found once when a request is routed to the app.
+pub struct Lanes {
+    app: Lane,
+    apis: HashMap<String, Lane>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Lanes {
+    /// Waits, in arrival order, for one attempt's turn of `api`; refuses at once when the
+    /// wait would exceed `max_wait`. The turn is spent by `Turn::send_now`.
+    pub async fn turn(&self, api: &Api, max_wait: Duration) -> Result<Turn<'_>, Throttled> {
+        let turn = Turn {
+            api: self.apis.get(api.name()),
+            app: &self.app,
+        };
         let start = Instant::now();
         // Refuse at once when any lane is already too far behind.
-        for lane in &lanes {
+        for lane in turn.lanes() {
             lane.predict(start, max_wait)?;
         }
         let _waiting = Queued::enter(&self.waiting);
-        for lane in &lanes {
+        for lane in turn.lanes() {
             let now = Instant::now();
             let budget = max_wait.saturating_sub(now - start);
             let ticket = lane.reserve(now, budget)?;
@@ -159,45 +122,56 @@ impl Local {
             }
             ticket.used();
         }
+        Ok(turn)
+    }
+
+    /// `turn` then `send_now`, for a caller with nothing to prepare in between.
+    pub async fn acquire(&self, api: &Api, max_wait: Duration) -> Result<(), Throttled> {
+        self.turn(api, max_wait).await?.send_now().await;
         Ok(())
     }
-}
 
-impl Limiter for Local {
-    fn turn<'a>(
-        &'a self,
-        sdkappid: u64,
-        api: &'a Api,
-        max_wait: Duration,
-    ) -> Waiting<'a, Result<(), Throttled>> {
-        let lanes = self.lanes(sdkappid, api);
-        Box::pin(self.queue(lanes, max_wait))
-    }
-
-    fn send_now<'a>(&'a self, sdkappid: u64, api: &'a Api) -> Waiting<'a, ()> {
-        let lanes = self.lanes(sdkappid, api);
-        Box::pin(async move { guard(&lanes).await })
-    }
-
-    fn slow_down(&self, sdkappid: u64, api: &Api, scope: Scope) {
-        let lanes = self.lanes(sdkappid, api);
+    /// Tencent said `scope` is over its limit: run it slower for a while.
+    pub fn slow_down(&self, api: &Api, scope: Scope) {
         let lane = match scope {
-            Scope::Api => lanes.iter().find(|l| l.scope == Scope::Api),
+            Scope::Api => self.apis.get(api.name()),
             Scope::App => None,
         };
         // An API without its own lane slows the whole app: that is the lane it runs in.
-        if let Some(lane) = lane.or_else(|| lanes.last()) {
-            lane.slow_down(Instant::now());
-        }
-    }
-
-    fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        lane.unwrap_or(&self.app).slow_down(Instant::now());
     }
 }
 
-/// A limiter's answer, once it is time.
-pub type Waiting<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// One attempt's turn, granted by `Lanes::turn`: the attempt may go on the wire once it has
+/// a ready connection and `send_now` has passed the send-time guard. Only the limiter makes
+/// one and sending consumes it, so *turn → ready connection → guard → write* is the only
+/// order the types allow:
+///
+/// ```compile_fail
+/// # async fn twice(lanes: &timgate::limiter::Lanes, api: &timgate::api::Api) {
+/// let turn = lanes.turn(api, std::time::Duration::ZERO).await.unwrap();
+/// turn.send_now().await;
+/// turn.send_now().await; // refused: the turn was spent by the first send
+/// # }
+/// ```
+#[must_use = "a turn is spent by send_now, right before the request is written"]
+pub struct Turn<'a> {
+    api: Option<&'a Lane>,
+    app: &'a Lane,
+}
+
+impl Turn<'_> {
+    /// The lanes this attempt passes, narrowest first.
+    fn lanes(&self) -> impl Iterator<Item = &Lane> {
+        self.api.into_iter().chain([self.app])
+    }
+
+    /// Waits until a request sent now keeps every limit, and counts it as sent: call it with
+    /// the connection ready, right before writing the request.
+    pub async fn send_now(self) {
+        guard(self.api, self.app).await
+    }
+}
 
 /// Counts a request as waiting for its turn for as long as it lives.
 struct Queued<'a>(&'a AtomicUsize);
@@ -219,10 +193,32 @@ impl Drop for Queued<'_> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::sync::Mutex as StdMutex;
 
     const ROOM_LIST: &str = "/v4/live_engine_http_srv/get_room_list";
     const SEND: &str = "/v4/openim/sendmsg";
+
+    /// A limiter and the lanes of apps 1 and 2, each limited to `rate_limit`.
+    struct Local {
+        limiter: Limiter,
+        apps: HashMap<u64, Lanes>,
+    }
+
+    impl Local {
+        async fn acquire(&self, app: u64, api: &Api, max_wait: Duration) -> Result<(), Throttled> {
+            self.apps[&app].acquire(api, max_wait).await
+        }
+
+        fn slow_down(&self, app: u64, api: &Api, scope: Scope) {
+            self.apps[&app].slow_down(api, scope)
+        }
+
+        fn waiting(&self) -> usize {
+            self.limiter.waiting()
+        }
+    }
 
     fn local(rate_limit: u32) -> Arc<Local> {
         let app = |id: u64| {
@@ -231,7 +227,13 @@ mod tests {
             )
         };
         let config = Config::from_toml(&format!("{}{}", app(1), app(2))).unwrap();
-        Arc::new(Local::new(&config.apps))
+        let limiter = Limiter::default();
+        let apps = config
+            .apps
+            .iter()
+            .map(|app| (app.sdkappid, limiter.lanes(app)))
+            .collect();
+        Arc::new(Local { limiter, apps })
     }
 
     fn api(path: &str) -> Api {
@@ -297,14 +299,11 @@ mod tests {
     async fn the_guard_alone_never_admits_more_than_the_limit_in_any_second() {
         // Sends as fast as the guard lets them, as if every paced wake-up came late at once.
         for limit in [1, 2, 10, 33, 100, 200, 1000] {
-            let lane = Arc::new(Lane::new(
-                Scope::App,
-                std::num::NonZeroU32::new(limit).unwrap(),
-            ));
+            let lane = Lane::new(Scope::App, std::num::NonZeroU32::new(limit).unwrap());
             let end = Instant::now() + Duration::from_secs(3);
             let mut times = Vec::new();
             while Instant::now() < end {
-                guard(std::slice::from_ref(&lane)).await;
+                guard(None, &lane).await;
                 times.push(Instant::now());
             }
             assert!(

@@ -21,7 +21,7 @@ use crate::api::Api;
 use crate::body::{self, Budget};
 use crate::config::{App, Config, ConfigError, Endpoint};
 use crate::error::{Error, json_response};
-use crate::limiter::{Limiter, Local};
+use crate::limiter::{Lanes, Limiter, Turn};
 use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::rules;
@@ -31,7 +31,7 @@ use crate::usersig::{self, Signer};
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
     routes: HashMap<u64, Route>,
-    limiter: Arc<dyn Limiter>,
+    limiter: Limiter,
     metrics: Arc<Metrics>,
     upstream: Upstream,
     max_body_bytes: usize,
@@ -39,9 +39,10 @@ pub struct Gateway {
     bodies: Budget,
 }
 
-/// One configured app: where it goes and who it signs as.
+/// One configured app: where it goes, who it signs as, and its limits.
 struct Route {
     app: App,
+    lanes: Lanes,
     origin: Origin,
     /// `?sdkappid=N&identifier=ID&usersig=`, fixed for the app's lifetime.
     credentials: String,
@@ -60,6 +61,7 @@ impl Gateway {
     /// Builds the gateway; `emulator` is the in-process emulator's address, for apps
     /// configured with `endpoint = "emulator"` (an error when there is none).
     pub fn new(config: &Config, emulator: Option<SocketAddr>) -> Result<Gateway, ConfigError> {
+        let limiter = Limiter::default();
         let routes = config
             .apps
             .iter()
@@ -87,6 +89,7 @@ impl Gateway {
                     form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
                 let route = Route {
                     app: app.clone(),
+                    lanes: limiter.lanes(app),
                     origin,
                     credentials: format!("?sdkappid={}&identifier={identifier}&usersig=", app.sdkappid),
                     signer,
@@ -96,7 +99,7 @@ impl Gateway {
             .collect::<Result<_, _>>()?;
         Ok(Gateway {
             routes,
-            limiter: Arc::new(Local::new(&config.apps)),
+            limiter,
             metrics: Arc::new(Metrics::new(&config.apps)),
             upstream: Upstream::new(
                 config.server.upstream_timeout,
@@ -213,19 +216,22 @@ impl Gateway {
                 .max_queue_wait
                 .min(deadline.saturating_duration_since(Instant::now()));
             let queued = Instant::now();
-            if let Err(throttled) = self.limiter.turn(app.sdkappid, api, max_wait).await {
-                self.metrics.rejected(app.sdkappid, throttled.scope);
-                // A retry that finds no room ends with the answer already in hand.
-                return last.unwrap_or(Err(Error::Throttled(throttled)));
-            }
+            let turn = match route.lanes.turn(api, max_wait).await {
+                Ok(turn) => turn,
+                Err(throttled) => {
+                    self.metrics.rejected(app.sdkappid, throttled.scope);
+                    // A retry that finds no room ends with the answer already in hand.
+                    return last.unwrap_or(Err(Error::Throttled(throttled)));
+                }
+            };
             self.metrics.throttled(app.sdkappid, queued.elapsed());
             call.attempts += 1;
             let outcome = self
-                .attempt(route, api, body.clone(), call.attempts > 1)
+                .attempt(route, turn, api, body.clone(), call.attempts > 1)
                 .await;
             match retry::decide(&outcome) {
                 Verdict::Answer => return outcome,
-                Verdict::SlowDown(scope) => self.limiter.slow_down(app.sdkappid, api, scope),
+                Verdict::SlowDown(scope) => route.lanes.slow_down(api, scope),
                 Verdict::Retry => {}
             }
             let pause =
@@ -246,12 +252,13 @@ impl Gateway {
     async fn attempt(
         &self,
         route: &Route,
+        turn: Turn<'_>,
         api: &Api,
         body: Bytes,
         retry: bool,
     ) -> Result<Reply, Error> {
         let connection = self.upstream.connect(&route.origin).await?;
-        self.limiter.send_now(route.app.sdkappid, api).await;
+        turn.send_now().await;
         let target = route.target(api, &self.metrics)?;
         let sent = Instant::now();
         let outcome = self

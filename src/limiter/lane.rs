@@ -2,7 +2,7 @@
 //! every send must pass at the moment it happens (see the parent module for the guarantee).
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
@@ -17,9 +17,9 @@ use super::{GUARD, PACE, SLOWDOWN, Scope, Throttled};
 /// Passes every lane's send-time guard at one instant; any refusal waits and starts over.
 /// A cell a guard admitted for a send that then waited is never reused, so real sends are
 /// always a subset of what each guard admitted.
-pub(super) async fn guard(lanes: &[Arc<Lane>]) {
+pub(super) async fn guard(api: Option<&Lane>, app: &Lane) {
     'again: loop {
-        for lane in lanes {
+        for lane in api.into_iter().chain([app]) {
             if let Err(not_until) = lane.guard.check() {
                 let wait = not_until.wait_time_from(TokioClock.now());
                 tokio::time::sleep(wait).await;
