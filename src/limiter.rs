@@ -169,7 +169,7 @@ impl Turn<'_> {
     /// Waits until a request sent now keeps every limit, and counts it as sent: call it with
     /// the connection ready, right before writing the request.
     pub async fn send_now(self) {
-        guard(self.api, self.app).await
+        guard(self.api, self.app).await;
     }
 }
 
@@ -212,7 +212,7 @@ mod tests {
         }
 
         fn slow_down(&self, app: u64, api: &Api, scope: Scope) {
-            self.apps[&app].slow_down(api, scope)
+            self.apps[&app].slow_down(api, scope);
         }
 
         fn waiting(&self) -> usize {
