@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,7 +18,6 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use std::sync::atomic::AtomicU64;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -192,7 +192,12 @@ impl Metrics {
         metrics.register_operators_view(apps);
         metrics.apps = apps
             .iter()
-            .map(|app| (app.sdkappid, metrics.series(app.sdkappid, app.api_limits.keys())))
+            .map(|app| {
+                (
+                    app.sdkappid,
+                    metrics.series(app.sdkappid, app.api_limits.keys()),
+                )
+            })
             .collect();
         metrics
     }
@@ -370,7 +375,10 @@ impl Metrics {
                         app: app.to_string(),
                         api: api.clone(),
                     };
-                    (api.clone(), self.api_attempts.get_or_create(&labels).clone())
+                    (
+                        api.clone(),
+                        self.api_attempts.get_or_create(&labels).clone(),
+                    )
                 })
                 .collect(),
         }
@@ -490,8 +498,14 @@ mod tests {
         metrics.answered(7, "svc/unlimited", None);
         let text = metrics.render(0);
         let app = "timgate_upstream_error_codes_total{app=\"7\"";
-        assert!(text.contains(&format!("{app},code=\"60011\"}} 1")), "{text}");
-        assert!(text.contains(&format!("{app},code=\"other\"}} 2")), "{text}");
+        assert!(
+            text.contains(&format!("{app},code=\"60011\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{app},code=\"other\"}} 2")),
+            "{text}"
+        );
         assert!(text.contains(&format!("{app},code=\"none\"}} 1")), "{text}");
         assert_eq!(text.matches(app).count(), CODES.len() + 2);
         // Sends are counted for APIs with a limit of their own only: a bounded label.
