@@ -341,14 +341,18 @@ fn substitute(text: &str, variables: &[(String, String)]) -> String {
         })
 }
 
-/// The states of the two driven alerts, and asserts every rule evaluates without error and
-/// the alerts not driven by this test stay inactive.
-async fn driven_alerts(prometheus: &Prometheus) -> (String, String) {
+/// The states of the two driven alerts, after asserting that every rule evaluates without
+/// error and that the alerts this traffic gives no cause stay inactive (`may_fire` names
+/// those it may: a burst that waits up to max_queue_wait_ms is what the queue-wait alert
+/// is for, but whether its p99 crosses 80% in a few samples is not this test's business).
+async fn driven_alerts(prometheus: &Prometheus, may_fire: &[&str]) -> (String, String) {
     let rules = prometheus.rules().await;
     assert!(rules.len() >= 8, "{rules:?}");
     for (name, (state, health)) in &rules {
         assert_eq!(health, "ok", "{name} fails to evaluate");
-        if name != RATE_LIMITED && name != SUSTAINED_429S {
+        if ![RATE_LIMITED, SUSTAINED_429S].contains(&name.as_str())
+            && !may_fire.contains(&name.as_str())
+        {
             assert_eq!(state, "inactive", "{name} fired: {rules:?}");
         }
     }
@@ -414,7 +418,7 @@ async fn dashboard_queries_and_alerts_hold_against_a_real_prometheus() {
         .await;
     prometheus.rules_evaluated().await;
     assert_eq!(
-        driven_alerts(&prometheus).await,
+        driven_alerts(&prometheus, &[]).await,
         ("inactive".into(), "inactive".into()),
         "OK traffic and a retried 100001 must not alert"
     );
@@ -444,7 +448,8 @@ async fn dashboard_queries_and_alerts_hold_against_a_real_prometheus() {
     assert!(refused >= 20, "only {refused} of 40 got 429");
     prometheus
         .until("both alerts firing", || async {
-            driven_alerts(&prometheus).await == ("firing".into(), "firing".into())
+            let may_fire = ["TimgateQueueWaitNearMax"];
+            driven_alerts(&prometheus, &may_fire).await == ("firing".into(), "firing".into())
         })
         .await;
 
