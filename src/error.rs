@@ -14,6 +14,7 @@ use hyper::{Response, StatusCode};
 
 use crate::limiter::{Scope, Throttled};
 use crate::rules::Refusal;
+use crate::upstream;
 
 /// Why timgate answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -55,18 +56,18 @@ pub enum Error {
     /// The body is not JSON: Tencent would answer 60003.
     #[error("request body is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
-    /// No connection to Tencent could be made; nothing was sent.
-    #[error("Tencent is unreachable: {0}")]
-    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The connection broke after the request may have reached Tencent.
-    #[error("the connection to Tencent broke: {0}")]
-    Broken(#[source] hyper::Error),
-    /// Tencent's answer could not be read.
-    #[error("Tencent's answer could not be read: {0}")]
-    UpstreamBody(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Tencent did not answer within the attempt's deadline.
-    #[error("Tencent did not answer within {0:?}")]
-    Timeout(Duration),
+    /// The last attempt got no answer from Tencent.
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    /// A drain has started and the request's turn would come too late to finish before its
+    /// deadline; nothing was sent to Tencent.
+    #[error(
+        "timgate is shutting down and this request's turn would come after the drain deadline; nothing was sent to Tencent"
+    )]
+    Draining,
+    /// A drain reached its deadline while the request was still running.
+    #[error("timgate is shutting down and its drain deadline cut this request off")]
+    DrainCut,
     /// The request would wait longer than `max_queue_wait_ms` for its turn.
     #[error("{} rate limit reached: the wait for a turn would be {:?}, over this app's max_queue_wait_ms", scope_name(.0.scope), .0.retry_after)]
     Throttled(Throttled),
@@ -94,12 +95,16 @@ impl Error {
             Error::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 60002),
             // 60008 is Tencent's own "retry, bounded" code for an overloaded or slow service.
             Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, 60008),
+            Error::Draining | Error::DrainCut => (StatusCode::SERVICE_UNAVAILABLE, 60008),
             Error::NotJson(_) => (StatusCode::OK, 60003),
             Error::Rejected(refusal) => (StatusCode::OK, refusal.code),
-            Error::Unreachable(_) => (StatusCode::BAD_GATEWAY, 60008),
-            Error::Broken(_) => (StatusCode::BAD_GATEWAY, 60008),
-            Error::UpstreamBody(_) => (StatusCode::BAD_GATEWAY, 60008),
-            Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 60008),
+            Error::Upstream(failure) => match failure {
+                upstream::Error::Unreachable(_)
+                | upstream::Error::Broken(_)
+                | upstream::Error::Body(_)
+                | upstream::Error::Status(_) => (StatusCode::BAD_GATEWAY, 60008),
+                upstream::Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 60008),
+            },
             Error::Throttled(Throttled {
                 scope: Scope::App, ..
             }) => (StatusCode::TOO_MANY_REQUESTS, 60011),
@@ -118,13 +123,18 @@ impl Error {
             Error::BodyTooLarge(_) => "body_too_large",
             Error::BodyRead(_) | Error::BodyTimeout(_) => "body_unreadable",
             Error::Overloaded(_) => "overloaded",
+            Error::Draining => "draining",
+            Error::DrainCut => "drain_cut",
             Error::NotJson(_) => "not_json",
             Error::Rejected(_) => "rejected",
             Error::Throttled(_) => "throttled",
-            Error::Unreachable(_) | Error::Broken(_) | Error::UpstreamBody(_) => {
-                "upstream_unreachable"
-            }
-            Error::Timeout(_) => "upstream_timeout",
+            Error::Upstream(failure) => match failure {
+                upstream::Error::Unreachable(_)
+                | upstream::Error::Broken(_)
+                | upstream::Error::Body(_)
+                | upstream::Error::Status(_) => "upstream_unreachable",
+                upstream::Error::Timeout(_) => "upstream_timeout",
+            },
         }
     }
 
@@ -137,7 +147,7 @@ impl Error {
             Error::MethodNotAllowed(_) => {
                 headers.insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
             }
-            Error::Overloaded(_) => {
+            Error::Overloaded(_) | Error::Draining | Error::DrainCut => {
                 headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Error::Throttled(throttled) => {

@@ -96,9 +96,11 @@ pub async fn run(
         apps = config.apps.len(),
         "gateway listening"
     );
+    let draining_gateway = gateway.clone();
     let handler = move |request| proxy::handle(gateway.clone(), request);
     let draining = async {
         shutdown.await;
+        draining_gateway.drain(tokio::time::Instant::now() + config.server.drain_timeout);
         admin.drain();
         info!(deadline = ?config.server.drain_timeout, "draining");
     };

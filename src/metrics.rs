@@ -2,14 +2,19 @@
 //! in-flight requests — exposed in the Prometheus/OpenMetrics text format.
 //!
 //! One `Registry` per gateway instance (no global recorder), so tests and benches can run
-//! several side by side. Label values are bounded: the `app` label only ever holds configured
-//! SDKAppIDs (or `none`), and the `api` label holds at most `MAX_APIS` distinct APIs, the rest
-//! counted as `other`, so a caller inventing paths cannot grow memory without bound.
+//! several side by side. Label values come from the configuration and the rules table, never
+//! from a request: the `app` label holds configured SDKAppIDs (or `none`), and the `api` label
+//! the APIs of the rules table and of every app's `api_limits` (or `other`, or `none` when the
+//! path names no API). So a caller inventing paths can neither grow memory nor, by arriving
+//! first, push a real API out of its own series.
+//!
+//! Each app's series are created once, when the gateway is built, and carried by its route:
+//! the request path never looks an app up by id here.
 //! The per-lane series (`api` on the configured limits, Tencent's `code` from a fixed table)
 //! are created up front from the configuration, so a first 60011 shows as an increase from 0.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -20,12 +25,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
+use crate::api::Api;
 use crate::config::App;
 use crate::limiter::Scope;
-
-/// Distinct `api` label values kept before the rest are counted as `other`.
-pub const MAX_APIS: usize = 256;
+use crate::rules;
 
 /// The content type of `Metrics::render`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -84,8 +89,10 @@ pub const CODES: [(i64, &str); 18] = [
     (100002, "100002"),
 ];
 
-/// One app's per-app series, resolved once.
-struct AppSeries {
+/// One app's series, created once and carried by the app's route.
+pub struct AppSeries {
+    /// The `app` label value.
+    app: String,
     attempts: Counter,
     retries: Counter,
     latency: Histogram,
@@ -114,8 +121,9 @@ pub struct Metrics {
     upstream_codes: Family<CodeLabels, Counter>,
     api_attempts: Family<ApiLabels, Counter>,
     draining: Gauge,
-    apis: Mutex<HashSet<String>>,
-    apps: HashMap<u64, AppSeries>,
+    /// Every `api` label value besides `other` and `none`.
+    apis: HashSet<String>,
+    apps: HashMap<u64, Arc<AppSeries>>,
 }
 
 impl Metrics {
@@ -138,7 +146,11 @@ impl Metrics {
             upstream_codes: Family::default(),
             api_attempts: Family::default(),
             draining: Gauge::default(),
-            apis: Mutex::default(),
+            apis: rules::TABLE
+                .iter()
+                .map(|(api, _)| (*api).to_owned())
+                .chain(apps.iter().flat_map(|app| app.api_limits.keys().cloned()))
+                .collect(),
             apps: HashMap::new(),
         };
         let r = &mut metrics.registry;
@@ -193,10 +205,8 @@ impl Metrics {
         metrics.apps = apps
             .iter()
             .map(|app| {
-                (
-                    app.sdkappid,
-                    metrics.series(app.sdkappid, app.api_limits.keys()),
-                )
+                let series = metrics.series(app.sdkappid, app.api_limits.keys());
+                (app.sdkappid, Arc::new(series))
             })
             .collect();
         metrics
@@ -260,50 +270,20 @@ impl Metrics {
         );
     }
 
-    /// One answered request.
-    pub fn request(&self, app: Option<u64>, api: Option<&str>, outcome: &'static str) {
+    /// One request, answered or not: `app` is its route's series when it got that far, `api`
+    /// the API its path names, if any.
+    pub fn request(&self, app: Option<&AppSeries>, api: Option<&Api>, outcome: &'static str) {
+        let api = match api {
+            Some(api) if self.apis.contains(api.name()) => api.name(),
+            Some(_) => "other",
+            None => "none",
+        };
         let labels = RequestLabels {
-            app: app_label(app),
-            api: api.map_or_else(|| "none".to_owned(), |api| self.api_label(api)),
+            app: app.map_or("none", |series| &series.app).to_owned(),
+            api: api.to_owned(),
             outcome,
         };
         self.requests.get_or_create(&labels).inc();
-    }
-
-    /// One upstream attempt and how long it took; `retry` when it was not the first.
-    pub fn attempt(&self, app: u64, took: Duration, retry: bool) {
-        self.with_series(app, |series| {
-            series.attempts.inc();
-            if retry {
-                series.retries.inc();
-            }
-            series.latency.observe(took.as_secs_f64());
-        });
-    }
-
-    /// A turn granted after `waited`.
-    pub fn throttled(&self, app: u64, waited: Duration) {
-        self.with_series(app, |series| {
-            series.throttle_wait.observe(waited.as_secs_f64());
-        });
-    }
-
-    /// Tencent's answer to one attempt on `api`: its ErrorCode, `None` when the attempt got
-    /// no envelope (timed out, broke, or the body was not Tencent's JSON).
-    pub fn answered(&self, app: u64, api: &str, code: Option<i64>) {
-        self.with_series(app, |series| {
-            if let Some(sent) = series.api_attempts.get(api) {
-                sent.inc();
-            }
-            let slot = match code {
-                Some(code) => CODES
-                    .iter()
-                    .position(|(known, _)| *known == code)
-                    .unwrap_or(CODES.len()),
-                None => CODES.len() + 1,
-            };
-            series.codes[slot].inc();
-        });
     }
 
     /// A drain has started.
@@ -311,30 +291,12 @@ impl Metrics {
         self.draining.set(1);
     }
 
-    /// A request refused because its wait would be too long.
-    pub fn rejected(&self, app: u64, scope: Scope) {
-        self.with_series(app, |series| {
-            let counter = match scope {
-                Scope::App => &series.rejected_app,
-                Scope::Api => &series.rejected_api,
-            };
-            counter.inc();
-        });
-    }
-
-    /// A UserSig minted for `app`.
-    pub fn signed(&self, app: u64) {
-        self.with_series(app, |series| {
-            series.signs.inc();
-        });
-    }
-
-    /// Runs `f` on `app`'s series: the pre-created ones for a configured app (no allocation
-    /// on the request path), else ones looked up by label.
-    fn with_series(&self, app: u64, f: impl FnOnce(&AppSeries)) {
+    /// `app`'s series: the ones created with the gateway for a configured app, else new
+    /// ones (for an app built after the fact, as tests and benches do).
+    pub fn app(&self, app: u64) -> Arc<AppSeries> {
         match self.apps.get(&app) {
-            Some(series) => f(series),
-            None => f(&self.series(app, std::iter::empty())),
+            Some(series) => series.clone(),
+            None => Arc::new(self.series(app, std::iter::empty())),
         }
     }
 
@@ -350,6 +312,7 @@ impl Metrics {
             self.throttle_rejections.get_or_create(&labels).clone()
         };
         AppSeries {
+            app: app.to_string(),
             attempts: self.attempts.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             latency: self.upstream_latency.get_or_create(&labels).clone(),
@@ -398,17 +361,51 @@ impl Metrics {
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
+}
 
-    fn api_label(&self, api: &str) -> String {
-        let mut apis = self
-            .apis
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if apis.contains(api) || (apis.len() < MAX_APIS && apis.insert(api.to_owned())) {
-            api.to_owned()
-        } else {
-            "other".to_owned()
+impl AppSeries {
+    /// One upstream attempt and how long it took; `retry` when it was not the first.
+    pub fn attempt(&self, took: Duration, retry: bool) {
+        self.attempts.inc();
+        if retry {
+            self.retries.inc();
         }
+        self.latency.observe(took.as_secs_f64());
+    }
+
+    /// A turn granted after `waited`.
+    pub fn throttled(&self, waited: Duration) {
+        self.throttle_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Tencent's answer to one attempt on `api`: its ErrorCode, `None` when the attempt got
+    /// no envelope (timed out, broke, or the body was not Tencent's JSON).
+    pub fn answered(&self, api: &str, code: Option<i64>) {
+        if let Some(sent) = self.api_attempts.get(api) {
+            sent.inc();
+        }
+        let slot = match code {
+            Some(code) => CODES
+                .iter()
+                .position(|(known, _)| *known == code)
+                .unwrap_or(CODES.len()),
+            None => CODES.len() + 1,
+        };
+        self.codes[slot].inc();
+    }
+
+    /// A request refused because its wait would be too long.
+    pub fn rejected(&self, scope: Scope) {
+        let counter = match scope {
+            Scope::App => &self.rejected_app,
+            Scope::Api => &self.rejected_api,
+        };
+        counter.inc();
+    }
+
+    /// A UserSig minted.
+    pub fn signed(&self) {
+        self.signs.inc();
     }
 }
 
@@ -421,10 +418,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn app_label(app: Option<u64>) -> String {
-    app.map_or_else(|| "none".to_owned(), |id| id.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,14 +425,16 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions() {
         let metrics = Metrics::new(&[]);
-        metrics.request(Some(1), Some("openim/sendmsg"), "ok");
-        metrics.attempt(1, Duration::from_millis(3), false);
-        metrics.throttled(1, Duration::ZERO);
-        metrics.rejected(1, Scope::Api);
-        metrics.signed(1);
+        let one = metrics.app(1);
+        let api = Api::from_path("/v4/live_engine_http_srv/get_room_info").unwrap();
+        metrics.request(Some(&one), Some(&api), "ok");
+        one.attempt(Duration::from_millis(3), false);
+        one.throttled(Duration::ZERO);
+        one.rejected(Scope::Api);
+        one.signed();
         let text = metrics.render(4);
         for name in [
-            "timgate_requests_total{app=\"1\",api=\"openim/sendmsg\",outcome=\"ok\"} 1",
+            "timgate_requests_total{app=\"1\",api=\"live_engine_http_srv/get_room_info\",outcome=\"ok\"} 1",
             "timgate_upstream_latency_seconds_bucket",
             "timgate_upstream_attempts_total{app=\"1\"} 1",
             "timgate_throttle_wait_seconds_count{app=\"1\"} 1",
@@ -492,10 +487,11 @@ mod tests {
     #[test]
     fn tencent_codes_are_a_fixed_set() {
         let metrics = Metrics::new(&app_seven());
-        metrics.answered(7, "openim/sendmsg", Some(60011));
-        metrics.answered(7, "openim/sendmsg", Some(123456));
-        metrics.answered(7, "openim/sendmsg", Some(-7));
-        metrics.answered(7, "svc/unlimited", None);
+        let seven = metrics.app(7);
+        seven.answered("openim/sendmsg", Some(60011));
+        seven.answered("openim/sendmsg", Some(123456));
+        seven.answered("openim/sendmsg", Some(-7));
+        seven.answered("svc/unlimited", None);
         let text = metrics.render(0);
         let app = "timgate_upstream_error_codes_total{app=\"7\"";
         assert!(
@@ -521,17 +517,36 @@ mod tests {
     }
 
     #[test]
-    fn api_labels_are_bounded() {
-        let metrics = Metrics::new(&[]);
-        for i in 0..MAX_APIS + 10 {
-            metrics.request(Some(1), Some(&format!("svc/cmd{i}")), "ok");
+    fn api_labels_come_from_the_rules_table_and_the_configuration() {
+        let metrics = Metrics::new(&app_seven());
+        let seven = metrics.app(7);
+        for i in 0..300 {
+            let junk = Api::from_path(&format!("/v4/svc/cmd{i}")).unwrap();
+            metrics.request(Some(&seven), Some(&junk), "ok");
         }
+        for path in [
+            "/v4/live_engine_http_srv/get_room_info",
+            "/v4/openim/sendmsg",
+            "/v4/openim/batchsendmsg",
+        ] {
+            metrics.request(Some(&seven), Some(&Api::from_path(path).unwrap()), "ok");
+        }
+        metrics.request(None, None, "not_found");
         let text = metrics.render(0);
-        assert!(text.contains("api=\"other\",outcome=\"ok\"} 10"));
-        assert_eq!(
-            text.matches("timgate_requests_total{").count(),
-            MAX_APIS + 1
-        );
+        let requests = |labels: &str, n: u32| format!("timgate_requests_total{{{labels}}} {n}");
+        for line in [
+            requests("app=\"7\",api=\"other\",outcome=\"ok\"", 301),
+            // In the rules table; in app 7's api_limits.
+            requests(
+                "app=\"7\",api=\"live_engine_http_srv/get_room_info\",outcome=\"ok\"",
+                1,
+            ),
+            requests("app=\"7\",api=\"openim/sendmsg\",outcome=\"ok\"", 1),
+            requests("app=\"none\",api=\"none\",outcome=\"not_found\"", 1),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        assert_eq!(text.matches("timgate_requests_total{").count(), 4);
     }
 
     #[test]

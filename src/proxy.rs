@@ -1,9 +1,14 @@
 //! The request path: route, read, check, sign, forward, answer.
 //!
-//! `handle` is the edge: it turns any `Error` into Tencent's envelope and writes the one log
-//! line per request. `forward` is the chain of steps, in the order the spec gives them.
-//! Caller-supplied `identifier`, `usersig`, `random` and `contenttype` are never read: the
-//! upstream URL is built from scratch for every attempt, with a fresh `random`.
+//! `handle` is the edge: a `Call` follows each request and makes its one answer, one log
+//! line and one outcome metric from one summary, also for a request that ends without an
+//! answer (the caller hung up). `forward` is the chain of steps, in the order the spec gives
+//! them. Caller-supplied `identifier`, `usersig`, `random` and `contenttype` are never read:
+//! the upstream URL is built from scratch for every attempt, with a fresh `random`.
+
+mod call;
+mod drain;
+mod inspect;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,18 +20,19 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, Uri};
 use tokio::time::Instant;
-use tracing::info;
 
 use crate::api::Api;
 use crate::body::{self, Budget};
 use crate::config::{App, Config, ConfigError, Endpoint};
-use crate::error::{Error, json_response};
-use crate::limiter::{Lanes, Limiter, Turn};
-use crate::metrics::Metrics;
+use crate::error::Error;
+use crate::limiter::{Lanes, Limiter, Throttled, Turn};
+use crate::metrics::{AppSeries, Metrics};
 use crate::retry::{self, Verdict};
-use crate::rules;
-use crate::upstream::{Origin, Reply, Upstream};
+use crate::upstream::{self, Origin, Reply, Upstream};
 use crate::usersig::{self, Signer};
+
+use call::Call;
+use drain::Drain;
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
@@ -37,9 +43,11 @@ pub struct Gateway {
     max_body_bytes: usize,
     body_timeout: Duration,
     bodies: Budget,
+    drain: Drain,
 }
 
-/// One configured app: where it goes, who it signs as, and its limits.
+/// One configured app, found once by `?sdkappid`: where it goes, who it signs as, its limits
+/// and its metric series, so no later step looks the app up again by id.
 struct Route {
     app: App,
     lanes: Lanes,
@@ -47,14 +55,8 @@ struct Route {
     /// `?sdkappid=N&identifier=ID&usersig=`, fixed for the app's lifetime.
     credentials: String,
     signer: Signer,
-}
-
-/// What is known about a request so far, for its log line.
-struct Call {
-    started: Instant,
-    app: Option<u64>,
-    api: Option<Api>,
-    attempts: u32,
+    /// Its metric series.
+    series: Arc<AppSeries>,
 }
 
 impl Gateway {
@@ -62,6 +64,7 @@ impl Gateway {
     /// configured with `endpoint = "emulator"` (an error when there is none).
     pub fn new(config: &Config, emulator: Option<SocketAddr>) -> Result<Gateway, ConfigError> {
         let limiter = Limiter::default();
+        let metrics = Arc::new(Metrics::new(&config.apps));
         let routes = config
             .apps
             .iter()
@@ -93,6 +96,7 @@ impl Gateway {
                     origin,
                     credentials: format!("?sdkappid={}&identifier={identifier}&usersig=", app.sdkappid),
                     signer,
+                    series: metrics.app(app.sdkappid),
                 };
                 Ok((app.sdkappid, route))
             })
@@ -100,7 +104,7 @@ impl Gateway {
         Ok(Gateway {
             routes,
             limiter,
-            metrics: Arc::new(Metrics::new(&config.apps)),
+            metrics,
             upstream: Upstream::new(
                 config.server.upstream_timeout,
                 config.server.connect_timeout,
@@ -109,61 +113,29 @@ impl Gateway {
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             bodies: Budget::new(config.server.max_body_bytes_in_flight),
+            drain: Drain::new(
+                config.server.drain_timeout,
+                config.server.connect_timeout + config.server.upstream_timeout,
+            ),
         })
     }
 }
 
-/// Answers one caller request. Never fails: every error becomes Tencent's envelope.
+/// Answers one caller request. Never fails: every error becomes Tencent's envelope. A drain
+/// that reaches its deadline answers what is still running (503) before it is cut off.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let _in_flight = gateway.metrics.in_flight();
-    let mut call = Call {
-        started: Instant::now(),
-        app: None,
-        api: None,
-        attempts: 0,
+    let mut call = Call::new(&gateway);
+    let result = tokio::select! {
+        result = forward(&gateway, request, &mut call) => result,
+        () = gateway.drain.cut() => Err(Error::DrainCut),
     };
-    let (response, error_code, request_id, error) = match forward(&gateway, request, &mut call)
-        .await
-    {
-        Ok(reply) => {
-            let (code, id) = (reply.outcome.error_code, reply.outcome.request_id.clone());
-            let outcome = match code {
-                Some(0) => "ok",
-                Some(_) => "tencent_error",
-                None => "not_an_envelope",
-            };
-            gateway
-                .metrics
-                .request(call.app, call.api.as_ref().map(Api::name), outcome);
-            (respond(reply, call.attempts), code, id, None)
-        }
-        Err(error) => {
-            let code = i64::from(error.status_and_code().1);
-            let info = error.to_string();
-            gateway
-                .metrics
-                .request(call.app, call.api.as_ref().map(Api::name), error.outcome());
-            (error.into_response(), Some(code), None, Some(info))
-        }
-    };
-    info!(
-        app = call.app,
-        api = call.api.as_ref().map(tracing::field::display),
-        status = response.status().as_u16(),
-        error_code,
-        request_id,
-        attempts = call.attempts,
-        latency_ms = call.started.elapsed().as_secs_f64() * 1000.0,
-        error,
-        "request"
-    );
-    response
+    call.answer(result)
 }
 
-async fn forward(
-    gateway: &Gateway,
+async fn forward<'g>(
+    gateway: &'g Gateway,
     request: Request<Incoming>,
-    call: &mut Call,
+    call: &mut Call<'g>,
 ) -> Result<Reply, Error> {
     let api = Api::from_path(request.uri().path()).ok_or(Error::NotFound)?;
     call.api = Some(api.clone());
@@ -171,7 +143,7 @@ async fn forward(
         return Err(Error::MethodNotAllowed(request.method().clone()));
     }
     let route = gateway.route(request.uri().query())?;
-    call.app = Some(route.app.sdkappid);
+    call.route = Some(route);
     let (body, _held) = body::read(
         request,
         gateway.max_body_bytes,
@@ -179,73 +151,91 @@ async fn forward(
         &gateway.bodies,
     )
     .await?;
-    inspect(&api, &body)?;
-    gateway.exchange(route, &api, body, call).await
-}
-
-/// One parse of the body: JSON at all (else 60003), then the API's rules, if it has any.
-/// Strings are borrowed from `body`, which goes upstream unchanged.
-fn inspect(api: &Api, body: &[u8]) -> Result<(), Error> {
-    match rules::for_api(api.name()) {
-        None => serde_json::from_slice::<serde::de::IgnoredAny>(body)
-            .map(drop)
-            .map_err(Error::NotJson),
-        Some(rules) => {
-            let value: serde_json_borrow::Value =
-                serde_json::from_slice(body).map_err(Error::NotJson)?;
-            rules::check(rules, &value).map_err(Error::Rejected)
-        }
-    }
+    inspect::inspect(&api, &body)?;
+    gateway.deliver(route, &api, body, call).await
 }
 
 impl Gateway {
-    /// Sends attempts, each through the limiter, until the retry policy says the outcome is
-    /// final, attempts run out, or the deadline would pass. The caller gets the last answer.
-    async fn exchange(
+    /// Sends attempts, each through the limiter, until the retry policy says the answer is
+    /// final, attempts run out, or the deadline (or a drain's) would pass. The caller gets the
+    /// last answer.
+    async fn deliver(
         &self,
         route: &Route,
         api: &Api,
         body: Bytes,
-        call: &mut Call,
+        call: &mut Call<'_>,
     ) -> Result<Reply, Error> {
         let app = &route.app;
         let deadline = call.started + app.deadline;
         let mut last = None;
         loop {
-            let max_wait = app
-                .max_queue_wait
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let queued = Instant::now();
-            let turn = match route.lanes.turn(api, max_wait).await {
+            let target = route.target(api)?;
+            let turn = match self.turn(route, api, deadline).await {
                 Ok(turn) => turn,
-                Err(throttled) => {
-                    self.metrics.rejected(app.sdkappid, throttled.scope);
+                Err(refused) => {
                     // A retry that finds no room ends with the answer already in hand.
-                    return last.unwrap_or(Err(Error::Throttled(throttled)));
+                    return last.map_or(Err(refused), |tried: Result<Reply, upstream::Error>| {
+                        tried.map_err(Error::Upstream)
+                    });
                 }
             };
-            self.metrics.throttled(app.sdkappid, queued.elapsed());
             call.attempts += 1;
-            let outcome = self
-                .attempt(route, turn, api, body.clone(), call.attempts > 1)
+            let tried = self
+                .attempt(route, turn, api, target, body.clone(), call)
                 .await;
-            match retry::decide(&outcome) {
-                Verdict::Answer => return outcome,
+            match retry::decide(&tried) {
+                Verdict::Answer => return tried.map_err(Error::Upstream),
                 Verdict::SlowDown(scope) => route.lanes.slow_down(api, scope),
                 Verdict::Retry => {}
             }
             let pause =
                 retry::backoff(call.attempts, app.retry_base, app.retry_cap, rand::random());
-            if call.attempts >= app.max_attempts || Instant::now() + pause >= deadline {
-                return outcome;
+            let next = Instant::now() + pause;
+            let too_late = next >= deadline || self.drain.last_turn().is_some_and(|t| next >= t);
+            if call.attempts >= app.max_attempts || too_late {
+                return tried.map_err(Error::Upstream);
             }
-            last = Some(outcome);
+            last = Some(tried);
             tokio::time::sleep(pause).await;
         }
     }
-}
 
-impl Gateway {
+    /// Waits for one attempt's turn, in arrival order, no longer than the app's
+    /// `max_queue_wait_ms`, the request's deadline, or the drain's last turn allow.
+    async fn turn<'r>(
+        &self,
+        route: &'r Route,
+        api: &Api,
+        deadline: Instant,
+    ) -> Result<Turn<'r>, Error> {
+        let app = &route.app;
+        let now = Instant::now();
+        let mut max_wait = app
+            .max_queue_wait
+            .min(deadline.saturating_duration_since(now));
+        let last_turn = self.drain.last_turn();
+        let by_drain = last_turn.is_some_and(|t| t.saturating_duration_since(now) < max_wait);
+        if let Some(last_turn) = last_turn {
+            max_wait = max_wait.min(last_turn.saturating_duration_since(now));
+        }
+        let granted = tokio::select! {
+            granted = route.lanes.turn(api, max_wait) => granted,
+            () = self.drain.past_last_turn() => return Err(Error::Draining),
+        };
+        match granted {
+            Ok(turn) => {
+                route.series.throttled(now.elapsed());
+                Ok(turn)
+            }
+            Err(Throttled { .. }) if by_drain => Err(Error::Draining),
+            Err(throttled) => {
+                route.series.rejected(throttled.scope);
+                Err(Error::Throttled(throttled))
+            }
+        }
+    }
+
     /// One attempt whose turn has come: a ready connection (handshakes done), then the
     /// send-time check of every limit, then the request on the wire at once — so a slow
     /// handshake can never bunch requests at Tencent past the limit.
@@ -254,22 +244,33 @@ impl Gateway {
         route: &Route,
         turn: Turn<'_>,
         api: &Api,
+        target: Uri,
         body: Bytes,
-        retry: bool,
-    ) -> Result<Reply, Error> {
+        call: &mut Call<'_>,
+    ) -> Result<Reply, upstream::Error> {
         let connection = self.upstream.connect(&route.origin).await?;
         turn.send_now().await;
-        let target = route.target(api, &self.metrics)?;
         let sent = Instant::now();
-        let outcome = self
+        let reached_before = call.reached_tencent;
+        call.reached_tencent = true;
+        let tried = self
             .upstream
             .send(connection, &route.origin, target, body)
             .await;
-        self.metrics
-            .attempt(route.app.sdkappid, sent.elapsed(), retry);
-        let code = outcome.as_ref().ok().and_then(|r| r.outcome.error_code);
-        self.metrics.answered(route.app.sdkappid, api.name(), code);
-        outcome
+        if let Err(upstream::Error::Unreachable(_)) = tried {
+            // Nothing was written: this attempt never reached Tencent.
+            call.reached_tencent = reached_before;
+        }
+        route.series.attempt(sent.elapsed(), call.attempts > 1);
+        let code = tried.as_ref().ok().and_then(|r| r.envelope.error_code);
+        route.series.answered(api.name(), code);
+        tried
+    }
+
+    /// Starts the drain: requests whose turn would come too late to finish by `deadline` are
+    /// answered 503 from now on, and whatever still runs shortly before it is answered too.
+    pub fn drain(&self, deadline: Instant) {
+        self.drain.start(deadline);
     }
 
     /// The gateway's metrics, for the admin listener.
@@ -307,10 +308,10 @@ impl Route {
     /// `random`.
     /// Fallible because `api` comes from the caller: `Api`'s checks make a failure unexpected,
     /// but a caller's path must never reach a panic.
-    fn target(&self, api: &Api, metrics: &Metrics) -> Result<Uri, Error> {
+    fn target(&self, api: &Api) -> Result<Uri, Error> {
         let (sig, minted) = self.signer.usersig(usersig::unix_now());
         if minted {
-            metrics.signed(self.app.sdkappid);
+            self.series.signed();
         }
         format!(
             "/v4/{}{}{}&random={}&contenttype=json",
@@ -322,18 +323,4 @@ impl Route {
         .parse()
         .map_err(|_| Error::Unforwardable)
     }
-}
-
-/// Tencent's answer, passed through unchanged, plus how many attempts it took.
-fn respond(reply: Reply, attempts: u32) -> Response<Full<Bytes>> {
-    let mut response = json_response(reply.status, reply.body);
-    if let Some(content_type) = reply.content_type {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, content_type);
-    }
-    response
-        .headers_mut()
-        .insert("x-timgate-attempts", attempts.into());
-    response
 }

@@ -9,9 +9,8 @@
 
 use std::time::Duration;
 
-use crate::error::Error;
 use crate::limiter::Scope;
-use crate::upstream::Reply;
+use crate::upstream::{Error, Reply};
 
 /// What to do with one attempt's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub enum Verdict {
 /// Decides whether an attempt's outcome is final.
 pub fn decide(outcome: &Result<Reply, Error>) -> Verdict {
     match outcome {
-        Ok(reply) => match reply.outcome.error_code {
+        Ok(reply) => match reply.envelope.error_code {
             Some(100001) => Verdict::Retry,
             Some(60007) => Verdict::SlowDown(Scope::Api),
             Some(60011 | 60018 | 60019) => Verdict::SlowDown(Scope::App),
@@ -35,7 +34,11 @@ pub fn decide(outcome: &Result<Reply, Error>) -> Verdict {
         },
         // No connection could be made: nothing was sent.
         Err(Error::Unreachable(_)) => Verdict::Retry,
-        Err(_) => Verdict::Answer,
+        // The request may have reached Tencent and been carried out: a repeat could do it
+        // twice, so the caller decides.
+        Err(Error::Broken(_) | Error::Timeout(_) | Error::Body(_) | Error::Status(_)) => {
+            Verdict::Answer
+        }
     }
 }
 
@@ -50,7 +53,7 @@ pub fn backoff(retry: u32, base: Duration, cap: Duration, jitter: f64) -> Durati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Outcome;
+    use crate::upstream::Envelope;
     use bytes::Bytes;
     use hyper::StatusCode;
 
@@ -58,8 +61,9 @@ mod tests {
         Ok(Reply {
             status: StatusCode::OK,
             content_type: None,
+            content_encoding: None,
             body: Bytes::new(),
-            outcome: Outcome {
+            envelope: Envelope {
                 error_code: Some(code),
                 request_id: None,
             },
@@ -88,6 +92,14 @@ mod tests {
     fn timeouts_are_never_retried() {
         assert_eq!(
             decide(&Err(Error::Timeout(Duration::from_secs(5)))),
+            Verdict::Answer
+        );
+    }
+
+    #[test]
+    fn an_answer_that_is_not_final_is_never_retried() {
+        assert_eq!(
+            decide(&Err(Error::Status(StatusCode::SWITCHING_PROTOCOLS))),
             Verdict::Answer
         );
     }

@@ -6,15 +6,20 @@
 //! keep-alive, TLS by rustls with Mozilla's roots (plus `server.ca_file`), kept idle per
 //! origin for `IDLE_TIMEOUT`. An attempt's URL holds a UserSig, so it is never logged or put
 //! into an error.
+//!
+//! Failures are this module's own `Error`, named by what is known about the request: never
+//! sent (`Unreachable`), possibly sent (`Broken`, `Timeout`, `Body`, `Status`). The retry
+//! policy decides on exactly these.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,7 +28,6 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::ExtraRoots;
-use crate::error::Error;
 
 /// The largest answer read from Tencent; real ones are a few KB.
 const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
@@ -39,21 +43,47 @@ pub struct Reply {
     pub status: StatusCode,
     /// Tencent's `Content-Type`, passed through.
     pub content_type: Option<HeaderValue>,
+    /// Tencent's `Content-Encoding`, passed through with the body as it came. timgate asks
+    /// for `identity`; an answer encoded anyway still reaches the caller intact (its
+    /// `ErrorCode` is then unread: no retry on it).
+    pub content_encoding: Option<HeaderValue>,
     /// Tencent's body, byte for byte.
     pub body: Bytes,
     /// `ErrorCode` and `RequestId` read from the body, when it is Tencent's envelope.
-    pub outcome: Outcome,
+    pub envelope: Envelope,
 }
 
 /// The parts of Tencent's envelope a gateway acts on.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Envelope {
     /// `ErrorCode`: 0 is success.
     #[serde(rename = "ErrorCode")]
     pub error_code: Option<i64>,
     /// `RequestId`, for Tencent support.
     #[serde(rename = "RequestId")]
     pub request_id: Option<String>,
+}
+
+/// Why an attempt got no answer to pass back.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be made, or the one at hand closed before the request was
+    /// written: nothing reached Tencent.
+    #[error("Tencent is unreachable: {0}")]
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The connection broke after the request may have reached Tencent.
+    #[error("the connection to Tencent broke: {0}")]
+    Broken(#[source] hyper::Error),
+    /// Tencent did not answer within the attempt's deadline; the request may have reached it.
+    #[error("Tencent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Tencent's answer body could not be read, or was over `MAX_REPLY_BYTES`.
+    #[error("Tencent's answer could not be read: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Tencent answered with a status that is not a final answer (1xx, 101 Switching
+    /// Protocols): the request reached it, but there is nothing to pass back.
+    #[error("Tencent answered HTTP {0}, which is not a final answer")]
+    Status(StatusCode),
 }
 
 /// Where attempts go: `scheme://authority`, as the pool and the `Host` header know it.
@@ -165,8 +195,9 @@ impl Upstream {
         let headers = request.headers_mut();
         headers.insert(HOST, origin.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let Connection { mut sender, origin } = connection;
-        let reply = tokio::time::timeout(self.timeout, exchange(&mut sender, request))
+        let reply = tokio::time::timeout(self.timeout, round_trip(&mut sender, request))
             .await
             .map_err(|_| Error::Timeout(self.timeout))??;
         self.put_idle(origin, sender);
@@ -220,7 +251,8 @@ fn tls(extra_roots: &ExtraRoots) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-async fn exchange(
+/// One request and its whole answer on a ready connection.
+async fn round_trip(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
 ) -> Result<Reply, Error> {
@@ -243,17 +275,40 @@ async fn exchange(
         }
     };
     let status = response.status();
+    if status.is_informational() {
+        return Err(Error::Status(status));
+    }
     let content_type = response.headers().get(CONTENT_TYPE).cloned();
-    let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-        .collect()
-        .await
-        .map_err(Error::UpstreamBody)?
-        .to_bytes();
-    let outcome = serde_json::from_slice(&body).unwrap_or_default();
+    let content_encoding = response.headers().get(CONTENT_ENCODING).cloned();
+    let body = collect(response.into_body()).await?;
+    let envelope = serde_json::from_slice(&body).unwrap_or_default();
     Ok(Reply {
         status,
         content_type,
+        content_encoding,
         body,
-        outcome,
+        envelope,
     })
+}
+
+/// Reads a whole answer into one buffer, up to `MAX_REPLY_BYTES`. Each frame is copied and
+/// dropped, so memory follows the bytes, not how many frames carried them: a 4 MB answer in
+/// 1-byte chunks costs about 4 MB, not a `Bytes` (and a read buffer) per byte.
+async fn collect(mut body: Incoming) -> Result<Bytes, Error> {
+    let declared = body.size_hint().exact().unwrap_or(0);
+    let mut buffer = BytesMut::with_capacity(
+        usize::try_from(declared).map_or(MAX_REPLY_BYTES, |n| n.min(MAX_REPLY_BYTES)),
+    );
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::Body(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > MAX_REPLY_BYTES {
+                return Err(Error::Body(
+                    format!("over the {MAX_REPLY_BYTES}-byte limit").into(),
+                ));
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.freeze())
 }

@@ -6,13 +6,23 @@
 
 mod support;
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use hyper::StatusCode;
-use support::{Caller, Process, Recorder, gateway, one_app};
+use support::{
+    Caller, Process, RawUpstream, Recorder, eventually, gateway, ok_envelope, one_app, sample,
+    scrape,
+};
 use timgate::config::Config;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 const APP: u64 = 1400000001;
 const INFO: &str = "/v4/live_engine_http_srv/get_room_info";
 const ROOM: &str = r#"{"RoomId":"r"}"#;
+/// An API without request rules.
+const PLAIN: &str = "/v4/openim/query_online_status";
 
 fn config(text: &str) -> Config {
     Config::from_toml(text).unwrap()
@@ -76,4 +86,306 @@ async fn a_65400_byte_path_is_404_logged_and_spends_no_turn() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["status"], 404);
     assert_eq!(lines[1]["status"], 200);
+}
+
+/// The metrics text of the admin listener at `admin`.
+async fn metrics(caller: &Caller, admin: std::net::SocketAddr) -> String {
+    String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_after_its_request_reached_tencent_is_logged_and_counted() {
+    let upstream = Recorder::slow(Duration::from_secs(2), |_| ok_envelope()).await;
+    let (gateway, logs) = Process::logged(&one_app(APP, &upstream.url())).await;
+    let mut socket = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let request = format!(
+        "POST {INFO} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{ROOM}",
+        ROOM.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    upstream.arrived(1).await;
+    drop(socket);
+
+    let lines = logs.requests_reach(1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["outcome"], "caller_gone");
+    assert_eq!(line["reached_tencent"], true);
+    assert_eq!(line["app"], APP);
+    assert_eq!(line["api"], "live_engine_http_srv/get_room_info");
+    assert_eq!(line["attempts"], 1);
+    assert!(line.get("status").is_none(), "no answer was given: {line}");
+    let text = metrics(&Caller::default(), gateway.admin).await;
+    let labels = [
+        "app=\"1400000001\"",
+        "api=\"live_engine_http_srv/get_room_info\"",
+        "outcome=\"caller_gone\"",
+    ];
+    assert_eq!(
+        sample(&text, "timgate_requests_total", &labels),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "timgate_inflight_requests", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_drain_answers_every_queued_caller_in_time_and_logs_each() {
+    let upstream = Recorder::ok().await;
+    // 1 request a second, 20 queued, 8 s to drain: turns after the last one that can finish
+    // (8 s - 0.5 s grace - 3.5 s for an attempt) are answered 503 instead of cut off.
+    let config = format!(
+        "drain_timeout_ms = 8000\nconnect_timeout_ms = 499\nupstream_timeout_ms = 3001\n{}\
+         rate_limit = 1\nmax_queue_wait_ms = 60000\ndeadline_ms = 60000\n",
+        one_app(APP, &upstream.url())
+    );
+    let (mut gateway, logs) = Process::logged(&config).await;
+    let (addr, admin) = (gateway.addr, gateway.admin);
+    let caller = Caller::default();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let caller = caller.clone();
+            tokio::spawn(async move { caller.post(addr, INFO, ROOM).await })
+        })
+        .collect();
+    // Every request accepted: answered already (the first turn is free) or in flight.
+    eventually(|| {
+        let (caller, served) = (caller.clone(), upstream.seen().len());
+        async move {
+            let inflight = scrape(&caller, admin, "timgate_inflight_requests").await;
+            inflight as usize + served >= 20
+        }
+    })
+    .await;
+    let signalled = Instant::now();
+    gateway.terminate();
+
+    let (mut served, mut refused) = (0, 0);
+    for request in requests {
+        let answer = request.await.unwrap();
+        match (answer.status, answer.code()) {
+            (StatusCode::OK, 0) => served += 1,
+            (StatusCode::SERVICE_UNAVAILABLE, 60008) => {
+                assert_eq!(answer.headers["retry-after"], "1");
+                assert_eq!(answer.headers["x-timgate-attempts"], "0");
+                refused += 1;
+            }
+            other => panic!("{other:?}: {:?}", answer.json()),
+        }
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "all answered within the drain"
+    );
+    assert!(
+        served >= 2 && refused >= 10,
+        "{served} served, {refused} refused"
+    );
+    assert_eq!(served, upstream.seen().len());
+    assert_eq!(gateway.child.wait().await.unwrap().code(), Some(0));
+    let lines = logs.requests_reach(20).await;
+    assert_eq!(lines.len(), 20);
+    assert_eq!(
+        lines.iter().filter(|l| l["outcome"] == "draining").count(),
+        refused
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l["outcome"] == "ok").count(),
+        served
+    );
+}
+
+#[tokio::test]
+async fn junk_api_names_first_do_not_push_a_real_api_out_of_its_series() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(config(&one_app(APP, &upstream.url()))).await;
+    let caller = Caller::default();
+    for i in 0..256 {
+        let junk = caller.get(gw.addr, &format!("/v4/junk/name{i}")).await;
+        assert_eq!(junk.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
+    let text = metrics(&caller, gw.admin.unwrap()).await;
+    let real = [
+        "api=\"live_engine_http_srv/get_room_info\"",
+        "outcome=\"ok\"",
+    ];
+    assert_eq!(
+        sample(&text, "timgate_requests_total", &real),
+        1.0,
+        "{text}"
+    );
+    let junk = ["api=\"other\"", "outcome=\"method_not_allowed\""];
+    assert_eq!(sample(&text, "timgate_requests_total", &junk), 256.0);
+    assert!(!text.contains("junk/"));
+}
+
+#[tokio::test]
+async fn distinct_60_kb_api_names_keep_metrics_small_and_memory_flat() {
+    let upstream = Recorder::ok().await;
+    let gateway = Process::start(
+        &one_app(APP, &upstream.url()),
+        &[],
+        std::process::Stdio::null(),
+    )
+    .await;
+    let caller = Caller::default();
+    assert_eq!(caller.post(gateway.addr, INFO, ROOM).await.code(), 0);
+    let idle = gateway.rss_mib();
+    for i in 0..256 {
+        let path = format!("/v4/{i:05}{}/c", "s".repeat(60_000));
+        let answer = caller.post(gateway.addr, &path, ROOM).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    }
+    let after = gateway.rss_mib();
+    let text = metrics(&caller, gateway.admin).await;
+    assert!(text.len() < 64 * 1024, "/metrics is {} bytes", text.len());
+    assert!(after < 64.0, "{after:.1} MiB");
+    assert!(
+        after - idle < 8.0,
+        "{idle:.1} MiB idle, {after:.1} MiB after"
+    );
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unchecked_api_refuses_what_is_not_json_like_a_checked_one() {
+    let upstream = Recorder::ok().await;
+    let mut cfg = config(&one_app(APP, &upstream.url()));
+    cfg.server.max_body_bytes = 1024 * 1024;
+    cfg.server.max_body_bytes_in_flight = 8 * 1024 * 1024;
+    let gw = gateway(cfg).await;
+    let caller = Caller::default();
+    let mut bad_utf8 = br#"{"To_Account":[""#.to_vec();
+    bad_utf8.extend_from_slice(&[0xff, 0xfe]);
+    bad_utf8.extend_from_slice(br#""]}"#);
+    let surrogate = br#"{"To_Account":["\ud800"]}"#.to_vec();
+    let deep = format!("{}{}", "[".repeat(500_000), "]".repeat(500_000)).into_bytes();
+    for body in [bad_utf8, surrogate, deep] {
+        let answer = caller.post(gw.addr, PLAIN, body).await;
+        assert_eq!((answer.status, answer.code()), (StatusCode::OK, 60003));
+    }
+    assert!(upstream.seen().is_empty(), "nothing reached Tencent");
+    let fine = caller
+        .post(gw.addr, PLAIN, r#"{"To_Account":["\ud83d\ude00"]}"#)
+        .await;
+    assert_eq!(fine.code(), 0);
+}
+
+/// A head for `status` with `headers`, then `body` as is.
+fn raw(status: &str, headers: &str, body: &[u8]) -> Bytes {
+    let mut answer = format!("HTTP/1.1 {status}\r\n{headers}\r\n").into_bytes();
+    answer.extend_from_slice(body);
+    answer.into()
+}
+
+#[tokio::test]
+async fn gateway_made_502_and_504_say_how_many_attempts_they_took() {
+    let switching = RawUpstream::start(Some(raw(
+        "101 Switching Protocols",
+        "connection: upgrade\r\nupgrade: websocket\r\n",
+        b"",
+    )))
+    .await;
+    let silent = RawUpstream::start(None).await;
+    let text = format!(
+        "{}{}",
+        support::app_entry(1, "admin", &switching.url()),
+        support::app_entry(2, "admin", &silent.url())
+    );
+    let mut cfg = config(&text);
+    cfg.server.upstream_timeout = Duration::from_millis(300);
+    let gw = gateway(cfg).await;
+    let caller = Caller::default();
+
+    let upgraded = caller
+        .post(gw.addr, &format!("{PLAIN}?sdkappid=1"), "{}")
+        .await;
+    assert_eq!(
+        (upgraded.status, upgraded.code()),
+        (StatusCode::BAD_GATEWAY, 60008)
+    );
+    assert_eq!(upgraded.headers["x-timgate-attempts"], "1");
+    assert_eq!(
+        switching.requests(),
+        1,
+        "a 101 is not retried: the request reached Tencent"
+    );
+
+    let slow = caller
+        .post(gw.addr, &format!("{PLAIN}?sdkappid=2"), "{}")
+        .await;
+    assert_eq!(
+        (slow.status, slow.code()),
+        (StatusCode::GATEWAY_TIMEOUT, 60008)
+    );
+    assert_eq!(slow.headers["x-timgate-attempts"], "1");
+}
+
+#[tokio::test]
+async fn an_encoded_answer_passes_with_its_content_encoding_and_bytes() {
+    // Not real gzip: the point is that the bytes and the header arrive as Tencent sent them.
+    let body = b"\x1f\x8b\x08\x00 compressed bytes";
+    let upstream = RawUpstream::start(Some(raw(
+        "200 OK",
+        &format!(
+            "content-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n",
+            body.len()
+        ),
+        body,
+    )))
+    .await;
+    let gw = gateway(config(&one_app(APP, &upstream.url()))).await;
+    let answer = Caller::default().post(gw.addr, PLAIN, "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["content-encoding"], "gzip");
+    assert_eq!(&answer.body[..], &body[..]);
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_4_mb_answer_in_1_byte_chunks_costs_its_bytes_not_its_frames() {
+    let size = 4 * 1024 * 1024;
+    let mut chunked = Vec::with_capacity(size * 6 + 5);
+    for _ in 0..size {
+        chunked.extend_from_slice(b"1\r\nx\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let upstream = RawUpstream::start(Some(raw(
+        "200 OK",
+        "content-type: application/json\r\ntransfer-encoding: chunked\r\n",
+        &chunked,
+    )))
+    .await;
+    drop(chunked);
+    // Reading four million frames takes a few seconds on a loaded machine: this test is
+    // about memory, so the attempt may take its time.
+    let config = format!(
+        "upstream_timeout_ms = 60000\n{}",
+        one_app(APP, &upstream.url())
+    );
+    let gateway = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let idle = gateway.rss_mib();
+    let started = Instant::now();
+    let caller = Caller::default();
+    let addr = gateway.addr;
+    let call = tokio::spawn(async move { caller.post(addr, PLAIN, "{}").await });
+    let mut peak = idle;
+    while !call.is_finished() {
+        peak = peak.max(gateway.rss_mib());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let answer = call.await.unwrap();
+    eprintln!(
+        "4 MB in 1-byte chunks: {:?}, peak {peak:.1} MiB",
+        started.elapsed()
+    );
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body.len(), size);
+    let after = gateway.rss_mib();
+    assert!(peak < 64.0, "peak {peak:.1} MiB (idle {idle:.1})");
+    assert!(
+        after - idle < 16.0,
+        "{idle:.1} MiB idle, {after:.1} MiB after"
+    );
 }

@@ -1,0 +1,122 @@
+//! What a drain means for the request path: once `timgate::run` starts one, every request is
+//! answered before the drain's deadline, none is cut off without a word.
+//!
+//! Two moments follow from the deadline. The *cut*, a little before it (a tenth of
+//! `drain_timeout_ms`, at most `GRACE`): whatever still runs then is answered 503, leaving
+//! time to write that answer. The *last turn*, one whole attempt (connect and upstream
+//! timeouts) before the cut: a turn later than that could not be sure to finish, so a request
+//! waiting for one is answered 503 at once, and a retry that would start later is not made.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The most time kept at the end of a drain for writing the answers of what it cuts.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// The drain, as the request path sees it.
+pub(super) struct Drain {
+    /// The drain's deadline, once one has started.
+    deadline: watch::Sender<Option<Instant>>,
+    /// Kept before the deadline for writing answers.
+    grace: Duration,
+    /// The longest one attempt can take.
+    attempt: Duration,
+}
+
+impl Drain {
+    /// A drain of `timeout` (`server.drain_timeout_ms`), for attempts that take at most
+    /// `attempt`.
+    pub(super) fn new(timeout: Duration, attempt: Duration) -> Drain {
+        Drain {
+            deadline: watch::Sender::new(None),
+            grace: (timeout / 10).min(GRACE),
+            attempt,
+        }
+    }
+
+    /// The drain has started; everything must be answered by `deadline`.
+    pub(super) fn start(&self, deadline: Instant) {
+        self.deadline.send_replace(Some(deadline));
+    }
+
+    /// The last moment a turn is worth having, once a drain has started.
+    pub(super) fn last_turn(&self) -> Option<Instant> {
+        let deadline = (*self.deadline.borrow())?;
+        Some(self.last_turn_of(deadline))
+    }
+
+    /// Whether the drain has reached its cut: a request still running now is being cut.
+    pub(super) fn over(&self) -> bool {
+        self.deadline
+            .borrow()
+            .is_some_and(|deadline| Instant::now() >= self.cut_of(deadline))
+    }
+
+    /// Resolves at the last turn of a drain, never when there is none.
+    pub(super) async fn past_last_turn(&self) {
+        let deadline = self.started().await;
+        tokio::time::sleep_until(self.last_turn_of(deadline)).await;
+    }
+
+    /// Resolves at the cut of a drain, never when there is none.
+    pub(super) async fn cut(&self) {
+        let deadline = self.started().await;
+        tokio::time::sleep_until(self.cut_of(deadline)).await;
+    }
+
+    async fn started(&self) -> Instant {
+        let mut deadline = self.deadline.subscribe();
+        let started = deadline.wait_for(Option::is_some).await.map(|d| *d);
+        match started {
+            Ok(Some(deadline)) => deadline,
+            // The sender lives as long as `self`: no drain will start.
+            _ => std::future::pending().await,
+        }
+    }
+
+    fn cut_of(&self, deadline: Instant) -> Instant {
+        deadline.checked_sub(self.grace).unwrap_or(deadline)
+    }
+
+    fn last_turn_of(&self, deadline: Instant) -> Instant {
+        let cut = self.cut_of(deadline);
+        cut.checked_sub(self.attempt).unwrap_or(cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_turn_leaves_one_attempt_and_the_grace_before_the_deadline() {
+        let drain = Drain::new(Duration::from_secs(20), Duration::from_secs(7));
+        assert_eq!(drain.last_turn(), None);
+        assert!(!drain.over());
+        let start = Instant::now();
+        drain.start(start + Duration::from_secs(20));
+        assert_eq!(
+            drain.last_turn(),
+            Some(start + Duration::from_millis(12_500))
+        );
+        drain.past_last_turn().await;
+        assert_eq!(Instant::now(), start + Duration::from_millis(12_500));
+        assert!(!drain.over());
+        drain.cut().await;
+        assert_eq!(Instant::now(), start + Duration::from_millis(19_500));
+        assert!(drain.over());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_drain_keeps_a_tenth_for_its_answers() {
+        let drain = Drain::new(Duration::from_secs(2), Duration::from_secs(7));
+        let start = Instant::now();
+        drain.start(start + Duration::from_secs(2));
+        drain.cut().await;
+        assert_eq!(Instant::now(), start + Duration::from_millis(1_800));
+        // No turn can finish in time: a waiting request is answered at once.
+        assert!(drain.last_turn().unwrap() <= start);
+    }
+}
