@@ -114,7 +114,13 @@ fn start_upstream() -> SocketAddr {
                     timgate::error::json_response(StatusCode::OK, ok)
                 }
             };
-            timgate::server::serve(listener, handler, std::future::pending(), Duration::ZERO).await;
+            timgate::server::serve(
+                listener,
+                handler,
+                std::future::pending(),
+                timgate::server::Bounds::default().drain(Duration::ZERO),
+            )
+            .await;
         });
     });
     rx.recv().expect("upstream address")

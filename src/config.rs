@@ -137,6 +137,18 @@ pub struct Server {
     /// Request body bytes held at once across all connections (`max_body_bytes_in_flight`,
     /// default 8 MiB); a body that finds it spent is answered 503.
     pub max_body_bytes_in_flight: usize,
+    /// Proxy connections served at once (`max_connections`, default 1024); past it a
+    /// connection is answered 503 and closed. Lowered at start to fit the open-file limit.
+    pub max_connections: usize,
+    /// Bytes of a request line and headers together (`max_header_bytes`, default 16384);
+    /// a longer head, a long path included, is answered 431.
+    pub max_header_bytes: usize,
+    /// How long a caller may take to send a request head, and so how long an idle
+    /// keep-alive connection is kept (`header_read_timeout_ms`, default 10000).
+    pub header_read_timeout: Duration,
+    /// How long a write to a caller may make no progress before its connection is closed
+    /// (`write_timeout_ms`, default 10000).
+    pub write_timeout: Duration,
     /// How long a caller may take to send its body (`body_read_timeout_ms`, default 10000).
     pub body_read_timeout: Duration,
     /// One upstream attempt's deadline (`upstream_timeout_ms`, default 5000; Tencent's own is 3 s).

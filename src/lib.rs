@@ -44,6 +44,7 @@ use crate::admin::Admin;
 use crate::config::{Config, Endpoint};
 use crate::emulator::Emulator;
 use crate::proxy::Gateway;
+use crate::server::Bounds;
 
 /// The two ports the gateway serves.
 pub struct Listeners {
@@ -83,12 +84,10 @@ pub async fn run(
         let stopped = async {
             let _ = admin_stopped.await;
         };
-        tokio::spawn(server::serve(
-            listeners.admin,
-            handler,
-            stopped,
-            Duration::from_secs(1),
-        ))
+        let bounds = Bounds::from_config(&config.server)
+            .max_connections(server::ADMIN_MAX_CONNECTIONS)
+            .drain(Duration::from_secs(1));
+        tokio::spawn(server::serve(listeners.admin, handler, stopped, bounds))
     };
     info!(
         addr = %listeners.proxy.local_addr()?,
@@ -104,13 +103,8 @@ pub async fn run(
         admin.drain();
         info!(deadline = ?config.server.drain_timeout, "draining");
     };
-    let drained = server::serve(
-        listeners.proxy,
-        handler,
-        draining,
-        config.server.drain_timeout,
-    )
-    .await;
+    let bounds = Bounds::from_config(&config.server);
+    let drained = server::serve(listeners.proxy, handler, draining, bounds).await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
     if let Some((_, task)) = embedded {
@@ -123,7 +117,13 @@ pub async fn run(
 pub async fn emulate(config: &Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let emulator = Arc::new(Emulator::new(&config.apps));
     let handler = move |request| emulator::handle(emulator.clone(), request);
-    server::serve(listener, handler, shutdown, config.server.drain_timeout).await;
+    server::serve(
+        listener,
+        handler,
+        shutdown,
+        Bounds::from_config(&config.server),
+    )
+    .await;
 }
 
 fn spawn_emulator(config: &Config, listener: TcpListener) -> tokio::task::JoinHandle<()> {

@@ -104,6 +104,8 @@ fn main() -> ExitCode {
         None => config.log.format,
     };
     init_logs(format);
+    let fd_limit = timgate::server::raise_fd_limit();
+    tracing::debug!(?fd_limit, "open-file limit");
     serve(config, command)
 }
 

@@ -1,60 +1,186 @@
-//! The HTTP/1.1 accept loop shared by the gateway and the emulator.
+//! The HTTP/1.1 accept loop shared by the gateway, its admin listener and the emulator.
 //!
 //! Accepts until `shutdown` resolves, then stops accepting and lets every connection finish
-//! its in-flight request (idle keep-alive connections close at once), for at most `drain`.
-//! Header reads are bounded, so a client that never finishes its headers cannot hold a task.
+//! its in-flight request (idle keep-alive connections close at once), for at most the drain.
+//! What one connection can hold is bounded ([`Bounds`]): open connections (past the cap a
+//! connection is answered 503 and closed, never left waiting unaccepted), header bytes (431
+//! past `max_header_bytes`), the time to send a request head (also the idle keep-alive
+//! timeout), and the time a write may stall on a caller that does not read ([`io`]).
+//! Requests that break HTTP/1.1's Host rules (RFC 9112 §3.2) get 400 before any handler runs.
+
+mod io;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HOST, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config;
+use crate::error::envelope;
+use io::Guarded;
 
-/// Serves `handler` on `listener` until `shutdown`, then drains for at most `drain`.
-/// Returns whether every connection finished within the drain.
+pub use io::LINGER;
+
+/// Connections the admin listener serves at once: probes and scrapes, never a crowd.
+pub const ADMIN_MAX_CONNECTIONS: usize = 32;
+/// Connections past the cap that are answered 503 at once; beyond these, closed unanswered.
+const MAX_REFUSING: usize = 32;
+/// Descriptors kept for everything but proxy connections: the listeners, the admin
+/// connections, the refusals, the runtime, log and configuration files.
+const RESERVED_FDS: u64 = 128;
+/// Descriptors one proxy connection may need: its own, one to Tencent, and with the
+/// in-process emulator, the emulator's end of that one.
+const FDS_PER_CONNECTION: u64 = 3;
+
+/// What one listener's connections may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Connections served at once; past it, 503 and close.
+    pub max_connections: usize,
+    /// Bytes of a request head (request line and headers); past it, 431.
+    pub max_header_bytes: usize,
+    /// Longest wait for a request head, and so for an idle keep-alive connection's next request.
+    pub header_read_timeout: Duration,
+    /// Longest a write may make no progress before the connection is closed.
+    pub write_timeout: Duration,
+    /// How long connections may take to finish once `shutdown` resolves.
+    pub drain: Duration,
+}
+
+impl Bounds {
+    /// The bounds configured in `[server]`, the connection cap kept within the descriptor limit.
+    pub fn from_config(server: &config::Server) -> Bounds {
+        Bounds {
+            max_connections: connection_cap(server.max_connections),
+            max_header_bytes: server.max_header_bytes,
+            header_read_timeout: server.header_read_timeout,
+            write_timeout: server.write_timeout,
+            drain: server.drain_timeout,
+        }
+    }
+
+    /// The same bounds with at most `n` connections.
+    pub fn max_connections(self, n: usize) -> Bounds {
+        Bounds {
+            max_connections: n.min(self.max_connections),
+            ..self
+        }
+    }
+
+    /// The same bounds with another drain deadline.
+    pub fn drain(self, drain: Duration) -> Bounds {
+        Bounds { drain, ..self }
+    }
+}
+
+impl Default for Bounds {
+    /// The defaults of `[server]`.
+    fn default() -> Bounds {
+        Bounds {
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and returns the limit
+/// now in force (`None`: unlimited or unknown). Call once, before serving.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!(error = %e, "could not raise the open-file limit to its hard limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// `configured`, lowered so that every connection at the cap still finds its descriptors.
+fn connection_cap(configured: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let Some(limit) = limit else {
+        return configured;
+    };
+    let room = limit.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
+    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    if room < configured {
+        warn!(
+            configured,
+            fd_limit = limit,
+            cap = room,
+            "server.max_connections lowered to fit the open-file limit"
+        );
+    }
+    configured.min(room)
+}
+
+/// Serves `handler` on `listener` within `bounds` until `shutdown`, then drains for at most
+/// `bounds.drain`. Returns whether every connection finished within the drain.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    bounds: Bounds,
 ) -> bool
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let http = builder(&bounds);
+    let open = Arc::new(Semaphore::new(bounds.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let at_cap = AtomicBool::new(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        if !at_cap.swap(true, Ordering::Relaxed) {
+                            warn!(max = bounds.max_connections, "at the connection cap: answering 503");
+                        }
+                        refuse(stream, &refusing, bounds.write_timeout);
+                        continue;
+                    };
+                    at_cap.store(false, Ordering::Relaxed);
                     // Latency matters more than packet count on loopback.
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |request| {
                         let handler = handler.clone();
-                        async move { Ok::<_, Infallible>(handler(req).await) }
+                        async move { Ok::<_, Infallible>(checked(handler, request).await) }
                     });
-                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    let io = TokioIo::new(Guarded::new(stream, bounds.write_timeout));
+                    let connection = graceful.watch(http.serve_connection(io, service));
                     tokio::spawn(async move {
                         if let Err(e) = connection.await {
                             debug!(error = %e, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -69,9 +195,91 @@ where
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => true,
-        () = tokio::time::sleep(drain) => {
-            warn!(?drain, "drain deadline passed with connections still open");
+        () = tokio::time::sleep(bounds.drain) => {
+            warn!(drain = ?bounds.drain, "drain deadline passed with connections still open");
             false
         }
+    }
+}
+
+fn builder(bounds: &Bounds) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_read_timeout)
+        .max_header_size(bounds.max_header_bytes)
+        // The read buffer never grows past the head's bound (hyper's floor is 8 KiB).
+        .max_buf_size(bounds.max_header_bytes.max(8192));
+    http
+}
+
+/// Answers a request that breaks the Host rules itself; hands every other to `handler`.
+async fn checked<H, F>(handler: H, request: Request<Incoming>) -> Response<Full<Bytes>>
+where
+    H: Fn(Request<Incoming>) -> F,
+    F: Future<Output = Response<Full<Bytes>>>,
+{
+    let Some(refusal) = host_refusal(&request) else {
+        return handler(request).await;
+    };
+    info!(status = 400, error = refusal, "request");
+    let mut response = envelope(StatusCode::BAD_REQUEST, 60002, refusal);
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host; no request has two.
+fn host_refusal(request: &Request<Incoming>) -> Option<&'static str> {
+    match request.headers().get_all(HOST).iter().count() {
+        0 if request.version() == Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header")
+        }
+        0 | 1 => None,
+        _ => Some("a request may carry only one Host header"),
+    }
+}
+
+/// A connection past the cap: 503 and a lingering close, while few are being refused;
+/// beyond that, closed at once.
+fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>, write_timeout: Duration) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        debug!("refusing a connection unanswered: too many refusals in progress");
+        return;
+    };
+    tokio::spawn(async move {
+        let mut io = Guarded::new(stream, write_timeout);
+        let _ = io.write_all(AT_CAPACITY).await;
+        let _ = io.shutdown().await;
+        drop(permit);
+    });
+}
+
+/// The answer to a connection past the cap.
+const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 109\r\n\r\n\
+{\"ActionStatus\":\"FAIL\",\"ErrorCode\":60008,\"ErrorInfo\":\"the gateway is at its connection limit; retry shortly\"}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared_length_matches(response: &[u8]) {
+        let text = std::str::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len(), "{text}");
+        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+
+    #[test]
+    fn the_canned_answers_declare_their_length_and_carry_an_envelope() {
+        declared_length_matches(AT_CAPACITY);
+        declared_length_matches(io::HTTP2_REFUSAL);
     }
 }

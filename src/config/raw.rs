@@ -34,6 +34,10 @@ struct RawServer {
     admin_listen: String,
     max_body_bytes: u64,
     max_body_bytes_in_flight: u64,
+    max_connections: u64,
+    max_header_bytes: u64,
+    header_read_timeout_ms: u64,
+    write_timeout_ms: u64,
     body_read_timeout_ms: u64,
     ca_file: Option<String>,
     upstream_timeout_ms: u64,
@@ -48,6 +52,10 @@ impl Default for RawServer {
             admin_listen: "127.0.0.1:9464".into(),
             max_body_bytes: 128 * 1024,
             max_body_bytes_in_flight: 8 * 1024 * 1024,
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             ca_file: None,
             upstream_timeout_ms: 5000,
@@ -197,6 +205,20 @@ impl RawServer {
                 "must be below 4 GiB",
             ));
         }
+        let max_connections = usize::try_from(self.max_connections)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::new("server.max_connections", "must be above 0"))?;
+        // hyper's read buffer cannot be smaller than 8 KiB; a head never needs more than 1 MiB.
+        let max_header_bytes = usize::try_from(self.max_header_bytes)
+            .ok()
+            .filter(|n| (8192..=1 << 20).contains(n))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "server.max_header_bytes",
+                    "must be between 8192 and 1048576",
+                )
+            })?;
         if self.upstream_timeout_ms <= 3000 {
             return Err(ConfigError::new(
                 "server.upstream_timeout_ms",
@@ -216,6 +238,13 @@ impl RawServer {
             admin_listen,
             max_body_bytes,
             max_body_bytes_in_flight,
+            max_connections,
+            max_header_bytes,
+            header_read_timeout: millis(
+                "server.header_read_timeout_ms",
+                self.header_read_timeout_ms,
+            )?,
+            write_timeout: millis("server.write_timeout_ms", self.write_timeout_ms)?,
             body_read_timeout: millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,

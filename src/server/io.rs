@@ -1,0 +1,220 @@
+//! One accepted connection's bytes, as hyper sees them, with what hyper's HTTP/1 server
+//! leaves out.
+//!
+//! - **Stalled writes time out**: a write or flush that makes no progress for
+//!   `write_timeout` fails, so a caller that stops reading its answers cannot hold the
+//!   connection (nginx's `send_timeout`); hyper has no write timeout of its own.
+//! - **Lingering close**: closing sends FIN after the last answer, then reads and discards
+//!   what the caller is still sending until it closes too, for at most `LINGER`. A caller
+//!   that writes its whole (too large) body before reading sees its 413 instead of a reset.
+//! - **An HTTP/2 preface gets an answer**: hyper's HTTP/1 parser closes such a connection
+//!   without a word, so the first bytes are looked at here, and `PRI ` gets a 505.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tracing::info;
+
+/// Longest a closing connection reads and discards what its caller still sends.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// How an HTTP/2 connection with prior knowledge starts (RFC 9113 §3.4); 4 bytes decide.
+const H2_START: &[u8; 4] = b"PRI ";
+
+/// Reads per poll while lingering, so one fast sender cannot starve other tasks.
+const LINGER_READS_PER_POLL: usize = 16;
+
+/// The answer to an HTTP/2 preface, written before the connection closes.
+pub(super) const HTTP2_REFUSAL: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 93\r\n\r\n\
+{\"ActionStatus\":\"FAIL\",\"ErrorCode\":60002,\"ErrorInfo\":\"HTTP/2 is not supported: use HTTP/1.1\"}";
+
+/// A TCP connection with a write timeout, a lingering close and an HTTP/2 check.
+pub struct Guarded {
+    stream: TcpStream,
+    write_timeout: Duration,
+    /// Armed while a write makes no progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+    start: Start,
+    closing: Closing,
+}
+
+/// What is known of the connection's first bytes.
+enum Start {
+    /// Fewer than 4 bytes read, all of them a prefix of `PRI `: held back from hyper.
+    Sniffing { bytes: [u8; 4], len: usize },
+    /// Not HTTP/2: `bytes[at..len]` are still to be handed to hyper.
+    Replaying {
+        bytes: [u8; 4],
+        at: usize,
+        len: usize,
+    },
+    /// Everything read was handed on; read straight from the socket.
+    Passing,
+    /// An HTTP/2 preface, answered: hyper sees the end of the stream.
+    Refused,
+}
+
+enum Closing {
+    Open,
+    Lingering(Pin<Box<Sleep>>),
+    Closed,
+}
+
+impl Guarded {
+    /// Wraps an accepted connection.
+    pub fn new(stream: TcpStream, write_timeout: Duration) -> Guarded {
+        Guarded {
+            stream,
+            write_timeout,
+            stalled: None,
+            start: Start::Sniffing {
+                bytes: [0; 4],
+                len: 0,
+            },
+            closing: Closing::Open,
+        }
+    }
+
+    /// Records a write's outcome: progress disarms the stall timer; no progress for
+    /// `write_timeout` turns into an error.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the caller read nothing for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Reads the first bytes until they decide whether this is HTTP/2. On a preface, answers
+    /// 505 and reports end of stream to hyper, which then closes the connection.
+    fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Start::Sniffing { mut bytes, len } = self.start {
+            let mut next = ReadBuf::new(&mut bytes[len..]);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut next))?;
+            let read = next.filled().len();
+            let len = len + read;
+            let decided = read == 0 || bytes[..len] != H2_START[..len] || len == H2_START.len();
+            self.start = if !decided {
+                Start::Sniffing { bytes, len }
+            } else if len == H2_START.len() && bytes == *H2_START {
+                info!(
+                    status = 505,
+                    "refused: an HTTP/2 preface on the HTTP/1.1 port"
+                );
+                // A fresh connection's send buffer is empty: this small write completes.
+                let _ = Pin::new(&mut self.stream).poll_write(cx, HTTP2_REFUSAL);
+                Start::Refused
+            } else {
+                Start::Replaying { bytes, at: 0, len }
+            };
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// After FIN: reads and drops what the caller still sends, until it closes, errs, or
+    /// `LINGER` has passed.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Closing::Lingering(until) = &mut self.closing else {
+            return Poll::Ready(());
+        };
+        if until.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let mut scratch = [0u8; 16 * 1024];
+        for _ in 0..LINGER_READS_PER_POLL {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_sniff(cx))?;
+        match &mut this.start {
+            Start::Replaying { bytes, at, len } => {
+                let n = (*len - *at).min(buf.remaining());
+                buf.put_slice(&bytes[*at..*at + n]);
+                *at += n;
+                if at == len {
+                    this.start = Start::Passing;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Start::Passing => Pin::new(&mut this.stream).poll_read(cx, buf),
+            Start::Refused => Poll::Ready(Ok(())),
+            Start::Sniffing { .. } => unreachable!("poll_sniff returns Ready only once decided"),
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Closing::Open = this.closing {
+            let poll = Pin::new(&mut this.stream).poll_shutdown(cx);
+            ready!(this.watch(cx, poll))?;
+            this.closing = Closing::Lingering(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        ready!(this.poll_linger(cx));
+        this.closing = Closing::Closed;
+        Poll::Ready(Ok(()))
+    }
+}
