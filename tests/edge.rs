@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The Kubernetes manifest's memory limit.
-const POD_MEMORY: u64 = 64 << 20;
+const POD_MIB: f64 = 64.0;
 /// An API without request rules: any JSON body goes through.
 const PLAIN: &str = "/v4/openim/query_online_status";
 
@@ -217,5 +217,5 @@ async fn a_caller_that_never_reads_is_closed_after_the_write_timeout() {
         });
     let caller = Caller::default();
     assert_eq!(caller.get(gateway.admin, "/healthz").await.status, 200);
-    assert!(gateway.rss() < POD_MEMORY);
+    assert!(gateway.rss_mib() < POD_MIB);
 }

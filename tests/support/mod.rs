@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -338,80 +337,6 @@ pub fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
 pub async fn scrape(caller: &Caller, admin: SocketAddr, metric: &str) -> f64 {
     let text = String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap();
     sample(&text, metric, &[])
-}
-
-/// A `timgate` process on free ports, its configuration in a temporary file.
-pub struct Process {
-    pub child: tokio::process::Child,
-    pub addr: std::net::SocketAddr,
-    pub admin: std::net::SocketAddr,
-    config: std::path::PathBuf,
-}
-
-impl Process {
-    /// Starts `timgate ARGS --config FILE` for `apps` and waits until its admin port answers.
-    pub async fn start(apps: &str, args: &[&str], stderr: Stdio) -> Process {
-        let (port, admin_port) = (free_port(), free_port());
-        let config =
-            std::env::temp_dir().join(format!("timgate-{}-{port}.toml", std::process::id()));
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{apps}"
-        );
-        std::fs::write(&config, text).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-        eventually(|| async move { tokio::net::TcpStream::connect(admin).await.is_ok() }).await;
-        Process {
-            child,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            admin,
-            config,
-        }
-    }
-
-    /// The process's resident memory now, in bytes (`VmRSS` in /proc/PID/status).
-    pub fn rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        kib * 1024
-    }
-
-    /// Sends SIGTERM, as Kubernetes and systemd do.
-    pub fn terminate(&self) {
-        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
-        let pid = rustix::process::Pid::from_raw(pid).expect("a child's pid is positive");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `probe` until it holds, for at most five seconds: for states that another task or
