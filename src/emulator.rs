@@ -191,14 +191,14 @@ fn refusal_for(error: VerifyError) -> Refusal {
 
 /// Answers one request as Tencent would.
 pub async fn handle(emulator: Arc<Emulator>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let outcome = answer(&emulator, request).await;
+    let answered = answer(&emulator, request).await;
     let mut doc = json!({
-        "ActionStatus": if outcome.is_ok() { "OK" } else { "FAIL" },
+        "ActionStatus": if answered.is_ok() { "OK" } else { "FAIL" },
         "ErrorCode": 0,
         "ErrorInfo": "",
         "RequestId": emulator.request_id(),
     });
-    match outcome {
+    match answered {
         Ok(Value::Null) => {}
         Ok(response) => doc["Response"] = response,
         Err(refusal) => {

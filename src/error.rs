@@ -114,7 +114,7 @@ impl Error {
         }
     }
 
-    /// A short, fixed name for the metrics' `outcome` label.
+    /// How a request that got this error ended: the `outcome` label and log field.
     pub fn outcome(&self) -> &'static str {
         match self {
             Error::NotFound | Error::Unforwardable => "not_found",

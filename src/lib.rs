@@ -14,7 +14,7 @@
 //! - [`emulator`]: a stand-in for Tencent, for local runs, tests and benchmarks.
 //! - [`server`]: the accept loop with graceful drain, shared by gateway and emulator.
 //! - [`limiter`]: keeps each SDKAppID and API under Tencent's call-frequency limits.
-//! - [`retry`]: which upstream outcomes are retried, and the backoff between tries.
+//! - [`retry`]: which upstream attempts are tried again, and the backoff between tries.
 //! - [`rules`]: the documented request limits, checked before any quota is spent.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the health, readiness and metrics listener.
 

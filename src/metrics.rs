@@ -155,7 +155,7 @@ impl Metrics {
         let r = &mut metrics.registry;
         r.register(
             "requests",
-            "Requests answered, by app, API and outcome",
+            "Requests, each counted once, by app, API and how it ended (outcome)",
             metrics.requests.clone(),
         );
         r.register_with_unit(

@@ -295,10 +295,10 @@ impl Gateway {
                     .map_err(|_| Error::BadSdkAppId(text.into_owned()))?;
                 self.routes.get(&id).ok_or(Error::UnknownApp(id))
             }
-            None if self.routes.len() == 1 => {
-                Ok(self.routes.values().next().expect("one route exists"))
-            }
-            None => Err(Error::AmbiguousApp(self.routes.len())),
+            None => match (self.routes.len(), self.routes.values().next()) {
+                (1, Some(only)) => Ok(only),
+                (apps, _) => Err(Error::AmbiguousApp(apps)),
+            },
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The retry policy: which outcomes are retried, and how long to wait before the next try.
+//! The retry policy: which attempts are tried again, and how long to wait before the next try.
 //!
 //! Pure functions; the loop that applies them lives in `proxy`. Retried: ErrorCode 100001
 //! (Tencent asks for it), a connection that failed before the request was sent, and Tencent's
@@ -12,10 +12,10 @@ use std::time::Duration;
 use crate::limiter::Scope;
 use crate::upstream::{Error, Reply};
 
-/// What to do with one attempt's outcome.
+/// What to do with one attempt's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Give this outcome to the caller.
+    /// Give this result to the caller.
     Answer,
     /// Try again after a backoff.
     Retry,
@@ -23,9 +23,9 @@ pub enum Verdict {
     SlowDown(Scope),
 }
 
-/// Decides whether an attempt's outcome is final.
-pub fn decide(outcome: &Result<Reply, Error>) -> Verdict {
-    match outcome {
+/// Decides whether an attempt's result is final.
+pub fn decide(tried: &Result<Reply, Error>) -> Verdict {
+    match tried {
         Ok(reply) => match reply.envelope.error_code {
             Some(100001) => Verdict::Retry,
             Some(60007) => Verdict::SlowDown(Scope::Api),
