@@ -394,3 +394,35 @@ async fn a_4_mb_answer_in_1_byte_chunks_costs_its_bytes_not_its_frames() {
         "{idle:.1} MiB idle, {after:.1} MiB after"
     );
 }
+
+#[tokio::test]
+async fn a_request_still_at_tencent_near_the_drain_deadline_is_answered_not_cut_off() {
+    let silent = RawUpstream::start(None).await;
+    let mut cfg = config(&one_app(APP, &silent.url()));
+    cfg.server.drain_timeout = Duration::from_secs(2);
+    cfg.server.upstream_timeout = Duration::from_secs(10);
+    let mut gw = gateway(cfg).await;
+    let addr = gw.addr;
+    let call = tokio::spawn(async move { Caller::default().post(addr, PLAIN, "{}").await });
+    eventually(|| async { silent.requests() == 1 }).await;
+    let stopped = Instant::now();
+    gw.begin_stop();
+
+    let answer = call.await.unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "answered within the drain"
+    );
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, 60008)
+    );
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(answer.headers["x-timgate-attempts"], "1");
+    assert!(
+        answer.json()["ErrorInfo"]
+            .as_str()
+            .unwrap()
+            .contains("drain")
+    );
+}
