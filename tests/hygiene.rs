@@ -1,6 +1,7 @@
 //! The test suite is self-contained: a fresh clone with only the Rust toolchain runs it.
 //! No test reads a file outside the repository, and none runs a program other than the
-//! `timgate` binary that cargo builds for it.
+//! `timgate` binary that cargo builds for it and the servers `.ci/run` installs (Prometheus,
+//! Redis), which a test skips loudly without, and fails without under CI.
 // Tests may unwrap: a panic is how a test fails.
 #![allow(clippy::unwrap_used)]
 
@@ -92,17 +93,46 @@ fn every_file_a_test_includes_lies_inside_the_repository() {
     }
 }
 
+/// Programs a test may start besides `timgate`: servers the product talks to, which `.ci/run`
+/// installs with apt-get when they are missing (package, programs it brings).
+const INSTALLED_BY_CI: [(&str, &[&str]); 2] = [
+    ("prometheus", &["prometheus", "promtool"]),
+    ("redis-server", &["redis-server"]),
+];
+
 #[test]
-fn tests_run_no_program_but_timgate() {
+fn tests_run_no_program_but_timgate_and_what_ci_installs() {
+    let ci = std::fs::read_to_string(Path::new(ROOT).join(".ci/run")).unwrap();
+    for (package, _) in INSTALLED_BY_CI {
+        assert!(
+            ci.contains(&format!("missing+=({package})")) && ci.contains("apt-get install"),
+            ".ci/run does not install {package}"
+        );
+    }
     for (path, text) in test_sources() {
-        for (at, _) in text.match_indices("Command::new(") {
-            let argument = text[at + "Command::new(".len()..].trim_start();
-            assert!(
-                argument.starts_with("env!(\"CARGO_BIN_EXE_timgate\")"),
-                "{}: runs {:?}; do it in Rust instead",
-                path.display(),
-                argument.lines().next().unwrap_or_default()
-            );
+        let runs_others = text.match_indices("Command::new(").any(|(at, _)| {
+            !text[at + "Command::new(".len()..]
+                .trim_start()
+                .starts_with("env!(\"CARGO_BIN_EXE_timgate\")")
+        });
+        if !runs_others {
+            continue;
         }
+        let programs: Vec<&str> = INSTALLED_BY_CI
+            .iter()
+            .flat_map(|(_, programs)| programs.iter().copied())
+            .filter(|program| text.contains(&format!("\"{program}\"")))
+            .collect();
+        assert!(
+            !programs.is_empty(),
+            "{}: runs a program that is neither timgate nor installed by .ci/run; do it in Rust",
+            path.display()
+        );
+        // A machine without the program skips loudly; CI (where .ci/run installed it) fails.
+        assert!(
+            text.contains("var_os(\"CI\")") || text.contains("var(\"CI\")"),
+            "{}: runs {programs:?} without the CI rule for a missing program",
+            path.display()
+        );
     }
 }
