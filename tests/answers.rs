@@ -426,3 +426,56 @@ async fn a_request_still_at_tencent_near_the_drain_deadline_is_answered_not_cut_
             .contains("drain")
     );
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_while_waiting_is_logged_as_never_reaching_tencent() {
+    let upstream = Recorder::ok().await;
+    let config = format!(
+        "{}rate_limit = 1\nmax_queue_wait_ms = 30000\n",
+        one_app(APP, &upstream.url())
+    );
+    let (gateway, logs) = Process::logged(&config).await;
+    let (addr, admin) = (gateway.addr, gateway.admin);
+    let caller = Caller::default();
+    // Five ahead in line at 1/s: the sixth's turn is seconds away.
+    let _ahead: Vec<_> = (0..5)
+        .map(|_| {
+            let caller = caller.clone();
+            tokio::spawn(async move { caller.post(addr, INFO, ROOM).await })
+        })
+        .collect();
+    eventually(|| {
+        let caller = caller.clone();
+        async move { scrape(&caller, admin, "timgate_throttle_queue_depth").await >= 4.0 }
+    })
+    .await;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {INFO} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{ROOM}",
+        ROOM.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    eventually(|| {
+        let caller = caller.clone();
+        async move { scrape(&caller, admin, "timgate_throttle_queue_depth").await >= 5.0 }
+    })
+    .await;
+    drop(socket);
+
+    eventually(|| {
+        let logs = logs.clone();
+        async move {
+            logs.requests()
+                .iter()
+                .any(|l| l["outcome"] == "caller_gone")
+        }
+    })
+    .await;
+    let lines = logs.requests();
+    let gone = lines
+        .iter()
+        .find(|l| l["outcome"] == "caller_gone")
+        .unwrap();
+    assert_eq!(gone["reached_tencent"], false, "{gone}");
+    assert_eq!(gone["attempts"], 0);
+}
