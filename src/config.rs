@@ -122,6 +122,87 @@ pub struct Config {
     pub log: Log,
     /// One entry per SDKAppID; at least one.
     pub apps: Vec<App>,
+    /// `[fleet]`: limits shared with every timgate on the same Redis; `None` without
+    /// `redis_url` (each process keeps the limits alone).
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`, when `redis_url` is set.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// Where the shared lanes live (`redis_url`: `redis://` or `rediss://`, password
+    /// optional); `Debug` masks the password.
+    pub redis: RedisUrl,
+    /// Prefix of every key, so several fleets can share one Redis (`key_prefix`, default
+    /// `timgate`).
+    pub key_prefix: String,
+    /// Planned replica count, the fallback share's divisor until Redis has told us the live
+    /// size (`replicas`, default 1).
+    pub replicas: NonZeroU32,
+    /// Longest one Redis call may take before the fallback takes over (`timeout_ms`,
+    /// default 50).
+    pub timeout: Duration,
+}
+
+/// A Redis URL and the password to use with it (from the URL or `redis_password_env`).
+/// `Debug` and `Display` print the URL with the password masked.
+#[derive(Clone)]
+pub struct RedisUrl {
+    /// The URL as written, password included.
+    url: String,
+    /// The password from `redis_password_env`, if set; it wins over one in the URL.
+    password: Option<SecretKey>,
+}
+
+impl RedisUrl {
+    /// A URL whose scheme is `redis` or `rediss`, and an optional password beside it.
+    pub fn new(url: &str, password: Option<SecretKey>) -> Result<RedisUrl, String> {
+        let parsed: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match parsed.scheme_str() {
+            Some("redis" | "rediss") => {}
+            _ => return Err("must start with redis:// or rediss://".into()),
+        }
+        Ok(RedisUrl {
+            url: url.to_owned(),
+            password,
+        })
+    }
+
+    /// The URL, password included, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// The password from `redis_password_env`, for connecting only.
+    pub fn password(&self) -> Option<&SecretKey> {
+        self.password.as_ref()
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `scheme://user:password@host…`: everything between "//" and the last "@" before
+        // the path may hold a password; show only the user name.
+        let (scheme, rest) = self.url.split_once("//").unwrap_or(("", &self.url));
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or("");
+                write!(f, "{scheme}//{user}:***{}", &rest[at..])
+            }
+            None => f.write_str(&self.url),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")?;
+        if self.password.is_some() {
+            f.write_str(" (password from redis_password_env: ***)")?;
+        }
+        Ok(())
+    }
 }
 
 /// `[server]`.
@@ -429,6 +510,30 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(e.key, "server.ca_file");
         assert!(e.message.contains("no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn fleet_is_off_without_a_redis_url_and_masks_the_password() {
+        assert!(Config::from_toml(GOOD).unwrap().fleet.is_none());
+        let text = format!(
+            "[fleet]\nredis_url = \"rediss://app:hunter2@redis.example:6380/0\"\nreplicas = 3\n{GOOD}"
+        );
+        let fleet = Config::from_toml(&text).unwrap().fleet.unwrap();
+        assert_eq!(fleet.replicas.get(), 3);
+        assert_eq!(fleet.timeout, Duration::from_millis(50));
+        assert_eq!(fleet.key_prefix, "timgate");
+        let printed = format!("{fleet:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(
+            printed.contains("rediss://app:***@redis.example:6380/0"),
+            "{printed}"
+        );
+        let e = refusal(&format!("[fleet]\nredis_url = \"http://x\"\n{GOOD}"));
+        assert_eq!(e.key, "fleet.redis_url");
+        let e = refusal(&format!(
+            "[fleet]\nredis_url = \"redis://x\"\nredis_password_env = \"TIMGATE_TEST_UNSET_PASSWORD\"\n{GOOD}"
+        ));
+        assert_eq!(e.key, "fleet.redis_password_env");
     }
 
     #[test]

@@ -24,11 +24,13 @@
 //! ready connection, and `Turn::send_now` consumes the turn at the send-time guard right
 //! before the write. A turn cannot be spent twice, nor a guard passed without a turn.
 
+mod fleet;
 mod lane;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -37,7 +39,10 @@ use lane::{Lane, guard};
 pub use lane::{TokioClock, TokioInstant};
 
 use crate::api::Api;
-use crate::config::App;
+use crate::config::{self, App};
+use crate::metrics::FleetSeries;
+use fleet::{Ask, Fleet};
+pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 
 /// Share of the limit that pacing releases: the margin absorbs network jitter at Tencent.
 pub const PACE: f64 = 0.96;
@@ -68,20 +73,41 @@ pub struct Throttled {
 #[derive(Default)]
 pub struct Limiter {
     waiting: Arc<AtomicUsize>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Limiter {
+    /// A limiter whose lanes are shared in Redis when `fleet` is configured.
+    pub fn new(fleet: Option<&config::Fleet>, series: FleetSeries) -> Result<Limiter, String> {
+        let fleet = fleet.map(|f| Fleet::start(f, series)).transpose()?;
+        Ok(Limiter {
+            waiting: Arc::default(),
+            fleet,
+        })
+    }
+
     /// The lanes of `app`: its own limit and one lane per entry of its `api_limits`.
     pub fn lanes(&self, app: &App) -> Lanes {
+        let limit = |scope, limit: NonZeroU32, api: Option<&str>| Limit {
+            lane: Lane::new(scope, limit),
+            limit,
+            key: self
+                .fleet
+                .as_ref()
+                .map(|f| f.key(app.sdkappid, api))
+                .unwrap_or_default(),
+            fallback: Mutex::new(None),
+        };
         let apis = app
             .api_limits
             .iter()
-            .map(|(api, limit)| (api.clone(), Lane::new(Scope::Api, *limit)))
+            .map(|(api, n)| (api.clone(), limit(Scope::Api, *n, Some(api))))
             .collect();
         Lanes {
-            app: Lane::new(Scope::App, app.rate_limit),
+            app: limit(Scope::App, app.rate_limit, None),
             apis,
             waiting: self.waiting.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 
@@ -89,13 +115,61 @@ impl Limiter {
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
+
+    /// Gives this replica's fleet claim back; call once no request will be sent any more.
+    pub async fn leave(&self) {
+        if let Some(fleet) = &self.fleet {
+            fleet.leave().await;
+        }
+    }
+}
+
+/// One limit of an app: its local lane, and where it lives in the fleet.
+struct Limit {
+    lane: Lane,
+    limit: NonZeroU32,
+    /// The lane's Redis key (empty without a fleet).
+    key: String,
+    /// The lane at this replica's fallback share, rebuilt when the share changes.
+    fallback: Mutex<Option<(NonZeroU32, Arc<Lane>)>>,
+}
+
+impl Limit {
+    fn ask(&self) -> Ask {
+        Ask {
+            key: self.key.clone(),
+            limit: self.limit,
+            scope: self.lane.scope,
+        }
+    }
+
+    /// The lane at this replica's share now; `Throttled` when the share is nothing.
+    fn fallback(&self, fleet: &Fleet) -> Result<Arc<Lane>, Throttled> {
+        let share = fleet.share(self.limit).ok_or(Throttled {
+            scope: self.lane.scope,
+            retry_after: Duration::from_secs(1),
+        })?;
+        let mut fallback = self
+            .fallback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*fallback {
+            Some((n, lane)) if *n == share => Ok(lane.clone()),
+            _ => {
+                let lane = Arc::new(Lane::new(self.lane.scope, share));
+                *fallback = Some((share, lane.clone()));
+                Ok(lane)
+            }
+        }
+    }
 }
 
 /// One app's limits, found once when a request is routed to the app.
 pub struct Lanes {
-    app: Lane,
-    apis: HashMap<String, Lane>,
+    app: Limit,
+    apis: HashMap<String, Limit>,
     waiting: Arc<AtomicUsize>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Lanes {
@@ -105,41 +179,99 @@ impl Lanes {
         let turn = Turn {
             api: self.apis.get(api.name()),
             app: &self.app,
+            fleet: self.fleet.as_deref(),
+            max_wait,
         };
-        let start = Instant::now();
-        // Refuse at once when any lane is already too far behind.
-        for lane in turn.lanes() {
-            lane.predict(start, max_wait)?;
-        }
-        let _waiting = Queued::enter(&self.waiting);
-        for lane in turn.lanes() {
-            let now = Instant::now();
-            let budget = max_wait.saturating_sub(now - start);
-            let ticket = lane.reserve(now, budget)?;
-            // A timer, even one already due, costs a tick (~1 ms): sleep only when waiting.
-            if ticket.slot > now {
-                tokio::time::sleep_until(ticket.slot).await;
+        match &self.fleet {
+            None => {
+                let lanes: Vec<&Lane> = turn.limits().map(|l| &l.lane).collect();
+                pace(&lanes, max_wait, &self.waiting).await?;
             }
-            ticket.used();
+            Some(fleet) => self.shared(fleet, &turn, max_wait).await?,
         }
         Ok(turn)
     }
 
-    /// `turn` then `send_now`, for a caller with nothing to prepare in between.
-    pub async fn acquire(&self, api: &Api, max_wait: Duration) -> Result<(), Throttled> {
-        self.turn(api, max_wait).await?.send_now().await;
-        Ok(())
+    /// A turn in Redis, or on this replica's share while Redis is gone.
+    async fn shared(
+        &self,
+        fleet: &Arc<Fleet>,
+        turn: &Turn<'_>,
+        max_wait: Duration,
+    ) -> Result<(), Throttled> {
+        let start = Instant::now();
+        let _waiting = Queued::enter(&self.waiting);
+        loop {
+            let budget = max_wait.saturating_sub(start.elapsed());
+            match fleet.fallback_in() {
+                None => {
+                    let asks: Vec<Ask> = turn.limits().map(Limit::ask).collect();
+                    if fleet.turn(&asks, budget).await?.is_some() {
+                        return Ok(());
+                    }
+                }
+                Some(wait) if wait > budget => {
+                    return Err(Throttled {
+                        scope: Scope::App,
+                        retry_after: wait,
+                    });
+                }
+                Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+                Some(_) => {
+                    let lanes = turn
+                        .limits()
+                        .map(|l| l.fallback(fleet))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let lanes: Vec<&Lane> = lanes.iter().map(|l| &**l).collect();
+                    return pace(&lanes, budget, &AtomicUsize::new(0)).await;
+                }
+            }
+        }
     }
 
-    /// Tencent said `scope` is over its limit: run it slower for a while.
+    /// `turn` then `send_now`, for a caller with nothing to prepare in between.
+    pub async fn acquire(&self, api: &Api, max_wait: Duration) -> Result<(), Throttled> {
+        self.turn(api, max_wait).await?.send_now().await
+    }
+
+    /// Tencent said `scope` is over its limit: run it slower for a while (in the fleet: for
+    /// every replica).
     pub fn slow_down(&self, api: &Api, scope: Scope) {
-        let lane = match scope {
+        let limit = match scope {
             Scope::Api => self.apis.get(api.name()),
             Scope::App => None,
         };
         // An API without its own lane slows the whole app: that is the lane it runs in.
-        lane.unwrap_or(&self.app).slow_down(Instant::now());
+        let limit = limit.unwrap_or(&self.app);
+        limit.lane.slow_down(Instant::now());
+        if let Some(fleet) = &self.fleet {
+            fleet.slow_down(limit.key.clone(), limit.limit);
+            if let Ok(lane) = limit.fallback(fleet) {
+                lane.slow_down(Instant::now());
+            }
+        }
     }
+}
+
+/// Reserves a slot on each lane in order, sleeping until each; refuses at once when any
+/// lane is already further behind than `max_wait`.
+async fn pace(lanes: &[&Lane], max_wait: Duration, waiting: &AtomicUsize) -> Result<(), Throttled> {
+    let start = Instant::now();
+    for lane in lanes {
+        lane.predict(start, max_wait)?;
+    }
+    let _waiting = Queued::enter(waiting);
+    for lane in lanes {
+        let now = Instant::now();
+        let budget = max_wait.saturating_sub(now - start);
+        let ticket = lane.reserve(now, budget)?;
+        // A timer, even one already due, costs a tick (~1 ms): sleep only when waiting.
+        if ticket.slot > now {
+            tokio::time::sleep_until(ticket.slot).await;
+        }
+        ticket.used();
+    }
+    Ok(())
 }
 
 /// One attempt's turn, granted by `Lanes::turn`: the attempt may go on the wire once it has
@@ -156,20 +288,54 @@ impl Lanes {
 /// ```
 #[must_use = "a turn is spent by send_now, right before the request is written"]
 pub struct Turn<'a> {
-    api: Option<&'a Lane>,
-    app: &'a Lane,
+    api: Option<&'a Limit>,
+    app: &'a Limit,
+    fleet: Option<&'a Fleet>,
+    max_wait: Duration,
 }
 
 impl Turn<'_> {
-    /// The lanes this attempt passes, narrowest first.
-    fn lanes(&self) -> impl Iterator<Item = &Lane> {
+    /// The limits this attempt passes, narrowest first.
+    fn limits(&self) -> impl Iterator<Item = &Limit> {
         self.api.into_iter().chain([self.app])
     }
 
     /// Waits until a request sent now keeps every limit, and counts it as sent: call it with
-    /// the connection ready, right before writing the request.
-    pub async fn send_now(self) {
-        guard(self.api, self.app).await;
+    /// the connection ready, right before writing the request. In a fleet, `Throttled` when
+    /// Redis went away since the turn and this replica may not spend its share yet.
+    pub async fn send_now(self) -> Result<(), Throttled> {
+        guard(self.api.map(|l| &l.lane), &self.app.lane).await;
+        let Some(fleet) = self.fleet else {
+            return Ok(());
+        };
+        loop {
+            match fleet.fallback_in() {
+                None => {
+                    let asks: Vec<Ask> = self.limits().map(Limit::ask).collect();
+                    if fleet.guard(&asks, self.max_wait).await? {
+                        return Ok(());
+                    }
+                }
+                Some(wait) if !wait.is_zero() => {
+                    return Err(Throttled {
+                        scope: Scope::App,
+                        retry_after: wait,
+                    });
+                }
+                Some(_) => {
+                    let lanes = self
+                        .limits()
+                        .map(|l| l.fallback(fleet))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let lanes: Vec<&Lane> = lanes.iter().map(|l| &**l).collect();
+                    match fleet.fallback_send(&lanes) {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => {}
+                        Err(wait) => tokio::time::sleep(wait).await,
+                    }
+                }
+            }
+        }
     }
 }
 

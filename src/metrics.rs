@@ -25,6 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
 use crate::api::Api;
 use crate::config::App;
@@ -123,9 +124,77 @@ pub struct Metrics {
     /// Every `api` label value besides `other` and `none`.
     apis: HashSet<String>,
     apps: HashMap<u64, Arc<AppSeries>>,
+    fleet: FleetSeries,
+}
+
+/// The fleet's series (`[fleet]`): Redis up or not, the live size, fallback transitions,
+/// Redis call latency. Cloned into the limiter, which updates them.
+#[derive(Clone)]
+pub struct FleetSeries {
+    /// 1 while lanes are shared in Redis, 0 in fallback.
+    pub redis_up: Gauge,
+    /// Live members of the fleet, as Redis last said.
+    pub members: Gauge,
+    /// Switches from Redis to the local fallback.
+    pub to_fallback: Counter,
+    /// Switches back from the fallback to Redis.
+    pub to_shared: Counter,
+    /// Time of one Redis call, timeouts included.
+    pub latency: Histogram,
+}
+
+impl FleetSeries {
+    fn new() -> FleetSeries {
+        FleetSeries {
+            redis_up: Gauge::default(),
+            members: Gauge::default(),
+            to_fallback: Counter::default(),
+            to_shared: Counter::default(),
+            latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    to: &'static str,
 }
 
 impl Metrics {
+    /// The fleet's series, for the limiter to update.
+    pub fn fleet(&self) -> FleetSeries {
+        self.fleet.clone()
+    }
+
+    fn register_fleet(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "fleet_redis_up",
+            "1 while the limits are shared in Redis, 0 while this replica is on its fallback share",
+            self.fleet.redis_up.clone(),
+        );
+        r.register(
+            "fleet_members",
+            "Live timgate replicas sharing the limits, as Redis last said",
+            self.fleet.members.clone(),
+        );
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        let to = |to| transitions.get_or_create(&TransitionLabels { to }).clone();
+        self.fleet.to_fallback = to("fallback");
+        self.fleet.to_shared = to("shared");
+        r.register(
+            "fleet_transitions",
+            "Switches between shared lanes in Redis and the local fallback",
+            transitions,
+        );
+        r.register_with_unit(
+            "fleet_redis_call",
+            "Time of one Redis call of the shared limiter, timeouts included",
+            Unit::Seconds,
+            self.fleet.latency.clone(),
+        );
+    }
+
     /// Every metric, registered under the `timgate_` prefix, with the per-app series of
     /// `apps` created up front (they show as 0 before the first request) and each app's
     /// configured limits as gauges.
@@ -151,6 +220,7 @@ impl Metrics {
                 .chain(apps.iter().flat_map(|app| app.api_limits.keys().cloned()))
                 .collect(),
             apps: HashMap::new(),
+            fleet: FleetSeries::new(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -201,6 +271,7 @@ impl Metrics {
             metrics.inflight.clone(),
         );
         metrics.register_operators_view(apps);
+        metrics.register_fleet();
         metrics.apps = apps
             .iter()
             .map(|app| {

@@ -63,8 +63,13 @@ impl Gateway {
     /// Builds the gateway; `emulator` is the in-process emulator's address, for apps
     /// configured with `endpoint = "emulator"` (an error when there is none).
     pub fn new(config: &Config, emulator: Option<SocketAddr>) -> Result<Gateway, ConfigError> {
-        let limiter = Limiter::default();
         let metrics = Arc::new(Metrics::new(&config.apps));
+        let limiter = Limiter::new(config.fleet.as_ref(), metrics.fleet()).map_err(|message| {
+            ConfigError {
+                key: "fleet".into(),
+                message,
+            }
+        })?;
         let routes = config
             .apps
             .iter()
@@ -181,9 +186,20 @@ impl Gateway {
                 }
             };
             call.attempts += 1;
-            let tried = self
+            let tried = match self
                 .attempt(route, turn, api, target, body.clone(), call)
-                .await;
+                .await
+            {
+                Ok(tried) => tried,
+                Err(held) => {
+                    // The fleet's Redis went away after the turn and this replica's own
+                    // share is not free yet: nothing was sent; 429 like any full lane.
+                    route.series.rejected(held.scope);
+                    return last.map_or(Err(Error::Throttled(held)), |tried| {
+                        tried.map_err(Error::Upstream)
+                    });
+                }
+            };
             match retry::decide(&tried) {
                 Verdict::Answer => return tried.map_err(Error::Upstream),
                 Verdict::SlowDown(scope) => route.lanes.slow_down(api, scope),
@@ -238,7 +254,8 @@ impl Gateway {
 
     /// One attempt whose turn has come: a ready connection (handshakes done), then the
     /// send-time check of every limit, then the request on the wire at once — so a slow
-    /// handshake can never bunch requests at Tencent past the limit.
+    /// handshake can never bunch requests at Tencent past the limit. `Err`: the send-time
+    /// check could not clear it (a fleet whose Redis went away since the turn), nothing sent.
     async fn attempt(
         &self,
         route: &Route,
@@ -247,9 +264,12 @@ impl Gateway {
         target: Uri,
         body: Bytes,
         call: &mut Call<'_>,
-    ) -> Result<Reply, upstream::Error> {
-        let connection = self.upstream.connect(&route.origin).await?;
-        turn.send_now().await;
+    ) -> Result<Result<Reply, upstream::Error>, Throttled> {
+        let connection = match self.upstream.connect(&route.origin).await {
+            Ok(connection) => connection,
+            Err(unreachable) => return Ok(Err(unreachable)),
+        };
+        turn.send_now().await?;
         let sent = Instant::now();
         let reached_before = call.reached_tencent;
         call.reached_tencent = true;
@@ -264,7 +284,7 @@ impl Gateway {
         route.series.attempt(sent.elapsed(), call.attempts > 1);
         let code = tried.as_ref().ok().and_then(|r| r.envelope.error_code);
         route.series.answered(api.name(), code);
-        tried
+        Ok(tried)
     }
 
     /// Starts the drain: requests whose turn would come too late to finish by `deadline` are

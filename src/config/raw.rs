@@ -10,8 +10,8 @@ use hyper::Uri;
 use serde::Deserialize;
 
 use super::{
-    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, ExtraRoots, Log, LogFormat,
-    Region, SecretKey, Server,
+    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, ExtraRoots, Fleet, Log,
+    LogFormat, RedisUrl, Region, SecretKey, Server,
 };
 
 #[derive(Deserialize)]
@@ -25,6 +25,69 @@ pub(super) struct RawConfig {
     log: RawLog,
     #[serde(default)]
     apps: Vec<RawApp>,
+    #[serde(default)]
+    fleet: RawFleet,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFleet {
+    redis_url: Option<String>,
+    redis_password_env: Option<String>,
+    key_prefix: String,
+    replicas: u32,
+    timeout_ms: u64,
+}
+
+impl Default for RawFleet {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_password_env: None,
+            key_prefix: "timgate".into(),
+            replicas: 1,
+            timeout_ms: 50,
+        }
+    }
+}
+
+impl RawFleet {
+    fn validate(self) -> Result<Option<Fleet>, ConfigError> {
+        let Some(url) = self.redis_url else {
+            return Ok(None);
+        };
+        let password = match self.redis_password_env {
+            None => None,
+            Some(var) => Some(SecretKey::new(&std::env::var(&var).map_err(|_| {
+                ConfigError::new(
+                    "fleet.redis_password_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?)),
+        };
+        let redis =
+            RedisUrl::new(&url, password).map_err(|e| ConfigError::new("fleet.redis_url", e))?;
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "fleet.key_prefix",
+                "must be a non-empty word without spaces",
+            ));
+        }
+        let replicas = NonZeroU32::new(self.replicas)
+            .ok_or_else(|| ConfigError::new("fleet.replicas", "must be at least 1"))?;
+        if !(1..=1000).contains(&self.timeout_ms) {
+            return Err(ConfigError::new(
+                "fleet.timeout_ms",
+                "must be between 1 and 1000: a limiter call slower than that is an outage",
+            ));
+        }
+        Ok(Some(Fleet {
+            redis,
+            key_prefix: self.key_prefix,
+            replicas,
+            timeout: Duration::from_millis(self.timeout_ms),
+        }))
+    }
 }
 
 #[derive(Deserialize)]
@@ -180,6 +243,7 @@ impl RawConfig {
                 format: self.log.format,
             },
             apps,
+            fleet: self.fleet.validate()?,
         })
     }
 }

@@ -30,6 +30,17 @@ pub(super) async fn guard(api: Option<&Lane>, app: &Lane) {
     }
 }
 
+/// Passes every lane's guard now, or says how long to wait (cells admitted before a refusal
+/// are not reused, as in `guard`).
+pub(super) fn try_guard(lanes: &[&Lane]) -> Result<(), Duration> {
+    for lane in lanes {
+        lane.guard
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(TokioClock.now()))?;
+    }
+    Ok(())
+}
+
 type Guard = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
 
 /// One limit: its pacing state and its send-time guard.

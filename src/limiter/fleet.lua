@@ -1,0 +1,195 @@
+-- timgate's shared lanes: one script, loaded once, run by EVALSHA. Times are microseconds of
+-- Redis's own clock (TIME), never a replica's; ARGV[2] may fix "now" for tests.
+--
+-- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat)
+-- KEYS[2] claims  (hash: replica id -> fallback claim, millionths of every limit)
+-- KEYS[3] epoch   (string: when this Redis state was born)
+-- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until), narrowest first
+--
+-- ARGV[1] op: turn | guard | release | slow | beat | leave
+-- ARGV[2] now ("" = TIME)
+-- ARGV[3] heartbeat expiry: a member whose last live beat is older is counted in fallback
+-- ARGV[4] epoch quarantine: no guard admits before the epoch's birth plus this
+-- ARGV[5..] per op, below.
+
+local PACE, GUARD, SPREAD, MILLION, SLOWDOWN, KEEP = 0.96, 0.97, 0.025, 1000000, 2000000, 10000
+
+local op = ARGV[1]
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * MILLION + tonumber(t[2])
+end
+local expiry = tonumber(ARGV[3])
+local born = tonumber(redis.call('GET', KEYS[3]))
+if not born then
+  born = now
+  redis.call('SET', KEYS[3], born)
+end
+local open = born + tonumber(ARGV[4])
+
+-- The claims of members whose heartbeat lapsed: they may be spending them in fallback.
+local function lapsed_claims()
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - expiry))
+  local claims = {}
+  if #ids > 0 then
+    for i, claim in ipairs(redis.call('HMGET', KEYS[2], unpack(ids))) do
+      claims[i] = tonumber(claim) or 0
+    end
+  end
+  return claims
+end
+
+-- A lane's limit less what lapsed members may send on their own.
+local function capacity(limit, claims)
+  local c = limit
+  for _, claim in ipairs(claims) do
+    c = c - math.floor(limit * claim / MILLION)
+  end
+  return c
+end
+
+local function field(key, name)
+  return tonumber(redis.call('HGET', key, name)) or 0
+end
+
+local function store(key, name, value)
+  redis.call('HSET', key, name, value)
+  redis.call('PEXPIRE', key, KEEP)
+end
+
+-- turn: ARGV[5] longest wait, ARGV[6..] each lane's limit.
+-- Reserves one pacing slot (GCRA, burst 1, at PACE x capacity) on every lane at once, or,
+-- when the first (API) lane is further behind than the app lane by more than one interval,
+-- on the first lane only, so a slow API never leaves a hole in its app's lane.
+-- Returns {lanes reserved, wait, before1, after1[, before2, after2]} or {-lane, retry after}.
+if op == 'turn' then
+  local max_wait = tonumber(ARGV[5])
+  local claims = lapsed_claims()
+  local slots, intervals = {}, {}
+  for i = 4, #KEYS do
+    local c = capacity(tonumber(ARGV[i + 2]), claims)
+    if c < 1 then
+      return {-(i - 3), MILLION}
+    end
+    local interval = math.ceil(MILLION / (PACE * c))
+    if field(KEYS[i], 's') > now then
+      interval = interval * 2
+    end
+    local slot = math.max(field(KEYS[i], 'p'), now)
+    if slot - now > max_wait then
+      return {-(i - 3), slot - now}
+    end
+    slots[i - 3], intervals[i - 3] = slot, interval
+  end
+  local n = #slots
+  if n == 2 and slots[1] > slots[2] + intervals[2] then
+    n = 1
+  end
+  local slot = slots[1]
+  for i = 2, n do
+    slot = math.max(slot, slots[i])
+  end
+  local reply = {n, slot - now}
+  for i = 1, n do
+    local before = field(KEYS[i + 3], 'p')
+    store(KEYS[i + 3], 'p', slot + intervals[i])
+    reply[#reply + 1] = before
+    reply[#reply + 1] = slot + intervals[i]
+  end
+  return reply
+end
+
+-- release: ARGV[5..] before, after per lane. A reservation given back while still the last.
+if op == 'release' then
+  for i = 4, #KEYS do
+    local before, after = ARGV[2 * i - 3], ARGV[2 * i - 2]
+    if redis.call('HGET', KEYS[i], 'p') == after then
+      store(KEYS[i], 'p', before)
+    end
+  end
+  return 0
+end
+
+-- guard: ARGV[5..] each lane's limit. The send-time guard, fleet-wide: GCRA at rate
+-- r = GUARD x capacity with burst b = capacity - floor(r x (1 + SPREAD)): at most capacity
+-- admissions in any window of 1 + SPREAD seconds, so sends that reach Tencent up to
+-- SPREAD apart from when Redis admitted them still make at most capacity in any second.
+-- Admits on every lane or on none; returns 0, or how long to wait before asking again.
+if op == 'guard' then
+  if now < open then
+    return open - now
+  end
+  local claims = lapsed_claims()
+  local wait, next_tat = 0, {}
+  for i = 4, #KEYS do
+    local c = capacity(tonumber(ARGV[i + 1]), claims)
+    if c < 1 then
+      return MILLION
+    end
+    local rate = GUARD * c
+    local interval = math.ceil(MILLION / rate)
+    local burst = c - math.floor(rate * (1 + SPREAD))
+    local tat = math.max(field(KEYS[i], 'g'), now)
+    wait = math.max(wait, tat - now - (burst - 1) * interval)
+    next_tat[i] = tat + interval
+  end
+  if wait > 0 then
+    return wait
+  end
+  for i = 4, #KEYS do
+    store(KEYS[i], 'g', next_tat[i])
+  end
+  return 0
+end
+
+-- slow: ARGV[5] the lane's limit. Tencent said too fast: half pace for a while, from now.
+if op == 'slow' then
+  local c = math.max(capacity(tonumber(ARGV[5]), lapsed_claims()), 1)
+  local interval = math.ceil(MILLION / (PACE * c))
+  store(KEYS[4], 's', now + SLOWDOWN)
+  store(KEYS[4], 'p', math.max(field(KEYS[4], 'p'), now) + 2 * interval)
+  return 0
+end
+
+-- beat: ARGV[5] id, ARGV[6] the claim it holds now, ARGV[7] the claim it wants,
+-- ARGV[8] 1 = live, 0 = register as possibly in fallback, ARGV[9] ignore after ("" = never),
+-- ARGV[10] how long a lapsed member is kept.
+-- The claims never sum above a million: a larger claim is granted from what is free, and
+-- never below what the replica holds now. Returns {claim, live members, members, now}.
+if op == 'beat' then
+  local id, held, wanted = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+  local not_after = tonumber(ARGV[9])
+  if not_after and now > not_after then
+    return {-1, 0, 0, now}
+  end
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[10])))) do
+    redis.call('ZREM', KEYS[1], gone)
+    redis.call('HDEL', KEYS[2], gone)
+  end
+  local others = 0
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    if all[i] ~= id then
+      others = others + tonumber(all[i + 1])
+    end
+  end
+  local granted = math.max(held, math.min(wanted, MILLION - others))
+  redis.call('HSET', KEYS[2], id, granted)
+  if ARGV[8] == '1' then
+    redis.call('ZADD', KEYS[1], now, id)
+  else
+    redis.call('ZADD', KEYS[1], now - expiry - 1, id)
+  end
+  local live = redis.call('ZCOUNT', KEYS[1], now - expiry, '+inf')
+  return {granted, live, redis.call('ZCARD', KEYS[1]), now}
+end
+
+-- leave: ARGV[5] id. A replica that shuts down gives its claim back.
+if op == 'leave' then
+  redis.call('ZREM', KEYS[1], ARGV[5])
+  redis.call('HDEL', KEYS[2], ARGV[5])
+  return 0
+end
+
+return redis.error_reply('unknown op ' .. tostring(op))

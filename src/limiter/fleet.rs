@@ -1,0 +1,520 @@
+//! The fleet's shared lanes in Redis, and the local fallback that keeps the limit when Redis
+//! is slow or gone.
+//!
+//! # Shared mode
+//! Every timgate on the same Redis and `key_prefix` shares each app lane and API lane. The
+//! two layers of a local lane move into Redis, each one atomic call of one Lua script
+//! (`fleet.lua`, loaded once, run by EVALSHA, on Redis's own clock):
+//! - **turn**: the pacing reservation (GCRA, burst 1, at 0.96 × capacity), API lane and app
+//!   lane in one call. It returns the wait, so arrival order across the fleet, the refusal of
+//!   a wait known to be too long (429, `Retry-After`, 60011/60007) and giving a slot back
+//!   when a caller leaves all work as in one process.
+//! - **guard**: right before the write, a GCRA check at 0.97 × capacity with burst
+//!   capacity − floor(0.97 × capacity): at most `capacity` admissions in any closed second
+//!   of Redis time, fleet-wide, however late replicas wake up or connect.
+//!
+//! The local governor guard at L stays in front of both: no replica ever sends more than L
+//! alone. A lane's *capacity* is its limit less the fallback shares of members whose
+//! heartbeat has lapsed.
+//!
+//! # Membership and claims
+//! Every replica beats every `BEAT` into a sorted set scored by Redis time; a member whose
+//! last live beat is older than `EXPIRY` has *lapsed* and is counted as possibly sending on
+//! its own. Each member holds a *claim* c (millionths): its fallback share of a limit L is
+//! floor(L × c / 10⁶). Claims are granted by the beat script so that they never sum above
+//! 10⁶; a replica adopts a smaller claim before asking and a larger one only once granted,
+//! so Redis always accounts at least what the replica may spend. The live size N is the
+//! `timgate_fleet_members` metric; each replica asks for 10⁶ / (members it saw).
+//!
+//! # Fallback, and why the sum stays ≤ L in every sliding second
+//! Let S(t) be what Redis-admitted sends do in a second and F what fallback replicas do.
+//! - *Shared sends*: every one passed the Redis guard, which admits at most the capacity
+//!   C = L − Σ(lapsed shares) in any second of Redis time.
+//! - *Fallback sends*: a replica in fallback paces and guards itself locally at its share,
+//!   so it sends at most its share in any second.
+//! - *Losing Redis*: a replica whose call fails or passes `timeout_ms` stops using Redis at
+//!   once but waits before spending its share (requests wait or get 429 meanwhile). Every
+//!   live beat it sent carries a deadline in Redis time (its local send time + `timeout_ms`,
+//!   mapped through the clock offset bound measured by the previous beat), and Redis ignores
+//!   a beat that arrives later — so a beat stuck in a paused Redis cannot revive it. Hence
+//!   Redis sees it lapsed, and subtracts its share from C, by local time
+//!   `live_until` = last live beat sent + `timeout_ms` + last round trip + `EXPIRY`. The
+//!   replica spends its share only from `live_until` + 1 s + `MARGIN`: by then no second
+//!   that holds one of its fallback sends also holds a guard admission made while its share
+//!   was still counted as Redis's. (Pacing reservations made before do not matter: they are
+//!   only admitted by the guard.)
+//! - *Coming back*: the first successful call registers the replica as lapsed (its claim
+//!   still subtracted) and it goes back to Redis at once; its first live beat — which gives
+//!   its share back to C — waits until 1 s + `MARGIN` after its last fallback send, and a
+//!   fallback send is only made while the mode (under one lock with that check) is fallback.
+//! - *Partial partition*: the two cases above are per replica; the others keep reserving in
+//!   Redis at the reduced C.
+//! - *Redis lost its state* (restarted without persistence): the script notices a new
+//!   epoch key and its guard admits nothing for `QUARANTINE` (> 1 s) after the epoch's
+//!   birth, so no second holds admissions of both the old and the new state; replicas that
+//!   probe during that time register their claims as lapsed first.
+//!
+//! Under all of these, any closed second holds ≤ C admitted shared sends plus ≤ Σ(lapsed
+//! shares) fallback sends = L. Known limits of the argument: (1) a replica that has never
+//! reached Redis uses 1/`replicas` of each limit, which Redis cannot account — size
+//! `replicas` to the planned fleet; (2) a lapsed member's claim is kept for `RETAIN`, and a
+//! replica cut off for longer stops sending (429) rather than spend an unaccounted share;
+//! (3) after Redis loses its state, a replica that stays cut off from the new Redis is not
+//! accounted there; (4) Redis's clock must not be stepped while replicas depend on it (its
+//! rate is assumed equal to ours within the margins above).
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Script};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::lane::Lane;
+use super::{Scope, Throttled};
+use crate::config;
+use crate::metrics::FleetSeries;
+
+/// How often a replica beats (and, while cut off, probes Redis).
+pub const BEAT: Duration = Duration::from_millis(200);
+/// A member whose last live beat is older than this is counted as possibly in fallback.
+pub const EXPIRY: Duration = Duration::from_millis(1000);
+/// After Redis loses its state, how long its guard admits nothing.
+pub const QUARANTINE: Duration = Duration::from_millis(1200);
+/// How long a lapsed member's claim is kept in Redis.
+pub const RETAIN: Duration = Duration::from_secs(600);
+/// Room for timer lateness and clock-rate differences in the waits above.
+pub const MARGIN: Duration = Duration::from_millis(100);
+/// One second: the window every limit is counted over.
+const WINDOW: Duration = Duration::from_secs(1);
+/// A whole claim: every limit.
+const MILLION: u32 = 1_000_000;
+
+/// Where this replica takes its turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// In Redis.
+    Shared,
+    /// Redis is gone; its share may be spent from `until` on.
+    Leaving { until: Instant },
+    /// On its own, at its share.
+    Fallback,
+}
+
+struct State {
+    mode: Mode,
+    /// The claim this replica may spend in fallback (millionths).
+    claim: u32,
+    /// How many members Redis last reported (lapsed included).
+    members: u32,
+    /// Upper bound of (Redis clock − our clock), µs, from the last beat.
+    offset: Option<i64>,
+    /// The last beat's round trip.
+    round_trip: Duration,
+    /// Until when a live beat already sent may keep us counted as live.
+    live_until: Option<Instant>,
+    /// The last send made on the fallback share.
+    fallback_sent: Option<Instant>,
+    /// The send time of the last call Redis answered.
+    contact: Option<Instant>,
+}
+
+/// The shared backend: one Redis connection, the script, this replica's state.
+pub struct Fleet {
+    redis: ConnectionManager,
+    script: Script,
+    prefix: String,
+    id: String,
+    timeout: Duration,
+    anchor: Instant,
+    state: Mutex<State>,
+    series: FleetSeries,
+}
+
+/// A pacing reservation in Redis, given back if dropped unused.
+pub(super) struct Reservation {
+    fleet: Arc<Fleet>,
+    keys: Vec<String>,
+    /// `before`, `after` per reserved lane, as Redis stored them.
+    tats: Vec<i64>,
+    used: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.used {
+            return;
+        }
+        let (fleet, keys, tats) = (
+            self.fleet.clone(),
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.tats),
+        );
+        // Best effort: a caller who left does not wait for Redis.
+        tokio::spawn(async move {
+            let _ = fleet
+                .call::<i64>(
+                    "release",
+                    &keys,
+                    &tats.iter().map(i64::to_string).collect::<Vec<_>>(),
+                )
+                .await;
+        });
+    }
+}
+
+/// What a shared turn asks of Redis, per lane.
+pub(super) struct Ask {
+    pub key: String,
+    pub limit: NonZeroU32,
+    pub scope: Scope,
+}
+
+impl Fleet {
+    /// Connects lazily (a Redis that is down at start is an outage like any other) and starts
+    /// the heartbeat.
+    pub fn start(config: &config::Fleet, series: FleetSeries) -> Result<Arc<Fleet>, String> {
+        let client = client(config)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let redis = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|e| format!("redis: {e}"))?;
+        let fleet = Arc::new(Fleet {
+            redis,
+            script: Script::new(include_str!("fleet.lua")),
+            prefix: config.key_prefix.clone(),
+            id: format!("{:016x}", rand::random::<u64>()),
+            timeout: config.timeout,
+            anchor: Instant::now(),
+            state: Mutex::new(State {
+                mode: Mode::Shared,
+                claim: MILLION / config.replicas.get(),
+                members: config.replicas.get(),
+                offset: None,
+                round_trip: Duration::ZERO,
+                live_until: None,
+                fallback_sent: None,
+                contact: None,
+            }),
+            series,
+        });
+        fleet.series.redis_up.set(1);
+        tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
+        Ok(fleet)
+    }
+
+    /// The Redis key of one lane.
+    pub fn key(&self, sdkappid: u64, api: Option<&str>) -> String {
+        match api {
+            Some(api) => format!("{}:lane:{sdkappid}:{api}", self.prefix),
+            None => format!("{}:lane:{sdkappid}", self.prefix),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The mode now, moving from leaving to fallback when its wait is over.
+    fn mode(&self) -> Mode {
+        let mut state = self.lock();
+        if let Mode::Leaving { until } = state.mode
+            && Instant::now() >= until
+        {
+            state.mode = Mode::Fallback;
+            warn!("fleet: spending this replica's fallback share");
+        }
+        state.mode
+    }
+
+    /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
+    pub(super) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
+        let state = self.lock();
+        let retained = state
+            .contact
+            .is_none_or(|at| at.elapsed() + EXPIRY + MARGIN < RETAIN);
+        let share = u64::from(limit.get()) * u64::from(state.claim) / u64::from(MILLION);
+        NonZeroU32::new(u32::try_from(share).unwrap_or(0)).filter(|_| retained)
+    }
+
+    /// A call failed or timed out: stop using Redis, and wait before spending the share.
+    fn lost(&self, why: &str) {
+        let mut state = self.lock();
+        if state.mode != Mode::Shared {
+            return;
+        }
+        let lapsed = state.live_until.unwrap_or_else(Instant::now);
+        let until = lapsed.max(Instant::now()) + WINDOW + MARGIN;
+        state.mode = Mode::Leaving { until };
+        drop(state);
+        self.series.redis_up.set(0);
+        self.series.to_fallback.inc();
+        warn!(
+            why,
+            wait_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+            "fleet: Redis lost; local lanes at this replica's share after the wait"
+        );
+    }
+
+    /// One script call within `timeout_ms`, with its latency recorded.
+    async fn call<T: FromRedisValue>(
+        &self,
+        op: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, String> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(format!("{}:members", self.prefix))
+            .key(format!("{}:claims", self.prefix))
+            .key(format!("{}:epoch", self.prefix))
+            .arg(op)
+            .arg("")
+            .arg(EXPIRY.as_micros() as u64)
+            .arg(QUARANTINE.as_micros() as u64);
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut redis = self.redis.clone();
+        let started = Instant::now();
+        let answer =
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut redis)).await;
+        self.series.latency.observe(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
+    }
+
+    /// Waits for a shared turn on `asks` (narrowest first). `Ok(None)`: Redis is gone, use
+    /// the fallback.
+    pub(super) async fn turn(
+        self: &Arc<Self>,
+        asks: &[Ask],
+        max_wait: Duration,
+    ) -> Result<Option<Vec<Reservation>>, Throttled> {
+        let start = Instant::now();
+        let mut reserved = Vec::new();
+        let mut from = 0;
+        while from < asks.len() {
+            let left = &asks[from..];
+            let budget = max_wait.saturating_sub(start.elapsed());
+            let keys: Vec<String> = left.iter().map(|a| a.key.clone()).collect();
+            let mut args = vec![budget.as_micros().to_string()];
+            args.extend(left.iter().map(|a| a.limit.get().to_string()));
+            let answer: Vec<i64> = match self.call("turn", &keys, &args).await {
+                Ok(answer) => answer,
+                Err(why) => {
+                    self.lost(&why);
+                    return Ok(None);
+                }
+            };
+            let (&n, rest) = answer.split_first().ok_or_else(unreachable_reply)?;
+            let wait = Duration::from_micros(rest.first().copied().unwrap_or(0).max(0) as u64);
+            if n < 0 {
+                let scope = left[(-n - 1) as usize].scope;
+                return Err(Throttled {
+                    scope,
+                    retry_after: wait,
+                });
+            }
+            let n = n as usize;
+            let reservation = Reservation {
+                fleet: self.clone(),
+                keys: keys[..n].to_vec(),
+                tats: rest[1..].to_vec(),
+                used: false,
+            };
+            // Redis's wait counts from when it ran the script; ours from its answer: later,
+            // never earlier, and the guard makes late wake-ups harmless.
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            reserved.push(reservation);
+            from += n;
+        }
+        for reservation in &mut reserved {
+            reservation.used = true;
+        }
+        Ok(Some(reserved))
+    }
+
+    /// The fleet-wide send-time guard for `asks`. `Ok(false)`: Redis is gone, so nothing may
+    /// be sent on this turn.
+    pub(super) async fn guard(&self, asks: &[Ask], max_wait: Duration) -> Result<bool, Throttled> {
+        let keys: Vec<String> = asks.iter().map(|a| a.key.clone()).collect();
+        let args: Vec<String> = asks.iter().map(|a| a.limit.get().to_string()).collect();
+        let start = Instant::now();
+        loop {
+            let wait = match self.call::<i64>("guard", &keys, &args).await {
+                Ok(wait) => Duration::from_micros(wait.max(0) as u64),
+                Err(why) => {
+                    self.lost(&why);
+                    return Ok(false);
+                }
+            };
+            if wait.is_zero() {
+                return Ok(true);
+            }
+            if start.elapsed() + wait > max_wait {
+                return Err(Throttled {
+                    scope: Scope::App,
+                    retry_after: wait,
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Where turns are taken now: `None` for Redis, else how long until the fallback share
+    /// may be spent (zero: now).
+    pub(super) fn fallback_in(&self) -> Option<Duration> {
+        match self.mode() {
+            Mode::Shared => None,
+            Mode::Leaving { until } => Some(until.saturating_duration_since(Instant::now())),
+            Mode::Fallback => Some(Duration::ZERO),
+        }
+    }
+
+    /// Passes the fallback lanes' send-time guard if the replica is still in fallback, and
+    /// records the send. `Err(wait)`: not yet; `Ok(false)`: no longer in fallback.
+    pub(super) fn fallback_send(&self, lanes: &[&Lane]) -> Result<bool, Duration> {
+        let mut state = self.lock();
+        if state.mode != Mode::Fallback {
+            return Ok(false);
+        }
+        super::lane::try_guard(lanes)?;
+        state.fallback_sent = Some(Instant::now());
+        Ok(true)
+    }
+
+    /// Tencent said too fast: slow the shared lane for every replica.
+    pub(super) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            if let Err(why) = fleet
+                .call::<i64>("slow", &[key], &[limit.get().to_string()])
+                .await
+            {
+                fleet.lost(&why);
+            }
+        });
+    }
+
+    /// Gives this replica's claim back (on shutdown).
+    pub async fn leave(&self) {
+        let _ = self
+            .call::<i64>("leave", &[], std::slice::from_ref(&self.id))
+            .await;
+    }
+
+    fn micros(&self, at: Instant) -> i64 {
+        at.saturating_duration_since(self.anchor).as_micros() as i64
+    }
+
+    /// One heartbeat: live while in Redis and past any fallback send's second; otherwise a
+    /// probe that registers this replica's claim as possibly in use.
+    async fn beat(&self) {
+        let sent = Instant::now();
+        let (live, held, wanted, not_after) = {
+            let mut state = self.lock();
+            let rejoin = state
+                .fallback_sent
+                .is_none_or(|at| sent >= at + WINDOW + MARGIN);
+            let live = state.mode == Mode::Shared && rejoin && state.offset.is_some();
+            let wanted = MILLION / state.members.max(1);
+            state.claim = state.claim.min(wanted);
+            let not_after = state
+                .offset
+                .map(|offset| (self.micros(sent + self.timeout) + offset).to_string());
+            if live {
+                let until = sent + self.timeout + state.round_trip + EXPIRY;
+                state.live_until = Some(state.live_until.map_or(until, |u| u.max(until)));
+            }
+            (live, state.claim, wanted, not_after.unwrap_or_default())
+        };
+        let args = [
+            self.id.clone(),
+            held.to_string(),
+            wanted.to_string(),
+            if live { "1" } else { "0" }.to_owned(),
+            not_after,
+            RETAIN.as_micros().to_string(),
+        ];
+        let answer = self.call::<Vec<i64>>("beat", &[], &args).await;
+        let received = Instant::now();
+        match answer {
+            Ok(reply) if reply.len() == 4 && reply[0] >= 0 => {
+                self.answered(&reply, sent, received);
+            }
+            Ok(_) => self.lost("a heartbeat reached Redis after its deadline"),
+            Err(why) => self.lost(&why),
+        }
+    }
+
+    fn answered(&self, reply: &[i64], sent: Instant, received: Instant) {
+        let mut state = self.lock();
+        state.claim = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
+        state.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
+        state.offset = Some(reply[3] - self.micros(sent));
+        state.round_trip = received - sent;
+        state.contact = Some(sent);
+        self.series.members.set(reply[1]);
+        if state.mode != Mode::Shared {
+            state.mode = Mode::Shared;
+            drop(state);
+            self.series.redis_up.set(1);
+            self.series.to_shared.inc();
+            info!("fleet: Redis is back; shared lanes again");
+        }
+    }
+}
+
+fn unreachable_reply() -> Throttled {
+    Throttled {
+        scope: Scope::App,
+        retry_after: WINDOW,
+    }
+}
+
+/// Beats every `BEAT` until the fleet is dropped.
+async fn heartbeat(fleet: Weak<Fleet>) {
+    let mut ticks = tokio::time::interval(BEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(fleet) = fleet.upgrade() else {
+            return;
+        };
+        fleet.beat().await;
+    }
+}
+
+/// The Redis client for `config`: its URL, with the password from the environment if set.
+fn client(config: &config::Fleet) -> Result<redis::Client, String> {
+    use redis::IntoConnectionInfo;
+    let mut info = config
+        .redis
+        .expose()
+        .into_connection_info()
+        .map_err(|e| format!("fleet.redis_url: {e}"))?;
+    if let Some(password) = config.redis.password() {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))
+}

@@ -1,0 +1,569 @@
+//! The fleet: several timgate processes sharing each limit through a real `redis-server`
+//! (started here on a free port, without persistence), measured at a recording upstream
+//! that counts every sliding second — and the limit kept while Redis is killed, restarted
+//! or stalled.
+//!
+//! Without `redis-server` on PATH these tests say so loudly and pass, unless `CI` is set,
+//! where they fail (`.ci/run` installs it).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Caller, Process, Recorder, free_port, sample};
+use tokio::time::Instant;
+
+const SEND: &str = "/v4/openim/sendmsg";
+
+/// A `redis-server` on a free loopback port; killed when dropped.
+struct Redis {
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one, or `None` (after saying so) when the program is missing outside CI.
+    fn start() -> Option<Redis> {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file())
+        });
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not on PATH, and CI is set: .ci/run installs it"
+            );
+            eprintln!(
+                "\n*** SKIPPED: redis-server is not on PATH; install it (apt-get install redis-server) to run the fleet tests ***\n"
+            );
+            return None;
+        }
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+        };
+        redis.spawn();
+        Some(redis)
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let id = self.child.as_ref().unwrap().id();
+        let pid = rustix::process::Pid::from_raw(i32::try_from(id).unwrap()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// SIGKILL: Redis and all its state are gone.
+    fn kill(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    /// A new, empty Redis on the same port.
+    fn restart(&mut self) {
+        self.spawn();
+    }
+
+    async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---- The script's answers, at fixed Redis times ----------------------------------------
+
+const SCRIPT: &str = include_str!("../src/limiter/fleet.lua");
+
+/// Runs one op of the script at the fixed time `now` (µs), on lanes `lanes`.
+async fn op(
+    redis: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+    now: i64,
+    lanes: &[&str],
+    args: &[String],
+) -> redis::Value {
+    let script = redis::Script::new(SCRIPT);
+    let mut call = script.prepare_invoke();
+    call.key("t:members").key("t:claims").key("t:epoch");
+    for lane in lanes {
+        call.key(*lane);
+    }
+    // Expiry 1 s, no quarantine (the epoch is born at the first call).
+    call.arg(name).arg(now).arg(1_000_000).arg(0);
+    for arg in args {
+        call.arg(arg);
+    }
+    call.invoke_async(redis).await.unwrap()
+}
+
+fn ints(value: redis::Value) -> Vec<i64> {
+    redis::FromRedisValue::from_redis_value(value).unwrap()
+}
+
+async fn turn(
+    redis: &mut redis::aio::MultiplexedConnection,
+    now: i64,
+    max_wait: i64,
+    lanes: &[(&str, u32)],
+) -> Vec<i64> {
+    let keys: Vec<&str> = lanes.iter().map(|(k, _)| *k).collect();
+    let mut args = vec![max_wait.to_string()];
+    args.extend(lanes.iter().map(|(_, l)| l.to_string()));
+    ints(op(redis, "turn", now, &keys, &args).await)
+}
+
+#[tokio::test]
+async fn the_script_reserves_in_arrival_order_refuses_long_waits_and_takes_two_lanes_at_once() {
+    let Some(server) = Redis::start() else { return };
+    let mut redis = server.client().await;
+    let t0 = 1_000_000_000_000;
+    // Limit 10/s: pacing at 9.6/s, one slot every 104,167 µs.
+    let interval = 104_167;
+    for k in 0..3 {
+        let answer = turn(&mut redis, t0, 250_000, &[("t:app", 10)]).await;
+        assert_eq!(answer[0], 1, "one lane reserved: {answer:?}");
+        assert_eq!(answer[1], k * interval, "FIFO slot {k}: {answer:?}");
+    }
+    // The fourth would wait 312,501 µs > 250,000: refused, with the wait, nothing reserved.
+    let refused = turn(&mut redis, t0, 250_000, &[("t:app", 10)]).await;
+    assert_eq!(refused, vec![-1, 3 * interval]);
+    let later = turn(&mut redis, t0 + 3 * interval, 0, &[("t:app", 10)]).await;
+    assert_eq!(later[..2], [1, 0]);
+
+    // An API lane and its app lane, reserved in one call at one slot.
+    let both = turn(
+        &mut redis,
+        t0,
+        1_000_000,
+        &[("t:api", 100), ("t:app2", 200)],
+    )
+    .await;
+    assert_eq!(both[..2], [2, 0], "{both:?}");
+    let again = turn(
+        &mut redis,
+        t0,
+        1_000_000,
+        &[("t:api", 100), ("t:app2", 200)],
+    )
+    .await;
+    // The API lane (96/s) is the later one: 10,417 µs.
+    assert_eq!(again[..2], [2, 10_417], "{again:?}");
+    // The app lane alone is not held up by the API lane's slot beyond one interval...
+    let app_only = turn(&mut redis, t0, 1_000_000, &[("t:app2", 200)]).await;
+    assert_eq!(app_only[..2], [1, 10_417 + 5209], "{app_only:?}");
+    // ...and an API far behind reserves only its own lane, the app lane follows later.
+    for _ in 0..5 {
+        turn(&mut redis, t0, 1_000_000, &[("t:api", 100)]).await;
+    }
+    let split = turn(
+        &mut redis,
+        t0,
+        1_000_000,
+        &[("t:api", 100), ("t:app2", 200)],
+    )
+    .await;
+    assert_eq!(split[0], 1, "only the API lane: {split:?}");
+    // A refusal names the lane at fault: the API lane, first.
+    let refused = turn(&mut redis, t0, 0, &[("t:api", 100), ("t:app2", 200)]).await;
+    assert_eq!(refused[0], -1, "{refused:?}");
+}
+
+#[tokio::test]
+async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_subtracted() {
+    let Some(server) = Redis::start() else { return };
+    let mut redis = server.client().await;
+    let t0 = 2_000_000_000_000;
+    // As fast as the guard admits, 1 ms apart, for 3 s: never more than 200 in a second.
+    let mut admitted = Vec::new();
+    let mut now = t0;
+    while now < t0 + 3_000_000 {
+        let wait: i64 = redis::FromRedisValue::from_redis_value(
+            op(&mut redis, "guard", now, &["g:app"], &["200".into()]).await,
+        )
+        .unwrap();
+        if wait == 0 {
+            admitted.push(now);
+        }
+        now += 1000;
+    }
+    // Nor more than 200 in any 1.025 s, so sends that reach Tencent up to 25 ms apart from
+    // their admission still make at most 200 in any second.
+    let busiest = busiest_window_us(&admitted, 1_025_000);
+    assert!((194..=200).contains(&busiest), "busiest 1.025 s {busiest}");
+
+    // A member that beat once with a third of the limit, then lapsed: the lane has 200 − 66.
+    let beat = ints(
+        op(
+            &mut redis,
+            "beat",
+            t0,
+            &[],
+            &[
+                "m1".into(),
+                "0".into(),
+                "333333".into(),
+                "1".into(),
+                String::new(),
+                "600000000".into(),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        beat[0], 333_333,
+        "claim granted from a free ledger: {beat:?}"
+    );
+    let other = ints(
+        op(
+            &mut redis,
+            "beat",
+            t0,
+            &[],
+            &[
+                "m2".into(),
+                "0".into(),
+                "1000000".into(),
+                "1".into(),
+                String::new(),
+                "600000000".into(),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(other[0], 666_667, "never more than what is free: {other:?}");
+    let lapsed = t0 + 1_500_000;
+    let slot = turn(&mut redis, lapsed, 10_000_000, &[("g:fresh", 200)]).await;
+    let next = turn(&mut redis, lapsed, 10_000_000, &[("g:fresh", 200)]).await;
+    // Both lapsed: 200 − 66 − 133 = 1 left, paced at 0.96/s.
+    assert_eq!(slot[1], 0);
+    assert_eq!(next[1], 1_041_667, "{next:?}");
+    // A beat that arrives after its deadline is ignored.
+    let late = ints(
+        op(
+            &mut redis,
+            "beat",
+            lapsed,
+            &[],
+            &[
+                "m1".into(),
+                "0".into(),
+                "333333".into(),
+                "1".into(),
+                (lapsed - 1).to_string(),
+                "600000000".into(),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(late[0], -1);
+}
+
+fn busiest_window_us(times: &[i64], window: i64) -> usize {
+    let mut start = 0;
+    let mut most = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] > window {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+// ---- Whole processes ---------------------------------------------------------------------
+
+/// A gateway process sharing app 1's limit of 200/s in `redis`, sending to `upstream`.
+async fn replica(redis: &Redis, upstream: &Recorder) -> Process {
+    let config = format!(
+        "[fleet]\nredis_url = \"{}\"\nkey_prefix = \"t{}\"\nreplicas = 3\ntimeout_ms = 50\n{}rate_limit = 200\nmax_queue_wait_ms = 1000\n",
+        redis.url(),
+        redis.port,
+        support::one_app(1, &upstream.url()),
+    );
+    Process::start(&config, &[], std::process::Stdio::null()).await
+}
+
+/// How each request was answered.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    throttled: usize,
+    throttled_without_retry_after: usize,
+    other: Vec<u16>,
+}
+
+/// Offers `rate` requests per second to `addr` for `seconds`, on a fixed schedule (not
+/// waiting for answers), and waits for every answer.
+async fn offer(addr: SocketAddr, rate: u32, seconds: f64, tally: Arc<Mutex<Tally>>) {
+    let caller = Caller::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut requests = Vec::new();
+    while Instant::now() < end {
+        ticks.tick().await;
+        let (caller, tally) = (caller.clone(), tally.clone());
+        requests.push(tokio::spawn(async move {
+            let answer = caller.post(addr, SEND, "{}").await;
+            let mut tally = tally.lock().unwrap();
+            match answer.status.as_u16() {
+                200 => tally.ok += 1,
+                429 => {
+                    tally.throttled += 1;
+                    if !answer.headers.contains_key("retry-after") {
+                        tally.throttled_without_retry_after += 1;
+                    }
+                }
+                status => tally.other.push(status),
+            }
+        }));
+    }
+    for request in requests {
+        request.await.expect("every request is answered");
+    }
+}
+
+/// The most arrivals in any closed one-second window.
+fn busiest_second(times: &[Instant]) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let mut start = 0;
+    let mut most = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] > Duration::from_secs(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+fn arrivals(upstream: &Recorder) -> Vec<Instant> {
+    upstream.seen().iter().map(|s| s.at).collect()
+}
+
+fn count_between(times: &[Instant], from: Instant, to: Instant) -> usize {
+    times.iter().filter(|t| **t >= from && **t < to).count()
+}
+
+/// Waits until every replica has beaten live at least once, so the fleet knows its size,
+/// and a request passes: a Redis seen for the first time holds its guard shut for
+/// `QUARANTINE`, as after a restart.
+async fn fleet_formed(replicas: &[Process], caller: &Caller) {
+    let size = replicas.len() as f64;
+    for replica in replicas {
+        let admin = replica.admin;
+        support::eventually(|| async move {
+            let text = caller.get(admin, "/metrics").await.body;
+            sample(
+                std::str::from_utf8(&text).unwrap(),
+                "timgate_fleet_members",
+                &[],
+            ) >= size
+        })
+        .await;
+    }
+    let addr = replicas[0].addr;
+    support::eventually(|| async move { caller.post(addr, SEND, "{}").await.status == 200 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_limit_of_200() {
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let replicas = [
+        replica(&redis, &upstream).await,
+        replica(&redis, &upstream).await,
+        replica(&redis, &upstream).await,
+    ];
+    fleet_formed(&replicas, &Caller::default()).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let start = Instant::now();
+    let loads: Vec<_> = replicas
+        .iter()
+        .map(|r| tokio::spawn(offer(r.addr, 150, 5.0, tally.clone())))
+        .collect();
+    for load in loads {
+        load.await.unwrap();
+    }
+    let times = arrivals(&upstream);
+    let tally = tally.lock().unwrap();
+    assert!(
+        tally.other.is_empty(),
+        "only 200 and 429: {:?}",
+        tally.other
+    );
+    let probes = times.iter().filter(|t| **t < start).count();
+    assert_eq!(
+        tally.ok,
+        times.len() - probes,
+        "every 200 went upstream once"
+    );
+    assert_eq!(tally.throttled_without_retry_after, 0);
+    assert!(tally.ok + tally.throttled >= 2200, "every request answered");
+    let busiest = busiest_second(&times);
+    assert!(busiest <= 200, "busiest second at the upstream: {busiest}");
+    let served = count_between(&times, start, start + Duration::from_secs(5));
+    assert!(served >= 900, "served {served} in 5 s: under 90% of 200/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_busy_replica_of_three_gets_the_whole_limit() {
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let replicas = [
+        replica(&redis, &upstream).await,
+        replica(&redis, &upstream).await,
+        replica(&redis, &upstream).await,
+    ];
+    fleet_formed(&replicas, &Caller::default()).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let start = Instant::now();
+    offer(replicas[0].addr, 250, 4.0, tally.clone()).await;
+    let times = arrivals(&upstream);
+    assert!(busiest_second(&times) <= 200);
+    let served = count_between(&times, start, start + Duration::from_secs(4));
+    // A static split would give this replica 66/s; it gets the fleet's 200/s.
+    assert!(served >= 720, "served {served} in 4 s: under 90% of 200/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_holds_while_redis_is_killed_and_restarted() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let upstream = Recorder::ok().await;
+    let replicas = [
+        replica(&redis, &upstream).await,
+        replica(&redis, &upstream).await,
+        replica(&redis, &upstream).await,
+    ];
+    fleet_formed(&replicas, &Caller::default()).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let loads: Vec<_> = replicas
+        .iter()
+        .map(|r| tokio::spawn(offer(r.addr, 150, 10.0, tally.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    redis.restart();
+    let back = Instant::now();
+    for load in loads {
+        load.await.unwrap();
+    }
+    let times = arrivals(&upstream);
+    let tally = tally.lock().unwrap();
+    assert!(
+        tally.other.is_empty(),
+        "no 5xx, only 200 and 429: {:?}",
+        tally.other
+    );
+    assert_eq!(tally.throttled_without_retry_after, 0);
+    let busiest = busiest_second(&times);
+    assert!(busiest <= 200, "busiest second at the upstream: {busiest}");
+    // Three seconds after Redis is back, the fleet serves at least 90% of the limit again.
+    let after = count_between(
+        &times,
+        back + Duration::from_secs(3),
+        back + Duration::from_millis(4500),
+    );
+    assert!(
+        after >= 270,
+        "served {after} in the 1.5 s from 3 s after Redis came back"
+    );
+    // And during the outage, after the pause, the fallback shares still served.
+    let during = count_between(&times, back - Duration::from_millis(1000), back);
+    assert!(
+        during >= 150,
+        "served {during} in the last second of the outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_is_left_within_the_timeout() {
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let gateway = replica(&redis, &upstream).await;
+    let caller = Caller::default();
+    fleet_formed(std::slice::from_ref(&gateway), &caller).await;
+    redis.signal(rustix::process::Signal::STOP);
+    let asked = Instant::now();
+    let answer = caller.post(gateway.addr, SEND, "{}").await;
+    let took = asked.elapsed();
+    redis.signal(rustix::process::Signal::CONT);
+    // Redis gave no answer: after timeout_ms (50) the replica stops waiting for it, and the
+    // request is answered — 429 with Retry-After while the fallback share is not yet free.
+    assert!(took < Duration::from_millis(400), "answered after {took:?}");
+    assert!(
+        answer.status == 429 && answer.headers.contains_key("retry-after"),
+        "{:?}",
+        answer.status
+    );
+    let text = caller.get(gateway.admin, "/metrics").await.body;
+    let text = std::str::from_utf8(&text).unwrap();
+    assert_eq!(
+        sample(
+            text,
+            "timgate_fleet_transitions_total",
+            &["to=\"fallback\""]
+        ),
+        1.0,
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("fleet"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Redis answers again: the replica goes back, and /readyz was 200 all along.
+    assert_eq!(caller.get(gateway.admin, "/readyz").await.status, 200);
+    let admin = gateway.admin;
+    support::eventually(|| {
+        let caller = caller.clone();
+        async move {
+            let text = caller.get(admin, "/metrics").await.body;
+            sample(
+                std::str::from_utf8(&text).unwrap(),
+                "timgate_fleet_redis_up",
+                &[],
+            ) == 1.0
+        }
+    })
+    .await;
+}
