@@ -96,6 +96,7 @@ pub async fn run(
         "gateway listening"
     );
     let draining_gateway = gateway.clone();
+    let leaving = gateway.clone();
     let handler = move |request| proxy::handle(gateway.clone(), request);
     let draining = async {
         shutdown.await;
@@ -105,6 +106,7 @@ pub async fn run(
     };
     let bounds = Bounds::from_config(&config.server);
     let drained = server::serve(listeners.proxy, handler, draining, bounds).await;
+    leaving.leave_fleet().await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
     if let Some((_, task)) = embedded {

@@ -293,6 +293,11 @@ impl Gateway {
         self.drain.start(deadline);
     }
 
+    /// Gives this replica's share of the fleet's limits back, once nothing more will be sent.
+    pub async fn leave_fleet(&self) {
+        self.limiter.leave().await;
+    }
+
     /// The gateway's metrics, for the admin listener.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

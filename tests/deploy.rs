@@ -29,6 +29,7 @@ fn the_kubernetes_config_passes_check() {
         .args(["check", "--config"])
         .arg(&path)
         .env("TIMGATE_SECRET_KEY", "from-the-secret")
+        .env("TIMGATE_REDIS_PASSWORD", "from-the-redis-secret")
         .output()
         .unwrap();
     std::fs::remove_file(&path).unwrap();
@@ -39,7 +40,9 @@ fn the_kubernetes_config_passes_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        printed.contains("9464") && !printed.contains("from-the-secret"),
+        printed.contains("9464")
+            && !printed.contains("from-the-secret")
+            && !printed.contains("from-the-redis-secret"),
         "{printed}"
     );
 }

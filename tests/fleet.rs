@@ -19,6 +19,10 @@ use tokio::time::Instant;
 
 const SEND: &str = "/v4/openim/sendmsg";
 
+/// The tests that run gateway processes and count seconds take turns: on a small machine,
+/// two of them at once would measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `redis-server` on a free loopback port; killed when dropped.
 struct Redis {
     child: Option<std::process::Child>,
@@ -405,6 +409,7 @@ async fn fleet_formed(replicas: &[Process], caller: &Caller) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_limit_of_200() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(redis) = Redis::start() else { return };
     let upstream = Recorder::ok().await;
     let replicas = [
@@ -445,6 +450,7 @@ async fn three_replicas_share_one_limit_of_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_busy_replica_of_three_gets_the_whole_limit() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(redis) = Redis::start() else { return };
     let upstream = Recorder::ok().await;
     let replicas = [
@@ -465,6 +471,7 @@ async fn one_busy_replica_of_three_gets_the_whole_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_holds_while_redis_is_killed_and_restarted() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(mut redis) = Redis::start() else {
         return;
     };
@@ -518,6 +525,7 @@ async fn the_limit_holds_while_redis_is_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_left_within_the_timeout() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(redis) = Redis::start() else { return };
     let upstream = Recorder::ok().await;
     let gateway = replica(&redis, &upstream).await;
