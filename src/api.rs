@@ -57,6 +57,69 @@ impl Api {
     }
 }
 
+/// What timgate knows of an API's service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// A service whose every command timgate knows, and this is one of them.
+    Command,
+    /// A service whose every command timgate knows, and this is none of them.
+    UnknownCommand,
+    /// Not such a service, but one letter or two away from one (a likely typo).
+    NearService(&'static str),
+    /// A service timgate does not list (most Chat APIs): any command may be right.
+    OtherService,
+}
+
+/// The seat API's commands (TENCENT.md §6); the live room API's are the rules table's.
+const SEAT_COMMANDS: [&str; 4] = [
+    "get_seat_list",
+    "pick_user_on_seat",
+    "kick_user_off_seat",
+    "move_user_to_seat",
+];
+
+/// The services whose every command timgate knows.
+const KNOWN_SERVICES: [&str; 2] = ["live_engine_http_srv", "room_engine_http_mic"];
+
+impl Api {
+    /// Whether this is a command timgate knows, for validating configured API names.
+    pub fn known(&self) -> Known {
+        let (service, command) = (self.service(), self.command());
+        let listed = match service {
+            "live_engine_http_srv" => crate::rules::TABLE
+                .iter()
+                .any(|(name, _)| *name == self.name()),
+            "room_engine_http_mic" => SEAT_COMMANDS.contains(&command),
+            _ => {
+                return KNOWN_SERVICES
+                    .iter()
+                    .find(|known| distance(known, service) <= 2)
+                    .map_or(Known::OtherService, |known| Known::NearService(known));
+            }
+        };
+        if listed {
+            Known::Command
+        } else {
+            Known::UnknownCommand
+        }
+    }
+}
+
+/// Levenshtein distance between two short ASCII names.
+fn distance(a: &str, b: &str) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.bytes().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// `service/command`.
 impl fmt::Display for Api {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -104,5 +167,21 @@ mod tests {
         assert_eq!(Api::from_path(&longest).unwrap().name().len(), 128);
         let over = format!("/v4/{}/{}", "s".repeat(63), "c".repeat(65));
         assert_eq!(Api::from_path(&over), None);
+    }
+
+    #[test]
+    fn knows_the_live_room_and_seat_commands_and_spots_a_misspelled_service() {
+        let known = |path: &str| Api::from_path(path).unwrap().known();
+        assert_eq!(known("/v4/live_engine_http_srv/get_room_list"), Known::Command);
+        assert_eq!(known("/v4/room_engine_http_mic/get_seat_list"), Known::Command);
+        assert_eq!(
+            known("/v4/live_engine_http_srv/get_room_lists"),
+            Known::UnknownCommand
+        );
+        assert_eq!(
+            known("/v4/live_engine_http_svr/get_room_list"),
+            Known::NearService("live_engine_http_srv")
+        );
+        assert_eq!(known("/v4/openim/sendmsg"), Known::OtherService);
     }
 }

@@ -2,13 +2,20 @@
 //! validated whole before any port is bound.
 //!
 //! Raw, serde-shaped structs are read first; `validate` turns them into typed ones (units in
-//! `Duration`, addresses parsed, exactly one secret source resolved) or into a `ConfigError`
-//! that names the offending key. The secret key is a `SecretKey`, whose `Debug` prints `***`,
-//! so a whole `Config` can be logged.
+//! `Duration`, addresses parsed, exactly one secret source resolved, every number within what
+//! the gateway can run with) or into a `ConfigError` that names the offending key, and the
+//! environment variable when one set it. The secret key is a `SecretKey`, whose `Debug`
+//! prints `***`, so a whole `Config` can be logged; `Config::to_toml` prints the effective
+//! configuration, secrets masked, in the file's own format.
 
+mod env;
+mod print;
 mod raw;
 
+pub use raw::{MAX_MS, MAX_RATE};
+
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -85,6 +92,20 @@ impl Region {
     /// The region named `name` in the configuration, if any.
     pub fn from_name(name: &str) -> Option<Region> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
+
+    /// The region's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Region::China => "china",
+            Region::Singapore => "singapore",
+            Region::Korea => "korea",
+            Region::Japan => "japan",
+            Region::Germany => "germany",
+            Region::India => "india",
+            Region::Usa => "usa",
+            Region::Indonesia => "indonesia",
+        }
     }
 
     /// The primary API domain of this data center.
@@ -239,6 +260,8 @@ pub struct Server {
     /// Certificates trusted besides Mozilla's roots (`ca_file`, PEM; default none), for a
     /// private CA in front of Tencent or a local TLS test upstream.
     pub extra_roots: ExtraRoots,
+    /// The PEM file `extra_roots` came from (`ca_file`), if any.
+    pub ca_file: Option<String>,
     /// How long accepted requests may take to finish on shutdown (`drain_timeout_ms`, default 20000).
     pub drain_timeout: Duration,
 }
@@ -273,8 +296,8 @@ pub enum LogFormat {
 /// `[emulator]`.
 #[derive(Debug, Clone)]
 pub struct Emulator {
-    /// Where `timgate emulate` listens (`listen`, default `127.0.0.1:9000`).
-    /// The in-process emulator always takes a free loopback port instead.
+    /// Where the emulator listens (`listen`, default `127.0.0.1:9000`): `timgate emulate`,
+    /// and the in-process one that `timgate run` starts when an app's endpoint is `"emulator"`.
     pub listen: SocketAddr,
 }
 
@@ -287,6 +310,8 @@ pub struct App {
     pub identifier: String,
     /// The app's SecretKey, from `secret_key`, `secret_key_env` or `secret_key_file`.
     pub secret_key: SecretKey,
+    /// Which of the three the key came from.
+    pub secret_source: SecretSource,
     /// The data center (`region`).
     pub region: Region,
     /// Where requests go (`endpoint`, default the region's primary domain over HTTPS).
@@ -310,12 +335,63 @@ pub struct App {
     pub deadline: Duration,
 }
 
+/// Where an app's SecretKey came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `secret_key`, in the configuration itself.
+    Inline,
+    /// `secret_key_env`: this environment variable.
+    Env(String),
+    /// `secret_key_file`: this file.
+    File(String),
+}
+
 /// Tencent's documented per-API limits below the app's 200/s (TENCENT.md §6).
 pub const DEFAULT_API_LIMITS: [(&str, u32); 3] = [
     ("live_engine_http_srv/get_room_list", 10),
     ("live_engine_http_srv/get_room_stats", 100),
     ("live_engine_http_srv/add_robot", 100),
 ];
+
+/// A configuration with every app's upstream known: `endpoint = "emulator"` resolved to the
+/// address the in-process emulator was bound to. [`crate::bind`] makes it together with the
+/// listeners, so a gateway built from it has nothing left to get wrong.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    config: Config,
+    /// `origins[i]` is `config.apps[i]`'s base URL.
+    origins: Vec<Uri>,
+}
+
+impl Resolved {
+    /// Resolves `config` with the in-process emulator at `emulator`, which must be `Some`
+    /// when an app's endpoint is `"emulator"` (`crate::bind` binds it exactly then).
+    pub(crate) fn new(config: Config, emulator: Option<SocketAddr>) -> Resolved {
+        let origins = config
+            .apps
+            .iter()
+            .map(|app| match &app.endpoint {
+                Endpoint::Url(uri) => uri.clone(),
+                Endpoint::Emulator => {
+                    let addr = emulator.expect("bind binds the emulator when an app needs it");
+                    Uri::try_from(format!("http://{addr}"))
+                        .expect("an IP:port makes a valid authority")
+                }
+            })
+            .collect();
+        Resolved { config, origins }
+    }
+
+    /// The configuration itself.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Each app with its upstream's base URL.
+    pub fn apps(&self) -> impl Iterator<Item = (&App, &Uri)> {
+        self.config.apps.iter().zip(&self.origins)
+    }
+}
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -337,37 +413,101 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads `path` (TOML), layers `TIMGATE__*` environment variables over it, and validates.
+    /// Reads `path` (TOML), layers the process's `TIMGATE__*` environment variables over it,
+    /// and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, std::env::vars_os())
+    }
+
+    /// Reads `path` (TOML), layers the `TIMGATE__*` variables among `vars` over it, and
+    /// validates.
+    pub fn load_with(
+        path: &Path,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Config, ConfigError> {
         let file = config::File::from(path).format(config::FileFormat::Toml);
-        Self::build(config::Config::builder().add_source(file), true)
+        Self::build(config::Config::builder().add_source(file), vars)
     }
 
     /// Validates a TOML document alone, without the environment (for tests and tools).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_with(text, [])
+    }
+
+    /// Validates a TOML document with the `TIMGATE__*` variables among `vars` layered over it.
+    pub fn from_toml_with(
+        text: &str,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Config, ConfigError> {
         let file = config::File::from_str(text, config::FileFormat::Toml);
-        Self::build(config::Config::builder().add_source(file), false)
+        Self::build(config::Config::builder().add_source(file), vars)
     }
 
     fn build(
-        builder: config::ConfigBuilder<config::builder::DefaultState>,
-        with_env: bool,
+        mut builder: config::ConfigBuilder<config::builder::DefaultState>,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Config, ConfigError> {
-        let builder = if with_env {
-            builder.add_source(
-                config::Environment::with_prefix("TIMGATE")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-        } else {
-            builder
+        let overrides = env::overrides(vars)?;
+        for o in &overrides {
+            builder = builder
+                .set_override(&o.path, o.value.as_str())
+                .map_err(|e| ConfigError::new(format!("environment {}", o.var), e.to_string()))?;
+        }
+        let blamed = |e: ConfigError| match env::blame(&overrides, &e.key) {
+            Some(var) => ConfigError::new(e.key, format!("{} (set by {var})", e.message)),
+            None => e,
         };
         let raw: RawConfig = builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| ConfigError::new("config", e.to_string()))?;
-        raw.validate()
+            .map_err(|e| blamed(ConfigError::from_library(e)))?;
+        raw.validate().map_err(blamed)
     }
+
+    /// The effective configuration in the file's own format, defaults filled in and secrets
+    /// masked: a key given inline prints as `"***"`; `secret_key_env` and `secret_key_file`
+    /// print as given, since they name where the key is, not the key.
+    pub fn to_toml(&self) -> String {
+        print::to_toml(self)
+    }
+}
+
+impl ConfigError {
+    /// The `config` library's error, with its key written the way this crate names keys
+    /// (`apps[0].rate_limit`, where the library writes `apps[0]rate_limit`).
+    fn from_library(e: config::ConfigError) -> ConfigError {
+        match e {
+            config::ConfigError::Type {
+                unexpected,
+                expected,
+                key: Some(key),
+                ..
+            } => ConfigError::new(
+                dotted(&key),
+                format!("invalid type: {unexpected}, expected {expected}"),
+            ),
+            config::ConfigError::At {
+                error,
+                key: Some(key),
+                ..
+            } => ConfigError::new(dotted(&key), error.to_string()),
+            other => ConfigError::new("config", other.to_string()),
+        }
+    }
+}
+
+/// `apps[0]rate_limit` → `apps[0].rate_limit`.
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '[' && c != '.' {
+            out.push('.');
+        }
+        after_index = c == ']';
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -510,6 +650,119 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(e.key, "server.ca_file");
         assert!(e.message.contains("no PEM certificate"), "{e}");
+    }
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        list.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn an_app_key_can_come_from_the_environment_alone() {
+        let file = GOOD.replace("secret_key = \"k\"\n", "");
+        let env = vars(&[
+            ("TIMGATE__APPS__0__SECRET_KEY", "from-env"),
+            ("TIMGATE__APPS__0__RATE_LIMIT", "500"),
+            ("TIMGATE__SERVER__LISTEN", "0.0.0.0:8080"),
+        ]);
+        let config = Config::from_toml_with(&file, env).unwrap();
+        assert_eq!(config.apps[0].secret_key.expose(), "from-env");
+        assert_eq!(config.apps[0].rate_limit.get(), 500);
+        assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn a_whole_second_app_can_come_from_the_environment() {
+        let env = vars(&[
+            ("TIMGATE__APPS__1__SDKAPPID", "1400000002"),
+            ("TIMGATE__APPS__1__IDENTIFIER", "admin2"),
+            ("TIMGATE__APPS__1__SECRET_KEY", "k2"),
+            ("TIMGATE__APPS__1__REGION", "korea"),
+        ]);
+        let config = Config::from_toml_with(GOOD, env).unwrap();
+        assert_eq!(config.apps.len(), 2);
+        assert_eq!(config.apps[1].sdkappid, 1400000002);
+        assert_eq!(config.apps[1].region, Region::Korea);
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_the_key_and_the_variable() {
+        let e = Config::from_toml_with(GOOD, vars(&[("TIMGATE__APPS__0__RATE_LIMIT", "fast")]))
+            .unwrap_err();
+        assert_eq!(e.key, "apps[0].rate_limit");
+        assert!(e.message.contains("TIMGATE__APPS__0__RATE_LIMIT"), "{e}");
+        let e = Config::from_toml_with(GOOD, vars(&[("TIMGATE__APPS__0__RATE_LIMIT", "0")]))
+            .unwrap_err();
+        assert_eq!(e.key, "apps[0].rate_limit");
+        assert!(e.message.contains("TIMGATE__APPS__0__RATE_LIMIT"), "{e}");
+        let e = Config::from_toml_with(GOOD, vars(&[("TIMGATE__SERVER__LISTN", "x")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("TIMGATE__SERVER__LISTN"), "{e}");
+    }
+
+    #[test]
+    fn a_type_error_names_the_key_with_a_dot() {
+        let e = refusal(&format!("{GOOD}rate_limit = \"fast\"\n"));
+        assert_eq!(e.key, "apps[0].rate_limit", "{e}");
+        let e = refusal(&format!("[server]\nmax_body_bytes = \"big\"\n{GOOD}"));
+        assert_eq!(e.key, "server.max_body_bytes", "{e}");
+    }
+
+    #[test]
+    fn api_limits_must_name_a_known_command_of_a_known_service() {
+        let with = |api: &str| {
+            Config::from_toml(&format!("{GOOD}[apps.api_limits]\n\"{api}\" = 5\n"))
+        };
+        let e = with("live_engine_http_srv/get_room_lists").unwrap_err();
+        assert_eq!(e.key, "apps[0].api_limits.\"live_engine_http_srv/get_room_lists\"");
+        assert!(e.message.contains("no command"), "{e}");
+        let e = with("live_engine_http_svr/get_room_list").unwrap_err();
+        assert!(e.message.contains("did you mean live_engine_http_srv"), "{e}");
+        assert!(with("room_engine_http_mic/kick_user_off_seat").is_ok());
+        assert!(with("openim/sendmsg").is_ok());
+    }
+
+    #[test]
+    fn values_the_gateway_cannot_run_with_are_refused_naming_the_key() {
+        let cases = [
+            (format!("{GOOD}rate_limit = 4000000000\n"), "apps[0].rate_limit"),
+            (format!("{GOOD}rate_limit = 1000001\n"), "apps[0].rate_limit"),
+            (format!("{GOOD}max_queue_wait_ms = 3600001\n"), "apps[0].max_queue_wait_ms"),
+            (format!("{GOOD}deadline_ms = 9223372036854775807\n"), "apps[0].deadline_ms"),
+            (format!("{GOOD}retry_cap_ms = 9000000000\n"), "apps[0].retry_cap_ms"),
+            (
+                format!("[server]\ndrain_timeout_ms = 9000000000\n{GOOD}"),
+                "server.drain_timeout_ms",
+            ),
+            (
+                format!("{GOOD}[apps.api_limits]\n\"openim/sendmsg\" = 2000000\n"),
+                "apps[0].api_limits.\"openim/sendmsg\"",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(refusal(&text).key, key, "{text}");
+        }
+        let most = format!("{GOOD}rate_limit = 1000000\nmax_queue_wait_ms = 3600000\n");
+        assert!(Config::from_toml(&most).is_ok());
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_as_the_same_one() {
+        let text = format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[log]\nformat = \"json\"\n{GOOD}\
+             endpoint = \"http://127.0.0.1:9000\"\nrate_limit = 300\n[apps.api_limits]\n\
+             \"openim/sendmsg\" = 50\n{}",
+            GOOD.replace("1400000001", "1400000002")
+                .replace("secret_key = \"k\"", "secret_key_env = \"PATH\"")
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let printed = config.to_toml();
+        assert!(printed.contains("secret_key = \"***\""), "{printed}");
+        assert!(printed.contains("secret_key_env = \"PATH\""), "{printed}");
+        let again = Config::from_toml(&printed).unwrap();
+        // The inline key prints masked; everything else, the env key included, reads back.
+        assert_eq!(again.apps[0].secret_key.expose(), "***");
+        assert_eq!(format!("{again:?}"), format!("{config:?}"));
+        assert_eq!(again.to_toml(), printed);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod upstream;
 pub mod usersig;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,40 +42,85 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::admin::Admin;
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, Resolved};
 use crate::emulator::Emulator;
 use crate::proxy::Gateway;
 use crate::server::Bounds;
 
-/// The two ports the gateway serves.
+/// The ports the gateway serves, bound by [`bind`] before anything else runs.
 pub struct Listeners {
     /// Where callers send their requests (`server.listen`).
     pub proxy: TcpListener,
     /// Health, readiness and metrics (`server.admin_listen`).
     pub admin: TcpListener,
+    /// The in-process emulator (`emulator.listen`), when an app's endpoint is `"emulator"`.
+    pub emulator: Option<TcpListener>,
+}
+
+/// A port that could not be bound, naming the listener's key and its address, e.g.
+/// `server.listen 127.0.0.1:8080: Address already in use (os error 98)`.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} {addr}: {source}")]
+pub struct BindError {
+    /// The configuration key of the listener, e.g. `server.admin_listen`.
+    pub key: &'static str,
+    /// The address it names.
+    pub addr: SocketAddr,
+    /// Why it could not be bound.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds every port `config` names (the emulator's only when an app's endpoint is
+/// `"emulator"`), and resolves that endpoint to the emulator's bound address. Nothing that
+/// [`run`] does with the result can fail for the configuration's sake.
+pub async fn bind(config: Config) -> Result<(Resolved, Listeners), BindError> {
+    async fn one(key: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+        let fail = |source| BindError { key, addr, source };
+        TcpListener::bind(addr).await.map_err(fail)
+    }
+    let proxy = one("server.listen", config.server.listen).await?;
+    let admin = one("server.admin_listen", config.server.admin_listen).await?;
+    let embedded = config.apps.iter().any(|a| a.endpoint == Endpoint::Emulator);
+    let (emulator, emulator_addr) = if embedded {
+        let key = "emulator.listen";
+        let listener = one(key, config.emulator.listen).await?;
+        let addr = listener.local_addr().map_err(|source| BindError {
+            key,
+            addr: config.emulator.listen,
+            source,
+        })?;
+        (Some(listener), Some(addr))
+    } else {
+        (None, None)
+    };
+    let listeners = Listeners {
+        proxy,
+        admin,
+        emulator,
+    };
+    Ok((Resolved::new(config, emulator_addr), listeners))
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains: readiness fails at once, no new
 /// connection is accepted, and every accepted request (queued ones included) is answered
 /// within `server.drain_timeout_ms`. The admin listener stops last.
 ///
-/// Starts the in-process emulator first when an app's endpoint is `"emulator"`.
+/// Starts the in-process emulator first on its listener, when [`bind`] made one.
 /// Returns whether every accepted connection finished within the drain deadline.
 pub async fn run(
-    config: Config,
+    resolved: Resolved,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<bool> {
-    let embedded = if config.apps.iter().any(|a| a.endpoint == Endpoint::Emulator) {
-        let emulator_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = emulator_listener.local_addr()?;
-        info!(%addr, "in-process emulator listening");
-        Some((addr, spawn_emulator(&config, emulator_listener)))
-    } else {
-        None
-    };
-    let emulator = embedded.as_ref().map(|(addr, _)| *addr);
-    let gateway = Arc::new(Gateway::new(&config, emulator).map_err(std::io::Error::other)?);
+    let config = resolved.config();
+    let embedded = listeners.emulator.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "in-process emulator listening");
+        }
+        spawn_emulator(config, listener)
+    });
+    let gateway = Arc::new(Gateway::new(&resolved).map_err(std::io::Error::other)?);
     let admin = Arc::new(Admin::new(gateway.clone()));
     let admin_addr = listeners.admin.local_addr()?;
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -109,7 +155,7 @@ pub async fn run(
     leaving.leave_fleet().await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
-    if let Some((_, task)) = embedded {
+    if let Some(task) = embedded {
         task.abort();
     }
     Ok(drained)

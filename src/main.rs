@@ -2,8 +2,9 @@
 //! a UserSig.
 //!
 //! Configuration is loaded and validated before any port is bound; a bad one exits with
-//! code 64 and a message naming the key at fault. A drain that ends with every request
-//! answered exits 0; one cut short by `drain_timeout_ms` exits 1.
+//! code 64 and a message naming the key at fault. A port that cannot be bound exits 1,
+//! naming the listener and its address. A drain that ends with every request answered
+//! exits 0; one cut short by `drain_timeout_ms` exits 1.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -11,7 +12,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use timgate::Listeners;
 use timgate::config::{Config, LogFormat, SecretKey};
 use timgate::usersig::{self, Claims};
 use tokio::net::TcpListener;
@@ -27,7 +27,12 @@ const EXIT_CONFIG: u8 = 64;
 )]
 struct Cli {
     /// The configuration file (TOML); `TIMGATE__<SECTION>__<KEY>` variables override it.
-    #[arg(long, global = true, default_value = "config/timgate.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "TIMGATE_CONFIG",
+        default_value = "config/timgate.toml"
+    )]
     config: PathBuf,
     /// Log lines as text or JSON; overrides `log.format`. The filter is `RUST_LOG`.
     #[arg(long, global = true, value_enum)]
@@ -52,7 +57,8 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Validate the configuration and print it, secrets masked; non-zero on any problem.
+    /// Validate the configuration and print the effective one as TOML, secrets masked;
+    /// exit 64 on any problem.
     Check,
     /// Print a UserSig; the key comes from the TIMGATE_SECRET_KEY environment variable.
     Sign {
@@ -91,10 +97,11 @@ fn main() -> ExitCode {
     };
     if let Command::Check = command {
         // A closed pipe (`timgate check | head`) is not an error worth a panic.
-        let _ = writeln!(
+        let _ = write!(
             std::io::stdout(),
-            "{}: valid\n{config:#?}",
-            cli.config.display()
+            "# {}: valid. The effective configuration:\n{}",
+            cli.config.display(),
+            config.to_toml()
         );
         return ExitCode::SUCCESS;
     }
@@ -151,17 +158,22 @@ fn serve(config: Config, command: Command) -> ExitCode {
         match command {
             Command::Emulate { listen } => {
                 let addr = listen.unwrap_or(config.emulator.listen);
-                let listener = TcpListener::bind(addr).await?;
-                tracing::info!(addr = %listener.local_addr()?, "emulator listening");
+                let listener = TcpListener::bind(addr).await.map_err(|source| {
+                    let key = if listen.is_some() { "--listen" } else { "emulator.listen" };
+                    timgate::BindError { key, addr, source }.to_string()
+                })?;
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(%addr, "emulator listening");
+                }
                 timgate::emulate(&config, listener, shutdown_signal()).await;
                 Ok(true)
             }
             _ => {
-                let listeners = Listeners {
-                    proxy: TcpListener::bind(config.server.listen).await?,
-                    admin: TcpListener::bind(config.server.admin_listen).await?,
-                };
-                timgate::run(config, listeners, shutdown_signal()).await
+                let (config, listeners) =
+                    timgate::bind(config).await.map_err(|e| e.to_string())?;
+                timgate::run(config, listeners, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
             }
         }
     });

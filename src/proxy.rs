@@ -11,7 +11,6 @@ mod drain;
 mod inspect;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::api::Api;
 use crate::body::{self, Budget};
-use crate::config::{App, Config, ConfigError, Endpoint};
+use crate::config::{App, ConfigError, Resolved};
 use crate::error::Error;
 use crate::limiter::{Lanes, Limiter, Throttled, Turn};
 use crate::metrics::{AppSeries, Metrics};
@@ -60,9 +59,10 @@ struct Route {
 }
 
 impl Gateway {
-    /// Builds the gateway; `emulator` is the in-process emulator's address, for apps
-    /// configured with `endpoint = "emulator"` (an error when there is none).
-    pub fn new(config: &Config, emulator: Option<SocketAddr>) -> Result<Gateway, ConfigError> {
+    /// Builds the gateway for a configuration whose every app's upstream is known. Fails only
+    /// for a `[fleet]` whose limiter cannot be built.
+    pub fn new(resolved: &Resolved) -> Result<Gateway, ConfigError> {
+        let config = resolved.config();
         let metrics = Arc::new(Metrics::new(&config.apps));
         let limiter = Limiter::new(config.fleet.as_ref(), metrics.fleet()).map_err(|message| {
             ConfigError {
@@ -70,23 +70,10 @@ impl Gateway {
                 message,
             }
         })?;
-        let routes = config
-            .apps
-            .iter()
-            .enumerate()
-            .map(|(i, app)| {
-                let origin = match (&app.endpoint, emulator) {
-                    (Endpoint::Url(uri), _) => Origin::new(uri),
-                    (Endpoint::Emulator, Some(addr)) => Origin::new(
-                        &format!("http://{addr}").parse().expect("an address makes a valid URL"),
-                    ),
-                    (Endpoint::Emulator, None) => {
-                        return Err(ConfigError {
-                            key: format!("apps[{i}].endpoint"),
-                            message: "\"emulator\" needs the in-process emulator that timgate::run starts".into(),
-                        });
-                    }
-                };
+        let routes = resolved
+            .apps()
+            .map(|(app, origin)| {
+                let origin = Origin::new(origin);
                 let signer = Signer::new(
                     app.secret_key.clone(),
                     app.sdkappid,
@@ -103,9 +90,9 @@ impl Gateway {
                     signer,
                     series: metrics.app(app.sdkappid),
                 };
-                Ok((app.sdkappid, route))
+                (app.sdkappid, route)
             })
-            .collect::<Result<_, _>>()?;
+            .collect();
         Ok(Gateway {
             routes,
             limiter,

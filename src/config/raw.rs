@@ -11,8 +11,16 @@ use serde::Deserialize;
 
 use super::{
     App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, ExtraRoots, Fleet, Log,
-    LogFormat, RedisUrl, Region, SecretKey, Server,
+    LogFormat, RedisUrl, Region, SecretKey, SecretSource, Server,
 };
+use crate::api::{Api, Known};
+
+/// The highest calls-per-second limit accepted: far above anything Tencent sells, and within
+/// what the limiter's nanosecond clock can pace (1 / (0.97 · L) must be at least 1 ns).
+pub const MAX_RATE: u32 = 1_000_000;
+/// The longest duration accepted for any `*_ms` key: one hour. Longer waits are mistakes,
+/// and every deadline added to "now" stays far from the clock's end.
+pub const MAX_MS: u64 = 3_600_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,11 +242,19 @@ impl RawConfig {
                 ));
             }
         }
+        let server = self.server.validate()?;
+        let emulator = socket_addr("emulator.listen", &self.emulator.listen)?;
+        let embedded = apps.iter().any(|a| a.endpoint == Endpoint::Emulator);
+        let taken = [server.listen, server.admin_listen];
+        if embedded && emulator.port() != 0 && taken.contains(&emulator) {
+            return Err(ConfigError::new(
+                "emulator.listen",
+                "must differ from server.listen and server.admin_listen: an app's endpoint is \"emulator\"",
+            ));
+        }
         Ok(Config {
-            server: self.server.validate()?,
-            emulator: Emulator {
-                listen: socket_addr("emulator.listen", &self.emulator.listen)?,
-            },
+            server,
+            emulator: Emulator { listen: emulator },
             log: Log {
                 format: self.log.format,
             },
@@ -283,10 +299,10 @@ impl RawServer {
                     "must be between 8192 and 1048576",
                 )
             })?;
-        if self.upstream_timeout_ms <= 3000 {
+        if !(3001..=MAX_MS).contains(&self.upstream_timeout_ms) {
             return Err(ConfigError::new(
                 "server.upstream_timeout_ms",
-                "must be above 3000: Tencent's own deadline is 3 s",
+                format!("must be between 3001 and {MAX_MS}: above Tencent's own deadline of 3 s"),
             ));
         }
         let listen = socket_addr("server.listen", &self.listen)?;
@@ -313,7 +329,8 @@ impl RawServer {
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
             extra_roots: extra_roots(self.ca_file.as_deref())?,
-            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            ca_file: self.ca_file,
+            drain_timeout: up_to_an_hour("server.drain_timeout_ms", self.drain_timeout_ms)?,
         })
     }
 }
@@ -368,25 +385,26 @@ impl RawApp {
                 "must be at least retry_base_ms",
             ));
         }
+        let (secret_key, secret_source) = secret(
+            at,
+            self.secret_key,
+            self.secret_key_env,
+            self.secret_key_file,
+        )?;
         Ok(App {
             sdkappid,
             identifier,
-            secret_key: secret(
-                at,
-                self.secret_key,
-                self.secret_key_env,
-                self.secret_key_file,
-            )?,
+            secret_key,
+            secret_source,
             region,
             endpoint,
             usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
-            rate_limit: NonZeroU32::new(self.rate_limit)
-                .ok_or_else(|| ConfigError::new(key("rate_limit"), "must be above 0"))?,
+            rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
             api_limits: api_limits(&key("api_limits"), self.api_limits)?,
-            max_queue_wait: Duration::from_millis(self.max_queue_wait_ms),
+            max_queue_wait: up_to_an_hour(&key("max_queue_wait_ms"), self.max_queue_wait_ms)?,
             max_attempts: self.max_attempts,
             retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
-            retry_cap: Duration::from_millis(self.retry_cap_ms),
+            retry_cap: millis(&key("retry_cap_ms"), self.retry_cap_ms)?,
             deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
         })
     }
@@ -403,16 +421,37 @@ fn api_limits(
     let mut limits = BTreeMap::new();
     for (api, n) in defaults.chain(configured) {
         let key = format!("{at}.\"{api}\"");
-        if crate::api::Api::from_path(&format!("/v4/{api}")).is_none() {
+        let Some(parsed) = Api::from_path(&format!("/v4/{api}")) else {
             return Err(ConfigError::new(
                 key,
-                "must name an API as \"service/command\"",
+                "must name an API as \"service/command\" (letters, digits and _)",
             ));
+        };
+        match parsed.known() {
+            Known::Command | Known::OtherService => {}
+            Known::UnknownCommand => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{} has no command {:?}", parsed.service(), parsed.command()),
+                ));
+            }
+            Known::NearService(service) => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("unknown service {:?}; did you mean {service}?", parsed.service()),
+                ));
+            }
         }
-        let n = NonZeroU32::new(n).ok_or_else(|| ConfigError::new(key, "must be above 0"))?;
-        limits.insert(api, n);
+        limits.insert(api, rate(&key, n)?);
     }
     Ok(limits)
+}
+
+/// A calls-per-second limit: 1 to `MAX_RATE`.
+fn rate(key: &str, n: u32) -> Result<NonZeroU32, ConfigError> {
+    NonZeroU32::new(n)
+        .filter(|n| n.get() <= MAX_RATE)
+        .ok_or_else(|| ConfigError::new(key, format!("must be between 1 and {MAX_RATE}")))
 }
 
 /// Resolves exactly one of the three secret sources.
@@ -421,25 +460,29 @@ fn secret(
     inline: Option<String>,
     env: Option<String>,
     file: Option<String>,
-) -> Result<SecretKey, ConfigError> {
+) -> Result<(SecretKey, SecretSource), ConfigError> {
     let key = format!("{at}.secret_key");
-    let value = match (inline, env, file) {
-        (Some(k), None, None) => k,
-        (None, Some(var), None) => std::env::var(&var).map_err(|_| {
-            ConfigError::new(
-                format!("{at}.secret_key_env"),
-                format!("environment variable {var} is not set"),
-            )
-        })?,
-        (None, None, Some(path)) => std::fs::read_to_string(&path)
-            .map_err(|e| {
+    let (value, source) = match (inline, env, file) {
+        (Some(k), None, None) => (k, SecretSource::Inline),
+        (None, Some(var), None) => {
+            let value = std::env::var(&var).map_err(|_| {
+                ConfigError::new(
+                    format!("{at}.secret_key_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            (value, SecretSource::Env(var))
+        }
+        (None, None, Some(path)) => {
+            let value = std::fs::read_to_string(&path).map_err(|e| {
                 ConfigError::new(
                     format!("{at}.secret_key_file"),
                     format!("cannot read {path}: {e}"),
                 )
-            })?
-            .trim_end_matches(['\r', '\n'])
-            .to_owned(),
+            })?;
+            let value = value.trim_end_matches(['\r', '\n']).to_owned();
+            (value, SecretSource::File(path))
+        }
         (None, None, None) => {
             return Err(ConfigError::new(
                 key,
@@ -456,7 +499,7 @@ fn secret(
     if value.is_empty() {
         return Err(ConfigError::new(key, "the secret key is empty"));
     }
-    Ok(SecretKey::new(&value))
+    Ok((SecretKey::new(&value), source))
 }
 
 /// The certificates in the PEM file at `path`, if one is configured; at least one.
@@ -489,9 +532,24 @@ fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::new(key, format!("{text:?} is not an IP:port address")))
 }
 
+/// A duration of 1 ms to an hour.
 fn millis(key: &str, ms: u64) -> Result<Duration, ConfigError> {
     if ms == 0 {
-        return Err(ConfigError::new(key, "must be above 0"));
+        return Err(ConfigError::new(
+            key,
+            format!("must be between 1 and {MAX_MS}"),
+        ));
+    }
+    up_to_an_hour(key, ms)
+}
+
+/// A duration of 0 ms to an hour.
+fn up_to_an_hour(key: &str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms > MAX_MS {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at most {MAX_MS} (an hour)"),
+        ));
     }
     Ok(Duration::from_millis(ms))
 }

@@ -85,21 +85,30 @@ where
     }
 }
 
-/// Starts the gateway for `config`, with its admin listener on another free port.
-pub async fn gateway(config: Config) -> Running {
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    let mut running = spawn(|proxy, stopped| async move {
-        let listeners = timgate::Listeners { proxy, admin };
-        timgate::run(config, listeners, async {
+/// Starts the gateway for `config` as `timgate run` does (`timgate::bind`, then
+/// `timgate::run`), with its listeners (and the in-process emulator's) on free ports.
+pub async fn gateway(mut config: Config) -> Running {
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    config.server.listen = loopback;
+    config.server.admin_listen = loopback;
+    config.emulator.listen = loopback;
+    let (resolved, listeners) = timgate::bind(config).await.unwrap();
+    let addr = listeners.proxy.local_addr().unwrap();
+    let admin = listeners.admin.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        timgate::run(resolved, listeners, async {
             let _ = stopped.await;
         })
         .await
         .unwrap()
-    })
-    .await;
-    running.admin = Some(admin_addr);
-    running
+    });
+    Running {
+        addr,
+        admin: Some(admin),
+        stop: Some(stop),
+        task,
+    }
 }
 
 /// Starts the emulator for `config`'s apps.
@@ -573,5 +582,83 @@ impl RawUpstream {
 impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.task.abort();
+/// A `timgate` process started from a whole command line (which must log JSON, e.g. with
+/// `TIMGATE__LOG__FORMAT=json`), found by its log lines rather than by guessed ports, so its
+/// listeners may be on port 0.
+pub struct Launched {
+    pub child: tokio::process::Child,
+    /// `server.listen` as bound (`timgate emulate`: where the emulator listens).
+    pub addr: SocketAddr,
+    /// `server.admin_listen` as bound (none for `timgate emulate`).
+    pub admin: Option<SocketAddr>,
+    /// The in-process emulator's address, when it started one.
+    pub emulator: Option<SocketAddr>,
+}
+
+/// How a process that never got to listening ended: its exit code and its stderr.
+#[derive(Debug)]
+pub struct Exited {
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+impl Launched {
+    /// Spawns `command` and waits (at most 20 s) until it logs "gateway listening" (or, for
+    /// `timgate emulate`, "emulator listening"), or exits.
+    pub async fn start(mut command: tokio::process::Command) -> Result<Launched, Exited> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        let mut emulator = None;
+        let reading = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push_str(&line);
+                seen.push('\n');
+                let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let fields = &value["fields"];
+                let addr = |name: &str| fields[name].as_str().and_then(|a| a.parse().ok());
+                match fields["message"].as_str() {
+                    Some("in-process emulator listening") => emulator = addr("addr"),
+                    Some("gateway listening") => return Some((addr("addr"), addr("admin"))),
+                    Some("emulator listening") => return Some((addr("addr"), None)),
+                    _ => {}
+                }
+            }
+            None
+        };
+        let found = tokio::time::timeout(std::time::Duration::from_secs(20), reading)
+            .await
+            .expect("timgate neither listened nor exited within 20 s");
+        if let Some((Some(addr), admin)) = found {
+            // Keep draining stderr so the process never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(Launched {
+                child,
+                addr,
+                admin,
+                emulator,
+            });
+        }
+        let status = child.wait().await.unwrap();
+        Err(Exited {
+            code: status.code(),
+            stderr: seen,
+        })
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn stop(mut self) -> Option<i32> {
+        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
+        let pid = rustix::process::Pid::from_raw(pid).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        self.child.wait().await.unwrap().code()
     }
 }

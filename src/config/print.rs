@@ -1,0 +1,137 @@
+//! The effective configuration as TOML, in the file's own keys and units, for `timgate check`.
+//! What it prints, pasted back into a file, is the same configuration (an inline secret key
+//! aside, which prints as `"***"`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{App, Config, Endpoint, LogFormat, SecretSource};
+
+#[derive(Serialize)]
+struct File {
+    server: Server,
+    log: Log,
+    emulator: Emulator,
+    apps: Vec<AppEntry>,
+}
+
+#[derive(Serialize)]
+struct Server {
+    listen: String,
+    admin_listen: String,
+    max_body_bytes: usize,
+    max_body_bytes_in_flight: usize,
+    max_connections: usize,
+    max_header_bytes: usize,
+    header_read_timeout_ms: u64,
+    write_timeout_ms: u64,
+    body_read_timeout_ms: u64,
+    upstream_timeout_ms: u64,
+    connect_timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<String>,
+    drain_timeout_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Log {
+    format: &'static str,
+}
+
+#[derive(Serialize)]
+struct Emulator {
+    listen: String,
+}
+
+#[derive(Serialize)]
+struct AppEntry {
+    sdkappid: u64,
+    identifier: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_key: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_key_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_key_file: Option<String>,
+    region: &'static str,
+    endpoint: String,
+    usersig_ttl_secs: u64,
+    rate_limit: u32,
+    max_queue_wait_ms: u64,
+    max_attempts: u32,
+    retry_base_ms: u64,
+    retry_cap_ms: u64,
+    deadline_ms: u64,
+    api_limits: BTreeMap<String, u32>,
+}
+
+/// Milliseconds; validation keeps every duration within an hour, so this never saturates.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) fn to_toml(config: &Config) -> String {
+    let server = &config.server;
+    let file = File {
+        server: Server {
+            listen: server.listen.to_string(),
+            admin_listen: server.admin_listen.to_string(),
+            max_body_bytes: server.max_body_bytes,
+            max_body_bytes_in_flight: server.max_body_bytes_in_flight,
+            max_connections: server.max_connections,
+            max_header_bytes: server.max_header_bytes,
+            header_read_timeout_ms: ms(server.header_read_timeout),
+            write_timeout_ms: ms(server.write_timeout),
+            body_read_timeout_ms: ms(server.body_read_timeout),
+            upstream_timeout_ms: ms(server.upstream_timeout),
+            connect_timeout_ms: ms(server.connect_timeout),
+            ca_file: server.ca_file.clone(),
+            drain_timeout_ms: ms(server.drain_timeout),
+        },
+        log: Log {
+            format: match config.log.format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+        },
+        emulator: Emulator {
+            listen: config.emulator.listen.to_string(),
+        },
+        apps: config.apps.iter().map(entry).collect(),
+    };
+    toml::to_string(&file).expect("plain strings, numbers and tables always serialize")
+}
+
+fn entry(app: &App) -> AppEntry {
+    let (secret_key, secret_key_env, secret_key_file) = match &app.secret_source {
+        SecretSource::Inline => (Some("***"), None, None),
+        SecretSource::Env(var) => (None, Some(var.clone()), None),
+        SecretSource::File(path) => (None, None, Some(path.clone())),
+    };
+    AppEntry {
+        sdkappid: app.sdkappid,
+        identifier: app.identifier.clone(),
+        secret_key,
+        secret_key_env,
+        secret_key_file,
+        region: app.region.name(),
+        endpoint: match &app.endpoint {
+            Endpoint::Url(uri) => uri.to_string().trim_end_matches('/').to_owned(),
+            Endpoint::Emulator => "emulator".to_owned(),
+        },
+        usersig_ttl_secs: app.usersig_ttl.as_secs(),
+        rate_limit: app.rate_limit.get(),
+        max_queue_wait_ms: ms(app.max_queue_wait),
+        max_attempts: app.max_attempts,
+        retry_base_ms: ms(app.retry_base),
+        retry_cap_ms: ms(app.retry_cap),
+        deadline_ms: ms(app.deadline),
+        api_limits: app
+            .api_limits
+            .iter()
+            .map(|(api, n)| (api.clone(), n.get()))
+            .collect(),
+    }
+}
