@@ -155,6 +155,7 @@ fn serve(config: Config, command: Command) -> ExitCode {
         .build()
         .expect("a Tokio runtime can be built on any supported OS");
     let result = runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         match command {
             Command::Emulate { listen } => {
                 let addr = listen.unwrap_or(config.emulator.listen);
@@ -165,13 +166,13 @@ fn serve(config: Config, command: Command) -> ExitCode {
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(%addr, "emulator listening");
                 }
-                timgate::emulate(&config, listener, shutdown_signal()).await;
+                timgate::emulate(&config, listener, shutdown).await;
                 Ok(true)
             }
             _ => {
                 let (config, listeners) =
                     timgate::bind(config).await.map_err(|e| e.to_string())?;
-                timgate::run(config, listeners, shutdown_signal())
+                timgate::run(config, listeners, shutdown)
                     .await
                     .map_err(|e| e.to_string())
             }
@@ -191,18 +192,28 @@ fn serve(config: Config, command: Command) -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is called,
+/// not when the future is first polled, so a signal that arrives while the ports are being
+/// bound or the gateway built drains it instead of killing the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
             .expect("installing a SIGTERM handler cannot fail on Unix");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        let mut interrupt = signal(SignalKind::interrupt())
+            .expect("installing a SIGINT handler cannot fail on Unix");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("shutdown requested");
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutdown requested");
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    }
 }

@@ -88,6 +88,51 @@ fn limit(check: Check) -> Option<usize> {
     }
 }
 
+/// Every documented limit, copied from TENCENT.md §6 (`live_engine_http_srv`), with the
+/// ErrorCode Tencent answers one past it (100002 "invalid parameter" unless the page names
+/// its own): (command, field, limit, code). The table under test must agree with these
+/// literals; the requests below are sized from them, not from the table.
+const DOCUMENTED: [(&str, &str, usize, i64); 17] = [
+    ("set_room_metadata", "Metadata[].Key", 10, 100500), // ≤ 10 keys
+    ("set_room_metadata", "Metadata[].Key", 50, 100504), // key ≤ 50 bytes
+    ("set_room_metadata", "Metadata[].Value", 2048, 100501), // value ≤ 2 KB
+    ("set_room_metadata", "Metadata[].Value", 16384, 100502), // all values ≤ 16 KB
+    ("create_room", "RoomInfo.RoomId", 48, 100002),
+    ("create_room", "RoomInfo.RoomName", 100, 100002),
+    ("create_room", "RoomInfo.CoverURL", 200, 100002),
+    ("create_room", "RoomInfo.Category", 3, 100002),
+    ("update_room_info", "RoomInfo.Category", 3, 100002),
+    ("update_room_info", "RoomInfo.Notice", 100, 100002),
+    ("get_room_list", "Count", 20, 100002),
+    ("ban_member", "MemberList_Account", 20, 100002),
+    ("ban_member", "Reason", 200, 100002),
+    ("unban_member", "MemberList_Account", 20, 100002),
+    ("get_banned_member_list", "Limit", 100, 100002),
+    ("get_room_stats", "RoomId", 48, 100002),
+    ("add_robot", "RoomId", 48, 100002),
+];
+
+/// The documented (limit, code) for `rule` of `api`; the table must list the same limit.
+fn documented(api: &str, rule: &Rule, table_limit: usize) -> (usize, i64) {
+    let command = api.strip_prefix("live_engine_http_srv/").unwrap();
+    let kind_matches = |n: usize| match rule.check {
+        // Two documented limits share Metadata[].Key and two Metadata[].Value: tell them
+        // apart by kind (a count of keys vs bytes; bytes of one vs of all).
+        Check::MaxDistinct(_) => n == 10,
+        Check::MaxBytes(_) if rule.field == "Metadata[].Key" => n == 50,
+        Check::MaxBytes(_) if rule.field == "Metadata[].Value" => n == 2048,
+        Check::MaxTotalBytes(_) => n == 16384,
+        _ => true,
+    };
+    let (_, _, n, code) = DOCUMENTED
+        .iter()
+        .find(|(c, f, n, _)| *c == command && *f == rule.field && kind_matches(*n))
+        .unwrap_or_else(|| panic!("{api} {}: a limit TENCENT.md does not document", rule.field));
+    assert_eq!(table_limit, *n, "{api} {}: the table says {table_limit}, Tencent {n}", rule.field);
+    assert_eq!(i64::from(rule.code), *code, "{api} {}: the code", rule.field);
+    (*n, *code)
+}
+
 #[tokio::test]
 async fn every_limit_passes_at_the_limit_and_fails_one_past_it() {
     let upstream = Recorder::ok().await;
@@ -101,7 +146,10 @@ async fn every_limit_passes_at_the_limit_and_fails_one_past_it() {
         assert_eq!(answer.code(), 0, "{api}: the valid body: {}", answer.json());
         sent += 1;
         for rule in rules.iter() {
-            let Some(n) = limit(rule.check) else { continue };
+            let Some(table_limit) = limit(rule.check) else {
+                continue;
+            };
+            let (n, code) = documented(api, rule, table_limit);
             limits += 1;
             let at = caller
                 .post(gw.addr, &path, sized(api, rule, n).to_string())
@@ -114,7 +162,7 @@ async fn every_limit_passes_at_the_limit_and_fails_one_past_it() {
             assert_eq!(over.status, hyper::StatusCode::OK);
             assert_eq!(
                 over.code(),
-                i64::from(rule.code),
+                code,
                 "{api} {} at {}: {}",
                 rule.field,
                 n + 1,
@@ -133,7 +181,7 @@ async fn every_limit_passes_at_the_limit_and_fails_one_past_it() {
             );
         }
     }
-    assert_eq!(limits, 17, "every documented limit is covered");
+    assert_eq!(limits, DOCUMENTED.len(), "every documented limit is covered");
 }
 
 #[tokio::test]
