@@ -582,6 +582,9 @@ impl RawUpstream {
 impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
 /// A `timgate` process started from a whole command line (which must log JSON, e.g. with
 /// `TIMGATE__LOG__FORMAT=json`), found by its log lines rather than by guessed ports, so its
 /// listeners may be on port 0.
