@@ -165,7 +165,9 @@ impl Metrics {
         self.fleet.clone()
     }
 
-    fn register_fleet(&mut self) {
+    /// Registers the fleet's series; only a gateway with `[fleet]` exports them, so a
+    /// local-only one never shows Redis as down.
+    pub fn register_fleet(&mut self) {
         let r = &mut self.registry;
         r.register(
             "fleet_redis_up",
@@ -182,7 +184,7 @@ impl Metrics {
         self.fleet.to_fallback = to("fallback");
         self.fleet.to_shared = to("shared");
         r.register(
-            "fleet_transitions",
+            "fleet_fallback_transitions",
             "Switches between shared lanes in Redis and the local fallback",
             transitions,
         );
@@ -272,7 +274,6 @@ impl Metrics {
             metrics.inflight.clone(),
         );
         metrics.register_operators_view(apps);
-        metrics.register_fleet();
         metrics.apps = apps
             .iter()
             .map(|app| {

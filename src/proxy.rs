@@ -63,7 +63,11 @@ impl Gateway {
     /// for a `[fleet]` whose limiter cannot be built.
     pub fn new(resolved: &Resolved) -> Result<Gateway, ConfigError> {
         let config = resolved.config();
-        let metrics = Arc::new(Metrics::new(&config.apps));
+        let mut metrics = Metrics::new(&config.apps);
+        if config.fleet.is_some() {
+            metrics.register_fleet();
+        }
+        let metrics = Arc::new(metrics);
         let limiter = Limiter::new(config.fleet.as_ref(), metrics.fleet()).map_err(|message| {
             ConfigError {
                 key: "fleet".into(),

@@ -549,7 +549,7 @@ async fn a_stalled_redis_is_left_within_the_timeout() {
     assert_eq!(
         sample(
             text,
-            "timgate_fleet_transitions_total",
+            "timgate_fleet_fallback_transitions_total",
             &["to=\"fallback\""]
         ),
         1.0,
