@@ -73,6 +73,23 @@ pub async fn read(
     deadline: Duration,
     budget: &Budget,
 ) -> Result<(Bytes, Held), Error> {
+    let (body, held) = read_exact(request, limit, deadline, budget).await?;
+    // Tencent refuses an empty body; `{}` is what every caller means by it.
+    let body = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    Ok((body, held))
+}
+
+/// `read`, with an empty body left empty.
+pub async fn read_exact(
+    request: Request<Incoming>,
+    limit: usize,
+    deadline: Duration,
+    budget: &Budget,
+) -> Result<(Bytes, Held), Error> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -87,13 +104,7 @@ pub async fn read(
     let (body, held) = tokio::time::timeout(deadline, reading)
         .await
         .map_err(|_| Error::BodyTimeout(deadline))??;
-    // Tencent refuses an empty body; `{}` is what every caller means by it.
-    let body = if body.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        body.freeze()
-    };
-    Ok((body, held))
+    Ok((body.freeze(), held))
 }
 
 /// Copies every data frame into one buffer, growing it (and the budget share) by doubling,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::api::Api;
+use crate::body::{self, Budget, Held};
 use crate::config::{App, SecretKey};
 use crate::error::json_response;
 use crate::rules::{self, Refusal};
@@ -33,6 +34,10 @@ pub use rooms::Rooms;
 
 /// The largest body the emulator reads.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Body bytes the emulator holds at once, across all connections.
+const MAX_BODY_BYTES_IN_FLIGHT: usize = 8 * 1024 * 1024;
+/// How long a caller may take to send its body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One emulated app: its key and its admin accounts.
 struct Tenant {
@@ -47,6 +52,7 @@ pub struct Emulator {
     rooms: Rooms,
     faults: Mutex<HashMap<String, Fault>>,
     seq: AtomicU64,
+    bodies: Budget,
 }
 
 /// An injected failure: the next `times` requests for an API answer `code`.
@@ -85,6 +91,7 @@ impl Emulator {
             rooms: Rooms::default(),
             faults: Mutex::default(),
             seq: AtomicU64::new(1),
+            bodies: Budget::new(MAX_BODY_BYTES_IN_FLIGHT),
         }
     }
 
@@ -223,7 +230,7 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
         .limits
         .admit(caller.sdkappid, &api, Instant::now())?;
     emulator.fault(&api)?;
-    let bytes = read_bytes(request).await?;
+    let (bytes, _held) = read_bytes(emulator, request).await?;
     emulator.execute(caller.sdkappid, &api, &bytes)
 }
 
@@ -236,23 +243,20 @@ async fn inject(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
         #[serde(flatten)]
         fault: Fault,
     }
-    let Injection { api, fault } = read_json(request).await?;
+    let (bytes, _held) = read_bytes(emulator, request).await?;
+    let Injection { api, fault } = serde_json::from_slice(&bytes).map_err(not_json)?;
     emulator.inject(api, fault);
     Ok(Value::Null)
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(
+/// The whole body, held within the emulator's own body budget.
+async fn read_bytes(
+    emulator: &Emulator,
     request: Request<Incoming>,
-) -> Result<T, Refusal> {
-    serde_json::from_slice(&read_bytes(request).await?).map_err(not_json)
-}
-
-async fn read_bytes(request: Request<Incoming>) -> Result<Bytes, Refusal> {
-    Ok(Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
+) -> Result<(Bytes, Held), Refusal> {
+    body::read_exact(request, MAX_BODY_BYTES, BODY_READ_TIMEOUT, &emulator.bodies)
         .await
-        .map_err(|_| Refusal::new(60002, "request body could not be read"))?
-        .to_bytes())
+        .map_err(|e| Refusal::new(60002, format!("request body could not be read: {e}")))
 }
 
 fn not_json(e: serde_json::Error) -> Refusal {

@@ -24,10 +24,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::config;
@@ -154,6 +154,7 @@ where
     let open = Arc::new(Semaphore::new(bounds.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let at_cap = AtomicBool::new(false);
+    let (closing, _) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -167,21 +168,9 @@ where
                         continue;
                     };
                     at_cap.store(false, Ordering::Relaxed);
-                    // Latency matters more than packet count on loopback.
-                    let _ = stream.set_nodelay(true);
-                    let handler = handler.clone();
-                    let service = service_fn(move |request| {
-                        let handler = handler.clone();
-                        async move { Ok::<_, Infallible>(checked(handler, request).await) }
-                    });
-                    let io = TokioIo::new(Guarded::new(stream, bounds.write_timeout));
-                    let connection = graceful.watch(http.serve_connection(io, service));
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            debug!(error = %e, "connection ended with an error");
-                        }
-                        drop(permit);
-                    });
+                    let watcher = graceful.watcher();
+                    let closing = closing.subscribe();
+                    tokio::spawn(connection(stream, handler.clone(), http.clone(), bounds, watcher, closing, permit));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -193,6 +182,7 @@ where
         }
     }
     drop(listener);
+    closing.send_replace(true);
     tokio::select! {
         () = graceful.shutdown() => true,
         () = tokio::time::sleep(bounds.drain) => {
@@ -200,6 +190,42 @@ where
             false
         }
     }
+}
+
+/// Serves one accepted connection. Until its first bytes arrive it costs no buffers: hyper
+/// takes over only then. Silent past `header_read_timeout`, or when the drain starts, it is
+/// closed.
+async fn connection<H, F>(
+    stream: TcpStream,
+    handler: H,
+    http: http1::Builder,
+    bounds: Bounds,
+    watcher: Watcher,
+    mut closing: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::select! {
+        ready = tokio::time::timeout(bounds.header_read_timeout, stream.readable()) => {
+            if !matches!(ready, Ok(Ok(()))) {
+                return;
+            }
+        }
+        _ = closing.wait_for(|closing| *closing) => return,
+    }
+    // Latency matters more than packet count on loopback.
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(checked(handler, request).await) }
+    });
+    let io = TokioIo::new(Guarded::new(stream, bounds.write_timeout));
+    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
+        debug!(error = %e, "connection ended with an error");
+    }
+    drop(permit);
 }
 
 fn builder(bounds: &Bounds) -> http1::Builder {

@@ -26,16 +26,25 @@ const PLAIN: &str = "/v4/openim/query_online_status";
 
 /// Writes `request` on a new connection, then reads the answer until the server closes.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    exchange_within(addr, request, Duration::from_secs(5)).await
+}
+
+/// `exchange`, allowing the server `within` to answer.
+async fn exchange_within(addr: SocketAddr, request: &[u8], within: Duration) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    read_answer(&mut stream).await
+    read_within(&mut stream, within).await
 }
 
 /// Everything the server sends until it closes, within five seconds.
 async fn read_answer(stream: &mut TcpStream) -> String {
+    read_within(stream, Duration::from_secs(5)).await
+}
+
+async fn read_within(stream: &mut TcpStream, within: Duration) -> String {
     let mut answer = Vec::new();
     let reading = stream.read_to_end(&mut answer);
-    match tokio::time::timeout(Duration::from_secs(5), reading).await {
+    match tokio::time::timeout(within, reading).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => panic!("read failed after {} bytes: {e}", answer.len()),
         Err(_) => panic!(
@@ -218,4 +227,207 @@ async fn a_caller_that_never_reads_is_closed_after_the_write_timeout() {
     let caller = Caller::default();
     assert_eq!(caller.get(gateway.admin, "/healthz").await.status, 200);
     assert!(gateway.rss_mib() < POD_MIB);
+}
+
+/// The highest resident memory of process `pid` while `attack` runs, sampled every 5 ms.
+async fn peak_mib<T>(pid: u32, attack: impl std::future::Future<Output = T>) -> (f64, T) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0f64;
+        loop {
+            peak = peak.max(support::rss_mib(pid));
+            tokio::select! {
+                _ = &mut stopped => return peak,
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    });
+    let outcome = attack.await;
+    let _ = stop.send(());
+    (sampler.await.unwrap(), outcome)
+}
+
+/// A gateway process for `server` keys in front of an OK upstream, warmed by one request;
+/// returns it with its resident memory at rest.
+async fn warm_process(server: &str) -> (Process, Recorder, f64) {
+    warm_process_with(server, "").await
+}
+
+/// `warm_process`, with more keys for the app.
+async fn warm_process_with(server: &str, app: &str) -> (Process, Recorder, f64) {
+    let upstream = Recorder::ok().await;
+    let gateway = Process::start(
+        &format!("{server}{}", one_app(1, &upstream.url()) + app),
+        &[],
+        Stdio::null(),
+    )
+    .await;
+    let answer = Caller::default().post(gateway.addr, PLAIN, "{}").await;
+    assert_eq!((answer.status, answer.code()), (hyper::StatusCode::OK, 0));
+    let idle = gateway.rss_mib();
+    (gateway, upstream, idle)
+}
+
+/// After an attack: a request is served, and memory is back within `slack` MiB of `idle`.
+async fn recovered(gateway: &Process, idle: f64, slack: f64) {
+    let answer = Caller::default().post(gateway.addr, PLAIN, "{}").await;
+    assert_eq!((answer.status, answer.code()), (hyper::StatusCode::OK, 0));
+    let after = gateway.rss_mib();
+    assert!(
+        after < idle + slack,
+        "{after:.1} MiB after, {idle:.1} MiB idle before"
+    );
+}
+
+#[tokio::test]
+async fn twelve_1_mb_bodies_in_1_byte_chunks_cost_their_bytes_not_their_frames() {
+    // The limit raised to 1 MiB so the whole body is read (and forwarded), not refused.
+    // Twelve million frames take a while on two shared cores: the body timeout allows it.
+    let server = "max_body_bytes = 1048576\nmax_body_bytes_in_flight = 16777216\n\
+                  body_read_timeout_ms = 60000\n";
+    // Its deadline too: a request's deadline runs from its arrival, so from its first byte.
+    let (gateway, upstream, idle) = warm_process_with(server, "deadline_ms = 60000\n").await;
+    let json = format!("{{\"x\":\"{}\"}}", "a".repeat(1_000_000 - 8));
+    let mut chunked = format!(
+        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for byte in json.bytes() {
+        chunked.extend_from_slice(b"1\r\n");
+        chunked.push(byte);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let chunked = Arc::new(chunked);
+    let attack = futures_join((0..12).map(|_| {
+        let (chunked, addr) = (chunked.clone(), gateway.addr);
+        async move { exchange_within(addr, &chunked, Duration::from_secs(60)).await }
+    }));
+    let (peak, answers) = peak_mib(gateway.child.id().unwrap(), attack).await;
+    for answer in answers {
+        assert_eq!((status(&answer), error_code(&answer)), (200, 0), "{answer}");
+    }
+    assert_eq!(upstream.seen().len(), 13);
+    assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
+    recovered(&gateway, idle, 16.0).await;
+}
+
+/// Runs the futures concurrently, each on its own task, and returns their outputs in order.
+async fn futures_join<T: Send + 'static>(
+    futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for task in tasks {
+        outputs.push(task.await.unwrap());
+    }
+    outputs
+}
+
+#[tokio::test]
+async fn five_thousand_idle_connections_hold_no_more_than_the_cap() {
+    // Held connections stay held for the whole test: no head timeout frees their places.
+    let (gateway, _upstream, idle) = warm_process("header_read_timeout_ms = 60000\n").await;
+    let addr = gateway.addr;
+    let connect_all = async move {
+        let mut held = Vec::new();
+        for _ in 0..5000 {
+            // Past the cap a connection may be refused while it is being made: that is fine.
+            if let Ok(stream) = TcpStream::connect(addr).await {
+                held.push(stream);
+            }
+        }
+        held
+    };
+    let (peak, held) = peak_mib(gateway.child.id().unwrap(), connect_all).await;
+    assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
+    let health = Caller::default().get(gateway.admin, "/healthz").await;
+    assert_eq!(health.status, 200);
+    // At the cap (1024 by default) a new caller is answered 503, or closed at once while
+    // many refusals are under way.
+    let request = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}");
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    let _ = late.write_all(request.as_bytes()).await;
+    let mut refused = Vec::new();
+    // Closed at once with the request unread is a reset: that counts as refused too.
+    let _ = tokio::time::timeout(Duration::from_secs(5), late.read_to_end(&mut refused))
+        .await
+        .expect("a caller past the cap is answered or closed at once");
+    let refused = String::from_utf8_lossy(&refused);
+    assert!(refused.is_empty() || status(&refused) == 503, "{refused}");
+    assert!(
+        held.len() > 1024,
+        "only {} connections were made",
+        held.len()
+    );
+    drop(held);
+    support::eventually(|| async {
+        let answer = exchange(
+            addr,
+            request
+                .replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        !answer.is_empty() && status(&answer) == 200
+    })
+    .await;
+    recovered(&gateway, idle, 16.0).await;
+}
+
+#[tokio::test]
+async fn three_hundred_unfinished_390_kb_heads_are_cut_at_the_header_bound() {
+    let (gateway, _upstream, idle) = warm_process("").await;
+    let head = Arc::new(format!(
+        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\nx-a: {}",
+        "a".repeat(390_000)
+    ));
+    let attack = futures_join((0..300).map(|_| {
+        let (head, addr) = (head.clone(), gateway.addr);
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            // Refused after 16 KiB: the rest is read and dropped while the gateway closes.
+            let _ = stream.write_all(head.as_bytes()).await;
+            read_answer(&mut stream).await
+        }
+    }));
+    let (peak, answers) = peak_mib(gateway.child.id().unwrap(), attack).await;
+    for answer in answers {
+        assert_eq!(status(&answer), 431, "{answer}");
+    }
+    assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
+    recovered(&gateway, idle, 16.0).await;
+}
+
+#[tokio::test]
+async fn three_hundred_stalled_1_mib_bodies_hold_no_more_than_the_budget() {
+    // The old 1 MiB limit, so each body is accepted; the 8 MiB budget bounds them together.
+    let server = "max_body_bytes = 1048576\nbody_read_timeout_ms = 2000\n";
+    let (gateway, upstream, idle) = warm_process(server).await;
+    let head = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 1048576\r\n\r\n");
+    let mut request = head.into_bytes();
+    request.resize(request.len() + (1 << 20) - 1, b' ');
+    let request = Arc::new(request);
+    let attack = futures_join((0..300).map(|_| {
+        let (request, addr) = (request.clone(), gateway.addr);
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            // One byte short: the body never finishes.
+            let _ = stream.write_all(&request).await;
+            read_answer(&mut stream).await
+        }
+    }));
+    let (peak, answers) = peak_mib(gateway.child.id().unwrap(), attack).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| status(a)).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 503 || *s == 408),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&503),
+        "the budget was never spent: {statuses:?}"
+    );
+    assert_eq!(upstream.seen().len(), 1, "only the warm-up request");
+    assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
+    recovered(&gateway, idle, 16.0).await;
 }

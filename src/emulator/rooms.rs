@@ -5,8 +5,12 @@
 //! at most 10 keys and 16 KB of values *after* an update, and an update that would break
 //! either changes nothing. Rooms exist from their first metadata (the emulator does not
 //! require `create_room` first).
+//!
+//! The store is bounded: a RoomId is at most 48 bytes (what `create_room` allows, so no
+//! longer one can name a room), at most `MAX_ROOMS` rooms are kept, the oldest evicted
+//! first, and a room whose last key is deleted is dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
@@ -17,13 +21,61 @@ use crate::rules::Refusal;
 pub const MAX_KEYS: usize = 10;
 /// Most bytes all of a room's values may hold together.
 pub const MAX_TOTAL_BYTES: usize = 16 * 1024;
+/// Longest RoomId, in bytes (TENCENT.md §6, `create_room`).
+pub const MAX_ROOM_ID_BYTES: usize = 48;
+/// Most rooms kept; a new room past it evicts the oldest. With 16 KB of values each, at most
+/// about 4 MiB of metadata.
+pub const MAX_ROOMS: usize = 256;
 
 type Metadata = BTreeMap<String, String>;
+type Key = (u64, String);
 
 /// Every room's metadata, keyed by SDKAppID and RoomId.
 #[derive(Default)]
 pub struct Rooms {
-    rooms: Mutex<HashMap<(u64, String), Metadata>>,
+    rooms: Mutex<Store>,
+}
+
+/// The rooms and the order they were made in, oldest first.
+#[derive(Default)]
+struct Store {
+    metadata: HashMap<Key, Metadata>,
+    age: VecDeque<Key>,
+}
+
+impl Store {
+    fn get(&self, key: &Key) -> Option<&Metadata> {
+        self.metadata.get(key)
+    }
+
+    /// Stores `metadata` for `key`, evicting the oldest room when a new one is past the cap.
+    fn insert(&mut self, key: Key, metadata: Metadata) {
+        if !self.metadata.contains_key(&key) {
+            if self.age.len() >= MAX_ROOMS {
+                if let Some(oldest) = self.age.pop_front() {
+                    self.metadata.remove(&oldest);
+                }
+            }
+            self.age.push_back(key.clone());
+        }
+        self.metadata.insert(key, metadata);
+    }
+
+    /// Removes `names` from the room; returns how many existed. An emptied room is dropped.
+    fn remove_keys(&mut self, key: &Key, names: &[&str]) -> usize {
+        let Some(metadata) = self.metadata.get_mut(key) else {
+            return 0;
+        };
+        let removed = names
+            .iter()
+            .filter(|k| metadata.remove(**k).is_some())
+            .count();
+        if metadata.is_empty() {
+            self.metadata.remove(key);
+            self.age.retain(|k| k != key);
+        }
+        removed
+    }
 }
 
 impl Rooms {
@@ -84,18 +136,16 @@ impl Rooms {
         if names.is_empty() {
             return Err(Refusal::new(100002, "Keys must not be empty"));
         }
-        let mut rooms = self.lock();
-        let metadata = rooms.get_mut(&(sdkappid, room.to_owned()));
-        let removed = metadata.map_or(0, |m| {
-            names.iter().filter(|k| m.remove(**k).is_some()).count()
-        });
+        let removed = self
+            .lock()
+            .remove_keys(&(sdkappid, room.to_owned()), &names);
         if removed == 0 {
             return Err(Refusal::new(100503, "none of the keys to delete exist"));
         }
         Ok(Value::Null)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, String), Metadata>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         // A panic elsewhere cannot leave a half-applied update: updates are built aside first.
         self.rooms
             .lock()
@@ -104,10 +154,21 @@ impl Rooms {
 }
 
 fn room_id(body: &Map<String, Value>) -> Result<&str, Refusal> {
-    body.get("RoomId")
+    let room = body
+        .get("RoomId")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Refusal::new(100002, "RoomId is required: a non-empty string"))
+        .ok_or_else(|| Refusal::new(100002, "RoomId is required: a non-empty string"))?;
+    if room.len() > MAX_ROOM_ID_BYTES {
+        return Err(Refusal::new(
+            100002,
+            format!(
+                "RoomId is {} bytes; the limit is {MAX_ROOM_ID_BYTES}",
+                room.len()
+            ),
+        ));
+    }
+    Ok(room)
 }
 
 fn keys(body: &Map<String, Value>) -> Result<Vec<&str>, Refusal> {
@@ -190,6 +251,49 @@ mod tests {
             .collect();
         assert_eq!(code(set(&rooms, &refs)), 0);
         assert_eq!(code(set(&rooms, &[("k10", "v".into())])), 100500);
+    }
+
+    #[test]
+    fn a_room_id_over_48_bytes_is_refused_and_not_stored() {
+        let rooms = Rooms::default();
+        let long = |n: usize| {
+            body(json!({"RoomId": "r".repeat(n), "Metadata": [{"Key": "k", "Value": "v"}]}))
+        };
+        assert_eq!(code(rooms.set(1, &long(48))), 0);
+        assert_eq!(code(rooms.set(1, &long(49))), 100002);
+        assert_eq!(rooms.lock().metadata.len(), 1);
+    }
+
+    #[test]
+    fn past_the_room_cap_the_oldest_room_is_evicted() {
+        let rooms = Rooms::default();
+        let set = |room: String| {
+            rooms.set(
+                1,
+                &body(json!({"RoomId": room, "Metadata": [{"Key": "k", "Value": "v"}]})),
+            )
+        };
+        for i in 0..=MAX_ROOMS {
+            assert_eq!(code(set(format!("room{i}"))), 0);
+        }
+        let store = rooms.lock();
+        assert_eq!(store.metadata.len(), MAX_ROOMS);
+        assert!(
+            store.get(&(1, "room0".into())).is_none(),
+            "the oldest went first"
+        );
+        assert!(store.get(&(1, format!("room{MAX_ROOMS}"))).is_some());
+    }
+
+    #[test]
+    fn a_room_whose_last_key_is_deleted_is_dropped() {
+        let rooms = Rooms::default();
+        set(&rooms, &[("a", "1".into())]).unwrap();
+        rooms
+            .delete(1, &body(json!({"RoomId": "r", "Keys": ["a"]})))
+            .unwrap();
+        let store = rooms.lock();
+        assert!(store.metadata.is_empty() && store.age.is_empty());
     }
 
     #[test]

@@ -419,14 +419,7 @@ impl Process {
 
     /// Resident memory now, in MiB (VmRSS from /proc).
     pub fn rss_mib(&self) -> f64 {
-        let pid = self.child.id().unwrap();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status");
-        kib / 1024.0
+        rss_mib(self.child.id().unwrap())
     }
 }
 
@@ -434,6 +427,17 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
     }
+}
+
+/// Resident memory of process `pid` now, in MiB (VmRSS from /proc).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
 }
 
 /// A port that was free a moment ago.
