@@ -9,8 +9,9 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use support::{Caller, KEY, Recorder, gateway, one_app};
-use timgate::config::Config;
+use support::{Caller, KEY, RawUpstream, Recorder, app_entry, gateway, one_app};
+use timgate::config::{Config, SecretKey};
+use timgate::usersig::{self, Claims};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -35,17 +36,55 @@ async fn trace_logs_never_carry_the_key_or_a_usersig() {
         .init();
 
     let upstream = Recorder::ok().await;
-    let mut config = Config::from_toml(&one_app(1400000001, &upstream.url())).unwrap();
+    // The failure paths: refused (502), silent (504 after the attempt deadline), and an
+    // answer that is no HTTP (502).
+    let (_held, refused) = support::refusing_port();
+    let silent = RawUpstream::start(None).await;
+    let garbage = RawUpstream::start(Some("not http at all\r\n\r\n".into())).await;
+    let text = format!(
+        "{}{}{}{}",
+        one_app(1400000001, &upstream.url()),
+        app_entry(2, "administrator", &format!("http://{refused}")),
+        app_entry(3, "administrator", &silent.url()),
+        app_entry(4, "administrator", &garbage.url()),
+    );
+    let mut config = Config::from_toml(&text).unwrap();
     tracing::info!(?config, "effective configuration");
     config.server.max_body_bytes = 1024;
+    config.server.upstream_timeout = std::time::Duration::from_millis(300);
     let gw = gateway(config).await;
     let caller = Caller::default();
     let path = "/v4/openim/query_online_status";
-    caller.post(gw.addr, path, "{}").await;
-    caller.post(gw.addr, path, "not json").await;
+    let first = format!("{path}?sdkappid=1400000001");
+    caller.post(gw.addr, &first, "{}").await;
+    caller.post(gw.addr, &first, "not json").await;
     caller
-        .post(gw.addr, &format!("{path}?usersig=caller-supplied"), "{}")
+        .post(gw.addr, &format!("{path}?sdkappid=1400000001&usersig=caller-supplied"), "{}")
         .await;
+    let failed = [(2, 502), (3, 504), (4, 502)];
+    for (app, status) in failed {
+        let answer = caller
+            .post(gw.addr, &format!("{path}?sdkappid={app}"), "{}")
+            .await;
+        assert_eq!(answer.status.as_u16(), status, "app {app}");
+    }
+    // The UserSigs those attempts carried, for every second they could have been minted in.
+    let now = usersig::unix_now();
+    let key = SecretKey::new(KEY);
+    let minted: Vec<String> = failed
+        .iter()
+        .flat_map(|(app, _)| (now - 30..=now + 1).map(move |time| (*app, time)))
+        .map(|(sdkappid, time)| {
+            let claims = Claims {
+                sdkappid,
+                identifier: "administrator".into(),
+                time,
+                expire: 600,
+                userbuf: None,
+            };
+            usersig::sign(&key, &claims).as_str().to_owned()
+        })
+        .collect();
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(
@@ -58,5 +97,12 @@ async fn trace_logs_never_carry_the_key_or_a_usersig() {
     for s in seen {
         let token = s.param("usersig").unwrap();
         assert!(!logs.contains(token), "a UserSig leaked");
+    }
+    assert!(silent.requests() >= 1 && garbage.requests() >= 1);
+    for token in &minted {
+        assert!(!logs.contains(token.as_str()), "a UserSig leaked on a failure path");
+    }
+    for status in ["502", "504"] {
+        assert!(logs.contains(status), "the {status} request was logged");
     }
 }

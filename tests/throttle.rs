@@ -237,24 +237,48 @@ async fn every_retry_is_freshly_signed_with_a_new_random() {
     }
 }
 
+/// The gaps between consecutive arrivals at the upstream.
+fn gaps(seen: &[support::Seen]) -> Vec<std::time::Duration> {
+    seen.windows(2).map(|w| w[1].at - w[0].at).collect()
+}
+
+/// At 10/s the pace is one request every 1 / (0.96 · 10) s ≈ 104 ms. After Tencent's 60011
+/// the app's lane leaves a gap of two intervals before the retry (≈ 312 ms after the first
+/// attempt, against ≈ 104 ms for an ordinary retry) and runs at half pace (≈ 208 ms apart)
+/// for the next 2 s. Measured at the upstream, as lower bounds that a missing slow-down
+/// cannot meet.
 #[tokio::test]
-async fn tencents_rate_limit_answer_is_retried_at_a_slower_pace() {
+async fn tencents_rate_limit_answer_is_retried_and_followed_at_half_pace() {
+    let interval = std::time::Duration::from_secs_f64(1.0 / (0.96 * 10.0));
+    let at_least = |n: f64| interval.mul_f64(n * 0.95);
+    let extra = "rate_limit = 10\nretry_base_ms = 1\nretry_cap_ms = 5\nmax_queue_wait_ms = 5000\n";
+    let caller = Caller::default();
+
+    let plain = Recorder::failing(1, 100001).await;
+    let gw = gateway(config(&plain.url(), extra)).await;
+    assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
+    let ordinary = gaps(&plain.seen())[0];
+    assert!(ordinary >= at_least(1.0), "an ordinary retry waits its turn: {ordinary:?}");
+
     let upstream = Recorder::failing(1, 60011).await;
-    let gw = gateway(config(
-        &upstream.url(),
-        "retry_base_ms = 1\nretry_cap_ms = 5\n",
-    ))
-    .await;
-    let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
+    let gw = gateway(config(&upstream.url(), extra)).await;
+    let answer = caller.post(gw.addr, INFO, ROOM).await;
     assert_eq!(answer.code(), 0);
     assert_eq!(answer.headers["x-timgate-attempts"], "2");
+    let followers = burst(&caller, gw.addr, INFO, 3).await;
+    assert!(followers.iter().all(|a| a.code() == 0));
+    let gaps = gaps(&upstream.seen());
+    assert_eq!(gaps.len(), 4);
+    assert!(gaps[0] >= at_least(3.0), "the retry after 60011: {gaps:?}");
+    // Three slots at half pace; one late arrival shortens the next gap, so measure the span.
+    let span: std::time::Duration = gaps[1..].iter().sum();
+    assert!(span >= at_least(6.0), "half pace after 60011: {gaps:?}");
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_retried_and_reported_as_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let (_held, closed) = support::refusing_port();
+    let url = format!("http://{closed}");
     let gw = gateway(config(&url, "retry_base_ms = 1\nretry_cap_ms = 5\n")).await;
     let answer = Caller::default().post(gw.addr, INFO, ROOM).await;
     assert_eq!(

@@ -179,6 +179,18 @@ impl Recorder {
         delay: std::time::Duration,
         reply: impl Fn(&Seen) -> Value + Send + Sync + 'static,
     ) -> Recorder {
+        Self::answering(delay, move |seen| {
+            (StatusCode::OK, Bytes::from(reply(seen).to_string()))
+        })
+        .await
+    }
+
+    /// Answers every request with the HTTP status and exact body bytes `reply(seen)` gives,
+    /// `delay` after it arrived.
+    pub async fn answering(
+        delay: std::time::Duration,
+        reply: impl Fn(&Seen) -> (StatusCode, Bytes) + Send + Sync + 'static,
+    ) -> Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let reply = Arc::new(reply);
@@ -199,7 +211,8 @@ impl Recorder {
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
-                    timgate::error::json_response(StatusCode::OK, answer.to_string().into())
+                    let (status, body) = answer;
+                    timgate::error::json_response(status, body)
                 }
             };
             timgate::server::serve(
@@ -668,4 +681,15 @@ impl Launched {
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
         self.child.wait().await.unwrap().code()
     }
+}
+
+/// A loopback address that refuses connections and that no other test can take: a socket
+/// is bound to it and never listens (connecting gets a reset), for as long as the returned
+/// socket lives. Binding, closing and reusing the number would race other tests' listeners.
+pub fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
 }
