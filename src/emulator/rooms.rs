@@ -51,10 +51,10 @@ impl Store {
     /// Stores `metadata` for `key`, evicting the oldest room when a new one is past the cap.
     fn insert(&mut self, key: Key, metadata: Metadata) {
         if !self.metadata.contains_key(&key) {
-            if self.age.len() >= MAX_ROOMS {
-                if let Some(oldest) = self.age.pop_front() {
-                    self.metadata.remove(&oldest);
-                }
+            if self.age.len() >= MAX_ROOMS
+                && let Some(oldest) = self.age.pop_front()
+            {
+                self.metadata.remove(&oldest);
             }
             self.age.push_back(key.clone());
         }
