@@ -81,6 +81,45 @@ fn the_shipped_rules_pass_promtool() {
     );
 }
 
+/// Every metric the dashboard and the rules name is one a gateway exports: the fleet's names
+/// from a gateway with `[fleet]` set (registered only then), the rest from any gateway.
+#[test]
+fn every_metric_the_dashboard_and_rules_name_is_exported() {
+    let config = Config::from_toml(&one_app(APP, "http://127.0.0.1:1")).unwrap();
+    let mut metrics = timgate::metrics::Metrics::new(&config.apps);
+    metrics.register_fleet();
+    // The series a family of each `# TYPE` yields, whether or not it has any yet.
+    // Requests have no series before the first one.
+    metrics.request(None, None, "ok");
+    let exported: Vec<String> = metrics
+        .render(0)
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .flat_map(|declared| {
+            let (name, kind) = declared.split_once(' ').unwrap();
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_count", "_sum"],
+                _ => &[""],
+            };
+            suffixes.iter().map(move |s| format!("{name}{s}"))
+        })
+        .collect();
+    let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
+    let mut named: Vec<String> = targets(&dashboard)
+        .iter()
+        .flat_map(|(_, expr)| metric_names(expr))
+        .collect();
+    named.extend(metric_names(RULES));
+    assert!(named.iter().any(|n| n.starts_with("timgate_fleet_")));
+    for name in named {
+        assert!(
+            exported.contains(&name),
+            "{name} is named in deploy/ but no gateway exports it"
+        );
+    }
+}
+
 #[test]
 fn the_dashboard_takes_its_datasource_app_and_api_as_variables() {
     let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
