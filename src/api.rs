@@ -172,8 +172,14 @@ mod tests {
     #[test]
     fn knows_the_live_room_and_seat_commands_and_spots_a_misspelled_service() {
         let known = |path: &str| Api::from_path(path).unwrap().known();
-        assert_eq!(known("/v4/live_engine_http_srv/get_room_list"), Known::Command);
-        assert_eq!(known("/v4/room_engine_http_mic/get_seat_list"), Known::Command);
+        assert_eq!(
+            known("/v4/live_engine_http_srv/get_room_list"),
+            Known::Command
+        );
+        assert_eq!(
+            known("/v4/room_engine_http_mic/get_seat_list"),
+            Known::Command
+        );
         assert_eq!(
             known("/v4/live_engine_http_srv/get_room_lists"),
             Known::UnknownCommand

@@ -653,7 +653,9 @@ mod tests {
     }
 
     fn vars(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        list.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        list.iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     #[test]
@@ -694,8 +696,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.key, "apps[0].rate_limit");
         assert!(e.message.contains("TIMGATE__APPS__0__RATE_LIMIT"), "{e}");
-        let e = Config::from_toml_with(GOOD, vars(&[("TIMGATE__SERVER__LISTN", "x")]))
-            .unwrap_err();
+        let e = Config::from_toml_with(GOOD, vars(&[("TIMGATE__SERVER__LISTN", "x")])).unwrap_err();
         assert!(e.to_string().contains("TIMGATE__SERVER__LISTN"), "{e}");
     }
 
@@ -709,14 +710,19 @@ mod tests {
 
     #[test]
     fn api_limits_must_name_a_known_command_of_a_known_service() {
-        let with = |api: &str| {
-            Config::from_toml(&format!("{GOOD}[apps.api_limits]\n\"{api}\" = 5\n"))
-        };
+        let with =
+            |api: &str| Config::from_toml(&format!("{GOOD}[apps.api_limits]\n\"{api}\" = 5\n"));
         let e = with("live_engine_http_srv/get_room_lists").unwrap_err();
-        assert_eq!(e.key, "apps[0].api_limits.\"live_engine_http_srv/get_room_lists\"");
+        assert_eq!(
+            e.key,
+            "apps[0].api_limits.\"live_engine_http_srv/get_room_lists\""
+        );
         assert!(e.message.contains("no command"), "{e}");
         let e = with("live_engine_http_svr/get_room_list").unwrap_err();
-        assert!(e.message.contains("did you mean live_engine_http_srv"), "{e}");
+        assert!(
+            e.message.contains("did you mean live_engine_http_srv"),
+            "{e}"
+        );
         assert!(with("room_engine_http_mic/kick_user_off_seat").is_ok());
         assert!(with("openim/sendmsg").is_ok());
     }
@@ -724,11 +730,26 @@ mod tests {
     #[test]
     fn values_the_gateway_cannot_run_with_are_refused_naming_the_key() {
         let cases = [
-            (format!("{GOOD}rate_limit = 4000000000\n"), "apps[0].rate_limit"),
-            (format!("{GOOD}rate_limit = 1000001\n"), "apps[0].rate_limit"),
-            (format!("{GOOD}max_queue_wait_ms = 3600001\n"), "apps[0].max_queue_wait_ms"),
-            (format!("{GOOD}deadline_ms = 9223372036854775807\n"), "apps[0].deadline_ms"),
-            (format!("{GOOD}retry_cap_ms = 9000000000\n"), "apps[0].retry_cap_ms"),
+            (
+                format!("{GOOD}rate_limit = 4000000000\n"),
+                "apps[0].rate_limit",
+            ),
+            (
+                format!("{GOOD}rate_limit = 1000001\n"),
+                "apps[0].rate_limit",
+            ),
+            (
+                format!("{GOOD}max_queue_wait_ms = 3600001\n"),
+                "apps[0].max_queue_wait_ms",
+            ),
+            (
+                format!("{GOOD}deadline_ms = 9223372036854775807\n"),
+                "apps[0].deadline_ms",
+            ),
+            (
+                format!("{GOOD}retry_cap_ms = 9000000000\n"),
+                "apps[0].retry_cap_ms",
+            ),
             (
                 format!("[server]\ndrain_timeout_ms = 9000000000\n{GOOD}"),
                 "server.drain_timeout_ms",

@@ -160,7 +160,11 @@ fn serve(config: Config, command: Command) -> ExitCode {
             Command::Emulate { listen } => {
                 let addr = listen.unwrap_or(config.emulator.listen);
                 let listener = TcpListener::bind(addr).await.map_err(|source| {
-                    let key = if listen.is_some() { "--listen" } else { "emulator.listen" };
+                    let key = if listen.is_some() {
+                        "--listen"
+                    } else {
+                        "emulator.listen"
+                    };
                     timgate::BindError { key, addr, source }.to_string()
                 })?;
                 if let Ok(addr) = listener.local_addr() {
@@ -170,8 +174,7 @@ fn serve(config: Config, command: Command) -> ExitCode {
                 Ok(true)
             }
             _ => {
-                let (config, listeners) =
-                    timgate::bind(config).await.map_err(|e| e.to_string())?;
+                let (config, listeners) = timgate::bind(config).await.map_err(|e| e.to_string())?;
                 timgate::run(config, listeners, shutdown)
                     .await
                     .map_err(|e| e.to_string())

@@ -90,7 +90,10 @@ impl Gateway {
                     app: app.clone(),
                     lanes: limiter.lanes(app),
                     origin,
-                    credentials: format!("?sdkappid={}&identifier={identifier}&usersig=", app.sdkappid),
+                    credentials: format!(
+                        "?sdkappid={}&identifier={identifier}&usersig=",
+                        app.sdkappid
+                    ),
                     signer,
                     series: metrics.app(app.sdkappid),
                 };

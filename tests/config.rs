@@ -79,16 +79,32 @@ fn edge_values() -> Vec<(String, String)> {
     ] {
         add(true, key, &ms);
     }
-    add(true, "upstream_timeout_ms", &["3000", "3001", "3600000", "3600001"]);
+    add(
+        true,
+        "upstream_timeout_ms",
+        &["3000", "3001", "3600000", "3600001"],
+    );
     add(true, "max_body_bytes", &["0", "1", "131072"]);
-    add(true, "max_body_bytes_in_flight", &["1", "131072", "8388608"]);
-    add(true, "max_header_bytes", &["8191", "8192", "1048576", "1048577"]);
+    add(
+        true,
+        "max_body_bytes_in_flight",
+        &["1", "131072", "8388608"],
+    );
+    add(
+        true,
+        "max_header_bytes",
+        &["8191", "8192", "1048576", "1048577"],
+    );
     add(true, "max_connections", &["0", "1", "1024"]);
     for key in ["max_queue_wait_ms", "retry_cap_ms", "deadline_ms"] {
         add(false, key, &ms);
     }
     add(false, "retry_base_ms", &["0", "1", "1000"]);
-    add(false, "rate_limit", &["0", "1", "1000000", "1000001", "4000000000"]);
+    add(
+        false,
+        "rate_limit",
+        &["0", "1", "1000000", "1000001", "4000000000"],
+    );
     add(false, "max_attempts", &["0", "1", "10", "11"]);
     add(false, "usersig_ttl_secs", &["59", "60", "86400", "86401"]);
     add(false, "sdkappid", &["0", "1"]);
@@ -133,7 +149,10 @@ async fn check_and_run_agree_on_every_edge_value() {
                 // PATH: KEY: why`.
                 let said = String::from_utf8_lossy(&checked.stderr);
                 let key = said.split(": ").nth(2).unwrap_or_default();
-                assert!(key.contains('.') || key.starts_with("config"), "{case}: {said}");
+                assert!(
+                    key.contains('.') || key.starts_with("config"),
+                    "{case}: {said}"
+                );
                 assert_eq!(exited.code, Some(64), "{case}: {}", exited.stderr);
                 assert!(
                     exited.stderr.contains(said.trim()),
@@ -149,7 +168,10 @@ async fn check_and_run_agree_on_every_edge_value() {
             ),
         }
     }
-    assert!(accepted > 20 && refused > 20, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 20 && refused > 20,
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 #[tokio::test]
@@ -163,9 +185,9 @@ async fn a_taken_port_names_the_listener_and_its_address() {
     let exited = Launched::start(timgate(&[], &config)).await.err().unwrap();
     assert_eq!(exited.code, Some(1));
     assert!(
-        exited
-            .stderr
-            .contains(&format!("server.admin_listen {taken}: Address already in use")),
+        exited.stderr.contains(&format!(
+            "server.admin_listen {taken}: Address already in use"
+        )),
         "{}",
         exited.stderr
     );
@@ -191,14 +213,17 @@ async fn check_prints_toml_that_reads_back_as_the_same_configuration() {
     assert!(printed.contains("format = \"json\""), "{printed}");
     let again = Config::from_toml(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
     assert_eq!(format!("{again:?}"), format!("{original:?}"));
-    assert_eq!(again.apps[0].api_limits.len(), 4, "the documented three and sendmsg");
+    assert_eq!(
+        again.apps[0].api_limits.len(),
+        4,
+        "the documented three and sendmsg"
+    );
 }
 
 #[tokio::test]
 async fn an_apps_secret_key_can_come_from_the_environment_alone() {
-    let config = TempFile::new(
-        &edge_config("", "").replace("secret_key = \"test-key-0123456789\"\n", ""),
-    );
+    let config =
+        TempFile::new(&edge_config("", "").replace("secret_key = \"test-key-0123456789\"\n", ""));
     let refused = timgate(&["check"], &config).output().await.unwrap();
     assert_eq!(refused.status.code(), Some(64));
     let mut run = timgate(&[], &config);
@@ -224,14 +249,18 @@ async fn the_in_process_emulator_listens_on_emulator_listen_for_fault_injection(
         .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
         .env("TIMGATE__EMULATOR__LISTEN", format!("127.0.0.1:{port}"));
     let gateway = Launched::start(run).await.unwrap();
-    let emulator = gateway.emulator.expect("the in-process emulator's log line");
+    let emulator = gateway
+        .emulator
+        .expect("the in-process emulator's log line");
     assert_eq!(emulator.port(), port);
 
     let caller = Caller::default();
     let fault = r#"{"Api":"live_engine_http_srv/get_room_info","ErrorCode":100001,"Times":2}"#;
     let told = caller.post(emulator, "/_emulator/faults", fault).await;
     assert_eq!(told.status, StatusCode::OK, "{:?}", told.json());
-    let answer = caller.post(gateway.addr, INFO, r#"{"RoomId":"demo"}"#).await;
+    let answer = caller
+        .post(gateway.addr, INFO, r#"{"RoomId":"demo"}"#)
+        .await;
     assert_eq!(answer.code(), 0, "{:?}", answer.json());
     assert_eq!(answer.headers["x-timgate-attempts"], "3");
     assert_eq!(gateway.stop().await, Some(0));

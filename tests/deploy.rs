@@ -70,7 +70,9 @@ fn image() -> Image {
                     assert!(from.ends_with("/target/release/timgate"), "{line}");
                     image.binary = to.to_owned();
                 } else {
-                    image.files.push((to.to_owned(), Path::new(ROOT).join(from)));
+                    image
+                        .files
+                        .push((to.to_owned(), Path::new(ROOT).join(from)));
                 }
             }
             _ => {}
@@ -122,7 +124,10 @@ impl Container {
             let contents = contents.replace("\"/run/", &format!("\"{}/run/", root.display()));
             std::fs::write(on_disk, contents).unwrap();
         }
-        assert_eq!(self.argv[0], image.binary, "the entrypoint runs the built binary");
+        assert_eq!(
+            self.argv[0], image.binary,
+            "the entrypoint runs the built binary"
+        );
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"));
         command.args(self.argv[1..].iter().map(|a| map(a)));
         command.env_clear();
@@ -158,7 +163,11 @@ fn root(name: &str) -> PathBuf {
 async fn probes_pass(admin: std::net::SocketAddr) {
     let caller = Caller::default();
     for path in ["/readyz", "/healthz"] {
-        assert_eq!(caller.get(admin, path).await.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            caller.get(admin, path).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
     }
 }
 
@@ -243,7 +252,10 @@ async fn the_kubernetes_sidecar_starts_and_passes_its_probes() {
         .find(|c| c["name"] == "timgate")
         .unwrap();
     assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
-    assert!(sidecar["command"].is_null(), "command would replace the ENTRYPOINT");
+    assert!(
+        sidecar["command"].is_null(),
+        "command would replace the ENTRYPOINT"
+    );
 
     let image = image();
     let security = &sidecar["securityContext"];
@@ -255,7 +267,9 @@ async fn the_kubernetes_sidecar_starts_and_passes_its_probes() {
     for var in sidecar["env"].as_sequence().unwrap() {
         let reference = &var["valueFrom"]["secretKeyRef"];
         let value = match reference["key"].as_str() {
-            Some(key) => secret(&reference["name"])["stringData"][key].as_str().unwrap(),
+            Some(key) => secret(&reference["name"])["stringData"][key]
+                .as_str()
+                .unwrap(),
             None => var["value"].as_str().unwrap(),
         };
         container
@@ -311,7 +325,10 @@ async fn the_compose_services_start_and_answer_through_each_other() {
     let compose: Value = serde_norway::from_str(COMPOSE).unwrap();
     let services = &compose["services"];
     let image = image();
-    assert_eq!(services["emulator"]["build"]["dockerfile"], "deploy/Dockerfile");
+    assert_eq!(
+        services["emulator"]["build"]["dockerfile"],
+        "deploy/Dockerfile"
+    );
     assert_eq!(
         services["timgate"]["image"], services["emulator"]["image"],
         "both services run the image the emulator service builds"
@@ -390,8 +407,8 @@ async fn the_systemd_unit_checks_then_serves_with_its_credential() {
     let root = root("systemd");
     let (name, source) = one("LoadCredential").split_once(':').unwrap();
     let credential = format!("/run/credentials/timgate.service/{name}");
-    let config = std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd/timgate.toml"))
-        .unwrap();
+    let config =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd/timgate.toml")).unwrap();
     assert!(config.contains(&format!("secret_key_file = \"{credential}\"")));
     let service = |line: &str| Container {
         argv: line.split_whitespace().map(str::to_owned).collect(),
@@ -422,6 +439,10 @@ async fn the_systemd_unit_checks_then_serves_with_its_credential() {
     broken.files[2].1 = config.replace("region = \"singapore\"", "region = \"mars\"");
     let refused = broken.command(&image, &root).output().await.unwrap();
     let code = refused.status.code().unwrap().to_string();
-    assert!(one("RestartPreventExitStatus").split_whitespace().any(|s| s == code));
+    assert!(
+        one("RestartPreventExitStatus")
+            .split_whitespace()
+            .any(|s| s == code)
+    );
     std::fs::remove_dir_all(root).unwrap();
 }

@@ -59,7 +59,11 @@ async fn trace_logs_never_carry_the_key_or_a_usersig() {
     caller.post(gw.addr, &first, "{}").await;
     caller.post(gw.addr, &first, "not json").await;
     caller
-        .post(gw.addr, &format!("{path}?sdkappid=1400000001&usersig=caller-supplied"), "{}")
+        .post(
+            gw.addr,
+            &format!("{path}?sdkappid=1400000001&usersig=caller-supplied"),
+            "{}",
+        )
         .await;
     let failed = [(2, 502), (3, 504), (4, 502)];
     for (app, status) in failed {
@@ -100,7 +104,10 @@ async fn trace_logs_never_carry_the_key_or_a_usersig() {
     }
     assert!(silent.requests() >= 1 && garbage.requests() >= 1);
     for token in &minted {
-        assert!(!logs.contains(token.as_str()), "a UserSig leaked on a failure path");
+        assert!(
+            !logs.contains(token.as_str()),
+            "a UserSig leaked on a failure path"
+        );
     }
     for status in ["502", "504"] {
         assert!(logs.contains(status), "the {status} request was logged");

@@ -128,8 +128,17 @@ fn documented(api: &str, rule: &Rule, table_limit: usize) -> (usize, i64) {
         .iter()
         .find(|(c, f, n, _)| *c == command && *f == rule.field && kind_matches(*n))
         .unwrap_or_else(|| panic!("{api} {}: a limit TENCENT.md does not document", rule.field));
-    assert_eq!(table_limit, *n, "{api} {}: the table says {table_limit}, Tencent {n}", rule.field);
-    assert_eq!(i64::from(rule.code), *code, "{api} {}: the code", rule.field);
+    assert_eq!(
+        table_limit, *n,
+        "{api} {}: the table says {table_limit}, Tencent {n}",
+        rule.field
+    );
+    assert_eq!(
+        i64::from(rule.code),
+        *code,
+        "{api} {}: the code",
+        rule.field
+    );
     (*n, *code)
 }
 
@@ -181,7 +190,11 @@ async fn every_limit_passes_at_the_limit_and_fails_one_past_it() {
             );
         }
     }
-    assert_eq!(limits, DOCUMENTED.len(), "every documented limit is covered");
+    assert_eq!(
+        limits,
+        DOCUMENTED.len(),
+        "every documented limit is covered"
+    );
 }
 
 #[tokio::test]

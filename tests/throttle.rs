@@ -258,7 +258,10 @@ async fn tencents_rate_limit_answer_is_retried_and_followed_at_half_pace() {
     let gw = gateway(config(&plain.url(), extra)).await;
     assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
     let ordinary = gaps(&plain.seen())[0];
-    assert!(ordinary >= at_least(1.0), "an ordinary retry waits its turn: {ordinary:?}");
+    assert!(
+        ordinary >= at_least(1.0),
+        "an ordinary retry waits its turn: {ordinary:?}"
+    );
 
     let upstream = Recorder::failing(1, 60011).await;
     let gw = gateway(config(&upstream.url(), extra)).await;

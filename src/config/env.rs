@@ -88,7 +88,9 @@ mod tests {
     use super::*;
 
     fn vars(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        list.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        list.iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     #[test]
@@ -106,16 +108,18 @@ mod tests {
 
     #[test]
     fn a_name_that_is_no_key_is_refused_naming_the_variable() {
-        for name in ["TIMGATE__", "TIMGATE__SERVER____LISTEN", "TIMGATE__0__X", "TIMGATE__A-B"] {
+        for name in [
+            "TIMGATE__",
+            "TIMGATE__SERVER____LISTEN",
+            "TIMGATE__0__X",
+            "TIMGATE__A-B",
+        ] {
             let e = overrides(vars(&[(name, "x")])).err().unwrap();
             assert_eq!(e.key, format!("environment {name}"));
         }
-        let e = overrides(vars(&[(
-            "TIMGATE__APPS__0__API_LIMITS__OPENIM",
-            "5",
-        )]))
-        .err()
-        .unwrap();
+        let e = overrides(vars(&[("TIMGATE__APPS__0__API_LIMITS__OPENIM", "5")]))
+            .err()
+            .unwrap();
         assert!(e.message.contains("api_limits"), "{e}");
     }
 }

@@ -438,7 +438,10 @@ fn api_limits(
             Known::NearService(service) => {
                 return Err(ConfigError::new(
                     key,
-                    format!("unknown service {:?}; did you mean {service}?", parsed.service()),
+                    format!(
+                        "unknown service {:?}; did you mean {service}?",
+                        parsed.service()
+                    ),
                 ));
             }
         }
