@@ -330,7 +330,7 @@ impl RawServer {
             connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
             extra_roots: extra_roots(self.ca_file.as_deref())?,
             ca_file: self.ca_file,
-            drain_timeout: up_to_an_hour("server.drain_timeout_ms", self.drain_timeout_ms)?,
+            drain_timeout: drain("server.drain_timeout_ms", self.drain_timeout_ms)?,
         })
     }
 }
@@ -541,6 +541,18 @@ fn millis(key: &str, ms: u64) -> Result<Duration, ConfigError> {
         return Err(ConfigError::new(
             key,
             format!("must be between 1 and {MAX_MS}"),
+        ));
+    }
+    up_to_an_hour(key, ms)
+}
+
+/// The drain: 1 s to an hour. A shorter one would cut off the callers' idle keep-alive
+/// connections before they close, and the exit code would report requests cut that never were.
+fn drain(key: &str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms < 1000 {
+        return Err(ConfigError::new(
+            key,
+            format!("must be between 1000 and {MAX_MS}"),
         ));
     }
     up_to_an_hour(key, ms)
