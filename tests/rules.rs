@@ -305,7 +305,10 @@ proptest! {
         let api = Api::from_path("/v4/live_engine_http_srv/set_room_metadata").unwrap();
         let bytes = body.to_string();
         let parsed: serde_json_borrow::Value = serde_json::from_str(&bytes).unwrap();
-        if rules::check(rules::for_api(api.name()).unwrap(), &parsed).is_ok() {
+        // One deliberate difference: the emulator's bounded store refuses a RoomId over 48
+        // bytes (create_room's limit, so no room can have one); the checker has no such rule.
+        let storable = body["RoomId"].as_str().is_none_or(|room| room.len() <= 48);
+        if storable && rules::check(rules::for_api(api.name()).unwrap(), &parsed).is_ok() {
             let answer = emulator().execute(1, &api, bytes.as_bytes());
             prop_assert!(answer.is_ok(), "{bytes}: {answer:?}");
         }
