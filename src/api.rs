@@ -105,6 +105,88 @@ impl Api {
     }
 }
 
+/// An allow-list entry: `service/command`, where `*` in a segment matches any run of name
+/// characters within that segment (`live_engine_http_srv/*`, `openim/send*`, `*/*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    /// As written, for printing it back.
+    text: String,
+    /// Where `/` sits in `text`.
+    split: usize,
+}
+
+impl Pattern {
+    /// Parses `service/command`, each segment non-empty and of `A-Za-z0-9_*`; an entry
+    /// without a `*` in the service must name a service no letter or two away from a known
+    /// one, and a fully written command of a known service must be one of its commands.
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        let malformed = || {
+            format!("{text:?} must be \"service/command\" (letters, digits, _ and * as a wildcard)")
+        };
+        let (service, command) = text.split_once('/').ok_or_else(malformed)?;
+        let word = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'*')
+        };
+        if text.len() > MAX_NAME_BYTES || !word(service) || !word(command) {
+            return Err(malformed());
+        }
+        if !service.contains('*') {
+            let literal = format!("/v4/{service}/{}", command.replace('*', "x"));
+            let known = Api::from_path(&literal).map(|api| api.known());
+            match known {
+                Some(Known::NearService(near)) => {
+                    return Err(format!("unknown service {service:?}; did you mean {near}?"));
+                }
+                Some(Known::UnknownCommand) if !command.contains('*') => {
+                    return Err(format!("{service} has no command {command:?}"));
+                }
+                _ => {}
+            }
+        }
+        Ok(Pattern {
+            text: text.to_owned(),
+            split: service.len(),
+        })
+    }
+
+    /// Whether `api` is one this entry names.
+    pub fn matches(&self, api: &Api) -> bool {
+        glob(&self.text[..self.split], api.service())
+            && glob(&self.text[self.split + 1..], api.command())
+    }
+
+    /// The entry as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of bytes. Linear in practice:
+/// on a mismatch it retries from the last `*` only, one byte further on.
+fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|b| *b == b'*')
+}
+
 /// Levenshtein distance between two short ASCII names.
 fn distance(a: &str, b: &str) -> usize {
     let mut row: Vec<usize> = (0..=b.len()).collect();
@@ -189,5 +271,45 @@ mod tests {
             Known::NearService("live_engine_http_srv")
         );
         assert_eq!(known("/v4/openim/sendmsg"), Known::OtherService);
+    }
+
+    #[test]
+    fn patterns_match_within_a_segment_only() {
+        let matches = |pattern: &str, path: &str| {
+            Pattern::parse(pattern)
+                .unwrap()
+                .matches(&Api::from_path(path).unwrap())
+        };
+        assert!(matches(
+            "live_engine_http_srv/*",
+            "/v4/live_engine_http_srv/get_room_list"
+        ));
+        assert!(!matches("live_engine_http_srv/*", "/v4/openim/sendmsg"));
+        assert!(matches("openim/sendmsg", "/v4/openim/sendmsg"));
+        assert!(!matches("openim/sendmsg", "/v4/openim/sendmsg2"));
+        assert!(matches("openim/send*", "/v4/openim/sendmsg"));
+        assert!(matches("*/*", "/v4/a/b"));
+        assert!(matches(
+            "*_srv/get_*_list",
+            "/v4/live_engine_http_srv/get_room_list"
+        ));
+        assert!(!matches(
+            "*_srv/get_*_list",
+            "/v4/live_engine_http_srv/get_room_info"
+        ));
+        assert!(matches("a*a*a*b/x", "/v4/aaaaaaaaab/x"));
+        assert!(!matches("a*a*a*b/x", "/v4/aaaaaaaaaa/x"));
+    }
+
+    #[test]
+    fn malformed_or_misspelled_patterns_are_refused() {
+        for bad in ["", "*", "a", "a/", "/b", "a/b/c", "a-b/c", "a/b c"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+        let e = Pattern::parse("live_engine_http_svr/*").unwrap_err();
+        assert!(e.contains("did you mean live_engine_http_srv"), "{e}");
+        let e = Pattern::parse("live_engine_http_srv/get_room_lists").unwrap_err();
+        assert!(e.contains("no command"), "{e}");
+        assert!(Pattern::parse("live_engine_http_srv/get_*").is_ok());
     }
 }

@@ -8,6 +8,7 @@
 //! prints `***`, so a whole `Config` can be logged; `Config::to_toml` prints the effective
 //! configuration, secrets masked, in the file's own format.
 
+mod callers;
 mod env;
 mod print;
 mod raw;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use hyper::Uri;
 use serde::Deserialize;
 
+use crate::api::Pattern;
 use raw::RawConfig;
 
 /// A Tencent SecretKey. Never printed: `Debug` and `Display` show `***`.
@@ -146,6 +148,58 @@ pub struct Config {
     /// `[fleet]`: limits shared with every timgate on the same Redis; `None` without
     /// `redis_url` (each process keeps the limits alone).
     pub fleet: Option<Fleet>,
+    /// `[[callers]]`: who may call, with which token; empty = anyone who reaches the port.
+    pub callers: Vec<Caller>,
+}
+
+/// One `[[callers]]` entry: a service that calls timgate with its own bearer token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its name (`name`): in log lines and as the `caller` metric label. Letters, digits,
+    /// `_`, `-` and `.`, at most 64 bytes; unique.
+    pub name: String,
+    /// The token it sends as `Authorization: Bearer <token>`; never inline in the file.
+    pub token: Token,
+    /// Where the token came from (`token_env` or `token_file`).
+    pub token_source: TokenSource,
+    /// The SDKAppIDs it may call (`apps`); `None`: every configured app.
+    pub apps: Option<Vec<u64>>,
+    /// The APIs it may call (`apis`, `service/command` with `*`); `None`: every API.
+    pub apis: Option<Vec<Pattern>>,
+    /// Its own calls per second within each app's limit (`rate_limit`); `None`: no lane of
+    /// its own.
+    pub rate_limit: Option<NonZeroU32>,
+}
+
+/// A caller's bearer token. Never printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Arc<str>);
+
+impl Token {
+    /// Wraps a token.
+    pub fn new(token: &str) -> Self {
+        Self(Arc::from(token))
+    }
+
+    /// The token itself, for building the gateway's lookup only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a caller's token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `token_env`: this environment variable.
+    Env(String),
+    /// `token_file`: this file.
+    File(String),
 }
 
 /// `[fleet]`, when `redis_url` is set.
@@ -264,6 +318,9 @@ pub struct Server {
     pub ca_file: Option<String>,
     /// How long accepted requests may take to finish on shutdown (`drain_timeout_ms`, default 20000).
     pub drain_timeout: Duration,
+    /// A `listen` address other than loopback without `[[callers]]` is meant
+    /// (`allow_anonymous`, default false: such a configuration is refused).
+    pub allow_anonymous: bool,
 }
 
 /// Extra trusted root certificates; `Debug` shows only how many.
@@ -323,6 +380,9 @@ pub struct App {
     /// Calls per second for single APIs, keyed `service/command` (`api_limits`); the
     /// documented lower limits are there unless overridden.
     pub api_limits: BTreeMap<String, NonZeroU32>,
+    /// The only APIs this app may be used for, by anyone (`apis`, `service/command` with
+    /// `*`); `None`: every API.
+    pub apis: Option<Vec<Pattern>>,
     /// Longest a request may wait for its turn (`max_queue_wait_ms`, default 1000).
     pub max_queue_wait: Duration,
     /// Upstream attempts per request, the first included (`max_attempts`, default 3).
@@ -665,6 +725,7 @@ mod tests {
             ("TIMGATE__APPS__0__SECRET_KEY", "from-env"),
             ("TIMGATE__APPS__0__RATE_LIMIT", "500"),
             ("TIMGATE__SERVER__LISTEN", "0.0.0.0:8080"),
+            ("TIMGATE__SERVER__ALLOW_ANONYMOUS", "true"),
         ]);
         let config = Config::from_toml_with(&file, env).unwrap();
         assert_eq!(config.apps[0].secret_key.expose(), "from-env");
@@ -769,7 +830,7 @@ mod tests {
     #[test]
     fn the_printed_configuration_reads_back_as_the_same_one() {
         let text = format!(
-            "[server]\nlisten = \"0.0.0.0:8080\"\n[log]\nformat = \"json\"\n{GOOD}\
+            "[server]\nlisten = \"0.0.0.0:8080\"\nallow_anonymous = true\n[log]\nformat = \"json\"\n{GOOD}\
              endpoint = \"http://127.0.0.1:9000\"\nrate_limit = 300\n[apps.api_limits]\n\
              \"openim/sendmsg\" = 50\n{}",
             GOOD.replace("1400000001", "1400000002")
@@ -814,5 +875,140 @@ mod tests {
     fn the_same_sdkappid_twice_is_refused() {
         let e = refusal(&format!("{GOOD}{GOOD}"));
         assert_eq!(e.key, "apps[1].sdkappid");
+    }
+
+    /// A caller entry whose token is `value`, read from a file named after `var`.
+    fn caller(name: &str, var: &str, value: &str, extra: &str) -> String {
+        let path = std::env::temp_dir().join(format!("timgate-{var}-{}", std::process::id()));
+        std::fs::write(&path, value).unwrap();
+        format!(
+            "[[callers]]\nname = \"{name}\"\ntoken_file = {:?}\n{extra}",
+            path.display().to_string()
+        )
+    }
+
+    #[test]
+    fn a_listen_off_loopback_needs_callers_or_allow_anonymous() {
+        let open = format!("[server]\nlisten = \"0.0.0.0:8080\"\n{GOOD}");
+        let e = refusal(&open);
+        assert_eq!(e.key, "server.listen");
+        assert!(e.message.contains("allow_anonymous"), "{e}");
+        let e = refusal(&format!("[server]\nlisten = \"[::]:8080\"\n{GOOD}"));
+        assert_eq!(e.key, "server.listen");
+        let e = refusal(&format!("[server]\nlisten = \"10.0.0.7:8080\"\n{GOOD}"));
+        assert_eq!(e.key, "server.listen");
+        assert!(Config::from_toml(&format!("[server]\nlisten = \"[::1]:8080\"\n{GOOD}")).is_ok());
+        let meant = open.replace("[server]\n", "[server]\nallow_anonymous = true\n");
+        assert!(Config::from_toml(&meant).is_ok());
+        let guarded = format!(
+            "{open}{}",
+            caller("svc", "TIMGATE_TEST_TOKEN_EXPOSURE", "0123456789abcdef", "")
+        );
+        assert!(Config::from_toml(&guarded).is_ok());
+    }
+
+    #[test]
+    fn callers_take_tokens_from_env_or_file_only_and_print_masked() {
+        // PATH is set in every test process and long enough to be a token.
+        let token = std::env::var("PATH").unwrap();
+        let text = format!(
+            "{GOOD}[[callers]]\nname = \"live-service\"\ntoken_env = \"PATH\"\napps = [1400000001]\n\
+             apis = [\"live_engine_http_srv/*\", \"openim/sendmsg\"]\nrate_limit = 50\n"
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let c = &config.callers[0];
+        assert_eq!(c.name, "live-service");
+        assert_eq!(c.token.expose(), token);
+        assert_eq!(c.rate_limit.map(NonZeroU32::get), Some(50));
+        assert!(!format!("{config:?}").contains(&token));
+        let printed = config.to_toml();
+        assert!(!printed.contains(&token), "{printed}");
+        assert!(printed.contains("token_env = \"PATH\""), "{printed}");
+        let again = Config::from_toml(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(format!("{again:?}"), format!("{config:?}"));
+
+        let e = refusal(&format!(
+            "{GOOD}[[callers]]\nname = \"x\"\ntoken = \"{token}\"\n"
+        ));
+        assert_eq!(e.key, "callers[0].token");
+        assert!(!e.to_string().contains(&token), "{e}");
+        let path = std::env::temp_dir().join(format!("timgate-token-{}", std::process::id()));
+        std::fs::write(&path, "from-a-file-0123456789\n").unwrap();
+        let text = format!(
+            "{GOOD}[[callers]]\nname = \"f\"\ntoken_file = {:?}\n",
+            path.display().to_string()
+        );
+        let config = Config::from_toml(&text).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(config.callers[0].token.expose(), "from-a-file-0123456789");
+    }
+
+    #[test]
+    fn bad_callers_are_refused_naming_the_key() {
+        let good = |name: &str, var: &str| caller(name, var, &format!("token-of-{var}"), "");
+        let cases = [
+            (
+                format!(
+                    "{GOOD}{}",
+                    caller("short", "TIMGATE_TEST_TOKEN_SHORT", "short", "")
+                ),
+                "callers[0].token_file",
+            ),
+            (
+                format!("{GOOD}{}", good("bad name", "TIMGATE_TEST_TOKEN_A")),
+                "callers[0].name",
+            ),
+            (
+                format!(
+                    "{GOOD}{}{}",
+                    good("a", "TIMGATE_TEST_TOKEN_B"),
+                    good("a", "TIMGATE_TEST_TOKEN_C")
+                ),
+                "callers[1].name",
+            ),
+            (
+                format!(
+                    "{GOOD}{}{}",
+                    good("a", "TIMGATE_TEST_TOKEN_D"),
+                    good("b", "TIMGATE_TEST_TOKEN_D")
+                ),
+                "callers[1].token_file",
+            ),
+            (
+                format!("{GOOD}{}apps = [42]\n", good("a", "TIMGATE_TEST_TOKEN_E")),
+                "callers[0].apps[0]",
+            ),
+            (
+                format!(
+                    "{GOOD}{}apis = [\"openim\"]\n",
+                    good("a", "TIMGATE_TEST_TOKEN_F")
+                ),
+                "callers[0].apis[0]",
+            ),
+            (
+                format!("{GOOD}{}apis = []\n", good("a", "TIMGATE_TEST_TOKEN_G")),
+                "callers[0].apis",
+            ),
+            (
+                format!(
+                    "{GOOD}{}rate_limit = 0\n",
+                    good("a", "TIMGATE_TEST_TOKEN_H")
+                ),
+                "callers[0].rate_limit",
+            ),
+            (
+                format!(
+                    "{GOOD}[[callers]]\nname = \"a\"\ntoken_env = \"TIMGATE_TEST_UNSET_TOKEN\"\n"
+                ),
+                "callers[0].token_env",
+            ),
+            (
+                format!("{GOOD}apis = [\"live_engine_http_svr/*\"]\n"),
+                "apps[0].apis[0]",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(refusal(&text).key, key, "{text}");
+        }
     }
 }

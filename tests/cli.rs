@@ -14,6 +14,12 @@ fn timgate() -> Command {
 /// Writes `text` as a config file, whose `listen` is a port this test holds: a gateway that
 /// bound before validating would report the port in use instead of the config error.
 fn refused(text: &str) -> String {
+    refused_on("127.0.0.1", text)
+}
+
+/// `refused`, listening on `host` at the held port's number (binding `0.0.0.0` there fails
+/// too: the held loopback port is taken on every address).
+fn refused_on(host: &str, text: &str) -> String {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let path = std::env::temp_dir().join(format!(
         "timgate-cli-{}-{}.toml",
@@ -21,8 +27,8 @@ fn refused(text: &str) -> String {
         rand::random::<u32>()
     ));
     let text = format!(
-        "[server]\nlisten = \"{}\"\n{text}",
-        held.local_addr().unwrap()
+        "[server]\nlisten = \"{host}:{}\"\n{text}",
+        held.local_addr().unwrap().port()
     );
     std::fs::write(&path, text).unwrap();
     let out = timgate().arg("--config").arg(&path).output().unwrap();
@@ -38,6 +44,15 @@ fn refused(text: &str) -> String {
 
 const APP: &str =
     "[[apps]]\nsdkappid = 1400000001\nidentifier = \"admin\"\nregion = \"singapore\"\n";
+
+#[test]
+fn a_listen_off_loopback_without_callers_refuses_to_start() {
+    let err = refused_on("0.0.0.0", &format!("{APP}secret_key = \"a\"\n"));
+    assert!(
+        err.contains("server.listen") && err.contains("allow_anonymous"),
+        "{err}"
+    );
+}
 
 #[test]
 fn two_secret_sources_are_refused_before_binding() {

@@ -196,7 +196,7 @@ async fn a_taken_port_names_the_listener_and_its_address() {
 #[tokio::test]
 async fn check_prints_toml_that_reads_back_as_the_same_configuration() {
     let text = format!(
-        "[server]\nlisten = \"0.0.0.0:8080\"\n{}rate_limit = 300\n[apps.api_limits]\n\
+        "[server]\nlisten = \"0.0.0.0:8080\"\nallow_anonymous = true\n{}rate_limit = 300\n[apps.api_limits]\n\
          \"openim/sendmsg\" = 50\n",
         one_app(1400000001, "emulator")
     )

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{App, Config, Endpoint, LogFormat, SecretSource};
+use super::{App, Caller, Config, Endpoint, LogFormat, SecretSource, TokenSource};
 
 #[derive(Serialize)]
 struct File {
@@ -15,6 +15,24 @@ struct File {
     log: Log,
     emulator: Emulator,
     apps: Vec<AppEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    callers: Vec<CallerEntry>,
+}
+
+/// A caller as written: its token's source, never the token.
+#[derive(Serialize)]
+struct CallerEntry {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apps: Option<Vec<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apis: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -33,6 +51,7 @@ struct Server {
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_file: Option<String>,
     drain_timeout_ms: u64,
+    allow_anonymous: bool,
 }
 
 #[derive(Serialize)]
@@ -64,6 +83,8 @@ struct AppEntry {
     retry_base_ms: u64,
     retry_cap_ms: u64,
     deadline_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apis: Option<Vec<String>>,
     api_limits: BTreeMap<String, u32>,
 }
 
@@ -89,6 +110,7 @@ pub(super) fn to_toml(config: &Config) -> String {
             connect_timeout_ms: ms(server.connect_timeout),
             ca_file: server.ca_file.clone(),
             drain_timeout_ms: ms(server.drain_timeout),
+            allow_anonymous: server.allow_anonymous,
         },
         log: Log {
             format: match config.log.format {
@@ -100,6 +122,7 @@ pub(super) fn to_toml(config: &Config) -> String {
             listen: config.emulator.listen.to_string(),
         },
         apps: config.apps.iter().map(entry).collect(),
+        callers: config.callers.iter().map(caller).collect(),
     };
     toml::to_string(&file).expect("plain strings, numbers and tables always serialize")
 }
@@ -128,10 +151,30 @@ fn entry(app: &App) -> AppEntry {
         retry_base_ms: ms(app.retry_base),
         retry_cap_ms: ms(app.retry_cap),
         deadline_ms: ms(app.deadline),
+        apis: patterns(app.apis.as_deref()),
         api_limits: app
             .api_limits
             .iter()
             .map(|(api, n)| (api.clone(), n.get()))
             .collect(),
+    }
+}
+
+fn patterns(list: Option<&[crate::api::Pattern]>) -> Option<Vec<String>> {
+    list.map(|list| list.iter().map(|p| p.as_str().to_owned()).collect())
+}
+
+fn caller(caller: &Caller) -> CallerEntry {
+    let (token_env, token_file) = match &caller.token_source {
+        TokenSource::Env(var) => (Some(var.clone()), None),
+        TokenSource::File(path) => (None, Some(path.clone())),
+    };
+    CallerEntry {
+        name: caller.name.clone(),
+        token_env,
+        token_file,
+        apps: caller.apps.clone(),
+        apis: patterns(caller.apis.as_deref()),
+        rate_limit: caller.rate_limit.map(std::num::NonZeroU32::get),
     }
 }

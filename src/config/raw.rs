@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     apps: Vec<RawApp>,
     #[serde(default)]
     fleet: RawFleet,
+    #[serde(default)]
+    callers: Vec<super::callers::RawCaller>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +116,7 @@ struct RawServer {
     upstream_timeout_ms: u64,
     connect_timeout_ms: u64,
     drain_timeout_ms: u64,
+    allow_anonymous: bool,
 }
 
 impl Default for RawServer {
@@ -132,6 +135,7 @@ impl Default for RawServer {
             upstream_timeout_ms: 5000,
             connect_timeout_ms: 2000,
             drain_timeout_ms: 20_000,
+            allow_anonymous: false,
         }
     }
 }
@@ -185,6 +189,7 @@ struct RawApp {
     rate_limit: u32,
     #[serde(default)]
     api_limits: BTreeMap<String, u32>,
+    apis: Option<Vec<String>>,
     #[serde(default = "default_max_queue_wait_ms")]
     max_queue_wait_ms: u64,
     #[serde(default = "default_max_attempts")]
@@ -243,6 +248,8 @@ impl RawConfig {
             }
         }
         let server = self.server.validate()?;
+        let callers = super::callers::validate(self.callers, &apps)?;
+        super::callers::check_exposure(server.listen, server.allow_anonymous, &callers)?;
         let emulator = socket_addr("emulator.listen", &self.emulator.listen)?;
         let embedded = apps.iter().any(|a| a.endpoint == Endpoint::Emulator);
         let taken = [server.listen, server.admin_listen];
@@ -260,6 +267,7 @@ impl RawConfig {
             },
             apps,
             fleet: self.fleet.validate()?,
+            callers,
         })
     }
 }
@@ -331,6 +339,7 @@ impl RawServer {
             extra_roots: extra_roots(self.ca_file.as_deref())?,
             ca_file: self.ca_file,
             drain_timeout: drain("server.drain_timeout_ms", self.drain_timeout_ms)?,
+            allow_anonymous: self.allow_anonymous,
         })
     }
 }
@@ -401,6 +410,7 @@ impl RawApp {
             usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
             rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
             api_limits: api_limits(&key("api_limits"), self.api_limits)?,
+            apis: super::callers::patterns(&key("apis"), self.apis)?,
             max_queue_wait: up_to_an_hour(&key("max_queue_wait_ms"), self.max_queue_wait_ms)?,
             max_attempts: self.max_attempts,
             retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
@@ -451,7 +461,7 @@ fn api_limits(
 }
 
 /// A calls-per-second limit: 1 to `MAX_RATE`.
-fn rate(key: &str, n: u32) -> Result<NonZeroU32, ConfigError> {
+pub(super) fn rate(key: &str, n: u32) -> Result<NonZeroU32, ConfigError> {
     NonZeroU32::new(n)
         .filter(|n| n.get() <= MAX_RATE)
         .ok_or_else(|| ConfigError::new(key, format!("must be between 1 and {MAX_RATE}")))
