@@ -1,5 +1,9 @@
 //! The request path: route, read, check, sign, forward, answer.
 //!
+//! Each request takes one snapshot of the live configuration ([`Routes`]) when it arrives and
+//! keeps it to its end: a reload swaps the snapshot whole for the requests that start after
+//! it, while those in flight and queued finish under the one they started with.
+//!
 //! `handle` is the edge: a `Call` follows each request and makes its one answer, one log
 //! line and one outcome metric from one summary, also for a request that ends without an
 //! answer (the caller hung up). `forward` is the chain of steps, in the order the spec gives
@@ -14,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -35,7 +40,8 @@ use drain::Drain;
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
-    routes: HashMap<u64, Route>,
+    /// The live configuration snapshot; see [`Routes`].
+    routes: ArcSwap<Routes>,
     limiter: Limiter,
     metrics: Arc<Metrics>,
     upstream: Upstream,
@@ -43,6 +49,14 @@ pub struct Gateway {
     body_timeout: Duration,
     bodies: Budget,
     drain: Drain,
+}
+
+/// The part of the configuration a request sees: the configured apps, each with its lanes,
+/// signer and retry settings. One snapshot is taken per request (`Gateway::routes`) and held
+/// until the request is answered; a reload builds a new one and swaps it in whole, so no
+/// request ever sees half of one configuration and half of another.
+pub struct Routes {
+    by_id: HashMap<u64, Route>,
 }
 
 /// One configured app, found once by `?sdkappid`: where it goes, who it signs as, its limits
@@ -74,34 +88,9 @@ impl Gateway {
                 message,
             }
         })?;
-        let routes = resolved
-            .apps()
-            .map(|(app, origin)| {
-                let origin = Origin::new(origin);
-                let signer = Signer::new(
-                    app.secret_key.clone(),
-                    app.sdkappid,
-                    app.identifier.clone(),
-                    app.usersig_ttl,
-                );
-                let identifier: String =
-                    form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
-                let route = Route {
-                    app: app.clone(),
-                    lanes: limiter.lanes(app),
-                    origin,
-                    credentials: format!(
-                        "?sdkappid={}&identifier={identifier}&usersig=",
-                        app.sdkappid
-                    ),
-                    signer,
-                    series: metrics.app(app.sdkappid),
-                };
-                (app.sdkappid, route)
-            })
-            .collect();
+        let routes = Routes::build(resolved, &limiter, &metrics);
         Ok(Gateway {
-            routes,
+            routes: ArcSwap::from_pointee(routes),
             limiter,
             metrics,
             upstream: Upstream::new(
@@ -123,9 +112,10 @@ impl Gateway {
 /// Answers one caller request. Never fails: every error becomes Tencent's envelope. A drain
 /// that reaches its deadline answers what is still running (503) before it is cut off.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let routes = gateway.routes();
     let mut call = Call::new(&gateway);
     let result = tokio::select! {
-        result = forward(&gateway, request, &mut call) => result,
+        result = forward(&gateway, &routes, request, &mut call) => result,
         () = gateway.drain.cut() => Err(Error::DrainCut),
     };
     call.answer(result)
@@ -133,6 +123,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
 
 async fn forward<'g>(
     gateway: &'g Gateway,
+    routes: &'g Routes,
     request: Request<Incoming>,
     call: &mut Call<'g>,
 ) -> Result<Reply, Error> {
@@ -141,7 +132,7 @@ async fn forward<'g>(
     if request.method() != Method::POST {
         return Err(Error::MethodNotAllowed(request.method().clone()));
     }
-    let route = gateway.route(request.uri().query())?;
+    let route = routes.find(request.uri().query())?;
     call.route = Some(route);
     let (body, _held) = body::read(
         request,
@@ -302,8 +293,25 @@ impl Gateway {
         self.limiter.waiting()
     }
 
+    /// The live configuration snapshot, for one request to keep until it is answered.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+}
+
+impl Routes {
+    /// The routes of every app in `resolved`, with lanes from `limiter` and series from
+    /// `metrics`.
+    fn build(resolved: &Resolved, limiter: &Limiter, metrics: &Metrics) -> Routes {
+        let by_id = resolved
+            .apps()
+            .map(|(app, origin)| (app.sdkappid, Route::new(app, origin, limiter, metrics)))
+            .collect();
+        Routes { by_id }
+    }
+
     /// The app a request is for: `?sdkappid=N`, or the only configured app.
-    fn route(&self, query: Option<&str>) -> Result<&Route, Error> {
+    fn find(&self, query: Option<&str>) -> Result<&Route, Error> {
         let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .find(|(name, _)| name == "sdkappid")
             .map(|(_, value)| value);
@@ -312,9 +320,9 @@ impl Gateway {
                 let id: u64 = text
                     .parse()
                     .map_err(|_| Error::BadSdkAppId(text.into_owned()))?;
-                self.routes.get(&id).ok_or(Error::UnknownApp(id))
+                self.by_id.get(&id).ok_or(Error::UnknownApp(id))
             }
-            None => match (self.routes.len(), self.routes.values().next()) {
+            None => match (self.by_id.len(), self.by_id.values().next()) {
                 (1, Some(only)) => Ok(only),
                 (apps, _) => Err(Error::AmbiguousApp(apps)),
             },
@@ -323,6 +331,28 @@ impl Gateway {
 }
 
 impl Route {
+    fn new(app: &App, origin: &Uri, limiter: &Limiter, metrics: &Metrics) -> Route {
+        let signer = Signer::new(
+            app.secret_key.clone(),
+            app.sdkappid,
+            app.identifier.clone(),
+            app.usersig_ttl,
+        );
+        let identifier: String =
+            form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
+        Route {
+            app: app.clone(),
+            lanes: limiter.lanes(app),
+            origin: Origin::new(origin),
+            credentials: format!(
+                "?sdkappid={}&identifier={identifier}&usersig=",
+                app.sdkappid
+            ),
+            signer,
+            series: metrics.app(app.sdkappid),
+        }
+    }
+
     /// The upstream path and query for one attempt: admin identity, a current UserSig, a new
     /// `random`.
     /// Fallible because `api` comes from the caller: `Api`'s checks make a failure unexpected,
