@@ -2,6 +2,8 @@
 //! process, in the same run, on loopback. Prints throughput and added latency (p50, p99 at a
 //! fixed rate) as ratios to direct, and timgate's resident memory idle, under load, and with
 //! 1,000 open connections. Stops by itself; `LOAD_SECS` sets each phase's length (default 5).
+//! Where `redis-server` is installed, a second `timgate` with `[fleet]` on a loopback Redis
+//! is measured in the same rounds: its throughput and added latency against local-only.
 //! Where nginx is installed, its `proxy_pass` (keep-alive upstream, 2 workers) is measured in
 //! the same run too, as the yardstick for what a proxy reaches on this machine.
 //!
@@ -35,7 +37,11 @@ fn main() {
         .unwrap_or(5);
     let phase = Duration::from_secs(secs);
     let upstream = start_upstream();
-    let mut gateway = Gateway::start(upstream);
+    let mut gateway = Gateway::start(upstream, None);
+    let redis = Redis::start();
+    let mut shared = redis
+        .as_ref()
+        .map(|redis| Gateway::start(upstream, Some(redis.port)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,13 +60,22 @@ fn main() {
         if let Some(nginx) = &nginx {
             throughput(nginx.addr, Duration::from_millis(300)).await;
         }
+        if let Some(shared) = &shared {
+            // A fresh Redis admits nothing for its first 1.2 s (the fleet's quarantine).
+            tokio::time::sleep(timgate::limiter::QUARANTINE + Duration::from_millis(300)).await;
+            throughput(shared.addr, Duration::from_millis(300)).await;
+        }
         let sampler = Sampler::start(gateway.pid());
-        let (mut direct, mut via, mut proxied) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut direct, mut via, mut proxied, mut fleet) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..secs.max(1) {
             direct.push(throughput(upstream, Duration::from_secs(1)).await);
             via.push(throughput(gateway.addr, Duration::from_secs(1)).await);
             if let Some(nginx) = &nginx {
                 proxied.push(throughput(nginx.addr, Duration::from_secs(1)).await);
+            }
+            if let Some(shared) = &shared {
+                fleet.push(throughput(shared.addr, Duration::from_secs(1)).await);
             }
         }
         let under_load = sampler.stop();
@@ -82,6 +97,38 @@ fn main() {
             nginx.stop();
         }
 
+        if let Some(shared) = &shared {
+            println!(
+                "[fleet] on loopback Redis: {:.0} req/s; with [fleet] / local-only = {:.2} (median of per-round ratios; target >= 0.80)",
+                median(fleet.clone()),
+                per_round(&fleet, &via)
+            );
+            // Added latency at a fixed rate, the two gateways interleaved in short phases.
+            let (mut local, mut with_fleet) = (Vec::new(), Vec::new());
+            for _ in 0..secs.max(1) {
+                local.extend(latency(gateway.addr, Duration::from_secs(1)).await);
+                with_fleet.extend(latency(shared.addr, Duration::from_secs(1)).await);
+            }
+            local.sort();
+            with_fleet.sort();
+            let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+            let (l50, l99, f50, f99) = (
+                percentile(&local, 0.5),
+                percentile(&local, 0.99),
+                percentile(&with_fleet, 0.5),
+                percentile(&with_fleet, 0.99),
+            );
+            println!(
+                "[fleet] latency at {FIXED_RATE} req/s: local-only p50 {:.3} ms p99 {:.3} ms; with [fleet] p50 {:.3} ms p99 {:.3} ms; added p50 {:.3} ms, p99 {:.3} ms (target p99 added < 1 ms)",
+                ms(l50),
+                ms(l99),
+                ms(f50),
+                ms(f99),
+                ms(f50.saturating_sub(l50)),
+                ms(f99.saturating_sub(l99)),
+            );
+        }
+
         let direct_latency = latency(upstream, phase).await;
         let via_latency = latency(gateway.addr, phase).await;
         let connected = open_connections(gateway.addr, &gateway).await;
@@ -89,6 +136,47 @@ fn main() {
         report(&direct_latency, &via_latency, idle, under_load, connected);
     });
     gateway.stop();
+    if let Some(shared) = &mut shared {
+        shared.stop();
+    }
+    drop(redis);
+}
+
+/// A `redis-server` on a free loopback port, without persistence, if it is installed.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let Ok(child) = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+        else {
+            println!("[fleet] SKIPPED: redis-server is not on PATH");
+            return None;
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Redis { child, port })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A minimal fast upstream on its own thread: answers Tencent's OK envelope to everything.
@@ -134,18 +222,26 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(upstream: SocketAddr) -> Gateway {
+    /// Local-only, or with `[fleet]` on the Redis at `redis` (a port on loopback).
+    fn start(upstream: SocketAddr, redis: Option<u16>) -> Gateway {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("free port")
         };
         let (addr, admin) = (free(), free());
-        let config = std::env::temp_dir().join(format!("timgate-load-{}.toml", std::process::id()));
+        let config = std::env::temp_dir().join(format!(
+            "timgate-load-{}-{}.toml",
+            std::process::id(),
+            redis.is_some()
+        ));
+        let fleet = redis
+            .map(|port| format!("[fleet]\nredis_url = \"redis://127.0.0.1:{port}/0\"\n"))
+            .unwrap_or_default();
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\n\
+            "{fleet}[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\n\
              [[apps]]\nsdkappid = 1400000001\nidentifier = \"administrator\"\nsecret_key = \"bench-key\"\n\
-             region = \"singapore\"\nendpoint = \"http://{upstream}\"\nrate_limit = 100000000\n"
+             region = \"singapore\"\nendpoint = \"http://{upstream}\"\nrate_limit = 1000000\n"
         );
         std::fs::write(&config, text).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_timgate"))

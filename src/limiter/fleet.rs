@@ -17,6 +17,12 @@
 //! alone. A lane's *capacity* is its limit less the fallback shares of members whose
 //! heartbeat has lapsed.
 //!
+//! # Keys
+//! Every key is `{key_prefix}:…`: `members`, `claims`, `epoch` and `lane:<sdkappid>[:<api>]`.
+//! The braces make `key_prefix` the Redis Cluster hash tag of every key, so all keys of one
+//! fleet live in one slot and a script call (the membership keys and up to two lanes) never
+//! spans slots.
+//!
 //! # Membership and claims
 //! Every replica beats every `BEAT` into a sorted set scored by Redis time; a member whose
 //! last live beat is older than `EXPIRY` has *lapsed* and is counted as possibly sending on
@@ -121,11 +127,24 @@ struct State {
     contact: Option<Instant>,
 }
 
+/// How the script reaches Redis.
+enum Link {
+    /// The real connection; the script reads Redis's own clock.
+    Redis(ConnectionManager),
+    /// Tests: a real Redis at a fixed time, reached without moving a paused clock.
+    #[cfg(test)]
+    Fixed(Arc<tests::FixedRedis>),
+}
+
 /// The shared backend: one Redis connection, the script, this replica's state.
 pub struct Fleet {
-    redis: ConnectionManager,
+    link: Link,
     script: Script,
-    prefix: String,
+    /// `{key_prefix}`: every key starts with it, so all keys one script call touches hash
+    /// to one Redis Cluster slot.
+    tag: String,
+    /// The members, claims and epoch keys, passed first to every call.
+    common: [String; 3],
     id: String,
     timeout: Duration,
     anchor: Instant,
@@ -184,17 +203,35 @@ impl Fleet {
             .set_max_delay(Duration::from_millis(200));
         let redis = ConnectionManager::new_lazy_with_config(client, manager)
             .map_err(|e| format!("redis: {e}"))?;
+        Ok(Fleet::with_link(
+            Link::Redis(redis),
+            &config.key_prefix,
+            config.timeout,
+            config.replicas,
+            series,
+        ))
+    }
+
+    fn with_link(
+        link: Link,
+        prefix: &str,
+        timeout: Duration,
+        replicas: NonZeroU32,
+        series: FleetSeries,
+    ) -> Arc<Fleet> {
+        let tag = format!("{{{prefix}}}");
         let fleet = Arc::new(Fleet {
-            redis,
+            link,
             script: Script::new(include_str!("fleet.lua")),
-            prefix: config.key_prefix.clone(),
+            common: ["members", "claims", "epoch"].map(|name| format!("{tag}:{name}")),
+            tag,
             id: format!("{:016x}", rand::random::<u64>()),
-            timeout: config.timeout,
+            timeout,
             anchor: Instant::now(),
             state: Mutex::new(State {
                 mode: Mode::Shared,
-                claim: MILLION / config.replicas.get(),
-                members: config.replicas.get(),
+                claim: MILLION / replicas.get(),
+                members: replicas.get(),
                 offset: None,
                 round_trip: Duration::ZERO,
                 live_until: None,
@@ -205,14 +242,14 @@ impl Fleet {
         });
         fleet.series.redis_up.set(1);
         tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
-        Ok(fleet)
+        fleet
     }
 
     /// The Redis key of one lane.
     pub fn key(&self, sdkappid: u64, api: Option<&str>) -> String {
         match api {
-            Some(api) => format!("{}:lane:{sdkappid}:{api}", self.prefix),
-            None => format!("{}:lane:{sdkappid}", self.prefix),
+            Some(api) => format!("{}:lane:{sdkappid}:{api}", self.tag),
+            None => format!("{}:lane:{sdkappid}", self.tag),
         }
     }
 
@@ -270,29 +307,43 @@ impl Fleet {
         keys: &[String],
         args: &[String],
     ) -> Result<T, String> {
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(format!("{}:members", self.prefix))
-            .key(format!("{}:claims", self.prefix))
-            .key(format!("{}:epoch", self.prefix))
-            .arg(op)
-            .arg("")
-            .arg(EXPIRY.as_micros() as u64)
-            .arg(QUARANTINE.as_micros() as u64);
-        for key in keys {
-            invocation.key(key);
-        }
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let mut redis = self.redis.clone();
         let started = Instant::now();
-        let answer =
-            tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut redis)).await;
+        let answer = match &self.link {
+            Link::Redis(redis) => {
+                let mut invocation = self.script.prepare_invoke();
+                for key in self.common.iter().chain(keys) {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(op)
+                    .arg("")
+                    .arg(EXPIRY.as_micros() as u64)
+                    .arg(QUARANTINE.as_micros() as u64);
+                for arg in args {
+                    invocation.arg(arg);
+                }
+                let mut redis = redis.clone();
+                tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut redis))
+                    .await
+                    .map(|answer| answer.map_err(|e| e.to_string()))
+            }
+            #[cfg(test)]
+            Link::Fixed(redis) => {
+                let keys = self.common.iter().chain(keys).cloned().collect();
+                let mut all = vec![
+                    op.to_owned(),
+                    redis.now().to_string(),
+                    EXPIRY.as_micros().to_string(),
+                    QUARANTINE.as_micros().to_string(),
+                ];
+                all.extend_from_slice(args);
+                tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await
+            }
+        };
         self.series.latency.observe(started.elapsed().as_secs_f64());
         match answer {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
         }
     }
@@ -516,5 +567,12 @@ fn client(config: &config::Fleet) -> Result<redis::Client, String> {
             .set_password(password.expose());
         info = info.set_redis_settings(settings);
     }
+    // redis-rs leaves Nagle on: a call written while an earlier one is unacknowledged would
+    // wait for that ACK. Calls are small and latency is the point.
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    info = info.set_tcp_settings(tcp);
     redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,482 @@
+//! The fallback state machine, driven deterministically: three replicas under tokio's paused
+//! clock, each reaching one real `redis-server` through a link that runs the real script at a
+//! fixed Redis time (derived from the paused clock) without letting the clock move during
+//! the call. Cutting a replica's link stalls its calls, as a paused Redis does: each call
+//! ends at exactly `timeout_ms`. Every send is recorded at the virtual instant the limiter
+//! let it go, and the tests assert the module doc's argument on those records.
+//!
+//! Without `redis-server` on PATH these tests say so loudly and pass, unless `CI` is set,
+//! where they fail (`.ci/run` installs it).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::FromRedisValue;
+use tokio::time::Instant;
+
+use super::{EXPIRY, Fleet, Link, MARGIN, NonZeroU32, WINDOW};
+use crate::api::Api;
+use crate::config::Config;
+use crate::limiter::{Lanes, Limiter};
+use crate::metrics::Metrics;
+
+const SCRIPT: &str = include_str!("../fleet.lua");
+const TIMEOUT: Duration = Duration::from_millis(50);
+const LIMIT: usize = 200;
+const MAX_WAIT: Duration = Duration::from_millis(1000);
+const APP: &str = "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = 200\n";
+/// Redis's clock at the test's start: far from the replicas' own.
+const REDIS_EPOCH: i64 = 1_700_000_000_000_000;
+
+/// A `redis-server` on a free loopback port, without persistence; killed when dropped.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    /// Starts one, or `None` (after saying so) when the program is missing outside CI.
+    fn start() -> Option<Server> {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file())
+        });
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not on PATH, and CI is set: .ci/run installs it"
+            );
+            eprintln!(
+                "\n*** SKIPPED: redis-server is not on PATH; install it (apt-get install redis-server) to run the fleet state-machine tests ***\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server listens");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Server { child, port })
+    }
+
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One replica's way to Redis: the real script on a real server, at Redis time
+/// `REDIS_EPOCH` + the paused clock's progress, run on a blocking thread (which keeps a
+/// paused clock from moving). While cut, a call never answers.
+pub(super) struct FixedRedis {
+    connection: Arc<Mutex<redis::Connection>>,
+    start: Instant,
+    cut: AtomicBool,
+    /// Every call Redis ran: when, and its arguments.
+    calls: Mutex<Vec<(Instant, Vec<String>)>>,
+}
+
+impl FixedRedis {
+    /// Redis's clock now (µs).
+    pub(super) fn now(&self) -> i64 {
+        REDIS_EPOCH + (Instant::now() - self.start).as_micros() as i64
+    }
+
+    pub(super) async fn eval<T: FromRedisValue>(
+        &self,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, String> {
+        if self.cut.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        self.calls
+            .lock()
+            .unwrap()
+            .push((Instant::now(), args.clone()));
+        let connection = self.connection.clone();
+        let value = tokio::task::spawn_blocking(move || {
+            redis::cmd("EVAL")
+                .arg(SCRIPT)
+                .arg(keys.len())
+                .arg(keys)
+                .arg(args)
+                .query::<redis::Value>(&mut connection.lock().unwrap())
+        })
+        .await
+        .unwrap()
+        .map_err(|e| e.to_string())?;
+        T::from_redis_value(value).map_err(|e| e.to_string())
+    }
+
+    /// The Redis times of the heartbeats this replica's Redis ran, and whether each was live.
+    fn beats(&self) -> Vec<(Instant, bool)> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, args)| args[0] == "beat")
+            .map(|(at, args)| (*at, args[7] == "1"))
+            .collect()
+    }
+}
+
+struct Replica {
+    redis: Arc<FixedRedis>,
+    fleet: Arc<Fleet>,
+    lanes: Arc<Lanes>,
+}
+
+/// One send the limiter let go: which replica, when, and whether on its fallback share.
+#[derive(Clone, Copy, Debug)]
+struct Send {
+    replica: usize,
+    at: Instant,
+    fallback: bool,
+}
+
+#[derive(Default)]
+struct Record {
+    sends: Vec<Send>,
+    throttled: usize,
+}
+
+struct Sim {
+    server: Server,
+    replicas: Vec<Replica>,
+    record: Arc<Mutex<Record>>,
+}
+
+impl Sim {
+    /// Three replicas of one app limited to 200/s, `replicas = 3`, `timeout_ms = 50`, all
+    /// formed: each has beaten live and the new Redis epoch's quarantine is over.
+    async fn formed(server: Server) -> Sim {
+        let config = Config::from_toml(APP).unwrap();
+        let start = Instant::now();
+        let replicas = (0..3)
+            .map(|_| {
+                let redis = Arc::new(FixedRedis {
+                    connection: Arc::new(Mutex::new(server.connection())),
+                    start,
+                    cut: AtomicBool::new(false),
+                    calls: Mutex::default(),
+                });
+                let fleet = Fleet::with_link(
+                    Link::Fixed(redis.clone()),
+                    "sim",
+                    TIMEOUT,
+                    NonZeroU32::new(3).unwrap(),
+                    Metrics::new(&config.apps).fleet(),
+                );
+                let limiter = Limiter {
+                    fleet: Some(fleet.clone()),
+                    ..Limiter::default()
+                };
+                let lanes = Arc::new(limiter.lanes(&config.apps[0]));
+                Replica {
+                    redis,
+                    fleet,
+                    lanes,
+                }
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Sim {
+            server,
+            replicas,
+            record: Arc::default(),
+        }
+    }
+
+    /// Offers `rate` requests per second to every replica until `until`, each request
+    /// taking its turn and passing the send-time guard as the proxy does.
+    fn offer(&self, rate: u32, until: Instant) -> tokio::task::JoinHandle<()> {
+        self.offer_from(&[Instant::now(); 3], rate, until)
+    }
+
+    /// The same, each replica from its own start.
+    fn offer_from(&self, from: &[Instant], rate: u32, until: Instant) -> tokio::task::JoinHandle<()> {
+        let load: Vec<_> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(replica, r)| {
+                let (lanes, fleet, record) = (r.lanes.clone(), r.fleet.clone(), self.record.clone());
+                let from = from[replica];
+                tokio::spawn(async move {
+                    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+                    tokio::time::sleep_until(from).await;
+                    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
+                    let mut requests = Vec::new();
+                    while Instant::now() < until {
+                        ticks.tick().await;
+                        let (lanes, fleet, record, api) =
+                            (lanes.clone(), fleet.clone(), record.clone(), api.clone());
+                        requests.push(tokio::spawn(async move {
+                            let sent = match lanes.turn(&api, MAX_WAIT).await {
+                                Ok(turn) => turn.send_now().await.is_ok(),
+                                Err(_) => false,
+                            };
+                            let mut record = record.lock().unwrap();
+                            if sent {
+                                // No await since the guard let it go: the mode is the one
+                                // it was sent in.
+                                let fallback = fleet.fallback_in() == Some(Duration::ZERO);
+                                let at = Instant::now();
+                                record.sends.push(Send {
+                                    replica,
+                                    at,
+                                    fallback,
+                                });
+                            } else {
+                                record.throttled += 1;
+                            }
+                        }));
+                    }
+                    for request in requests {
+                        request.await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            for replica in load {
+                replica.await.unwrap();
+            }
+        })
+    }
+
+    fn cut(&self, replica: usize, cut: bool) {
+        self.replicas[replica].redis.cut.store(cut, Ordering::SeqCst);
+    }
+
+    fn sends(&self) -> Vec<Send> {
+        self.record.lock().unwrap().sends.clone()
+    }
+}
+
+/// The most sends in any closed one-second window.
+fn busiest_second(sends: &[Send]) -> usize {
+    let mut times: Vec<Instant> = sends.iter().map(|s| s.at).collect();
+    times.sort();
+    let mut start = 0;
+    let mut most = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] > WINDOW {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+fn between(sends: &[Send], from: Instant, to: Instant) -> usize {
+    sends.iter().filter(|s| s.at >= from && s.at < to).count()
+}
+
+/// The module doc's two steps for one replica cut off from `cut` to `back`:
+/// - at the switch, its first fallback send comes more than a second after every send Redis
+///   admitted while its share still counted as Redis's (until its last live beat lapsed),
+///   and no earlier than `live_until` + 1 s + `MARGIN`;
+/// - at the switch back, its share is given back to Redis (its first live beat) more than a
+///   second after its last fallback send.
+fn assert_the_argument(sim: &Sim, replica: usize, cut: Instant, back: Instant, sends: &[Send]) {
+    let beats = sim.replicas[replica].redis.beats();
+    let last_live = beats
+        .iter()
+        .filter(|(at, live)| *live && *at <= cut)
+        .map(|(at, _)| *at)
+        .max()
+        .expect("a live beat before the cut");
+    let lapsed = last_live + EXPIRY;
+    let ours: Vec<&Send> = sends.iter().filter(|s| s.replica == replica).collect();
+    let fallback: Vec<Instant> = ours.iter().filter(|s| s.fallback).map(|s| s.at).collect();
+    let (first, last) = (fallback[0], *fallback.last().unwrap());
+    assert!(
+        ours.iter()
+            .all(|s| !s.fallback || (s.at > cut && s.at <= back + super::BEAT)),
+        "fallback sends only while cut off"
+    );
+    // Redis counts it lapsed no later than the replica's own bound says.
+    let live_until = last_live + TIMEOUT + EXPIRY;
+    assert!(lapsed <= live_until);
+    assert!(
+        first >= live_until + WINDOW + MARGIN,
+        "first fallback send {:?} after the cut, lapsed at {:?}",
+        first - cut,
+        lapsed - cut
+    );
+    let shared_before_lapse = sends
+        .iter()
+        .filter(|s| !s.fallback && s.at <= lapsed)
+        .map(|s| s.at)
+        .max()
+        .unwrap();
+    assert!(first - shared_before_lapse > WINDOW);
+    // Back: the first live beat after the cut gives the share back.
+    let rejoined = beats
+        .iter()
+        .find(|(at, live)| *live && *at > cut)
+        .map(|(at, _)| *at)
+        .expect("a live beat after Redis came back");
+    assert!(
+        rejoined - last > WINDOW,
+        "share given back {:?} after the last fallback send",
+        rejoined - last
+    );
+    // Until then every shared send ran without that share: no second holds a fallback
+    // send together with a send made on the share given back.
+    assert!(rejoined >= back);
+}
+
+/// Waits until `at`, then cuts (or restores) the links of `replicas`.
+async fn at(sim: &Sim, at: Instant, replicas: &[usize], cut: bool) {
+    tokio::time::sleep_until(at).await;
+    for replica in replicas {
+        sim.cut(*replica, cut);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_partition_keeps_the_sum_under_the_limit_and_the_others_serving() {
+    let Some(server) = Server::start() else { return };
+    let sim = Sim::formed(server).await;
+    let t0 = Instant::now();
+    let (cut, back) = (t0 + Duration::from_secs(2), t0 + Duration::from_secs(7));
+    // The worst case for the switch: the cut replica held no reservations in Redis (it was
+    // idle), the others keep the shared lane full, and its own load starts with the cut.
+    let load = sim.offer_from(&[cut, t0, t0], 150, t0 + Duration::from_secs(12));
+    at(&sim, cut, &[0], true).await;
+    at(&sim, back, &[0], false).await;
+    load.await.unwrap();
+    let sends = sim.sends();
+
+    let busiest = busiest_second(&sends);
+    assert!(busiest <= LIMIT, "busiest second {busiest}");
+    assert_the_argument(&sim, 0, cut, back, &sends);
+    // The other two never pause: their shared lane runs at the whole limit until the cut
+    // replica's heartbeat lapses, then without its share, at (200 − 66) × 0.96 ≈ 129/s.
+    // (Had the cut replica held reservations, the others would lose those slots, up to
+    // max_queue_wait_ms ahead: nobody can use them any more.)
+    let others = |from: Instant, to: Instant| {
+        let theirs: Vec<Send> = sends.iter().filter(|s| s.replica != 0).copied().collect();
+        between(&theirs, from, to)
+    };
+    for second in 0..5 {
+        let from = cut + Duration::from_secs(second);
+        let n = others(from, from + WINDOW);
+        assert!(n >= 115, "the others served {n} in second {second} of the cut");
+    }
+    // The cut replica serves its share (66 × 0.96 ≈ 63/s) after its pause.
+    let own = sends
+        .iter()
+        .filter(|s| s.replica == 0 && s.at >= cut + Duration::from_secs(3) && s.at < back)
+        .count();
+    assert!(own >= 110, "the cut replica served {own} in its last 2 s");
+    // The whole fleet: at least 90% of 200/s in steady partition and within 3 s of the return.
+    let during = between(&sends, cut + Duration::from_secs(3), back);
+    assert!(during >= 360, "fleet served {during} in 2 s of the partition");
+    let after = between(
+        &sends,
+        back + Duration::from_secs(3),
+        back + Duration::from_secs(5),
+    );
+    assert!(after >= 360, "fleet served {after} in 2 s from 3 s after the return");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the_limit() {
+    let Some(server) = Server::start() else { return };
+    let sim = Sim::formed(server).await;
+    let t0 = Instant::now();
+    let load = sim.offer(150, t0 + Duration::from_secs(12));
+    let (cut, back) = (t0 + Duration::from_secs(2), t0 + Duration::from_secs(7));
+    at(&sim, cut, &[0, 1, 2], true).await;
+    at(&sim, back, &[0, 1, 2], false).await;
+    load.await.unwrap();
+    let sends = sim.sends();
+
+    let busiest = busiest_second(&sends);
+    assert!(busiest <= LIMIT, "busiest second {busiest}");
+    for replica in 0..3 {
+        assert_the_argument(&sim, replica, cut, back, &sends);
+    }
+    // A pause of a few seconds at most, then the fleet at about L: three shares of 66 at
+    // 0.96 ≈ 190/s.
+    let first = sends
+        .iter()
+        .filter(|s| s.fallback)
+        .map(|s| s.at)
+        .min()
+        .unwrap();
+    assert!(first - cut <= Duration::from_millis(2500), "{:?}", first - cut);
+    let during = between(&sends, cut + Duration::from_secs(3), back);
+    assert!(during >= 360, "fleet served {during} in 2 s of the outage");
+    let after = between(
+        &sends,
+        back + Duration::from_secs(3),
+        back + Duration::from_secs(5),
+    );
+    assert!(after >= 360, "fleet served {after} in 2 s from 3 s after the return");
+    assert!(sim.record.lock().unwrap().throttled > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn redis_that_lost_its_state_admits_nothing_until_no_second_can_hold_old_and_new() {
+    let Some(server) = Server::start() else { return };
+    let sim = Sim::formed(server).await;
+    let t0 = Instant::now();
+    let load = sim.offer(150, t0 + Duration::from_secs(10));
+    // Replica 0 is cut off and spends its share; Redis restarts empty; replica 0 comes back
+    // within the quarantine, so its probe registers its claim before the new Redis admits
+    // anything. (A replica that stays cut off from the new Redis is not accounted there: the
+    // module doc's known limit 3.)
+    let (cut, back) = (t0 + Duration::from_secs(2), t0 + Duration::from_secs(5));
+    at(&sim, cut, &[0], true).await;
+    tokio::time::sleep_until(t0 + Duration::from_millis(4400)).await;
+    let mut connection = sim.server.connection();
+    redis::cmd("FLUSHALL").query::<()>(&mut connection).unwrap();
+    let flushed = Instant::now();
+    at(&sim, back, &[0], false).await;
+    load.await.unwrap();
+    let sends = sim.sends();
+
+    let busiest = busiest_second(&sends);
+    assert!(busiest <= LIMIT, "busiest second {busiest}");
+    // Nothing admitted in Redis from the flush for the quarantine: the first shared send
+    // after it is more than a second after the last one before it.
+    let before = sends
+        .iter()
+        .filter(|s| !s.fallback && s.at <= flushed)
+        .map(|s| s.at)
+        .max()
+        .unwrap();
+    let after = sends
+        .iter()
+        .filter(|s| !s.fallback && s.at > flushed)
+        .map(|s| s.at)
+        .min()
+        .unwrap();
+    assert!(after - before > WINDOW, "{:?}", after - before);
+    assert_the_argument(&sim, 0, cut, back, &sends);
+}
