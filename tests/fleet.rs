@@ -27,11 +27,47 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 struct Redis {
     child: Option<std::process::Child>,
     port: u16,
+    /// Extra arguments (a cluster node's).
+    args: Vec<String>,
 }
 
 impl Redis {
     /// Starts one, or `None` (after saying so) when the program is missing outside CI.
     fn start() -> Option<Redis> {
+        Redis::start_with(Vec::new())
+    }
+
+    /// A one-node Redis Cluster owning every slot: it refuses (CROSSSLOT) any command whose
+    /// keys hash to different slots, as every Cluster does.
+    async fn start_cluster() -> Option<Redis> {
+        let dir = std::env::temp_dir().join(format!("timgate-cluster-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let redis = Redis::start_with(vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--dir".into(),
+            dir.to_str().unwrap().into(),
+        ])?;
+        let mut client = redis.client().await;
+        let mut add = redis::cmd("CLUSTER");
+        add.arg("ADDSLOTS").arg((0..16384).collect::<Vec<u16>>());
+        let () = add.query_async(&mut client).await.unwrap();
+        support::eventually(|| {
+            let mut client = client.clone();
+            async move {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut client)
+                    .await
+                    .unwrap();
+                info.contains("cluster_state:ok")
+            }
+        })
+        .await;
+        Some(redis)
+    }
+
+    fn start_with(args: Vec<String>) -> Option<Redis> {
         let found = std::env::var_os("PATH").is_some_and(|path| {
             std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file())
         });
@@ -48,6 +84,7 @@ impl Redis {
         let mut redis = Redis {
             child: None,
             port: free_port(),
+            args,
         };
         redis.spawn();
         Some(redis)
@@ -57,6 +94,7 @@ impl Redis {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");
@@ -574,4 +612,54 @@ async fn a_stalled_redis_is_left_within_the_timeout() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn every_key_of_a_script_call_is_in_one_cluster_slot() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start_cluster().await else {
+        return;
+    };
+    // A plain multi-key command across slots is refused by this node: the check is real.
+    let mut client = redis.client().await;
+    let crossed: redis::RedisResult<()> = redis::cmd("MSET")
+        .arg(&["a", "1", "b", "2"])
+        .query_async(&mut client)
+        .await;
+    let crossed = crossed.unwrap_err();
+    assert_eq!(
+        crossed.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
+        "the node checks slots: {crossed}"
+    );
+    let upstream = Recorder::ok().await;
+    let gateway = replica(&redis, &upstream).await;
+    let caller = Caller::default();
+    // Heartbeats (members, claims, epoch) and turns (those plus the app lane) all answered.
+    fleet_formed(std::slice::from_ref(&gateway), &caller).await;
+    for _ in 0..5 {
+        assert_eq!(caller.post(gateway.addr, SEND, "{}").await.status, 200);
+    }
+    let text = caller.get(gateway.admin, "/metrics").await.body;
+    let text = std::str::from_utf8(&text).unwrap();
+    assert_eq!(sample(text, "timgate_fleet_redis_up", &[]), 1.0);
+    assert_eq!(
+        sample(
+            text,
+            "timgate_fleet_fallback_transitions_total",
+            &["to=\"fallback\""]
+        ),
+        0.0,
+        "no call was refused"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    let prefix = format!("{{t{}}}:", redis.port);
+    assert!(
+        keys.len() >= 4 && keys.iter().all(|k| k.starts_with(&prefix)),
+        "{keys:?}"
+    );
 }

@@ -77,10 +77,14 @@ impl RawFleet {
         };
         let redis =
             RedisUrl::new(&url, password).map_err(|e| ConfigError::new("fleet.redis_url", e))?;
-        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+        if self.key_prefix.is_empty()
+            || self
+                .key_prefix
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
             return Err(ConfigError::new(
                 "fleet.key_prefix",
-                "must be a non-empty word without spaces",
+                "must be a non-empty word without spaces or braces (timgate wraps it in braces: the keys' Redis Cluster hash tag)",
             ));
         }
         let replicas = NonZeroU32::new(self.replicas)

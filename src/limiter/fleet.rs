@@ -68,6 +68,10 @@
 //! (3) after Redis loses its state, a replica that stays cut off from the new Redis is not
 //! accounted there; (4) Redis's clock must not be stepped while replicas depend on it (its
 //! rate is assumed equal to ours within the margins above).
+//!
+//! `fleet/tests.rs` drives this state machine on a paused clock against a real Redis at fixed
+//! Redis time and checks each step above on every send (switch, partial partition, switch
+//! back, lost state), and that no closed second holds more than L.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, Weak};
