@@ -165,7 +165,10 @@ impl Redis {
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not listen");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "redis-server did not listen"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Some(Redis { child, port })

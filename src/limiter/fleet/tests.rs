@@ -215,13 +215,19 @@ impl Sim {
     }
 
     /// The same, each replica from its own start.
-    fn offer_from(&self, from: &[Instant], rate: u32, until: Instant) -> tokio::task::JoinHandle<()> {
+    fn offer_from(
+        &self,
+        from: &[Instant],
+        rate: u32,
+        until: Instant,
+    ) -> tokio::task::JoinHandle<()> {
         let load: Vec<_> = self
             .replicas
             .iter()
             .enumerate()
             .map(|(replica, r)| {
-                let (lanes, fleet, record) = (r.lanes.clone(), r.fleet.clone(), self.record.clone());
+                let (lanes, fleet, record) =
+                    (r.lanes.clone(), r.fleet.clone(), self.record.clone());
                 let from = from[replica];
                 tokio::spawn(async move {
                     let api = Api::from_path("/v4/openim/sendmsg").unwrap();
@@ -267,7 +273,10 @@ impl Sim {
     }
 
     fn cut(&self, replica: usize, cut: bool) {
-        self.replicas[replica].redis.cut.store(cut, Ordering::SeqCst);
+        self.replicas[replica]
+            .redis
+            .cut
+            .store(cut, Ordering::SeqCst);
     }
 
     fn sends(&self) -> Vec<Send> {
@@ -359,7 +368,9 @@ async fn at(sim: &Sim, at: Instant, replicas: &[usize], cut: bool) {
 
 #[tokio::test(start_paused = true)]
 async fn a_partial_partition_keeps_the_sum_under_the_limit_and_the_others_serving() {
-    let Some(server) = Server::start() else { return };
+    let Some(server) = Server::start() else {
+        return;
+    };
     let sim = Sim::formed(server).await;
     let t0 = Instant::now();
     let (cut, back) = (t0 + Duration::from_secs(2), t0 + Duration::from_secs(7));
@@ -385,7 +396,10 @@ async fn a_partial_partition_keeps_the_sum_under_the_limit_and_the_others_servin
     for second in 0..5 {
         let from = cut + Duration::from_secs(second);
         let n = others(from, from + WINDOW);
-        assert!(n >= 115, "the others served {n} in second {second} of the cut");
+        assert!(
+            n >= 115,
+            "the others served {n} in second {second} of the cut"
+        );
     }
     // The cut replica serves its share (66 × 0.96 ≈ 63/s) after its pause.
     let own = sends
@@ -395,18 +409,26 @@ async fn a_partial_partition_keeps_the_sum_under_the_limit_and_the_others_servin
     assert!(own >= 110, "the cut replica served {own} in its last 2 s");
     // The whole fleet: at least 90% of 200/s in steady partition and within 3 s of the return.
     let during = between(&sends, cut + Duration::from_secs(3), back);
-    assert!(during >= 360, "fleet served {during} in 2 s of the partition");
+    assert!(
+        during >= 360,
+        "fleet served {during} in 2 s of the partition"
+    );
     let after = between(
         &sends,
         back + Duration::from_secs(3),
         back + Duration::from_secs(5),
     );
-    assert!(after >= 360, "fleet served {after} in 2 s from 3 s after the return");
+    assert!(
+        after >= 360,
+        "fleet served {after} in 2 s from 3 s after the return"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the_limit() {
-    let Some(server) = Server::start() else { return };
+    let Some(server) = Server::start() else {
+        return;
+    };
     let sim = Sim::formed(server).await;
     let t0 = Instant::now();
     let load = sim.offer(150, t0 + Duration::from_secs(12));
@@ -429,7 +451,11 @@ async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the
         .map(|s| s.at)
         .min()
         .unwrap();
-    assert!(first - cut <= Duration::from_millis(2500), "{:?}", first - cut);
+    assert!(
+        first - cut <= Duration::from_millis(2500),
+        "{:?}",
+        first - cut
+    );
     let during = between(&sends, cut + Duration::from_secs(3), back);
     assert!(during >= 360, "fleet served {during} in 2 s of the outage");
     let after = between(
@@ -437,13 +463,18 @@ async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the
         back + Duration::from_secs(3),
         back + Duration::from_secs(5),
     );
-    assert!(after >= 360, "fleet served {after} in 2 s from 3 s after the return");
+    assert!(
+        after >= 360,
+        "fleet served {after} in 2 s from 3 s after the return"
+    );
     assert!(sim.record.lock().unwrap().throttled > 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn redis_that_lost_its_state_admits_nothing_until_no_second_can_hold_old_and_new() {
-    let Some(server) = Server::start() else { return };
+    let Some(server) = Server::start() else {
+        return;
+    };
     let sim = Sim::formed(server).await;
     let t0 = Instant::now();
     let load = sim.offer(150, t0 + Duration::from_secs(10));
