@@ -99,6 +99,8 @@ pub const RETAIN: Duration = Duration::from_secs(600);
 pub const MARGIN: Duration = Duration::from_millis(100);
 /// One second: the window every limit is counted over.
 const WINDOW: Duration = Duration::from_secs(1);
+/// tokio's timer resolution: a shorter wait is not slept (see `Fleet::turn`).
+const TICK: Duration = Duration::from_millis(1);
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
 
@@ -368,6 +370,7 @@ impl Fleet {
             let keys: Vec<String> = left.iter().map(|a| a.key.clone()).collect();
             let mut args = vec![budget.as_micros().to_string()];
             args.extend(left.iter().map(|a| a.limit.get().to_string()));
+            let asked = Instant::now();
             let answer: Vec<i64> = match self.call("turn", &keys, &args).await {
                 Ok(answer) => answer,
                 Err(why) => {
@@ -391,9 +394,13 @@ impl Fleet {
                 tats: rest[1..].to_vec(),
                 used: false,
             };
-            // Redis's wait counts from when it ran the script; ours from its answer: later,
-            // never earlier, and the guard makes late wake-ups harmless.
-            if !wait.is_zero() {
+            // Redis's wait counts from when it ran the script, somewhere in the round trip:
+            // counted from the ask, the slot comes at most one round trip early. A wait under
+            // a timer tick is not slept: tokio's timer would make it a whole tick (1 ms or
+            // more) on every turn that was merely behind another by microseconds. Early is
+            // safe: the send-time guard in Redis, not pacing, keeps the limit.
+            let wait = wait.saturating_sub(asked.elapsed());
+            if wait >= TICK {
                 tokio::time::sleep(wait).await;
             }
             reserved.push(reservation);
