@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use crate::auth::Denied;
 use crate::limiter::{Scope, Throttled};
 use crate::rules::Refusal;
 use crate::upstream;
@@ -29,6 +30,9 @@ pub enum Error {
     /// Any method but POST.
     #[error("method {0} is not allowed: Tencent's REST API takes POST only")]
     MethodNotAllowed(hyper::Method),
+    /// No caller's token (401), or a caller, or anyone, not allowed this app or API (403).
+    #[error(transparent)]
+    Refused(#[from] Denied),
     /// `sdkappid` is given but is not a number.
     #[error("sdkappid {0:?} is not a number")]
     BadSdkAppId(String),
@@ -68,6 +72,16 @@ pub enum Error {
     /// A drain reached its deadline while the request was still running.
     #[error("timgate is shutting down and its drain deadline cut this request off")]
     DrainCut,
+    /// The request would wait longer than `max_queue_wait_ms` in its caller's own lane.
+    #[error("caller {caller}'s rate_limit of {limit}/s reached: the wait for a turn would be {:?}, over this app's max_queue_wait_ms", .throttled.retry_after)]
+    CallerThrottled {
+        /// The caller's name.
+        caller: String,
+        /// Its `rate_limit`.
+        limit: std::num::NonZeroU32,
+        /// The lane's answer.
+        throttled: Throttled,
+    },
     /// The request would wait longer than `max_queue_wait_ms` for its turn.
     #[error("{} rate limit reached: the wait for a turn would be {:?}, over this app's max_queue_wait_ms", scope_name(.0.scope), .0.retry_after)]
     Throttled(Throttled),
@@ -77,6 +91,7 @@ fn scope_name(scope: Scope) -> &'static str {
     match scope {
         Scope::App => "SDKAppID",
         Scope::Api => "API",
+        Scope::Caller => "caller",
     }
 }
 
@@ -87,6 +102,11 @@ impl Error {
             Error::NotFound => (StatusCode::NOT_FOUND, 60002),
             Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, 60002),
             Error::Unforwardable => (StatusCode::BAD_REQUEST, 60002),
+            // Tencent's "wrong credentials" and "caller not on the allow-list".
+            Error::Refused(refusal) if refusal.is_unauthenticated() => {
+                (StatusCode::UNAUTHORIZED, 60005)
+            }
+            Error::Refused(_) => (StatusCode::FORBIDDEN, 60021),
             Error::BadSdkAppId(_) => (StatusCode::BAD_REQUEST, 60006),
             Error::UnknownApp(_) => (StatusCode::BAD_REQUEST, 60006),
             Error::AmbiguousApp(_) => (StatusCode::BAD_REQUEST, 60006),
@@ -111,6 +131,12 @@ impl Error {
             Error::Throttled(Throttled {
                 scope: Scope::Api, ..
             }) => (StatusCode::TOO_MANY_REQUESTS, 60007),
+            // A caller's share of the app's frequency: the app-wide code, with its own ErrorInfo.
+            Error::Throttled(Throttled {
+                scope: Scope::Caller,
+                ..
+            })
+            | Error::CallerThrottled { .. } => (StatusCode::TOO_MANY_REQUESTS, 60011),
         }
     }
 
@@ -119,6 +145,8 @@ impl Error {
         match self {
             Error::NotFound | Error::Unforwardable => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::Refused(refusal) if refusal.is_unauthenticated() => "unauthorized",
+            Error::Refused(_) => "forbidden",
             Error::BadSdkAppId(_) | Error::UnknownApp(_) | Error::AmbiguousApp(_) => "unknown_app",
             Error::BodyTooLarge(_) => "body_too_large",
             Error::BodyRead(_) | Error::BodyTimeout(_) => "body_unreadable",
@@ -127,7 +155,7 @@ impl Error {
             Error::DrainCut => "drain_cut",
             Error::NotJson(_) => "not_json",
             Error::Rejected(_) => "rejected",
-            Error::Throttled(_) => "throttled",
+            Error::Throttled(_) | Error::CallerThrottled { .. } => "throttled",
             Error::Upstream(failure) => match failure {
                 upstream::Error::Unreachable(_)
                 | upstream::Error::Broken(_)
@@ -147,10 +175,16 @@ impl Error {
             Error::MethodNotAllowed(_) => {
                 headers.insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
             }
+            Error::Refused(refusal) if refusal.is_unauthenticated() => {
+                headers.insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"timgate\""),
+                );
+            }
             Error::Overloaded(_) | Error::Draining | Error::DrainCut => {
                 headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Error::Throttled(throttled) => {
+            Error::Throttled(throttled) | Error::CallerThrottled { throttled, .. } => {
                 // Whole seconds, rounded up: a caller that waits this long finds room.
                 let secs = throttled.retry_after.as_secs()
                     + u64::from(throttled.retry_after.subsec_nanos() > 0);

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`config`]: the TOML + environment configuration, validated before any port is bound.
 //! - [`usersig`]: UserSig v2 signing and verification, and the per-app re-signing `Signer`.
+//! - [`auth`]: who may call what: `[[callers]]` tokens and the app and API allow-lists.
 //! - [`api`]: which API a request path names; [`body`]: reading a request body within budget.
 //! - [`upstream`]: the pooled client to Tencent and one upstream attempt.
 //! - [`proxy`]: the request path that ties them together.
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod emulator;

@@ -16,7 +16,10 @@
 //!   margin of about 4% for network jitter between here and Tencent.
 //!
 //! An API-limited request waits for its API lane first, then for the app lane, so a slow API
-//! never holds up the app's other APIs. Each app's `Lanes` are built once from the
+//! never holds up the app's other APIs. A caller with a `rate_limit` of its own waits in its
+//! own lane of the app before either (the same pacing, guard and bounded wait), so a caller
+//! flooding past its share queues in its own lane and never takes the app's whole limit
+//! from the callers beside it. Each app's `Lanes` are built once from the
 //! configuration and carried by its route, so no step looks the app up again; unknown
 //! SDKAppIDs are refused by routing before they reach here.
 //!
@@ -58,6 +61,8 @@ pub enum Scope {
     App,
     /// One API of the SDKAppID (Tencent's 60007).
     Api,
+    /// One caller's own share of the SDKAppID (`[[callers]] rate_limit`).
+    Caller,
 }
 
 /// A request that would wait longer than it may.
@@ -88,24 +93,44 @@ impl Limiter {
 
     /// The lanes of `app`: its own limit and one lane per entry of its `api_limits`.
     pub fn lanes(&self, app: &App) -> Lanes {
-        let limit = |scope, limit: NonZeroU32, api: Option<&str>| Limit {
+        self.lanes_with_callers(app, std::iter::empty())
+    }
+
+    /// `lanes`, and one lane for each caller `(name, rate_limit)` of `callers`.
+    pub fn lanes_with_callers<'c>(
+        &self,
+        app: &App,
+        callers: impl Iterator<Item = (&'c str, NonZeroU32)>,
+    ) -> Lanes {
+        let limit = |scope, limit: NonZeroU32, key: Option<String>| Limit {
             lane: Lane::new(scope, limit),
             limit,
-            key: self
-                .fleet
-                .as_ref()
-                .map(|f| f.key(app.sdkappid, api))
-                .unwrap_or_default(),
+            key: key.unwrap_or_default(),
             fallback: Mutex::new(None),
         };
+        let fleet = self.fleet.as_ref();
         let apis = app
             .api_limits
             .iter()
-            .map(|(api, n)| (api.clone(), limit(Scope::Api, *n, Some(api))))
+            .map(|(api, n)| {
+                let key = fleet.map(|f| f.key(app.sdkappid, Some(api)));
+                (api.clone(), limit(Scope::Api, *n, key))
+            })
+            .collect();
+        let callers = callers
+            .map(|(name, n)| {
+                let key = fleet.map(|f| f.caller_key(app.sdkappid, name));
+                (name.to_owned(), limit(Scope::Caller, n, key))
+            })
             .collect();
         Lanes {
-            app: limit(Scope::App, app.rate_limit, None),
+            app: limit(
+                Scope::App,
+                app.rate_limit,
+                fleet.map(|f| f.key(app.sdkappid, None)),
+            ),
             apis,
+            callers,
             waiting: self.waiting.clone(),
             fleet: self.fleet.clone(),
         }
@@ -168,6 +193,8 @@ impl Limit {
 pub struct Lanes {
     app: Limit,
     apis: HashMap<String, Limit>,
+    /// Callers with a `rate_limit` of their own, by name.
+    callers: HashMap<String, Limit>,
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
 }
@@ -176,7 +203,19 @@ impl Lanes {
     /// Waits, in arrival order, for one attempt's turn of `api`; refuses at once when the
     /// wait would exceed `max_wait`. The turn is spent by `Turn::send_now`.
     pub async fn turn(&self, api: &Api, max_wait: Duration) -> Result<Turn<'_>, Throttled> {
+        self.turn_as(api, None, max_wait).await
+    }
+
+    /// `turn` for a request of `caller`, which waits in that caller's own lane first when it
+    /// has one.
+    pub async fn turn_as(
+        &self,
+        api: &Api,
+        caller: Option<&str>,
+        max_wait: Duration,
+    ) -> Result<Turn<'_>, Throttled> {
         let turn = Turn {
+            caller: caller.and_then(|name| self.callers.get(name)),
             api: self.apis.get(api.name()),
             app: &self.app,
             fleet: self.fleet.as_deref(),
@@ -239,7 +278,7 @@ impl Lanes {
     pub fn slow_down(&self, api: &Api, scope: Scope) {
         let limit = match scope {
             Scope::Api => self.apis.get(api.name()),
-            Scope::App => None,
+            Scope::App | Scope::Caller => None,
         };
         // An API without its own lane slows the whole app: that is the lane it runs in.
         let limit = limit.unwrap_or(&self.app);
@@ -288,6 +327,7 @@ async fn pace(lanes: &[&Lane], max_wait: Duration, waiting: &AtomicUsize) -> Res
 /// ```
 #[must_use = "a turn is spent by send_now, right before the request is written"]
 pub struct Turn<'a> {
+    caller: Option<&'a Limit>,
     api: Option<&'a Limit>,
     app: &'a Limit,
     fleet: Option<&'a Fleet>,
@@ -297,14 +337,15 @@ pub struct Turn<'a> {
 impl Turn<'_> {
     /// The limits this attempt passes, narrowest first.
     fn limits(&self) -> impl Iterator<Item = &Limit> {
-        self.api.into_iter().chain([self.app])
+        self.caller.into_iter().chain(self.api).chain([self.app])
     }
 
     /// Waits until a request sent now keeps every limit, and counts it as sent: call it with
     /// the connection ready, right before writing the request. In a fleet, `Throttled` when
     /// Redis went away since the turn and this replica may not spend its share yet.
     pub async fn send_now(self) -> Result<(), Throttled> {
-        guard(self.api.map(|l| &l.lane), &self.app.lane).await;
+        let lanes: Vec<&Lane> = self.limits().map(|l| &l.lane).collect();
+        guard(&lanes).await;
         let Some(fleet) = self.fleet else {
             return Ok(());
         };
@@ -469,7 +510,7 @@ mod tests {
             let end = Instant::now() + Duration::from_secs(3);
             let mut times = Vec::new();
             while Instant::now() < end {
-                guard(None, &lane).await;
+                guard(&[&lane]).await;
                 times.push(Instant::now());
             }
             assert!(

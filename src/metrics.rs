@@ -42,6 +42,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerLabels {
+    caller: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppLabels {
     app: String,
 }
@@ -98,6 +104,7 @@ pub struct AppSeries {
     throttle_wait: Histogram,
     rejected_app: Counter,
     rejected_api: Counter,
+    rejected_caller: Counter,
     signs: Counter,
     /// Tencent's answers by ErrorCode, in `CODES` order, then `other`, then `none`.
     codes: Vec<Counter>,
@@ -109,6 +116,7 @@ pub struct AppSeries {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    caller_requests: Family<CallerLabels, Counter>,
     upstream_latency: Family<AppLabels, Histogram>,
     attempts: Family<AppLabels, Counter>,
     retries: Family<AppLabels, Counter>,
@@ -206,6 +214,7 @@ impl Metrics {
         let mut metrics = Metrics {
             registry: Registry::with_prefix("timgate"),
             requests: Family::default(),
+            caller_requests: Family::default(),
             upstream_latency: Family::new_with_constructor(latency),
             attempts: Family::default(),
             retries: Family::default(),
@@ -230,6 +239,11 @@ impl Metrics {
             "requests",
             "Requests, each counted once, by app, API and how it ended (outcome)",
             metrics.requests.clone(),
+        );
+        r.register(
+            "caller_requests",
+            "Requests by [[callers]] name (`none`: no known token) and outcome, with callers configured",
+            metrics.caller_requests.clone(),
         );
         r.register_with_unit(
             "upstream_latency",
@@ -358,6 +372,15 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
     }
 
+    /// One request of `caller` (a configured name, or `none`), by how it ended.
+    pub fn caller_request(&self, caller: &str, outcome: &'static str) {
+        let labels = CallerLabels {
+            caller: caller.to_owned(),
+            outcome,
+        };
+        self.caller_requests.get_or_create(&labels).inc();
+    }
+
     /// A drain has started.
     pub fn draining(&self) {
         self.draining.set(1);
@@ -391,6 +414,7 @@ impl Metrics {
             throttle_wait: self.throttle_wait.get_or_create(&labels).clone(),
             rejected_app: rejected("app"),
             rejected_api: rejected("api"),
+            rejected_caller: rejected("caller"),
             signs: self.usersig_signs.get_or_create(&labels).clone(),
             codes: CODES
                 .iter()
@@ -471,6 +495,7 @@ impl AppSeries {
         let counter = match scope {
             Scope::App => &self.rejected_app,
             Scope::Api => &self.rejected_api,
+            Scope::Caller => &self.rejected_caller,
         };
         counter.inc();
     }

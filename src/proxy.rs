@@ -26,10 +26,11 @@ use hyper::{Method, Request, Response, Uri};
 use tokio::time::Instant;
 
 use crate::api::Api;
+use crate::auth::{self, Callers};
 use crate::body::{self, Budget};
 use crate::config::{App, ConfigError, Resolved};
 use crate::error::Error;
-use crate::limiter::{Lanes, Limiter, Throttled, Turn};
+use crate::limiter::{Lanes, Limiter, Scope, Throttled, Turn};
 use crate::metrics::{AppSeries, Metrics};
 use crate::retry::{self, Verdict};
 use crate::upstream::{self, Origin, Reply, Upstream};
@@ -37,6 +38,7 @@ use crate::usersig::{self, Signer};
 
 use call::Call;
 use drain::Drain;
+pub use inspect::inspect;
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
@@ -57,6 +59,8 @@ pub struct Gateway {
 /// request ever sees half of one configuration and half of another.
 pub struct Routes {
     by_id: HashMap<u64, Route>,
+    /// Who may call what (`[[callers]]`), from the same configuration as the apps.
+    callers: Callers,
 }
 
 /// One configured app, found once by `?sdkappid`: where it goes, who it signs as, its limits
@@ -114,6 +118,7 @@ impl Gateway {
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let routes = gateway.routes();
     let mut call = Call::new(&gateway);
+    call.named = routes.callers.required();
     let result = tokio::select! {
         result = forward(&gateway, &routes, request, &mut call) => result,
         () = gateway.drain.cut() => Err(Error::DrainCut),
@@ -132,8 +137,15 @@ async fn forward<'g>(
     if request.method() != Method::POST {
         return Err(Error::MethodNotAllowed(request.method().clone()));
     }
+    // Who calls, and whether they may, before the body is read or any quota is spent.
+    let caller = routes.callers.identify(request.headers())?;
+    call.caller = caller;
     let route = routes.find(request.uri().query())?;
     call.route = Some(route);
+    auth::app_allows(&route.app, &api)?;
+    if let Some(caller) = caller {
+        caller.allows(route.app.sdkappid, &api)?;
+    }
     let (body, _held) = body::read(
         request,
         gateway.max_body_bytes,
@@ -161,7 +173,7 @@ impl Gateway {
         let mut last = None;
         loop {
             let target = route.target(api)?;
-            let turn = match self.turn(route, api, deadline).await {
+            let turn = match self.turn(route, api, call.caller, deadline).await {
                 Ok(turn) => turn,
                 Err(refused) => {
                     // A retry that finds no room ends with the answer already in hand.
@@ -208,6 +220,7 @@ impl Gateway {
         &self,
         route: &'r Route,
         api: &Api,
+        caller: Option<&auth::Caller>,
         deadline: Instant,
     ) -> Result<Turn<'r>, Error> {
         let app = &route.app;
@@ -221,7 +234,7 @@ impl Gateway {
             max_wait = max_wait.min(last_turn.saturating_duration_since(now));
         }
         let granted = tokio::select! {
-            granted = route.lanes.turn(api, max_wait) => granted,
+            granted = route.lanes.turn_as(api, caller.map(auth::Caller::name), max_wait) => granted,
             () = self.drain.past_last_turn() => return Err(Error::Draining),
         };
         match granted {
@@ -232,7 +245,14 @@ impl Gateway {
             Err(Throttled { .. }) if by_drain => Err(Error::Draining),
             Err(throttled) => {
                 route.series.rejected(throttled.scope);
-                Err(Error::Throttled(throttled))
+                match (throttled.scope, caller.and_then(|c| Some((c, c.rate_limit()?)))) {
+                    (Scope::Caller, Some((caller, limit))) => Err(Error::CallerThrottled {
+                        caller: caller.name().to_owned(),
+                        limit,
+                        throttled,
+                    }),
+                    _ => Err(Error::Throttled(throttled)),
+                }
             }
         }
     }
@@ -303,25 +323,21 @@ impl Routes {
     /// The routes of every app in `resolved`, with lanes from `limiter` and series from
     /// `metrics`.
     fn build(resolved: &Resolved, limiter: &Limiter, metrics: &Metrics) -> Routes {
+        let callers = Callers::new(&resolved.config().callers);
         let by_id = resolved
             .apps()
-            .map(|(app, origin)| (app.sdkappid, Route::new(app, origin, limiter, metrics)))
+            .map(|(app, origin)| {
+                let route = Route::new(app, origin, limiter, metrics, &callers);
+                (app.sdkappid, route)
+            })
             .collect();
-        Routes { by_id }
+        Routes { by_id, callers }
     }
 
     /// The app a request is for: `?sdkappid=N`, or the only configured app.
     fn find(&self, query: Option<&str>) -> Result<&Route, Error> {
-        let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-            .find(|(name, _)| name == "sdkappid")
-            .map(|(_, value)| value);
-        match given {
-            Some(text) => {
-                let id: u64 = text
-                    .parse()
-                    .map_err(|_| Error::BadSdkAppId(text.into_owned()))?;
-                self.by_id.get(&id).ok_or(Error::UnknownApp(id))
-            }
+        match requested_app(query)? {
+            Some(id) => self.by_id.get(&id).ok_or(Error::UnknownApp(id)),
             None => match (self.by_id.len(), self.by_id.values().next()) {
                 (1, Some(only)) => Ok(only),
                 (apps, _) => Err(Error::AmbiguousApp(apps)),
@@ -330,8 +346,27 @@ impl Routes {
     }
 }
 
+/// The SDKAppID a request's query asks for (`sdkappid`, the first if repeated), if any.
+pub fn requested_app(query: Option<&str>) -> Result<Option<u64>, Error> {
+    let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(name, _)| name == "sdkappid")
+        .map(|(_, value)| value);
+    given
+        .map(|text| {
+            text.parse()
+                .map_err(|_| Error::BadSdkAppId(text.into_owned()))
+        })
+        .transpose()
+}
+
 impl Route {
-    fn new(app: &App, origin: &Uri, limiter: &Limiter, metrics: &Metrics) -> Route {
+    fn new(
+        app: &App,
+        origin: &Uri,
+        limiter: &Limiter,
+        metrics: &Metrics,
+        callers: &Callers,
+    ) -> Route {
         let signer = Signer::new(
             app.secret_key.clone(),
             app.sdkappid,
@@ -340,9 +375,13 @@ impl Route {
         );
         let identifier: String =
             form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
+        let shares = callers
+            .iter()
+            .filter(|c| c.may_use(app.sdkappid))
+            .filter_map(|c| Some((c.name(), c.rate_limit()?)));
         Route {
             app: app.clone(),
-            lanes: limiter.lanes(app),
+            lanes: limiter.lanes_with_callers(app, shares),
             origin: Origin::new(origin),
             credentials: format!(
                 "?sdkappid={}&identifier={identifier}&usersig=",

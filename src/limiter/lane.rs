@@ -17,9 +17,9 @@ use super::{GUARD, PACE, SLOWDOWN, Scope, Throttled};
 /// Passes every lane's send-time guard at one instant; any refusal waits and starts over.
 /// A cell a guard admitted for a send that then waited is never reused, so real sends are
 /// always a subset of what each guard admitted.
-pub(super) async fn guard(api: Option<&Lane>, app: &Lane) {
+pub(super) async fn guard(lanes: &[&Lane]) {
     'again: loop {
-        for lane in api.into_iter().chain([app]) {
+        for lane in lanes {
             if let Err(not_until) = lane.guard.check() {
                 let wait = not_until.wait_time_from(TokioClock.now());
                 tokio::time::sleep(wait).await;

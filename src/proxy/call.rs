@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::{Gateway, Route};
 use crate::api::Api;
+use crate::auth::Caller;
 use crate::error::{Error, json_response};
 use crate::metrics::InFlight;
 use crate::upstream::Reply;
@@ -27,6 +28,10 @@ pub(super) struct Call<'g> {
     _in_flight: InFlight<'g>,
     pub(super) started: Instant,
     pub(super) route: Option<&'g Route>,
+    /// The caller its token names, once known (only with `[[callers]]`).
+    pub(super) caller: Option<&'g Caller>,
+    /// Callers are configured: the request is counted by caller name.
+    pub(super) named: bool,
     pub(super) api: Option<Api>,
     pub(super) attempts: u32,
     /// An attempt was handed to a connection and may have reached Tencent.
@@ -94,6 +99,8 @@ impl<'g> Call<'g> {
             _in_flight: gateway.metrics.in_flight(),
             started: Instant::now(),
             route: None,
+            caller: None,
+            named: false,
             api: None,
             attempts: 0,
             reached_tencent: false,
@@ -126,7 +133,14 @@ impl<'g> Call<'g> {
         self.gateway
             .metrics
             .request(series, self.api.as_ref(), summary.outcome);
+        let caller = self.caller.map(Caller::name);
+        if self.named {
+            self.gateway
+                .metrics
+                .caller_request(caller.unwrap_or("none"), summary.outcome);
+        }
         info!(
+            caller,
             app = self.route.map(|route| route.app.sdkappid),
             api = self.api.as_ref().map(tracing::field::display),
             outcome = summary.outcome,

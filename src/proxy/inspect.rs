@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::rules;
 
 /// Checks `body` for `api`: JSON at all, then the API's rules.
-pub(super) fn inspect(api: &Api, body: &[u8]) -> Result<(), Error> {
+pub fn inspect(api: &Api, body: &[u8]) -> Result<(), Error> {
     match rules::for_api(api.name()) {
         None => serde_json::from_slice::<Json>(body)
             .map(drop)

@@ -130,6 +130,7 @@ pub struct Seen {
     pub at: tokio::time::Instant,
     pub path: String,
     pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -256,11 +257,13 @@ async fn record(request: Request<Incoming>) -> Seen {
     let query = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
         .into_owned()
         .collect();
+    let headers = request.headers().clone();
     let body = request.into_body().collect().await.unwrap().to_bytes();
     Seen {
         at,
         path,
         query,
+        headers,
         body,
     }
 }
@@ -320,11 +323,25 @@ impl Caller {
         path: &str,
         body: impl Into<Bytes>,
     ) -> Answer {
-        let request = Request::builder()
+        self.send_with(method, addr, path, &[], body).await
+    }
+
+    /// Sends `method path_and_query` to `addr` with `headers` and `body`.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .body(Full::new(body.into()))
-            .unwrap();
+            .uri(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body.into())).unwrap();
         let response: Response<Incoming> = self.client.request(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
