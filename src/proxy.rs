@@ -245,7 +245,10 @@ impl Gateway {
             Err(Throttled { .. }) if by_drain => Err(Error::Draining),
             Err(throttled) => {
                 route.series.rejected(throttled.scope);
-                match (throttled.scope, caller.and_then(|c| Some((c, c.rate_limit()?)))) {
+                match (
+                    throttled.scope,
+                    caller.and_then(|c| Some((c, c.rate_limit()?))),
+                ) {
                     (Scope::Caller, Some((caller, limit))) => Err(Error::CallerThrottled {
                         caller: caller.name().to_owned(),
                         limit,

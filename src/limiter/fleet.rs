@@ -262,7 +262,7 @@ impl Fleet {
     /// The Redis key of a caller's own lane within an app: `caller:` cannot begin an API
     /// name's key, which always holds a `/`.
     pub fn caller_key(&self, sdkappid: u64, caller: &str) -> String {
-        format!("{}:lane:{sdkappid}:caller:{caller}", self.prefix)
+        format!("{}:lane:{sdkappid}:caller:{caller}", self.tag)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
