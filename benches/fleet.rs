@@ -112,7 +112,7 @@ fn main() {
         let plain = Limiter::default();
         let local: Vec<Lanes> = local_config.apps.iter().map(|a| plain.lanes(a)).collect();
         let metrics = Metrics::new(&fleet_config.apps);
-        let limiter = Limiter::new(fleet_config.fleet.as_ref(), metrics.fleet()).unwrap();
+        let limiter = Limiter::new(fleet_config.fleet.as_ref(), metrics.fleet());
         let shared: Vec<Lanes> = fleet_config.apps.iter().map(|a| limiter.lanes(a)).collect();
         let api = Api::from_path("/v4/openim/sendmsg").unwrap();
         let url = format!("redis://127.0.0.1:{port}/0");

@@ -208,6 +208,9 @@ pub struct Fleet {
     /// Where the shared lanes live (`redis_url`: `redis://` or `rediss://`, password
     /// optional); `Debug` masks the password.
     pub redis: RedisUrl,
+    /// The variable the Redis password was read from (`redis_password_env`), if any: a name,
+    /// not a secret.
+    pub redis_password_env: Option<String>,
     /// Prefix of every key, so several fleets can share one Redis (`key_prefix`, default
     /// `timgate`).
     pub key_prefix: String,
@@ -219,53 +222,69 @@ pub struct Fleet {
     pub timeout: Duration,
 }
 
-/// A Redis URL and the password to use with it (from the URL or `redis_password_env`).
-/// `Debug` and `Display` print the URL with the password masked.
+/// A Redis URL and the password to use with it (from the URL or `redis_password_env`),
+/// parsed into the client that connects with them, so that nothing about it can fail once
+/// the ports are bound. `Debug` and `Display` print the URL with the password masked.
 #[derive(Clone)]
 pub struct RedisUrl {
     /// The URL as written, password included.
     url: String,
     /// The password from `redis_password_env`, if set; it wins over one in the URL.
     password: Option<SecretKey>,
+    /// The client for both (it connects only when asked to).
+    client: redis::Client,
 }
 
 impl RedisUrl {
-    /// A URL whose scheme is `redis` or `rediss`, and an optional password beside it.
+    /// A URL whose scheme is `redis` or `rediss` and that the Redis client can use as it is,
+    /// and an optional password beside it.
     pub fn new(url: &str, password: Option<SecretKey>) -> Result<RedisUrl, String> {
+        use redis::IntoConnectionInfo;
         let parsed: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
         match parsed.scheme_str() {
             Some("redis" | "rediss") => {}
             _ => return Err("must start with redis:// or rediss://".into()),
         }
+        // The client's own reading of the URL (database number, host, TLS fragment): its
+        // errors name no secret.
+        let mut info = url.into_connection_info().map_err(|e| e.to_string())?;
+        if let Some(password) = &password {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
+            info = info.set_redis_settings(settings);
+        }
+        // redis-rs leaves Nagle on: a call written while an earlier one is unacknowledged would
+        // wait for that ACK. Calls are small and latency is the point.
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        info = info.set_tcp_settings(tcp);
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         Ok(RedisUrl {
             url: url.to_owned(),
             password,
+            client,
         })
     }
 
-    /// The URL, password included, for connecting only.
-    pub fn expose(&self) -> &str {
-        &self.url
-    }
-
-    /// The password from `redis_password_env`, for connecting only.
-    pub fn password(&self) -> Option<&SecretKey> {
-        self.password.as_ref()
+    /// The client for this URL and password; it connects only when asked to.
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
     }
 }
 
 impl std::fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // `scheme://user:password@host…`: everything between "//" and the last "@" before
-        // the path may hold a password; show only the user name.
+        // `scheme://user:password@host…`: what follows the first ":" of the user info (up to
+        // the last "@" before the path) is the password; show only the user name.
         let (scheme, rest) = self.url.split_once("//").unwrap_or(("", &self.url));
-        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         match rest[..authority_end].rfind('@') {
-            Some(at) => {
+            Some(at) if rest[..at].contains(':') => {
                 let user = rest[..at].split(':').next().unwrap_or("");
                 write!(f, "{scheme}//{user}:***{}", &rest[at..])
             }
-            None => f.write_str(&self.url),
+            _ => f.write_str(&self.url),
         }
     }
 }
@@ -845,6 +864,57 @@ mod tests {
         assert_eq!(again.apps[0].secret_key.expose(), "***");
         assert_eq!(format!("{again:?}"), format!("{config:?}"));
         assert_eq!(again.to_toml(), printed);
+    }
+
+    #[test]
+    fn the_printed_fleet_reads_back_with_its_password_masked() {
+        let with_url = format!(
+            "[fleet]\nredis_url = \"rediss://app:hunter2@redis.example:6380/2\"\n\
+             key_prefix = \"blue\"\nreplicas = 3\ntimeout_ms = 80\n{GOOD}"
+        );
+        // The variable's name is printed, never its value (PATH is set everywhere).
+        let with_env = format!(
+            "[fleet]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_password_env = \"PATH\"\n{GOOD}"
+        );
+        for text in [with_url, with_env] {
+            let config = Config::from_toml(&text).unwrap();
+            let printed = config.to_toml();
+            assert!(printed.contains("[fleet]"), "{printed}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+            let path = std::env::var("PATH").unwrap();
+            assert!(!printed.contains(&path), "{printed}");
+            let again = Config::from_toml(&printed).unwrap();
+            assert_eq!(format!("{again:?}"), format!("{config:?}"));
+            assert_eq!(again.to_toml(), printed);
+        }
+        let printed = Config::from_toml(&format!(
+            "[fleet]\nredis_url = \"rediss://app:hunter2@redis.example:6380/2\"\n{GOOD}"
+        ))
+        .unwrap()
+        .to_toml();
+        assert!(
+            printed.contains("redis_url = \"rediss://app:***@redis.example:6380/2\""),
+            "{printed}"
+        );
+        // A user without a password gains none.
+        let url = "redis://app@redis.example/0";
+        let printed = Config::from_toml(&format!("[fleet]\nredis_url = \"{url}\"\n{GOOD}"))
+            .unwrap()
+            .to_toml();
+        assert!(printed.contains(url), "{printed}");
+        assert!(!Config::from_toml(GOOD).unwrap().to_toml().contains("fleet"));
+    }
+
+    #[test]
+    fn a_redis_url_the_client_cannot_use_is_refused_by_validation() {
+        for url in [
+            "redis://0.0.0.0:6379",
+            "redis://127.0.0.1:6379/not-a-db",
+            "rediss://redis.example/0#unsafe",
+        ] {
+            let e = refusal(&format!("[fleet]\nredis_url = \"{url}\"\n{GOOD}"));
+            assert_eq!(e.key, "fleet.redis_url", "{url}: {e}");
+        }
     }
 
     #[test]

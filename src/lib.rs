@@ -109,7 +109,9 @@ pub async fn bind(config: Config) -> Result<(Resolved, Listeners), BindError> {
 /// within `server.drain_timeout_ms`. The admin listener stops last.
 ///
 /// Starts the in-process emulator first on its listener, when [`bind`] made one.
-/// Returns whether every accepted connection finished within the drain deadline.
+/// Returns whether the drain answered every request without cutting one (a connection still
+/// open at the deadline, such as a caller that stopped reading its answer, is closed and
+/// logged, but cuts no request).
 pub async fn run(
     resolved: Resolved,
     listeners: Listeners,
@@ -122,7 +124,7 @@ pub async fn run(
         }
         spawn_emulator(config, listener)
     });
-    let gateway = Arc::new(Gateway::new(&resolved).map_err(std::io::Error::other)?);
+    let gateway = Arc::new(Gateway::new(&resolved));
     let admin = Arc::new(Admin::new(gateway.clone()));
     let admin_addr = listeners.admin.local_addr()?;
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -145,7 +147,7 @@ pub async fn run(
     );
     let draining_gateway = gateway.clone();
     let leaving = gateway.clone();
-    let handler = move |request| proxy::handle(gateway.clone(), request);
+    let handler = proxy::Edge(gateway);
     let draining = async {
         shutdown.await;
         draining_gateway.drain(tokio::time::Instant::now() + config.server.drain_timeout);
@@ -153,14 +155,16 @@ pub async fn run(
         info!(deadline = ?config.server.drain_timeout, "draining");
     };
     let bounds = Bounds::from_config(&config.server);
-    let drained = server::serve(listeners.proxy, handler, draining, bounds).await;
+    let closed = server::serve(listeners.proxy, handler, draining, bounds).await;
     leaving.leave_fleet().await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
     if let Some(task) = embedded {
         task.abort();
     }
-    Ok(drained)
+    let cut = leaving.requests_cut();
+    info!(requests_cut = cut, connections_closed = closed, "drained");
+    Ok(cut == 0)
 }
 
 /// Runs the emulator for `config`'s apps on `listener` until `shutdown` resolves.

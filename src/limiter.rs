@@ -7,6 +7,8 @@
 //!   slot lies beyond its allowed wait is refused before it queues. Waiters are sleeping
 //!   futures, no queue structure exists; a caller that disconnects drops its reservation (and
 //!   gives the slot back when it was the last one).
+//!   When the limiter closes (a drain), a slot after its closing time is refused as well,
+//!   at once, for requests already sleeping towards one too.
 //! - **Guard** (governor): at the actual moment of sending, every lane's governor limiter
 //!   (rate r = `GUARD` × L, burst b = L − floor(r)) must admit the attempt. Late timer wake-ups
 //!   can bunch paced requests; the guard cannot be fooled by that. GCRA admits at most
@@ -36,6 +38,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use lane::{Lane, guard};
@@ -79,16 +82,31 @@ pub struct Throttled {
 pub struct Limiter {
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
+    /// The last moment a turn may be granted, once the limiter closes (a drain).
+    closing: Arc<watch::Sender<Option<Instant>>>,
 }
 
 impl Limiter {
     /// A limiter whose lanes are shared in Redis when `fleet` is configured.
-    pub fn new(fleet: Option<&config::Fleet>, series: FleetSeries) -> Result<Limiter, String> {
-        let fleet = fleet.map(|f| Fleet::start(f, series)).transpose()?;
-        Ok(Limiter {
+    pub fn new(fleet: Option<&config::Fleet>, series: FleetSeries) -> Limiter {
+        Limiter {
             waiting: Arc::default(),
-            fleet,
-        })
+            fleet: fleet.map(|f| Fleet::start(f, series)),
+            closing: Arc::default(),
+        }
+    }
+
+    /// Grants no turn later than `last`: from now on a request whose turn would come after it
+    /// is refused at once, those already waiting for one included (their `Throttled` says
+    /// when the turn would have come). An earlier `last` than before wins.
+    pub fn close_at(&self, last: Instant) {
+        self.closing.send_if_modified(|closing| {
+            let earlier = closing.is_none_or(|at| last < at);
+            if earlier {
+                *closing = Some(last);
+            }
+            earlier
+        });
     }
 
     /// The lanes of `app`: its own limit and one lane per entry of its `api_limits`.
@@ -133,6 +151,7 @@ impl Limiter {
             callers,
             waiting: self.waiting.clone(),
             fleet: self.fleet.clone(),
+            closing: Closing(self.closing.subscribe()),
         }
     }
 
@@ -197,6 +216,33 @@ pub struct Lanes {
     callers: HashMap<String, Limit>,
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
+    closing: Closing,
+}
+
+/// The limiter's closing time as the lanes see it ([`Limiter::close_at`]).
+struct Closing(watch::Receiver<Option<Instant>>);
+
+impl Closing {
+    /// `max_wait` from `now`, cut short by the closing time.
+    fn budget(&self, now: Instant, max_wait: Duration) -> Duration {
+        match *self.0.borrow() {
+            Some(last) => max_wait.min(last.saturating_duration_since(now)),
+            None => max_wait,
+        }
+    }
+
+    /// Resolves once the closing time is set before `slot`; never if it is not.
+    async fn before(&self, slot: Instant) {
+        let mut closing = self.0.clone();
+        if closing
+            .wait_for(|at| at.is_some_and(|last| last < slot))
+            .await
+            .is_err()
+        {
+            // The limiter is gone: nothing will close.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Lanes {
@@ -224,7 +270,7 @@ impl Lanes {
         match &self.fleet {
             None => {
                 let lanes: Vec<&Lane> = turn.limits().map(|l| &l.lane).collect();
-                pace(&lanes, max_wait, &self.waiting).await?;
+                pace(&lanes, max_wait, &self.waiting, &self.closing).await?;
             }
             Some(fleet) => self.shared(fleet, &turn, max_wait).await?,
         }
@@ -241,7 +287,9 @@ impl Lanes {
         let start = Instant::now();
         let _waiting = Queued::enter(&self.waiting);
         loop {
-            let budget = max_wait.saturating_sub(start.elapsed());
+            let budget = self
+                .closing
+                .budget(Instant::now(), max_wait.saturating_sub(start.elapsed()));
             match fleet.fallback_in() {
                 None => {
                     let asks: Vec<Ask> = turn.limits().map(Limit::ask).collect();
@@ -262,7 +310,7 @@ impl Lanes {
                         .map(|l| l.fallback(fleet))
                         .collect::<Result<Vec<_>, _>>()?;
                     let lanes: Vec<&Lane> = lanes.iter().map(|l| &**l).collect();
-                    return pace(&lanes, budget, &AtomicUsize::new(0)).await;
+                    return pace(&lanes, budget, &AtomicUsize::new(0), &self.closing).await;
                 }
             }
         }
@@ -293,20 +341,34 @@ impl Lanes {
 }
 
 /// Reserves a slot on each lane in order, sleeping until each; refuses at once when any
-/// lane is already further behind than `max_wait`.
-async fn pace(lanes: &[&Lane], max_wait: Duration, waiting: &AtomicUsize) -> Result<(), Throttled> {
+/// lane is already further behind than `max_wait` or the closing time, and, while waiting,
+/// as soon as the limiter closes before the slot.
+async fn pace(
+    lanes: &[&Lane],
+    max_wait: Duration,
+    waiting: &AtomicUsize,
+    closing: &Closing,
+) -> Result<(), Throttled> {
     let start = Instant::now();
     for lane in lanes {
-        lane.predict(start, max_wait)?;
+        lane.predict(start, closing.budget(start, max_wait))?;
     }
     let _waiting = Queued::enter(waiting);
     for lane in lanes {
         let now = Instant::now();
-        let budget = max_wait.saturating_sub(now - start);
+        let budget = closing.budget(now, max_wait.saturating_sub(now - start));
         let ticket = lane.reserve(now, budget)?;
         // A timer, even one already due, costs a tick (~1 ms): sleep only when waiting.
         if ticket.slot > now {
-            tokio::time::sleep_until(ticket.slot).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(ticket.slot) => {}
+                () = closing.before(ticket.slot) => {
+                    return Err(Throttled {
+                        scope: lane.scope,
+                        retry_after: ticket.slot.saturating_duration_since(Instant::now()),
+                    });
+                }
+            }
         }
         ticket.used();
     }
@@ -487,6 +549,40 @@ mod tests {
             most = most.max(end - start + 1);
         }
         most
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_refuses_at_once_the_waiters_whose_turn_comes_after_it() {
+        // 10/s paced at 9.6/s: ten requests hold slots about 104 ms apart, up to ~0.94 s.
+        let limiter = local(10);
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let limiter = limiter.clone();
+            tasks.push(tokio::spawn(async move {
+                let answer = limiter.acquire(1, &api(SEND), Duration::from_secs(5)).await;
+                (answer, Instant::now())
+            }));
+            tokio::task::yield_now().await;
+        }
+        let closed = Instant::now();
+        limiter.limiter.close_at(closed + Duration::from_millis(300));
+        let mut granted = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (Ok(()), at) => granted.push(at),
+                (Err(throttled), at) => {
+                    assert_eq!(at, closed, "refused at once, not at its turn");
+                    assert!(throttled.retry_after > Duration::from_millis(300));
+                }
+            }
+        }
+        // Slots at 0, 104, 208 ms come before the closing time; the other seven do not.
+        assert_eq!(granted.len(), 3, "{granted:?}");
+        assert!(granted.iter().all(|at| *at <= closed + Duration::from_millis(300)));
+        // A request arriving now is refused at once too: its turn would come later still.
+        let late = limiter.acquire(1, &api(SEND), Duration::from_secs(5)).await;
+        assert!(late.is_err());
+        assert_eq!(limiter.waiting(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 //! Configuration is loaded and validated before any port is bound; a bad one exits with
 //! code 64 and a message naming the key at fault. A port that cannot be bound exits 1,
 //! naming the listener and its address. A drain that ends with every request answered
-//! exits 0; one cut short by `drain_timeout_ms` exits 1.
+//! exits 0; one that cut a request short at `drain_timeout_ms` exits 1.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -185,7 +185,7 @@ fn serve(config: Config, command: Command) -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            tracing::error!("drain deadline passed before every request was answered");
+            tracing::error!("the drain cut requests short (outcome drain_cut)");
             ExitCode::FAILURE
         }
         Err(e) => {

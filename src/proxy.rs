@@ -15,6 +15,8 @@ mod drain;
 mod inspect;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +30,12 @@ use tokio::time::Instant;
 use crate::api::Api;
 use crate::auth::{self, Callers};
 use crate::body::{self, Budget};
-use crate::config::{App, ConfigError, Resolved};
+use crate::config::{App, Resolved};
 use crate::error::Error;
 use crate::limiter::{Lanes, Limiter, Scope, Throttled, Turn};
 use crate::metrics::{AppSeries, Metrics};
 use crate::retry::{self, Verdict};
+use crate::server;
 use crate::upstream::{self, Origin, Reply, Upstream};
 use crate::usersig::{self, Signer};
 
@@ -77,23 +80,18 @@ struct Route {
 }
 
 impl Gateway {
-    /// Builds the gateway for a configuration whose every app's upstream is known. Fails only
-    /// for a `[fleet]` whose limiter cannot be built.
-    pub fn new(resolved: &Resolved) -> Result<Gateway, ConfigError> {
+    /// Builds the gateway for a configuration whose every app's upstream is known. Cannot
+    /// fail: validation and [`crate::bind`] did everything that could.
+    pub fn new(resolved: &Resolved) -> Gateway {
         let config = resolved.config();
         let mut metrics = Metrics::new(&config.apps);
         if config.fleet.is_some() {
             metrics.register_fleet();
         }
         let metrics = Arc::new(metrics);
-        let limiter = Limiter::new(config.fleet.as_ref(), metrics.fleet()).map_err(|message| {
-            ConfigError {
-                key: "fleet".into(),
-                message,
-            }
-        })?;
+        let limiter = Limiter::new(config.fleet.as_ref(), metrics.fleet());
         let routes = Routes::build(resolved, &limiter, &metrics);
-        Ok(Gateway {
+        Gateway {
             routes: ArcSwap::from_pointee(routes),
             limiter,
             metrics,
@@ -109,7 +107,25 @@ impl Gateway {
                 config.server.drain_timeout,
                 config.server.connect_timeout + config.server.upstream_timeout,
             ),
-        })
+        }
+    }
+}
+
+/// The gateway as its listener's handler: requests go to [`handle`]; a request the edge
+/// answered itself (Host rules, a head too large or unreadable) gets its one log line and
+/// outcome metric like any other.
+#[derive(Clone)]
+pub struct Edge(pub Arc<Gateway>);
+
+impl server::Handler for Edge {
+    type Answer = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
+    fn handle(&self, request: Request<Incoming>) -> Self::Answer {
+        Box::pin(handle(self.0.clone(), request))
+    }
+
+    fn refused(&self, refusal: server::Refusal) {
+        Call::refused(&self.0, refusal);
     }
 }
 
@@ -225,14 +241,11 @@ impl Gateway {
     ) -> Result<Turn<'r>, Error> {
         let app = &route.app;
         let now = Instant::now();
-        let mut max_wait = app
+        let max_wait = app
             .max_queue_wait
             .min(deadline.saturating_duration_since(now));
-        let last_turn = self.drain.last_turn();
-        let by_drain = last_turn.is_some_and(|t| t.saturating_duration_since(now) < max_wait);
-        if let Some(last_turn) = last_turn {
-            max_wait = max_wait.min(last_turn.saturating_duration_since(now));
-        }
+        // A drain closes the limiter at its last turn, so the lanes refuse a turn that would
+        // come later, at once, also for requests that were already waiting when it started.
         let granted = tokio::select! {
             granted = route.lanes.turn_as(api, caller.map(auth::Caller::name), max_wait) => granted,
             () = self.drain.past_last_turn() => return Err(Error::Draining),
@@ -242,7 +255,9 @@ impl Gateway {
                 route.series.throttled(now.elapsed());
                 Ok(turn)
             }
-            Err(Throttled { .. }) if by_drain => Err(Error::Draining),
+            Err(throttled) if self.drain.too_late(Instant::now() + throttled.retry_after) => {
+                Err(Error::Draining)
+            }
             Err(throttled) => {
                 route.series.rejected(throttled.scope);
                 match (
@@ -299,6 +314,14 @@ impl Gateway {
     /// answered 503 from now on, and whatever still runs shortly before it is answered too.
     pub fn drain(&self, deadline: Instant) {
         self.drain.start(deadline);
+        if let Some(last_turn) = self.drain.last_turn() {
+            self.limiter.close_at(last_turn);
+        }
+    }
+
+    /// How many requests a drain has cut: answered 503 at its cut, or dropped unanswered.
+    pub fn requests_cut(&self) -> usize {
+        self.drain.requests_cut()
     }
 
     /// Gives this replica's share of the fleet's limits back, once nothing more will be sent.

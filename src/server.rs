@@ -7,6 +7,9 @@
 //! past `max_header_bytes`), the time to send a request head (also the idle keep-alive
 //! timeout), and the time a write may stall on a caller that does not read ([`io`]).
 //! Requests that break HTTP/1.1's Host rules (RFC 9112 §3.2) get 400 before any handler runs.
+//! Those, an HTTP/2 preface (505), and heads hyper answers itself (431 past the head bound,
+//! 400 for a head it cannot parse) are handed to the listener's [`Handler::refused`], so that
+//! every request leaves its one log line (and, on the gateway, its one outcome metric).
 
 mod io;
 
@@ -101,6 +104,52 @@ impl Default for Bounds {
     }
 }
 
+/// A request the edge answered itself, before any handler saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// How the request ended, as the `outcome` label and log field.
+    pub outcome: &'static str,
+    /// The status it was answered with.
+    pub status: StatusCode,
+    /// The envelope's ErrorCode, when the answer carried one (hyper's own answers do not).
+    pub code: Option<u32>,
+    /// Why.
+    pub error: &'static str,
+}
+
+/// What serves one listener's requests.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The answer to one request, as a future.
+    type Answer: Future<Output = Response<Full<Bytes>>> + Send + 'static;
+
+    /// Answers one request.
+    fn handle(&self, request: Request<Incoming>) -> Self::Answer;
+
+    /// Records a request the edge answered itself; by default its one log line.
+    fn refused(&self, refusal: Refusal) {
+        info!(
+            outcome = refusal.outcome,
+            status = refusal.status.as_u16(),
+            error_code = refusal.code,
+            error = refusal.error,
+            "request"
+        );
+    }
+}
+
+/// A plain function of a request is a handler whose refusals are logged.
+impl<H, F> Handler for H
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    type Answer = F;
+
+    fn handle(&self, request: Request<Incoming>) -> F {
+        self(request)
+    }
+}
+
 /// Raises this process's soft limit on open files to its hard limit, and returns the limit
 /// now in force (`None`: unlimited or unknown). Call once, before serving.
 pub fn raise_fd_limit() -> Option<u64> {
@@ -139,16 +188,12 @@ fn connection_cap(configured: usize) -> usize {
 
 /// Serves `handler` on `listener` within `bounds` until `shutdown`, then drains for at most
 /// `bounds.drain`. Returns whether every connection finished within the drain.
-pub async fn serve<H, F>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
     bounds: Bounds,
-) -> bool
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
+) -> bool {
     let graceful = GracefulShutdown::new();
     let http = builder(&bounds);
     let open = Arc::new(Semaphore::new(bounds.max_connections));
@@ -195,7 +240,7 @@ where
 /// Serves one accepted connection. Until its first bytes arrive it costs no buffers: hyper
 /// takes over only then. Silent past `header_read_timeout`, or when the drain starts, it is
 /// closed.
-async fn connection<H, F>(
+async fn connection<H: Handler>(
     stream: TcpStream,
     handler: H,
     http: http1::Builder,
@@ -203,10 +248,7 @@ async fn connection<H, F>(
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
+) {
     tokio::select! {
         ready = tokio::time::timeout(bounds.header_read_timeout, stream.readable()) => {
             if !matches!(ready, Ok(Ok(()))) {
@@ -217,15 +259,60 @@ async fn connection<H, F>(
     }
     // Latency matters more than packet count on loopback.
     let _ = stream.set_nodelay(true);
+    let serving = handler.clone();
     let service = service_fn(move |request| {
-        let handler = handler.clone();
+        let handler = serving.clone();
         async move { Ok::<_, Infallible>(checked(handler, request).await) }
     });
-    let io = TokioIo::new(Guarded::new(stream, bounds.write_timeout));
-    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
-        debug!(error = %e, "connection ended with an error");
+    let guarded = Guarded::new(stream, bounds.write_timeout);
+    let http2_refused = guarded.http2_refused();
+    let served = watcher
+        .watch(http.serve_connection(TokioIo::new(guarded), service))
+        .await;
+    if http2_refused.load(Ordering::Relaxed) {
+        handler.refused(Refusal {
+            outcome: "bad_request",
+            status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            code: Some(60002),
+            error: "an HTTP/2 preface on the HTTP/1.1 port",
+        });
+    } else if let Err(e) = served {
+        match answered_by_hyper(&e) {
+            Some(refusal) => handler.refused(refusal),
+            None => debug!(error = %e, "connection ended with an error"),
+        }
     }
     drop(permit);
+}
+
+/// The answer hyper wrote itself, before closing, to a request head it could not read.
+fn answered_by_hyper(e: &hyper::Error) -> Option<Refusal> {
+    if !e.is_parse() {
+        return None;
+    }
+    let refusal = if !e.is_parse_too_large() {
+        Refusal {
+            outcome: "bad_request",
+            status: StatusCode::BAD_REQUEST,
+            code: None,
+            error: "the request head is not valid HTTP/1.1",
+        }
+    } else if e.to_string().contains("URI") {
+        Refusal {
+            outcome: "header_too_large",
+            status: StatusCode::URI_TOO_LONG,
+            code: None,
+            error: "the request target is too long",
+        }
+    } else {
+        Refusal {
+            outcome: "header_too_large",
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code: None,
+            error: "the request head is larger than server.max_header_bytes",
+        }
+    };
+    Some(refusal)
 }
 
 fn builder(bounds: &Bounds) -> http1::Builder {
@@ -239,16 +326,17 @@ fn builder(bounds: &Bounds) -> http1::Builder {
 }
 
 /// Answers a request that breaks the Host rules itself; hands every other to `handler`.
-async fn checked<H, F>(handler: H, request: Request<Incoming>) -> Response<Full<Bytes>>
-where
-    H: Fn(Request<Incoming>) -> F,
-    F: Future<Output = Response<Full<Bytes>>>,
-{
-    let Some(refusal) = host_refusal(&request) else {
-        return handler(request).await;
+async fn checked<H: Handler>(handler: H, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(error) = host_refusal(&request) else {
+        return handler.handle(request).await;
     };
-    info!(status = 400, error = refusal, "request");
-    let mut response = envelope(StatusCode::BAD_REQUEST, 60002, refusal);
+    handler.refused(Refusal {
+        outcome: "bad_request",
+        status: StatusCode::BAD_REQUEST,
+        code: Some(60002),
+        error,
+    });
+    let mut response = envelope(StatusCode::BAD_REQUEST, 60002, error);
     response
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -413,6 +413,8 @@ async fn a_request_still_at_tencent_near_the_drain_deadline_is_answered_not_cut_
         stopped.elapsed() < Duration::from_secs(2),
         "answered within the drain"
     );
+    // Its connection closed after the answer, yet the request was cut: the verdict says so.
+    assert!(!gw.stop().await, "the drain cut a request");
     assert_eq!(
         (answer.status, answer.code()),
         (StatusCode::SERVICE_UNAVAILABLE, 60008)
@@ -478,4 +480,165 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_as_never_reaching_tencen
         .unwrap();
     assert_eq!(gone["reached_tencent"], false, "{gone}");
     assert_eq!(gone["attempts"], 0);
+}
+
+/// Writes `request` on a new connection and reads until the gateway closes it.
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let reading = socket.read_to_end(&mut answer);
+    tokio::time::timeout(Duration::from_secs(5), reading)
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn requests_the_edge_answers_itself_are_logged_and_counted_once_each() {
+    let upstream = Recorder::ok().await;
+    let (gateway, logs) = Process::logged(&one_app(APP, &upstream.url())).await;
+    let addr = gateway.addr;
+    let post = |head: &str| format!("POST {PLAIN} {head}\r\ncontent-length: 2\r\n\r\n{{}}");
+    // Each is answered by the edge, before the request path: (status, its start).
+    let cases = [
+        (400, post("HTTP/1.1")),                          // no Host
+        (400, post("HTTP/1.1\r\nhost: a\r\nhost: b")),    // two Hosts
+        (431, post(&format!("HTTP/1.1\r\nhost: t\r\nx-big: {}", "a".repeat(20_000)))),
+        (400, "NOT HTTP AT ALL\r\n\r\n".to_owned()),      // hyper cannot parse it
+        (505, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned()),
+    ];
+    for (status, request) in &cases {
+        let answer = exchange(addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: {answer}"
+        );
+    }
+    assert!(upstream.seen().is_empty());
+
+    let lines = logs.requests_reach(cases.len()).await;
+    // Lines written once a connection is closed may come in another order.
+    let mut statuses: Vec<_> = lines.iter().map(|l| l["status"].as_u64().unwrap()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [400, 400, 400, 431, 505], "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["attempts"], 0, "{line}");
+        assert!(line["error"].is_string(), "{line}");
+    }
+    let outcome = |name: &str| lines.iter().filter(|l| l["outcome"] == name).count();
+    assert_eq!((outcome("bad_request"), outcome("header_too_large")), (4, 1));
+    let text = metrics(&Caller::default(), gateway.admin).await;
+    let counted = |name: &str| {
+        let labels = ["app=\"none\"", "api=\"none\"", &format!("outcome=\"{name}\"")];
+        sample(&text, "timgate_requests_total", &labels)
+    };
+    assert_eq!(counted("bad_request"), 4.0, "{text}");
+    assert_eq!(counted("header_too_large"), 1.0, "{text}");
+    // Exactly one line each: nothing else was logged as a request.
+    assert_eq!(logs.requests().len(), cases.len());
+}
+
+#[tokio::test]
+async fn a_drain_answers_at_once_the_waiting_requests_whose_turn_would_come_too_late() {
+    let upstream = Recorder::ok().await;
+    // 1 request a second, 10 waiting, 10 s to drain: the last turn that can finish is
+    // 10 s - 0.5 s grace - 3.5 s for an attempt = 6 s after the signal. Turns later than that
+    // are answered 503 the moment the drain starts, not when the last turn passes.
+    let config = format!(
+        "drain_timeout_ms = 10000\nconnect_timeout_ms = 499\nupstream_timeout_ms = 3001\n{}\
+         rate_limit = 1\nmax_queue_wait_ms = 60000\ndeadline_ms = 60000\n",
+        one_app(APP, &upstream.url())
+    );
+    let (mut gateway, logs) = Process::logged(&config).await;
+    let (addr, admin) = (gateway.addr, gateway.admin);
+    let caller = Caller::default();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let caller = caller.clone();
+            tokio::spawn(async move {
+                let answer = caller.post(addr, INFO, ROOM).await;
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    eventually(|| {
+        let (caller, served) = (caller.clone(), upstream.seen().len());
+        async move {
+            let inflight = scrape(&caller, admin, "timgate_inflight_requests").await;
+            inflight as usize + served >= 10
+        }
+    })
+    .await;
+    let signalled = Instant::now();
+    gateway.terminate();
+
+    let (mut served, mut refused) = (0, 0);
+    for request in requests {
+        let (answer, at) = request.await.unwrap();
+        match (answer.status, answer.code()) {
+            (StatusCode::OK, 0) => served += 1,
+            (StatusCode::SERVICE_UNAVAILABLE, 60008) => {
+                assert_eq!(answer.headers["retry-after"], "1");
+                assert_eq!(answer.headers["x-timgate-attempts"], "0");
+                let after = at.saturating_duration_since(signalled);
+                assert!(
+                    after < Duration::from_secs(3),
+                    "refused {after:?} after the signal: at once, not at the last turn (6 s)"
+                );
+                refused += 1;
+            }
+            other => panic!("{other:?}: {:?}", answer.json()),
+        }
+    }
+    assert!(
+        served >= 2 && refused >= 2,
+        "{served} served, {refused} refused"
+    );
+    assert_eq!(gateway.child.wait().await.unwrap().code(), Some(0));
+    let lines = logs.requests_reach(10).await;
+    assert_eq!(
+        lines.iter().filter(|l| l["outcome"] == "draining").count(),
+        refused
+    );
+}
+
+#[tokio::test]
+async fn a_drain_whose_only_open_connection_is_a_caller_not_reading_cut_no_request() {
+    // An answer far larger than the kernel's buffers, to a caller that reads none of it: the
+    // request is answered (and logged), but its connection is still writing at the deadline.
+    let big = "x".repeat(7 * 1024 * 1024);
+    let upstream = Recorder::with(move |_| {
+        serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","Pad":big})
+    })
+    .await;
+    let mut cfg = config(&one_app(APP, &upstream.url()));
+    cfg.server.drain_timeout = Duration::from_secs(1);
+    let gw = gateway(cfg).await;
+    let admin = gw.admin.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let caller = Caller::default();
+    eventually(|| {
+        let caller = caller.clone();
+        async move {
+            let text = metrics(&caller, admin).await;
+            let ok = ["outcome=\"ok\""];
+            sample(&text, "timgate_requests_total", &ok) >= 1.0
+        }
+    })
+    .await;
+
+    assert!(
+        gw.stop().await,
+        "no request was cut: the open connection is not a cut request"
+    );
+    drop(stalled);
 }

@@ -112,6 +112,17 @@ fn edge_values() -> Vec<(String, String)> {
         let line = format!("[apps.api_limits]\n\"live_engine_http_srv/get_room_info\" = {value}");
         cases.push((String::new(), line));
     }
+    // A Redis URL the client cannot use (a wildcard host, a database that is no number, a
+    // fragment other than #insecure) is refused by `check`, not by `run` after binding; one
+    // it can use starts even with nothing listening there (an outage like any other).
+    for url in [
+        "redis://127.0.0.1:1/0",
+        "redis://0.0.0.0:6379",
+        "redis://127.0.0.1:1/not-a-db",
+        "rediss://127.0.0.1:1/0#unsafe",
+    ] {
+        cases.push((String::new(), format!("[fleet]\nredis_url = \"{url}\"")));
+    }
     cases
 }
 

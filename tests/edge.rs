@@ -431,3 +431,78 @@ async fn three_hundred_stalled_1_mib_bodies_hold_no_more_than_the_budget() {
     assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
     recovered(&gateway, idle, 16.0).await;
 }
+
+/// The committed configuration's demo mode (one app on the in-process emulator), on free
+/// ports, with the body bound raised so that 1 MB RoomIds reach the emulator.
+async fn demo_process() -> support::Launched {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"));
+    command
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/timgate.toml"))
+        .env("TIMGATE__SERVER__LISTEN", "127.0.0.1:0")
+        .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TIMGATE__EMULATOR__LISTEN", "127.0.0.1:0")
+        .env("TIMGATE__SERVER__MAX_BODY_BYTES", "1100000")
+        .env("TIMGATE__LOG__FORMAT", "json")
+        .env("RUST_LOG", "warn,timgate=info");
+    support::Launched::start(command).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_emulator_keeps_no_1_mb_room_ids_and_no_more_than_its_rooms() {
+    const SET: &str = "/v4/live_engine_http_srv/set_room_metadata";
+    const GET: &str = "/v4/live_engine_http_srv/get_room_metadata";
+    let gateway = demo_process().await;
+    let (addr, pid) = (gateway.addr, gateway.child.id().unwrap());
+    let caller = Caller::default();
+    let set = |room: &str| format!(r#"{{"RoomId":"{room}","Metadata":[{{"Key":"k","Value":"v"}}]}}"#);
+    let warm = caller.post(addr, SET, set("warm")).await;
+    assert_eq!(warm.code(), 0, "{:?}", warm.json());
+    let idle = support::rss_mib(pid);
+
+    // 200 rooms named by 1 MB RoomIds, four at a time.
+    let (peak, refused) = peak_mib(pid, async {
+        let mut refused = 0;
+        for batch in 0..50 {
+            let calls: Vec<_> = (0..4)
+                .map(|i| {
+                    let caller = caller.clone();
+                    let room = format!("{batch:03}{i}{}", "r".repeat(1_000_000));
+                    let body = set(&room);
+                    tokio::spawn(async move { caller.post(addr, SET, body).await })
+                })
+                .collect();
+            for call in calls {
+                let answer = call.await.unwrap();
+                refused += usize::from(answer.code() == 100002);
+            }
+        }
+        refused
+    })
+    .await;
+    assert_eq!(refused, 200, "a RoomId over 48 bytes names no room");
+    assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
+
+    // 300 rooms of the most a RoomId may be: the oldest are evicted past 256.
+    for i in 0..300 {
+        let room = format!("{i:03}{}", "r".repeat(45));
+        assert_eq!(caller.post(addr, SET, set(&room)).await.code(), 0, "room {i}");
+    }
+    let metadata = |i: usize| {
+        let caller = caller.clone();
+        async move {
+            let room = format!("{i:03}{}", "r".repeat(45));
+            let body = format!(r#"{{"RoomId":"{room}"}}"#);
+            let answer = caller.post(addr, GET, body).await;
+            answer.json()["Response"]["Metadata"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(metadata(0).await, 0, "the oldest room was evicted");
+    assert_eq!(metadata(299).await, 1, "the newest is kept");
+    let after = support::rss_mib(pid);
+    assert!(
+        after < idle + 16.0,
+        "{after:.1} MiB after, {idle:.1} MiB idle before"
+    );
+    assert_eq!(gateway.stop().await, Some(0));
+}

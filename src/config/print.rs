@@ -1,6 +1,6 @@
 //! The effective configuration as TOML, in the file's own keys and units, for `timgate check`.
 //! What it prints, pasted back into a file, is the same configuration (an inline secret key
-//! aside, which prints as `"***"`).
+//! and a password inside `fleet.redis_url` aside, which print as `***`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +14,8 @@ struct File {
     server: Server,
     log: Log,
     emulator: Emulator,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<Fleet>,
     apps: Vec<AppEntry>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     callers: Vec<CallerEntry>,
@@ -33,6 +35,17 @@ struct CallerEntry {
     apis: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<u32>,
+}
+
+/// `[fleet]`: the URL with any password in it masked; `redis_password_env` names a variable.
+#[derive(Serialize)]
+struct Fleet {
+    redis_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_password_env: Option<String>,
+    key_prefix: String,
+    replicas: u32,
+    timeout_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -121,6 +134,13 @@ pub(super) fn to_toml(config: &Config) -> String {
         emulator: Emulator {
             listen: config.emulator.listen.to_string(),
         },
+        fleet: config.fleet.as_ref().map(|fleet| Fleet {
+            redis_url: fleet.redis.to_string(),
+            redis_password_env: fleet.redis_password_env.clone(),
+            key_prefix: fleet.key_prefix.clone(),
+            replicas: fleet.replicas.get(),
+            timeout_ms: ms(fleet.timeout),
+        }),
         apps: config.apps.iter().map(entry).collect(),
         callers: config.callers.iter().map(caller).collect(),
     };

@@ -66,9 +66,9 @@ impl RawFleet {
         let Some(url) = self.redis_url else {
             return Ok(None);
         };
-        let password = match self.redis_password_env {
+        let password = match &self.redis_password_env {
             None => None,
-            Some(var) => Some(SecretKey::new(&std::env::var(&var).map_err(|_| {
+            Some(var) => Some(SecretKey::new(&std::env::var(var).map_err(|_| {
                 ConfigError::new(
                     "fleet.redis_password_env",
                     format!("environment variable {var} is not set"),
@@ -97,6 +97,7 @@ impl RawFleet {
         }
         Ok(Some(Fleet {
             redis,
+            redis_password_env: self.redis_password_env,
             key_prefix: self.key_prefix,
             replicas,
             timeout: Duration::from_millis(self.timeout_ms),

@@ -199,23 +199,23 @@ pub(super) struct Ask {
 
 impl Fleet {
     /// Connects lazily (a Redis that is down at start is an outage like any other) and starts
-    /// the heartbeat.
-    pub fn start(config: &config::Fleet, series: FleetSeries) -> Result<Arc<Fleet>, String> {
-        let client = client(config)?;
+    /// the heartbeat. Cannot fail: validation built the client from the URL, and nothing here
+    /// may fail once the ports are bound.
+    pub fn start(config: &config::Fleet, series: FleetSeries) -> Arc<Fleet> {
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let redis = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(Fleet::with_link(
+        let redis = ConnectionManager::new_lazy_with_config(config.redis.client(), manager)
+            .expect("a lazy manager fails only for push or resubscribe settings, not set here");
+        Fleet::with_link(
             Link::Redis(redis),
             &config.key_prefix,
             config.timeout,
             config.replicas,
             series,
-        ))
+        )
     }
 
     fn with_link(
@@ -567,28 +567,6 @@ async fn heartbeat(fleet: Weak<Fleet>) {
         };
         fleet.beat().await;
     }
-}
-
-/// The Redis client for `config`: its URL, with the password from the environment if set.
-fn client(config: &config::Fleet) -> Result<redis::Client, String> {
-    use redis::IntoConnectionInfo;
-    let mut info = config
-        .redis
-        .expose()
-        .into_connection_info()
-        .map_err(|e| format!("fleet.redis_url: {e}"))?;
-    if let Some(password) = config.redis.password() {
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_password(password.expose());
-        info = info.set_redis_settings(settings);
-    }
-    // redis-rs leaves Nagle on: a call written while an earlier one is unacknowledged would
-    // wait for that ACK. Calls are small and latency is the point.
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
-    info = info.set_tcp_settings(tcp);
-    redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))
 }
 
 #[cfg(test)]

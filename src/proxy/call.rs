@@ -17,10 +17,14 @@ use crate::api::Api;
 use crate::auth::Caller;
 use crate::error::{Error, json_response};
 use crate::metrics::InFlight;
+use crate::server::Refusal;
 use crate::upstream::Reply;
 
 /// The header that says how many upstream attempts an answer took (0: none was sent).
 pub const ATTEMPTS: &str = "x-timgate-attempts";
+
+/// The outcome of a request the drain cut: what the drain's verdict counts.
+const DRAIN_CUT: &str = "drain_cut";
 
 /// What is known about one request so far.
 pub(super) struct Call<'g> {
@@ -127,8 +131,22 @@ impl<'g> Call<'g> {
         response
     }
 
+    /// Records a request the edge answered itself, before the request path saw it.
+    pub(super) fn refused(gateway: &'g Gateway, refusal: Refusal) {
+        Call::new(gateway).record(&Summary {
+            outcome: refusal.outcome,
+            status: Some(refusal.status),
+            error_code: refusal.code.map(i64::from),
+            request_id: None,
+            error: Some(refusal.error.to_owned()),
+        });
+    }
+
     fn record(&mut self, summary: &Summary) {
         self.recorded = true;
+        if summary.outcome == DRAIN_CUT {
+            self.gateway.drain.cut_one();
+        }
         let series = self.route.map(|route| &*route.series);
         self.gateway
             .metrics
@@ -162,7 +180,7 @@ impl Drop for Call<'_> {
     fn drop(&mut self) {
         if !self.recorded {
             let outcome = if self.gateway.drain.over() {
-                "drain_cut"
+                DRAIN_CUT
             } else {
                 "caller_gone"
             };

@@ -7,6 +7,7 @@
 //! timeouts) before the cut: a turn later than that could not be sure to finish, so a request
 //! waiting for one is answered 503 at once, and a retry that would start later is not made.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -23,6 +24,8 @@ pub(super) struct Drain {
     grace: Duration,
     /// The longest one attempt can take.
     attempt: Duration,
+    /// Requests the drain cut (answered 503 at the cut, or dropped unanswered).
+    cut: AtomicUsize,
 }
 
 impl Drain {
@@ -33,7 +36,18 @@ impl Drain {
             deadline: watch::Sender::new(None),
             grace: (timeout / 10).min(GRACE),
             attempt,
+            cut: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts one request cut by the drain.
+    pub(super) fn cut_one(&self) {
+        self.cut.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many requests the drain has cut so far.
+    pub(super) fn requests_cut(&self) -> usize {
+        self.cut.load(Ordering::Relaxed)
     }
 
     /// The drain has started; everything must be answered by `deadline`.
@@ -45,6 +59,11 @@ impl Drain {
     pub(super) fn last_turn(&self) -> Option<Instant> {
         let deadline = (*self.deadline.borrow())?;
         Some(self.last_turn_of(deadline))
+    }
+
+    /// Whether a turn at `slot` would come after the last turn of a drain under way.
+    pub(super) fn too_late(&self, slot: Instant) -> bool {
+        self.last_turn().is_some_and(|last| slot > last)
     }
 
     /// Whether the drain has reached its cut: a request still running now is being cut.

@@ -12,13 +12,14 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tracing::info;
 
 /// Longest a closing connection reads and discards what its caller still sends.
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -37,6 +38,8 @@ content-type: application/json\r\nconnection: close\r\ncontent-length: 93\r\n\r\
 /// A TCP connection with a write timeout, a lingering close and an HTTP/2 check.
 pub struct Guarded {
     stream: TcpStream,
+    /// Set once an HTTP/2 preface has been answered.
+    http2_refused: Arc<AtomicBool>,
     write_timeout: Duration,
     /// Armed while a write makes no progress.
     stalled: Option<Pin<Box<Sleep>>>,
@@ -71,6 +74,7 @@ impl Guarded {
     pub fn new(stream: TcpStream, write_timeout: Duration) -> Guarded {
         Guarded {
             stream,
+            http2_refused: Arc::default(),
             write_timeout,
             stalled: None,
             start: Start::Sniffing {
@@ -79,6 +83,11 @@ impl Guarded {
             },
             closing: Closing::Open,
         }
+    }
+
+    /// Whether an HTTP/2 preface was answered 505, readable after the connection is gone.
+    pub fn http2_refused(&self) -> Arc<AtomicBool> {
+        self.http2_refused.clone()
     }
 
     /// Records a write's outcome: progress disarms the stall timer; no progress for
@@ -113,12 +122,9 @@ impl Guarded {
             self.start = if !decided {
                 Start::Sniffing { bytes, len }
             } else if len == H2_START.len() && bytes == *H2_START {
-                info!(
-                    status = 505,
-                    "refused: an HTTP/2 preface on the HTTP/1.1 port"
-                );
                 // A fresh connection's send buffer is empty: this small write completes.
                 let _ = Pin::new(&mut self.stream).poll_write(cx, HTTP2_REFUSAL);
+                self.http2_refused.store(true, Ordering::Relaxed);
                 Start::Refused
             } else {
                 Start::Replaying { bytes, at: 0, len }
