@@ -9,6 +9,7 @@
 //! configuration, secrets masked, in the file's own format.
 
 mod callers;
+mod egress;
 mod env;
 mod print;
 mod raw;
@@ -27,6 +28,7 @@ use hyper::Uri;
 use serde::Deserialize;
 
 use crate::api::Pattern;
+use egress::{ProxyVars, egress_proxy};
 use raw::RawConfig;
 
 /// A Tencent SecretKey. Never printed: `Debug` and `Display` show `***`.
@@ -121,6 +123,21 @@ impl Region {
             Region::India => "adminapiind.im.qcloud.com",
             Region::Usa => "adminapiusa.im.qcloud.com",
             Region::Indonesia => "adminapiidn.im.qcloud.com",
+        }
+    }
+
+    /// The backup API domain of this data center (TENCENT.md §3), for when the primary's
+    /// DNS or connection fails.
+    pub fn backup_domain(self) -> &'static str {
+        match self {
+            Region::China => "adminapi.my-imcloud.com",
+            Region::Singapore => "adminapisgp.my-imcloud.com",
+            Region::Korea => "adminapikr.my-imcloud.com",
+            Region::Japan => "adminapijpn.my-imcloud.com",
+            Region::Germany => "adminapiger.my-imcloud.com",
+            Region::India => "adminapiind.my-imcloud.com",
+            Region::Usa => "adminapiusa.my-imcloud.com",
+            Region::Indonesia => "adminapiidn.my-imcloud.com",
         }
     }
 }
@@ -340,6 +357,45 @@ pub struct Server {
     /// A `listen` address other than loopback without `[[callers]]` is meant
     /// (`allow_anonymous`, default false: such a configuration is refused).
     pub allow_anonymous: bool,
+    /// Connections open at once to one upstream origin (`upstream_max_connections`, default
+    /// 64); past it, attempts wait in order for one to come free, within their deadline.
+    pub upstream_max_connections: usize,
+    /// How long an unused upstream connection is kept (`upstream_idle_timeout_ms`, default
+    /// 60000); a sweeper closes it after that.
+    pub upstream_idle_timeout: Duration,
+    /// The HTTP proxy that upstream HTTPS is tunnelled through with CONNECT
+    /// (`egress_proxy`, else `HTTPS_PROXY` from the environment at start), if any.
+    pub egress_proxy: Option<EgressProxy>,
+}
+
+/// An HTTP proxy for upstream HTTPS, and the hosts that bypass it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressProxy {
+    /// `http://host:port`.
+    pub url: Uri,
+    /// `NO_PROXY` entries, lower case: a host equal to one, or ending in `.entry`, goes direct;
+    /// `*` sends everything direct.
+    pub no_proxy: Vec<String>,
+    /// Where it came from: `server.egress_proxy` or the variable's name.
+    pub from: &'static str,
+}
+
+impl EgressProxy {
+    /// Whether connections to `host` go through the proxy.
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        !self.no_proxy.iter().any(|entry| {
+            let entry = entry.trim_start_matches('.');
+            entry == "*"
+                || host == entry
+                || host
+                    .strip_suffix(entry)
+                    .is_some_and(|rest| rest.ends_with('.'))
+        })
+    }
 }
 
 /// Extra trusted root certificates; `Debug` shows only how many.
@@ -392,6 +448,10 @@ pub struct App {
     pub region: Region,
     /// Where requests go (`endpoint`, default the region's primary domain over HTTPS).
     pub endpoint: Endpoint,
+    /// Where an attempt goes when `endpoint` cannot be resolved or connected to
+    /// (`backup_endpoint`; default the region's backup domain when `endpoint` is not set,
+    /// none when it is).
+    pub backup_endpoint: Option<Uri>,
     /// Lifetime of each minted UserSig (`usersig_ttl_secs`, default 600); re-signed at half.
     pub usersig_ttl: Duration,
     /// Calls per second Tencent allows this SDKAppID (`rate_limit`, default 200).
@@ -526,6 +586,8 @@ impl Config {
         mut builder: config::ConfigBuilder<config::builder::DefaultState>,
         vars: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Config, ConfigError> {
+        let vars: Vec<(OsString, OsString)> = vars.into_iter().collect();
+        let proxy_vars = ProxyVars::from(&vars);
         let overrides = env::overrides(vars)?;
         for o in &overrides {
             builder = builder
@@ -540,7 +602,9 @@ impl Config {
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| blamed(ConfigError::from_library(e)))?;
-        raw.validate().map_err(blamed)
+        let mut config = raw.validate().map_err(blamed)?;
+        config.server.egress_proxy = egress_proxy(config.server.egress_proxy.take(), &proxy_vars)?;
+        Ok(config)
     }
 
     /// The effective configuration in the file's own format, defaults filled in and secrets

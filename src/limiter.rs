@@ -565,7 +565,9 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let closed = Instant::now();
-        limiter.limiter.close_at(closed + Duration::from_millis(300));
+        limiter
+            .limiter
+            .close_at(closed + Duration::from_millis(300));
         let mut granted = Vec::new();
         for task in tasks {
             match task.await.unwrap() {
@@ -578,7 +580,11 @@ mod tests {
         }
         // Slots at 0, 104, 208 ms come before the closing time; the other seven do not.
         assert_eq!(granted.len(), 3, "{granted:?}");
-        assert!(granted.iter().all(|at| *at <= closed + Duration::from_millis(300)));
+        assert!(
+            granted
+                .iter()
+                .all(|at| *at <= closed + Duration::from_millis(300))
+        );
         // A request arriving now is refused at once too: its turn would come later still.
         let late = limiter.acquire(1, &api(SEND), Duration::from_secs(5)).await;
         assert!(late.is_err());

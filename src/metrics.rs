@@ -48,6 +48,11 @@ struct CallerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppLabels {
     app: String,
 }
@@ -128,6 +133,8 @@ pub struct Metrics {
     upstream_codes: Family<CodeLabels, Counter>,
     api_attempts: Family<ApiLabels, Counter>,
     draining: Gauge,
+    upstream_pool: crate::upstream::Gauges,
+    upstream_failovers: Counter,
     /// Every `api` label value besides `other` and `none`.
     apis: HashSet<String>,
     apps: HashMap<u64, Arc<AppSeries>>,
@@ -226,6 +233,8 @@ impl Metrics {
             upstream_codes: Family::default(),
             api_attempts: Family::default(),
             draining: Gauge::default(),
+            upstream_pool: crate::upstream::Gauges::default(),
+            upstream_failovers: Counter::default(),
             apis: rules::TABLE
                 .iter()
                 .map(|(api, _)| (*api).to_owned())
@@ -287,6 +296,7 @@ impl Metrics {
             "Requests accepted and not yet answered",
             metrics.inflight.clone(),
         );
+        metrics.register_upstream();
         metrics.register_operators_view(apps);
         metrics.apps = apps
             .iter()
@@ -296,6 +306,33 @@ impl Metrics {
             })
             .collect();
         metrics
+    }
+
+    /// The upstream pools' connections by state, and failovers to a backup domain.
+    fn register_upstream(&mut self) {
+        let connections = Family::<StateLabels, Gauge>::default();
+        // A gauge's clone shares its value: the pools update these, the scrape reads them.
+        let gauge = |state| connections.get_or_create(&StateLabels { state }).clone();
+        self.upstream_pool = crate::upstream::Gauges {
+            open: gauge("open"),
+            idle: gauge("idle"),
+            waiting: gauge("waiting"),
+        };
+        self.registry.register(
+            "upstream_connections",
+            "Connections to Tencent: open (busy or idle) and idle, and attempts waiting for one (state)",
+            connections,
+        );
+        self.registry.register(
+            "upstream_failovers",
+            "Times an origin could not be resolved or connected to and attempts went to its backup domain",
+            self.upstream_failovers.clone(),
+        );
+    }
+
+    /// The upstream pools' gauges and the failover counter, for `Upstream::new`.
+    pub fn upstream(&self) -> (crate::upstream::Gauges, Counter) {
+        (self.upstream_pool.clone(), self.upstream_failovers.clone())
     }
 
     /// The series the dashboard and alerts need beyond the request path's own: Tencent's

@@ -36,7 +36,7 @@ use crate::limiter::{Lanes, Limiter, Scope, Throttled, Turn};
 use crate::metrics::{AppSeries, Metrics};
 use crate::retry::{self, Verdict};
 use crate::server;
-use crate::upstream::{self, Origin, Reply, Upstream};
+use crate::upstream::{self, Endpoint, Reply, Upstream};
 use crate::usersig::{self, Signer};
 
 use call::Call;
@@ -71,7 +71,7 @@ pub struct Routes {
 struct Route {
     app: App,
     lanes: Lanes,
-    origin: Origin,
+    endpoint: Endpoint,
     /// `?sdkappid=N&identifier=ID&usersig=`, fixed for the app's lifetime.
     credentials: String,
     signer: Signer,
@@ -90,16 +90,25 @@ impl Gateway {
         }
         let metrics = Arc::new(metrics);
         let limiter = Limiter::new(config.fleet.as_ref(), metrics.fleet());
-        let routes = Routes::build(resolved, &limiter, &metrics);
+        let (gauges, failovers) = metrics.upstream();
+        let upstream = Upstream::new(
+            &upstream::Settings {
+                timeout: config.server.upstream_timeout,
+                connect_timeout: config.server.connect_timeout,
+                max_connections: config.server.upstream_max_connections,
+                idle_timeout: config.server.upstream_idle_timeout,
+                extra_roots: &config.server.extra_roots,
+                egress_proxy: config.server.egress_proxy.as_ref(),
+            },
+            gauges,
+            failovers,
+        );
+        let routes = Routes::build(resolved, &limiter, &metrics, &upstream);
         Gateway {
             routes: ArcSwap::from_pointee(routes),
             limiter,
             metrics,
-            upstream: Upstream::new(
-                config.server.upstream_timeout,
-                config.server.connect_timeout,
-                &config.server.extra_roots,
-            ),
+            upstream,
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             bodies: Budget::new(config.server.max_body_bytes_in_flight),
@@ -200,7 +209,7 @@ impl Gateway {
             };
             call.attempts += 1;
             let tried = match self
-                .attempt(route, turn, api, target, body.clone(), call)
+                .attempt(route, turn, api, target, body.clone(), call, deadline)
                 .await
             {
                 Ok(tried) => tried,
@@ -275,10 +284,13 @@ impl Gateway {
         }
     }
 
-    /// One attempt whose turn has come: a ready connection (handshakes done), then the
+    /// One attempt whose turn has come: a ready connection (handshakes done; waiting in
+    /// order, until `deadline`, when the pool is at `upstream_max_connections`), then the
     /// send-time check of every limit, then the request on the wire at once — so a slow
-    /// handshake can never bunch requests at Tencent past the limit. `Err`: the send-time
-    /// check could not clear it (a fleet whose Redis went away since the turn), nothing sent.
+    /// handshake or a wait for a connection can never bunch requests at Tencent past the
+    /// limit. `Err`: the send-time check could not clear it (a fleet whose Redis went away
+    /// since the turn), nothing sent.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         route: &Route,
@@ -287,8 +299,9 @@ impl Gateway {
         target: Uri,
         body: Bytes,
         call: &mut Call<'_>,
+        deadline: Instant,
     ) -> Result<Result<Reply, upstream::Error>, Throttled> {
-        let connection = match self.upstream.connect(&route.origin).await {
+        let connection = match self.upstream.connect(&route.endpoint, deadline).await {
             Ok(connection) => connection,
             Err(unreachable) => return Ok(Err(unreachable)),
         };
@@ -296,10 +309,7 @@ impl Gateway {
         let sent = Instant::now();
         let reached_before = call.reached_tencent;
         call.reached_tencent = true;
-        let tried = self
-            .upstream
-            .send(connection, &route.origin, target, body)
-            .await;
+        let tried = self.upstream.send(connection, target, body).await;
         if let Err(upstream::Error::Unreachable(_)) = tried {
             // Nothing was written: this attempt never reached Tencent.
             call.reached_tencent = reached_before;
@@ -346,14 +356,20 @@ impl Gateway {
 }
 
 impl Routes {
-    /// The routes of every app in `resolved`, with lanes from `limiter` and series from
-    /// `metrics`.
-    fn build(resolved: &Resolved, limiter: &Limiter, metrics: &Metrics) -> Routes {
+    /// The routes of every app in `resolved`, with lanes from `limiter`, series from
+    /// `metrics` and connection pools from `upstream` (shared by origin).
+    fn build(
+        resolved: &Resolved,
+        limiter: &Limiter,
+        metrics: &Metrics,
+        upstream: &Upstream,
+    ) -> Routes {
         let callers = Callers::new(&resolved.config().callers);
         let by_id = resolved
             .apps()
             .map(|(app, origin)| {
-                let route = Route::new(app, origin, limiter, metrics, &callers);
+                let endpoint = upstream.endpoint(origin, app.backup_endpoint.as_ref());
+                let route = Route::new(app, endpoint, limiter, metrics, &callers);
                 (app.sdkappid, route)
             })
             .collect();
@@ -388,7 +404,7 @@ pub fn requested_app(query: Option<&str>) -> Result<Option<u64>, Error> {
 impl Route {
     fn new(
         app: &App,
-        origin: &Uri,
+        endpoint: Endpoint,
         limiter: &Limiter,
         metrics: &Metrics,
         callers: &Callers,
@@ -408,7 +424,7 @@ impl Route {
         Route {
             app: app.clone(),
             lanes: limiter.lanes_with_callers(app, shares),
-            origin: Origin::new(origin),
+            endpoint,
             credentials: format!(
                 "?sdkappid={}&identifier={identifier}&usersig=",
                 app.sdkappid

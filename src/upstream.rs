@@ -3,38 +3,50 @@
 //! `connect` hands out a *ready* connection — an idle pooled one, or a new one with its TCP
 //! and TLS handshakes done — so the request path can check the rate limits at the moment the
 //! request goes on the wire, after any handshake, not before it. Connections are HTTP/1.1
-//! keep-alive, TLS by rustls with Mozilla's roots (plus `server.ca_file`), kept idle per
-//! origin for `IDLE_TIMEOUT`. An attempt's URL holds a UserSig, so it is never logged or put
+//! keep-alive, TLS by rustls with Mozilla's roots (plus `server.ca_file`), at most
+//! `server.upstream_max_connections` open per origin (past it, attempts wait in order for
+//! one to come free), and closed by a sweeper once idle for `server.upstream_idle_timeout_ms`.
+//! When an origin cannot be resolved or connected to (TLS included), the attempt goes to the
+//! app's backup origin, if it has one (never on an answer). HTTPS may go through an egress
+//! proxy's CONNECT tunnel. An attempt's URL holds a UserSig, so it is never logged or put
 //! into an error.
 //!
 //! Failures are this module's own `Error`, named by what is known about the request: never
 //! sent (`Unreachable`), possibly sent (`Broken`, `Timeout`, `Body`, `Status`). The retry
 //! policy decides on exactly these.
 
+mod dial;
+mod pool;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1;
 use hyper::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tower_service::Service;
+use tracing::warn;
 
-use crate::config::ExtraRoots;
+use crate::config::{EgressProxy, ExtraRoots};
+use dial::Dialer;
+use pool::{Checkout, Pool, Sender, Slot};
+
+pub use pool::Gauges;
 
 /// The largest answer read from Tencent; real ones are a few KB.
 const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
-/// How long an unused connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most idle connections kept per origin.
-const MAX_IDLE_PER_ORIGIN: usize = 256;
+/// How long attempts go straight to the backup after the primary failed, before the primary
+/// is tried again.
+pub const PRIMARY_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Tencent's answer to one attempt, as it will be passed back to the caller.
 #[derive(Debug, Clone)]
@@ -67,8 +79,8 @@ pub struct Envelope {
 /// Why an attempt got no answer to pass back.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No connection could be made, or the one at hand closed before the request was
-    /// written: nothing reached Tencent.
+    /// No connection could be made or came free in time, or the one at hand closed before
+    /// the request was written: nothing reached Tencent.
     #[error("Tencent is unreachable: {0}")]
     Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection broke after the request may have reached Tencent.
@@ -110,57 +122,174 @@ impl Origin {
     }
 }
 
+/// One origin and its pool.
+struct Target {
+    origin: Origin,
+    pool: Arc<Pool>,
+    /// Until when attempts skip this origin for the backup (it failed to connect).
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// Where one app's attempts go: its primary origin, and a backup for when the primary cannot
+/// be resolved or connected to.
+#[derive(Clone)]
+pub struct Endpoint {
+    primary: Arc<Target>,
+    backup: Option<Arc<Target>>,
+}
+
+impl Endpoint {
+    /// Connections open to the primary origin now.
+    pub fn open_connections(&self) -> usize {
+        self.primary.pool.open()
+    }
+}
+
 /// A ready connection, checked out of the pool for one attempt.
 pub struct Connection {
-    sender: SendRequest<Full<Bytes>>,
-    origin: String,
+    sender: Sender,
+    slot: Slot,
+    target: Arc<Target>,
 }
 
-struct Idle {
-    sender: SendRequest<Full<Bytes>>,
-    since: Instant,
-}
-
-/// The shared connection pool and its attempt deadline.
+/// The shared connection pools and the attempt deadline.
 pub struct Upstream {
-    connector: HttpsConnector<HttpConnector>,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    connector: HttpsConnector<Dialer>,
+    targets: Arc<Mutex<HashMap<String, Weak<Target>>>>,
     timeout: Duration,
     connect_timeout: Duration,
+    max_connections: usize,
+    idle_timeout: Duration,
+    gauges: Gauges,
+    failovers: Counter,
+}
+
+/// What the pools are built with.
+pub struct Settings<'a> {
+    /// One attempt's deadline, from send to the whole answer.
+    pub timeout: Duration,
+    /// TCP + TLS (and CONNECT) deadline.
+    pub connect_timeout: Duration,
+    /// Connections open at once per origin.
+    pub max_connections: usize,
+    /// An unused connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// Roots trusted besides Mozilla's.
+    pub extra_roots: &'a ExtraRoots,
+    /// HTTPS through this proxy's CONNECT tunnel, where it applies.
+    pub egress_proxy: Option<&'a EgressProxy>,
 }
 
 impl Upstream {
-    /// A pool whose attempts give up after `timeout`, and connects (TLS included) after
-    /// `connect_timeout`. TLS trusts Mozilla's roots and `extra_roots`.
-    pub fn new(timeout: Duration, connect_timeout: Duration, extra_roots: &ExtraRoots) -> Self {
+    /// The pools, with their sweeper running on the current Tokio runtime (it stops when the
+    /// `Upstream` is dropped). `gauges` and `failovers` are the metrics it keeps.
+    pub fn new(settings: &Settings<'_>, gauges: Gauges, failovers: Counter) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
+        http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
+        let dialer = Dialer {
+            http,
+            proxy: settings.egress_proxy.cloned(),
+        };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls(extra_roots))
+            .with_tls_config(tls(settings.extra_roots))
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(dialer);
+        let targets = Arc::new(Mutex::new(HashMap::new()));
+        spawn_sweeper(Arc::downgrade(&targets), settings.idle_timeout);
         Self {
             connector,
-            idle: Mutex::default(),
-            timeout,
-            connect_timeout,
+            targets,
+            timeout: settings.timeout,
+            connect_timeout: settings.connect_timeout,
+            max_connections: settings.max_connections,
+            idle_timeout: settings.idle_timeout,
+            gauges,
+            failovers,
         }
     }
 
-    /// A ready connection to `origin`: an idle one from the pool, or a new one.
-    /// A failure here means nothing was sent.
-    pub async fn connect(&self, origin: &Origin) -> Result<Connection, Error> {
-        if let Some(sender) = self.take_idle(&origin.key) {
-            return Ok(Connection {
-                sender,
-                origin: origin.key.clone(),
-            });
+    /// The endpoint for `primary` and, when given, `backup` (base URLs). Origins are shared:
+    /// two apps in one region use one pool.
+    pub fn endpoint(&self, primary: &Uri, backup: Option<&Uri>) -> Endpoint {
+        Endpoint {
+            primary: self.target(primary),
+            backup: backup.map(|b| self.target(b)),
         }
+    }
+
+    fn target(&self, base: &Uri) -> Arc<Target> {
+        let origin = Origin::new(base);
+        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(target) = targets.get(&origin.key).and_then(Weak::upgrade) {
+            return target;
+        }
+        let target = Arc::new(Target {
+            pool: Pool::new(self.max_connections, self.gauges.clone()),
+            origin,
+            down_until: Mutex::new(None),
+        });
+        targets.retain(|_, t| t.strong_count() > 0);
+        targets.insert(target.origin.key.clone(), Arc::downgrade(&target));
+        target
+    }
+
+    /// A ready connection for `endpoint`: an idle one from the pool, or a new one, waiting in
+    /// order for one to come free (no later than `until`) when the pool is full. The primary
+    /// origin first; when it cannot be resolved or connected to, the backup. A failure here
+    /// means nothing was sent.
+    pub async fn connect(&self, endpoint: &Endpoint, until: Instant) -> Result<Connection, Error> {
+        let Some(backup) = &endpoint.backup else {
+            return self
+                .checkout(&endpoint.primary, until)
+                .await
+                .map_err(Into::into);
+        };
+        let primary = &endpoint.primary;
+        if !primary.is_down() {
+            match self.checkout(primary, until).await {
+                Err(Failed::Dial(why)) => {
+                    primary.mark_down();
+                    self.failovers.inc();
+                    warn!(
+                        primary = %primary.origin.key,
+                        backup = %backup.origin.key,
+                        error = %why,
+                        retry_primary_after = ?PRIMARY_RETRY_AFTER,
+                        "the primary upstream cannot be reached: failing over to the backup"
+                    );
+                }
+                other => return other.map_err(Into::into),
+            }
+        }
+        let connected = self.checkout(backup, until).await;
+        if let Err(Failed::Dial(_)) = connected {
+            // Neither works now: the next attempt tries the primary again.
+            primary.mark_up();
+        }
+        connected.map_err(Into::into)
+    }
+
+    async fn checkout(&self, target: &Arc<Target>, until: Instant) -> Result<Connection, Failed> {
+        let slot = match target.pool.checkout(self.idle_timeout, until).await {
+            Some(Checkout::Ready(sender, slot)) => {
+                return Ok(Connection {
+                    sender,
+                    slot,
+                    target: target.clone(),
+                });
+            }
+            Some(Checkout::Dial(slot)) => slot,
+            None => return Err(Failed::Wait),
+        };
         let dial = async {
-            let io = self.connector.clone().call(origin.uri.clone()).await?;
+            let io = self
+                .connector
+                .clone()
+                .call(target.origin.uri.clone())
+                .await?;
             let (sender, connection) = http1::handshake(io).await?;
             tokio::spawn(async move {
                 // Ends when Tencent or the pool closes the connection; nothing to report.
@@ -168,13 +297,15 @@ impl Upstream {
             });
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender)
         };
+        // On failure the slot is dropped: its place goes to the next waiter.
         let sender = tokio::time::timeout(self.connect_timeout, dial)
             .await
-            .map_err(|_| Error::Unreachable("connect timed out".into()))?
-            .map_err(Error::Unreachable)?;
+            .map_err(|_| Failed::Dial("connect timed out".into()))?
+            .map_err(Failed::Dial)?;
         Ok(Connection {
             sender,
-            origin: origin.key.clone(),
+            slot,
+            target: target.clone(),
         })
     }
 
@@ -183,58 +314,105 @@ impl Upstream {
     pub async fn send(
         &self,
         connection: Connection,
-        origin: &Origin,
         path: Uri,
         body: Bytes,
     ) -> Result<Reply, Error> {
+        let Connection {
+            mut sender,
+            slot,
+            target,
+        } = connection;
         // Built from parts, not a builder: nothing here can fail, so a caller's path never
         // meets an `expect`.
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = path;
         let headers = request.headers_mut();
-        headers.insert(HOST, origin.host.clone());
+        headers.insert(HOST, target.origin.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        let Connection { mut sender, origin } = connection;
         let reply = tokio::time::timeout(self.timeout, round_trip(&mut sender, request))
             .await
             .map_err(|_| Error::Timeout(self.timeout))??;
-        self.put_idle(origin, sender);
+        target.pool.checkin(sender, slot);
         Ok(reply)
     }
+}
 
-    fn take_idle(&self, origin: &str) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self
-            .idle
+impl Drop for Target {
+    /// An origin no app uses any more (after a reload): its idle connections are closed.
+    fn drop(&mut self) {
+        self.pool.sweep(Duration::ZERO);
+    }
+}
+
+impl Target {
+    fn is_down(&self) -> bool {
+        let down = self
+            .down_until
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = idle.get_mut(origin)?;
-        // Newest first: the likeliest to be alive. Closed or stale ones are dropped.
-        while let Some(entry) = list.pop() {
-            if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
-                return Some(entry.sender);
+            .unwrap_or_else(PoisonError::into_inner);
+        down.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn mark_down(&self) {
+        *self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + PRIMARY_RETRY_AFTER);
+    }
+
+    fn mark_up(&self) {
+        *self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// Why a checkout gave no connection.
+enum Failed {
+    /// Resolving, connecting, TLS or the HTTP handshake failed (or timed out).
+    Dial(Box<dyn std::error::Error + Send + Sync>),
+    /// Every connection stayed busy until the attempt's wait ended.
+    Wait,
+}
+
+impl From<Failed> for Error {
+    fn from(failed: Failed) -> Error {
+        match failed {
+            Failed::Dial(why) => Error::Unreachable(why),
+            Failed::Wait => Error::Unreachable(
+                "every upstream connection (server.upstream_max_connections) stayed busy until the request's deadline".into(),
+            ),
+        }
+    }
+}
+
+/// Closes idle connections past `idle_timeout`, checking four times per timeout, so none
+/// stays open more than a quarter of it longer. Stops when the pools are gone.
+fn spawn_sweeper(targets: Weak<Mutex<HashMap<String, Weak<Target>>>>, idle_timeout: Duration) {
+    let tick = (idle_timeout / 4).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(targets) = targets.upgrade() else {
+                return;
+            };
+            let live: Vec<Arc<Target>> = targets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .filter_map(Weak::upgrade)
+                .collect();
+            drop(targets);
+            for target in live {
+                target.pool.sweep(idle_timeout);
             }
         }
-        None
-    }
-
-    fn put_idle(&self, origin: String, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = idle.entry(origin).or_default();
-        if list.len() < MAX_IDLE_PER_ORIGIN {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
-    }
+    });
 }
 
 /// rustls with the ring provider, Mozilla's roots and the configured extra ones.
@@ -252,10 +430,7 @@ fn tls(extra_roots: &ExtraRoots) -> rustls::ClientConfig {
 }
 
 /// One request and its whole answer on a ready connection.
-async fn round_trip(
-    sender: &mut SendRequest<Full<Bytes>>,
-    request: Request<Full<Bytes>>,
-) -> Result<Reply, Error> {
+async fn round_trip(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<Reply, Error> {
     // A pooled connection can close between checkout and now; then nothing was sent.
     sender
         .ready()

@@ -504,10 +504,16 @@ async fn requests_the_edge_answers_itself_are_logged_and_counted_once_each() {
     let post = |head: &str| format!("POST {PLAIN} {head}\r\ncontent-length: 2\r\n\r\n{{}}");
     // Each is answered by the edge, before the request path: (status, its start).
     let cases = [
-        (400, post("HTTP/1.1")),                          // no Host
-        (400, post("HTTP/1.1\r\nhost: a\r\nhost: b")),    // two Hosts
-        (431, post(&format!("HTTP/1.1\r\nhost: t\r\nx-big: {}", "a".repeat(20_000)))),
-        (400, "NOT HTTP AT ALL\r\n\r\n".to_owned()),      // hyper cannot parse it
+        (400, post("HTTP/1.1")),                       // no Host
+        (400, post("HTTP/1.1\r\nhost: a\r\nhost: b")), // two Hosts
+        (
+            431,
+            post(&format!(
+                "HTTP/1.1\r\nhost: t\r\nx-big: {}",
+                "a".repeat(20_000)
+            )),
+        ),
+        (400, "NOT HTTP AT ALL\r\n\r\n".to_owned()), // hyper cannot parse it
         (505, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned()),
     ];
     for (status, request) in &cases {
@@ -521,7 +527,10 @@ async fn requests_the_edge_answers_itself_are_logged_and_counted_once_each() {
 
     let lines = logs.requests_reach(cases.len()).await;
     // Lines written once a connection is closed may come in another order.
-    let mut statuses: Vec<_> = lines.iter().map(|l| l["status"].as_u64().unwrap()).collect();
+    let mut statuses: Vec<_> = lines
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [400, 400, 400, 431, 505], "{lines:?}");
     for line in &lines {
@@ -529,10 +538,17 @@ async fn requests_the_edge_answers_itself_are_logged_and_counted_once_each() {
         assert!(line["error"].is_string(), "{line}");
     }
     let outcome = |name: &str| lines.iter().filter(|l| l["outcome"] == name).count();
-    assert_eq!((outcome("bad_request"), outcome("header_too_large")), (4, 1));
+    assert_eq!(
+        (outcome("bad_request"), outcome("header_too_large")),
+        (4, 1)
+    );
     let text = metrics(&Caller::default(), gateway.admin).await;
     let counted = |name: &str| {
-        let labels = ["app=\"none\"", "api=\"none\"", &format!("outcome=\"{name}\"")];
+        let labels = [
+            "app=\"none\"",
+            "api=\"none\"",
+            &format!("outcome=\"{name}\""),
+        ];
         sample(&text, "timgate_requests_total", &labels)
     };
     assert_eq!(counted("bad_request"), 4.0, "{text}");
@@ -610,9 +626,9 @@ async fn a_drain_whose_only_open_connection_is_a_caller_not_reading_cut_no_reque
     // An answer far larger than the kernel's buffers, to a caller that reads none of it: the
     // request is answered (and logged), but its connection is still writing at the deadline.
     let big = "x".repeat(7 * 1024 * 1024);
-    let upstream = Recorder::with(move |_| {
-        serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","Pad":big})
-    })
+    let upstream = Recorder::with(
+        move |_| serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","Pad":big}),
+    )
     .await;
     let mut cfg = config(&one_app(APP, &upstream.url()));
     cfg.server.drain_timeout = Duration::from_secs(1);
@@ -621,9 +637,7 @@ async fn a_drain_whose_only_open_connection_is_a_caller_not_reading_cut_no_reque
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(gw.addr).await.unwrap();
-    let request = format!(
-        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}"
-    );
+    let request = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}");
     stalled.write_all(request.as_bytes()).await.unwrap();
     let caller = Caller::default();
     eventually(|| {

@@ -455,7 +455,8 @@ async fn the_demo_emulator_keeps_no_1_mb_room_ids_and_no_more_than_its_rooms() {
     let gateway = demo_process().await;
     let (addr, pid) = (gateway.addr, gateway.child.id().unwrap());
     let caller = Caller::default();
-    let set = |room: &str| format!(r#"{{"RoomId":"{room}","Metadata":[{{"Key":"k","Value":"v"}}]}}"#);
+    let set =
+        |room: &str| format!(r#"{{"RoomId":"{room}","Metadata":[{{"Key":"k","Value":"v"}}]}}"#);
     let warm = caller.post(addr, SET, set("warm")).await;
     assert_eq!(warm.code(), 0, "{:?}", warm.json());
     let idle = support::rss_mib(pid);
@@ -486,7 +487,11 @@ async fn the_demo_emulator_keeps_no_1_mb_room_ids_and_no_more_than_its_rooms() {
     // 300 rooms of the most a RoomId may be: the oldest are evicted past 256.
     for i in 0..300 {
         let room = format!("{i:03}{}", "r".repeat(45));
-        assert_eq!(caller.post(addr, SET, set(&room)).await.code(), 0, "room {i}");
+        assert_eq!(
+            caller.post(addr, SET, set(&room)).await.code(),
+            0,
+            "room {i}"
+        );
     }
     let metadata = |i: usize| {
         let caller = caller.clone();
@@ -494,7 +499,10 @@ async fn the_demo_emulator_keeps_no_1_mb_room_ids_and_no_more_than_its_rooms() {
             let room = format!("{i:03}{}", "r".repeat(45));
             let body = format!(r#"{{"RoomId":"{room}"}}"#);
             let answer = caller.post(addr, GET, body).await;
-            answer.json()["Response"]["Metadata"].as_array().unwrap().len()
+            answer.json()["Response"]["Metadata"]
+                .as_array()
+                .unwrap()
+                .len()
         }
     };
     assert_eq!(metadata(0).await, 0, "the oldest room was evicted");

@@ -65,6 +65,10 @@ struct Server {
     ca_file: Option<String>,
     drain_timeout_ms: u64,
     allow_anonymous: bool,
+    upstream_max_connections: usize,
+    upstream_idle_timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress_proxy: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -89,6 +93,8 @@ struct AppEntry {
     secret_key_file: Option<String>,
     region: &'static str,
     endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_endpoint: Option<String>,
     usersig_ttl_secs: u64,
     rate_limit: u32,
     max_queue_wait_ms: u64,
@@ -124,6 +130,14 @@ pub(super) fn to_toml(config: &Config) -> String {
             ca_file: server.ca_file.clone(),
             drain_timeout_ms: ms(server.drain_timeout),
             allow_anonymous: server.allow_anonymous,
+            upstream_max_connections: server.upstream_max_connections,
+            upstream_idle_timeout_ms: ms(server.upstream_idle_timeout),
+            // From HTTPS_PROXY it is the environment's, not the file's: not printed as a key.
+            egress_proxy: server
+                .egress_proxy
+                .as_ref()
+                .filter(|p| p.from == "server.egress_proxy")
+                .map(|p| p.url.to_string().trim_end_matches('/').to_owned()),
         },
         log: Log {
             format: match config.log.format {
@@ -164,6 +178,11 @@ fn entry(app: &App) -> AppEntry {
             Endpoint::Url(uri) => uri.to_string().trim_end_matches('/').to_owned(),
             Endpoint::Emulator => "emulator".to_owned(),
         },
+        // `endpoint` is always printed, so the region's default backup is printed too.
+        backup_endpoint: app
+            .backup_endpoint
+            .as_ref()
+            .map(|backup| backup.to_string().trim_end_matches('/').to_owned()),
         usersig_ttl_secs: app.usersig_ttl.as_secs(),
         rate_limit: app.rate_limit.get(),
         max_queue_wait_ms: ms(app.max_queue_wait),

@@ -10,8 +10,8 @@ use hyper::Uri;
 use serde::Deserialize;
 
 use super::{
-    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, ExtraRoots, Fleet, Log,
-    LogFormat, RedisUrl, Region, SecretKey, SecretSource, Server,
+    App, Config, ConfigError, DEFAULT_API_LIMITS, EgressProxy, Emulator, Endpoint, ExtraRoots,
+    Fleet, Log, LogFormat, RedisUrl, Region, SecretKey, SecretSource, Server,
 };
 use crate::api::{Api, Known};
 
@@ -21,6 +21,8 @@ pub const MAX_RATE: u32 = 1_000_000;
 /// The longest duration accepted for any `*_ms` key: one hour. Longer waits are mistakes,
 /// and every deadline added to "now" stays far from the clock's end.
 pub const MAX_MS: u64 = 3_600_000;
+/// Most connections to one upstream origin (`server.upstream_max_connections`).
+pub const MAX_UPSTREAM_CONNECTIONS: usize = 4096;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +124,9 @@ struct RawServer {
     connect_timeout_ms: u64,
     drain_timeout_ms: u64,
     allow_anonymous: bool,
+    upstream_max_connections: u64,
+    upstream_idle_timeout_ms: u64,
+    egress_proxy: Option<String>,
 }
 
 impl Default for RawServer {
@@ -141,6 +146,9 @@ impl Default for RawServer {
             connect_timeout_ms: 2000,
             drain_timeout_ms: 20_000,
             allow_anonymous: false,
+            upstream_max_connections: 64,
+            upstream_idle_timeout_ms: 60_000,
+            egress_proxy: None,
         }
     }
 }
@@ -188,6 +196,7 @@ struct RawApp {
     secret_key_file: Option<String>,
     region: Option<String>,
     endpoint: Option<String>,
+    backup_endpoint: Option<String>,
     #[serde(default = "default_ttl")]
     usersig_ttl_secs: u64,
     #[serde(default = "default_rate_limit")]
@@ -326,9 +335,36 @@ impl RawServer {
                 "must differ from server.listen",
             ));
         }
+        let upstream_max_connections = usize::try_from(self.upstream_max_connections)
+            .ok()
+            .filter(|n| (1..=MAX_UPSTREAM_CONNECTIONS).contains(n))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "server.upstream_max_connections",
+                    format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}"),
+                )
+            })?;
+        let egress_proxy = self
+            .egress_proxy
+            .as_deref()
+            .map(|url| {
+                let url = proxy_url(url).map_err(|m| ConfigError::new("server.egress_proxy", m))?;
+                Ok(EgressProxy {
+                    url,
+                    no_proxy: Vec::new(),
+                    from: "server.egress_proxy",
+                })
+            })
+            .transpose()?;
         Ok(Server {
             listen,
             admin_listen,
+            upstream_max_connections,
+            upstream_idle_timeout: millis(
+                "server.upstream_idle_timeout_ms",
+                self.upstream_idle_timeout_ms,
+            )?,
+            egress_proxy,
             max_body_bytes,
             max_body_bytes_in_flight,
             max_connections,
@@ -381,6 +417,18 @@ impl RawApp {
                 Endpoint::Url(base_url(url).map_err(|m| ConfigError::new(key("endpoint"), m))?)
             }
         };
+        let backup_endpoint = match (self.backup_endpoint.as_deref(), &self.endpoint) {
+            (Some(url), _) => {
+                Some(base_url(url).map_err(|m| ConfigError::new(key("backup_endpoint"), m))?)
+            }
+            // The region's own domains: the backup is its `*.my-imcloud.com` twin.
+            (None, None) => Some(
+                base_url(&format!("https://{}", region.backup_domain()))
+                    .expect("the built-in domains are valid URLs"),
+            ),
+            // An endpoint of one's own has no backup unless one is named.
+            (None, Some(_)) => None,
+        };
         if self.usersig_ttl_secs < 60 || self.usersig_ttl_secs > 86_400 {
             return Err(ConfigError::new(
                 key("usersig_ttl_secs"),
@@ -412,6 +460,7 @@ impl RawApp {
             secret_source,
             region,
             endpoint,
+            backup_endpoint,
             usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
             rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
             api_limits: api_limits(&key("api_limits"), self.api_limits)?,
@@ -582,6 +631,20 @@ fn up_to_an_hour(key: &str, ms: u64) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// `http://host:port` of an HTTP proxy that tunnels with CONNECT (no path, no credentials).
+pub(super) fn proxy_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    let bare = uri.path_and_query().is_none_or(|pq| pq.as_str() == "/");
+    let plain = uri.scheme_str() == Some("http");
+    let userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+    if !plain || uri.host().is_none() || !bare || userinfo {
+        return Err(format!(
+            "{text:?} must be http://host[:port] (an HTTP proxy that tunnels with CONNECT; no path, no credentials)"
+        ));
+    }
+    Ok(uri)
 }
 
 fn base_url(text: &str) -> Result<Uri, String> {
