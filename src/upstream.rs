@@ -274,12 +274,23 @@ impl Upstream {
 
     async fn checkout(&self, target: &Arc<Target>, until: Instant) -> Result<Connection, Failed> {
         let slot = match target.pool.checkout(self.idle_timeout, until).await {
-            Some(Checkout::Ready(sender, slot)) => {
-                return Ok(Connection {
-                    sender,
-                    slot,
-                    target: target.clone(),
-                });
+            Some(Checkout::Ready(mut sender, slot)) => {
+                // Ready before the send-time guard, not after it: a connection just handed
+                // over by the request before is ready only once its task has seen that
+                // answer through. Waiting for that after the guard would let writes bunch.
+                let ready = tokio::time::timeout_at(until, sender.ready()).await;
+                if let Ok(Ok(())) = ready {
+                    return Ok(Connection {
+                        sender,
+                        slot,
+                        target: target.clone(),
+                    });
+                }
+                if ready.is_err() {
+                    return Err(Failed::Wait);
+                }
+                // Closed meanwhile: its slot dials a new one.
+                slot
             }
             Some(Checkout::Dial(slot)) => slot,
             None => return Err(Failed::Wait),
