@@ -1,22 +1,31 @@
 //! The limiter's per-attempt cost when a slot is free, with 1 and with 10,000 apps configured,
-//! reported beside a baseline measured in the same run (an `Api` lookup key being formatted,
-//! which every acquire does once), so the numbers read as ratios on a noisy machine.
+//! through a keyed lane (`send_group_msg` per `GroupId`) with 1 and with 100,000 live keys,
+//! and through a cost quota (`batchsendmsg`, 500 recipients a call), reported beside a
+//! baseline measured in the same run (an `Api` lookup key being formatted, which every
+//! acquire does once), so the numbers read as ratios on a noisy machine.
 // Benches may unwrap and print: a panic stops a broken run, stdout is the report.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
+use std::num::NonZeroU32;
 use timgate::api::Api;
 use timgate::config::Config;
-use timgate::limiter::{Lanes, Limiter};
+use timgate::limiter::{Lanes, Limiter, Measured};
+
+/// Limits high enough that no acquire ever waits.
+const UNLIMITED: &str = "rate_limit = 1000000\n[apps.api_limits]\n\"openim/sendmsg\" = 1000000\n\
+    \"openim/batchsendmsg\" = 1000000\n\"group_open_http_svc/send_group_msg\" = 1000000\n\
+    [[apps.api_quotas]]\napi = \"group_open_http_svc/send_group_msg\"\nkey = \"GroupId\"\nrate = 1000000\n\
+    [[apps.api_quotas]]\napi = \"openim/batchsendmsg\"\ncost = \"To_Account\"\nrate = 1000000\nper = \"second\"\n";
 
 /// `n` apps whose limits are high enough that no acquire ever waits.
 fn limiter(n: u64) -> Vec<Lanes> {
     let text: String = (1..=n)
         .map(|id| {
             format!(
-                "[[apps]]\nsdkappid = {id}\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = 1000000000\n"
+                "[[apps]]\nsdkappid = {id}\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\n{UNLIMITED}"
             )
         })
         .collect();
@@ -55,6 +64,42 @@ fn acquire(c: &mut Criterion) {
             });
         });
     }
+    let lanes = limiter(1).remove(0);
+    let group_msg = Api::from_path("/v4/group_open_http_svc/send_group_msg").expect("valid path");
+    for keys in [1u32, 100_000] {
+        let measured: Vec<Vec<Measured>> = (0..keys)
+            .map(|i| {
+                vec![Measured {
+                    cost: NonZeroU32::MIN,
+                    key: Some(format!("group-{i}")),
+                }]
+            })
+            .collect();
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::new("keyed", keys), &keys, |b, &keys| {
+            b.to_async(&runtime).iter(|| {
+                next = (next + 1) % keys as usize;
+                let (lanes, api, measured) = (&lanes, &group_msg, &measured[next]);
+                async move {
+                    let turn = lanes.turn(api, measured, Duration::from_secs(1)).await;
+                    turn.expect("free slot").send_now().await.expect("sent");
+                }
+            });
+        });
+    }
+    let batch = Api::from_path("/v4/openim/batchsendmsg").expect("valid path");
+    let recipients = vec![Measured {
+        cost: NonZeroU32::new(500).expect("500 > 0"),
+        key: None,
+    }];
+    group.bench_function("cost_500", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let turn = lanes
+                .turn(&batch, &recipients, Duration::from_secs(1))
+                .await;
+            turn.expect("free slot").send_now().await.expect("sent");
+        });
+    });
     group.finish();
 }
 

@@ -462,6 +462,10 @@ pub struct App {
     /// The only APIs this app may be used for, by anyone (`apis`, `service/command` with
     /// `*`); `None`: every API.
     pub apis: Option<Vec<Pattern>>,
+    /// Quotas beyond calls a second (`api_quotas`): the documented ones
+    /// (`limiter::table::QUOTAS`), each replaced by a configured one that counts the same
+    /// thing, and the configured others.
+    pub api_quotas: Vec<crate::limiter::Quota>,
     /// Longest a request may wait for its turn (`max_queue_wait_ms`, default 1000).
     pub max_queue_wait: Duration,
     /// Upstream attempts per request, the first included (`max_attempts`, default 3).
@@ -485,12 +489,8 @@ pub enum SecretSource {
     File(String),
 }
 
-/// Tencent's documented per-API limits below the app's 200/s (TENCENT.md §6).
-pub const DEFAULT_API_LIMITS: [(&str, u32); 3] = [
-    ("live_engine_http_srv/get_room_list", 10),
-    ("live_engine_http_srv/get_room_stats", 100),
-    ("live_engine_http_srv/add_robot", 100),
-];
+/// Tencent's documented per-API limits below 200/s (TENCENT.md §6, §7), from the limits table.
+pub const DEFAULT_API_LIMITS: &[(&str, u32)] = crate::limiter::table::CALLS;
 
 /// A configuration with every app's upstream known: `endpoint = "emulator"` resolved to the
 /// address the in-process emulator was bound to. [`crate::bind`] makes it together with the

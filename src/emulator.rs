@@ -8,11 +8,13 @@
 //! envelope for every API-level outcome, each with a fresh `RequestId`.
 
 mod limits;
+mod messages;
 mod rooms;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -26,10 +28,12 @@ use crate::api::Api;
 use crate::body::{self, Budget, Held};
 use crate::config::{App, SecretKey};
 use crate::error::json_response;
+use crate::limiter;
 use crate::rules::{self, Refusal};
 use crate::usersig::{self, VerifyError};
 
 pub use limits::Limits;
+pub use messages::Messages;
 pub use rooms::Rooms;
 
 /// The largest body the emulator reads.
@@ -50,12 +54,14 @@ pub struct Emulator {
     tenants: HashMap<u64, Tenant>,
     limits: Limits,
     rooms: Rooms,
+    messages: Messages,
     faults: Mutex<HashMap<String, Fault>>,
     seq: AtomicU64,
     bodies: Budget,
 }
 
-/// An injected failure: the next `times` requests for an API answer `code`.
+/// An injected failure: the next `times` requests for an API answer `code`; with code 0,
+/// they are carried out and answered only after `delay_ms` (a timeout after receipt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct Fault {
     /// The ErrorCode to answer, e.g. 100001.
@@ -64,6 +70,9 @@ pub struct Fault {
     /// How many requests answer it before the API behaves again.
     #[serde(rename = "Times")]
     pub times: u32,
+    /// How long to hold the answer of a request carried out (code 0).
+    #[serde(rename = "DelayMs", default)]
+    pub delay_ms: u64,
 }
 
 /// The path of the emulator's fault-injection endpoint.
@@ -89,6 +98,7 @@ impl Emulator {
             tenants,
             limits: Limits::new(apps),
             rooms: Rooms::default(),
+            messages: Messages::default(),
             faults: Mutex::default(),
             seq: AtomicU64::new(1),
             bodies: Budget::new(MAX_BODY_BYTES_IN_FLIGHT),
@@ -148,14 +158,23 @@ impl Emulator {
         self.lock_faults().insert(api, fault);
     }
 
-    /// Answers with an injected fault for `api`, if one is pending.
-    fn fault(&self, api: &Api) -> Result<(), Refusal> {
+    /// Answers with an injected fault for `api`, if one is pending; or says how long to
+    /// hold the answer of a request carried out.
+    fn fault(&self, api: &Api) -> Result<Duration, Refusal> {
         let mut faults = self.lock_faults();
         let Some(fault) = faults.get_mut(&api.to_string()).filter(|f| f.times > 0) else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         fault.times -= 1;
+        if fault.code == 0 {
+            return Ok(Duration::from_millis(fault.delay_ms));
+        }
         Err(Refusal::new(fault.code, "injected by the emulator"))
+    }
+
+    /// How many messages were stored (a repeat Tencent drops is not).
+    pub fn messages_stored(&self) -> u64 {
+        self.messages.stored()
     }
 
     fn lock_faults(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fault>> {
@@ -168,12 +187,24 @@ impl Emulator {
     /// gateway checks), then the store. Returns the API's `Response`, if it has one.
     pub fn execute(&self, sdkappid: u64, api: &Api, body: &[u8]) -> Result<Value, Refusal> {
         let parsed: serde_json_borrow::Value = serde_json::from_slice(body).map_err(not_json)?;
+        self.carry_out(sdkappid, api, &parsed, Instant::now())
+    }
+
+    /// Checks a parsed body against the API's rules, then carries it out.
+    fn carry_out(
+        &self,
+        sdkappid: u64,
+        api: &Api,
+        parsed: &serde_json_borrow::Value<'_>,
+        now: Instant,
+    ) -> Result<Value, Refusal> {
         if let Some(rules) = rules::for_api(api.name()) {
-            rules::check(rules, &parsed)?;
+            rules::check(rules, parsed)?;
         }
         let Some(object) = parsed.as_object() else {
             return Err(Refusal::new(60003, "request JSON must be an object"));
         };
+        self.messages.store(sdkappid, api, parsed, now)?;
         let body = Map::from(object);
         match api.name() {
             "live_engine_http_srv/set_room_metadata" => self.rooms.set(sdkappid, &body),
@@ -225,14 +256,26 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
     }
     let api = Api::from_path(request.uri().path())
         .ok_or_else(|| Refusal::new(60002, "URL path must be /v4/<service>/<command>"))?;
+    if api.name() == STATS {
+        return Ok(json!({"Messages": emulator.messages_stored()}));
+    }
     let caller = emulator.authenticate(request.uri().query(), usersig::unix_now())?;
+    let (bytes, _held) = read_bytes(emulator, request).await?;
+    let parsed: serde_json_borrow::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
+    let quotas = emulator.limits.quotas(caller.sdkappid, &api);
+    let measured = limiter::measure(&quotas, &parsed).map_err(|e| Refusal::new(e.code, e.info))?;
+    let now = Instant::now();
     emulator
         .limits
-        .admit(caller.sdkappid, &api, Instant::now())?;
-    emulator.fault(&api)?;
-    let (bytes, _held) = read_bytes(emulator, request).await?;
-    emulator.execute(caller.sdkappid, &api, &bytes)
+        .admit(caller.sdkappid, &api, &measured, now)?;
+    let delay = emulator.fault(&api)?;
+    let answered = emulator.carry_out(caller.sdkappid, &api, &parsed, now);
+    tokio::time::sleep(delay).await;
+    answered
 }
+
+/// `POST /v4/_emulator/stats`: what the emulator stored, `{"Messages": N}`.
+pub const STATS: &str = "_emulator/stats";
 
 /// `POST /_emulator/faults` with `{"Api": "service/command", "ErrorCode": N, "Times": N}`.
 async fn inject(emulator: &Emulator, request: Request<Incoming>) -> Result<Value, Refusal> {

@@ -30,7 +30,9 @@
 //! before the write. A turn cannot be spent twice, nor a guard passed without a turn.
 
 mod fleet;
+mod keyed;
 mod lane;
+pub mod table;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -41,8 +43,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use keyed::Keyed;
+pub use keyed::{SETS, WAYS};
 use lane::{Lane, guard};
 pub use lane::{TokioClock, TokioInstant};
+pub use table::{DEFAULT_API_RATE, Per, Quota};
 
 use crate::api::Api;
 use crate::config::{self, App};
@@ -78,12 +83,24 @@ pub struct Throttled {
 }
 
 /// The limiter: builds each app's `Lanes` once, and counts the requests waiting in any of them.
-#[derive(Default)]
 pub struct Limiter {
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
     /// The last moment a turn may be granted, once the limiter closes (a drain).
     closing: Arc<watch::Sender<Option<Instant>>>,
+    /// The fleet's planned size (1 without one).
+    replicas: u32,
+}
+
+impl Default for Limiter {
+    fn default() -> Limiter {
+        Limiter {
+            waiting: Arc::default(),
+            fleet: None,
+            closing: Arc::default(),
+            replicas: 1,
+        }
+    }
 }
 
 impl Limiter {
@@ -91,6 +108,7 @@ impl Limiter {
     pub fn new(fleet: Option<&config::Fleet>, series: FleetSeries) -> Limiter {
         Limiter {
             waiting: Arc::default(),
+            replicas: fleet.map_or(1, |f| f.replicas.get()),
             fleet: fleet.map(|f| Fleet::start(f, series)),
             closing: Arc::default(),
         }
@@ -109,7 +127,8 @@ impl Limiter {
         });
     }
 
-    /// The lanes of `app`: its own limit and one lane per entry of its `api_limits`.
+    /// The lanes of `app`: its own limit, one lane per entry of its `api_limits`, a lane per
+    /// other API at `DEFAULT_API_RATE` (keyed by the API's name), and its quotas.
     pub fn lanes(&self, app: &App) -> Lanes {
         self.lanes_with_callers(app, std::iter::empty())
     }
@@ -127,12 +146,17 @@ impl Limiter {
             fallback: Mutex::new(None),
         };
         let fleet = self.fleet.as_ref();
-        let apis = app
+        let mut apis: HashMap<String, ApiLanes> = app
             .api_limits
             .iter()
             .map(|(api, n)| {
                 let key = fleet.map(|f| f.key(app.sdkappid, Some(api)));
-                (api.clone(), limit(Scope::Api, *n, key))
+                let lanes = ApiLanes {
+                    calls: Some(limit(Scope::Api, *n, key)),
+                    quotas: Vec::new(),
+                    lanes: Vec::new(),
+                };
+                (api.clone(), lanes)
             })
             .collect();
         let callers = callers
@@ -141,6 +165,19 @@ impl Limiter {
                 (name.to_owned(), limit(Scope::Caller, n, key))
             })
             .collect();
+        // In a fleet, a quota not yet kept in Redis is kept by each replica at its part.
+        let replicas = self.replicas;
+        for quota in &app.api_quotas {
+            let lanes = apis.entry(quota.api.clone()).or_insert_with(|| ApiLanes {
+                calls: None,
+                quotas: Vec::new(),
+                lanes: Vec::new(),
+            });
+            lanes.quotas.push(quota.clone());
+            lanes.lanes.push(QuotaLanes::new(quota, replicas));
+        }
+        let default = NonZeroU32::new(DEFAULT_API_RATE).unwrap_or(NonZeroU32::MIN);
+        let implicit = Keyed::new(Scope::Api, default, Duration::from_secs(1), NonZeroU32::MIN);
         Lanes {
             app: limit(
                 Scope::App,
@@ -149,6 +186,7 @@ impl Limiter {
             ),
             apis,
             callers,
+            implicit: self.fleet.is_none().then_some(implicit),
             waiting: self.waiting.clone(),
             fleet: self.fleet.clone(),
             closing: Closing(self.closing.subscribe()),
@@ -211,9 +249,12 @@ impl Limit {
 /// One app's limits, found once when a request is routed to the app.
 pub struct Lanes {
     app: Limit,
-    apis: HashMap<String, Limit>,
+    apis: HashMap<String, ApiLanes>,
     /// Callers with a `rate_limit` of their own, by name.
     callers: HashMap<String, Limit>,
+    /// The lane of every API without a calls limit of its own, keyed by its name (local
+    /// only: in a fleet such an API runs in its app's lane, as before).
+    implicit: Option<Keyed>,
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
     closing: Closing,
@@ -245,11 +286,115 @@ impl Closing {
     }
 }
 
+/// The lanes of one API with an entry: its calls limit, if configured, and its quotas.
+struct ApiLanes {
+    calls: Option<Limit>,
+    quotas: Vec<Quota>,
+    lanes: Vec<QuotaLanes>,
+}
+
+enum QuotaLanes {
+    One(Arc<Lane>),
+    Keyed(Keyed),
+}
+
+impl QuotaLanes {
+    /// `quota`'s lanes, each at 1/`replicas` of its rate.
+    fn new(quota: &Quota, replicas: u32) -> QuotaLanes {
+        let rate = NonZeroU32::new(quota.rate.get() / replicas.max(1)).unwrap_or(NonZeroU32::MIN);
+        let (period, largest) = (quota.per.period(), quota.largest_cost());
+        match quota.key {
+            Some(_) => QuotaLanes::Keyed(Keyed::new(Scope::Api, rate, period, largest)),
+            None => QuotaLanes::One(Arc::new(Lane::of(Scope::Api, rate, period, largest))),
+        }
+    }
+
+    /// The lane a request with `measured` passes.
+    fn lane(&self, measured: Option<&Measured>, now: Instant) -> Result<Arc<Lane>, Throttled> {
+        match self {
+            QuotaLanes::One(lane) => Ok(lane.clone()),
+            QuotaLanes::Keyed(keyed) => {
+                keyed.lane(measured.and_then(|m| m.key.as_deref()).unwrap_or(""), now)
+            }
+        }
+    }
+}
+
+/// What a request's body says about one quota of its API: its cost and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measured {
+    /// Units the request costs (at least 1).
+    pub cost: NonZeroU32,
+    /// The value of the quota's key field.
+    pub key: Option<String>,
+}
+
+/// A request whose cost alone is over what its API takes in one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooCostly {
+    /// Tencent's ErrorCode for it.
+    pub code: u32,
+    /// What is wrong.
+    pub info: String,
+}
+
+/// Measures `body` for each of `quotas`, in order: the length of the cost field (absent or
+/// not an array: 1), the key field's string (absent or not a string: no key, so one lane
+/// for all such requests). Refuses a cost over the quota's documented most.
+pub fn measure(
+    quotas: &[Quota],
+    body: &serde_json_borrow::Value<'_>,
+) -> Result<Vec<Measured>, TooCostly> {
+    quotas
+        .iter()
+        .map(|quota| {
+            let items = quota
+                .cost
+                .as_deref()
+                .and_then(|field| body.get(field).as_array().map(<[_]>::len))
+                .unwrap_or(1);
+            let cost = u32::try_from(items).unwrap_or(u32::MAX);
+            if let (Some(field), Some((most, code))) = (&quota.cost, quota.max_cost)
+                && cost > most.get()
+            {
+                return Err(TooCostly {
+                    code,
+                    info: format!(
+                        "{field} has {items} entries; {} takes at most {most}",
+                        quota.api
+                    ),
+                });
+            }
+            let key = quota
+                .key
+                .as_deref()
+                .and_then(|field| body.get(field).as_str())
+                .map(str::to_owned);
+            Ok(Measured {
+                cost: NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN),
+                key,
+            })
+        })
+        .collect()
+}
+
 impl Lanes {
+    /// The quotas of `api` beyond calls a second, whose costs and keys `turn` needs.
+    pub fn quotas(&self, api: &Api) -> &[Quota] {
+        self.apis.get(api.name()).map_or(&[], |lanes| &lanes.quotas)
+    }
+
     /// Waits, in arrival order, for one attempt's turn of `api`; refuses at once when the
-    /// wait would exceed `max_wait`. The turn is spent by `Turn::send_now`.
-    pub async fn turn(&self, api: &Api, max_wait: Duration) -> Result<Turn<'_>, Throttled> {
-        self.turn_as(api, None, max_wait).await
+    /// wait would exceed `max_wait`. `measured` holds the request's cost and key for each of
+    /// `quotas(api)`, in order (missing ones cost 1, without a key). The turn is spent by
+    /// `Turn::send_now`.
+    pub async fn turn(
+        &self,
+        api: &Api,
+        measured: &[Measured],
+        max_wait: Duration,
+    ) -> Result<Turn<'_>, Throttled> {
+        self.turn_as(api, None, measured, max_wait).await
     }
 
     /// `turn` for a request of `caller`, which waits in that caller's own lane first when it
@@ -258,21 +403,42 @@ impl Lanes {
         &self,
         api: &Api,
         caller: Option<&str>,
+        measured: &[Measured],
         max_wait: Duration,
     ) -> Result<Turn<'_>, Throttled> {
+        let lanes = self.apis.get(api.name());
+        let now = Instant::now();
+        let mut local = Vec::new();
+        for (i, quota) in lanes.iter().flat_map(|l| &l.lanes).enumerate() {
+            let measured = measured.get(i);
+            let cost = measured.map_or(NonZeroU32::MIN, |m| m.cost);
+            local.push((quota.lane(measured, now)?, cost));
+        }
+        let calls = lanes.and_then(|l| l.calls.as_ref());
+        if let (None, Some(implicit)) = (calls, &self.implicit) {
+            local.push((implicit.lane(api.name(), now)?, NonZeroU32::MIN));
+        }
         let turn = Turn {
             caller: caller.and_then(|name| self.callers.get(name)),
-            api: self.apis.get(api.name()),
+            local,
+            api: calls,
             app: &self.app,
             fleet: self.fleet.as_deref(),
             max_wait,
         };
         match &self.fleet {
             None => {
-                let lanes: Vec<&Lane> = turn.limits().map(|l| &l.lane).collect();
+                let lanes: Vec<(&Lane, NonZeroU32)> = turn.lanes().collect();
                 pace(&lanes, max_wait, &self.waiting, &self.closing).await?;
             }
-            Some(fleet) => self.shared(fleet, &turn, max_wait).await?,
+            Some(fleet) => {
+                let start = Instant::now();
+                let local: Vec<(&Lane, NonZeroU32)> =
+                    turn.local.iter().map(|(l, c)| (&**l, *c)).collect();
+                pace(&local, max_wait, &self.waiting, &self.closing).await?;
+                self.shared(fleet, &turn, max_wait.saturating_sub(start.elapsed()))
+                    .await?;
+            }
         }
         Ok(turn)
     }
@@ -309,7 +475,8 @@ impl Lanes {
                         .limits()
                         .map(|l| l.fallback(fleet))
                         .collect::<Result<Vec<_>, _>>()?;
-                    let lanes: Vec<&Lane> = lanes.iter().map(|l| &**l).collect();
+                    let lanes: Vec<(&Lane, NonZeroU32)> =
+                        lanes.iter().map(|l| (&**l, NonZeroU32::MIN)).collect();
                     return pace(&lanes, budget, &AtomicUsize::new(0), &self.closing).await;
                 }
             }
@@ -318,17 +485,24 @@ impl Lanes {
 
     /// `turn` then `send_now`, for a caller with nothing to prepare in between.
     pub async fn acquire(&self, api: &Api, max_wait: Duration) -> Result<(), Throttled> {
-        self.turn(api, max_wait).await?.send_now().await
+        self.turn(api, &[], max_wait).await?.send_now().await
     }
 
     /// Tencent said `scope` is over its limit: run it slower for a while (in the fleet: for
     /// every replica).
     pub fn slow_down(&self, api: &Api, scope: Scope) {
         let limit = match scope {
-            Scope::Api => self.apis.get(api.name()),
+            Scope::Api => self.apis.get(api.name()).and_then(|l| l.calls.as_ref()),
             Scope::App | Scope::Caller => None,
         };
-        // An API without its own lane slows the whole app: that is the lane it runs in.
+        if let (Scope::Api, None, Some(implicit)) = (scope, limit, &self.implicit) {
+            // Its own lane, kept by name; a table too busy to hold it has nothing to slow.
+            if let Ok(lane) = implicit.lane(api.name(), Instant::now()) {
+                lane.slow_down(Instant::now());
+            }
+            return;
+        }
+        // In a fleet, an API without its own lane runs in its app's lane: that one slows.
         let limit = limit.unwrap_or(&self.app);
         limit.lane.slow_down(Instant::now());
         if let Some(fleet) = &self.fleet {
@@ -344,20 +518,20 @@ impl Lanes {
 /// lane is already further behind than `max_wait` or the closing time, and, while waiting,
 /// as soon as the limiter closes before the slot.
 async fn pace(
-    lanes: &[&Lane],
+    lanes: &[(&Lane, NonZeroU32)],
     max_wait: Duration,
     waiting: &AtomicUsize,
     closing: &Closing,
 ) -> Result<(), Throttled> {
     let start = Instant::now();
-    for lane in lanes {
+    for (lane, _) in lanes {
         lane.predict(start, closing.budget(start, max_wait))?;
     }
     let _waiting = Queued::enter(waiting);
-    for lane in lanes {
+    for (lane, cost) in lanes {
         let now = Instant::now();
         let budget = closing.budget(now, max_wait.saturating_sub(now - start));
-        let ticket = lane.reserve(now, budget)?;
+        let ticket = lane.reserve(now, budget, *cost)?;
         // A timer, even one already due, costs a tick (~1 ms): sleep only when waiting.
         if ticket.slot > now {
             tokio::select! {
@@ -382,7 +556,7 @@ async fn pace(
 ///
 /// ```compile_fail
 /// # async fn twice(lanes: &timgate::limiter::Lanes, api: &timgate::api::Api) {
-/// let turn = lanes.turn(api, std::time::Duration::ZERO).await.unwrap();
+/// let turn = lanes.turn(api, &[], std::time::Duration::ZERO).await.unwrap();
 /// turn.send_now().await;
 /// turn.send_now().await; // refused: the turn was spent by the first send
 /// # }
@@ -390,6 +564,8 @@ async fn pace(
 #[must_use = "a turn is spent by send_now, right before the request is written"]
 pub struct Turn<'a> {
     caller: Option<&'a Limit>,
+    /// Lanes kept on this replica only (quotas, an API's implicit lane), with the cost.
+    local: Vec<(Arc<Lane>, NonZeroU32)>,
     api: Option<&'a Limit>,
     app: &'a Limit,
     fleet: Option<&'a Fleet>,
@@ -402,11 +578,23 @@ impl Turn<'_> {
         self.caller.into_iter().chain(self.api).chain([self.app])
     }
 
+    /// Every lane this attempt passes and what it costs there, narrowest first: the
+    /// caller's own lane before the API's lanes, so a caller flooding past its share queues
+    /// there and takes no quota from the callers beside it.
+    fn lanes(&self) -> impl Iterator<Item = (&Lane, NonZeroU32)> {
+        fn unit<'l>(limit: &'l Limit) -> (&'l Lane, NonZeroU32) {
+            (&limit.lane, NonZeroU32::MIN)
+        }
+        let local = self.local.iter().map(|(lane, cost)| (&**lane, *cost));
+        let rest = self.api.into_iter().chain([self.app]).map(unit);
+        self.caller.map(unit).into_iter().chain(local).chain(rest)
+    }
+
     /// Waits until a request sent now keeps every limit, and counts it as sent: call it with
     /// the connection ready, right before writing the request. In a fleet, `Throttled` when
     /// Redis went away since the turn and this replica may not spend its share yet.
     pub async fn send_now(self) -> Result<(), Throttled> {
-        let lanes: Vec<&Lane> = self.limits().map(|l| &l.lane).collect();
+        let lanes: Vec<(&Lane, NonZeroU32)> = self.lanes().collect();
         guard(&lanes).await;
         let Some(fleet) = self.fleet else {
             return Ok(());
@@ -612,7 +800,7 @@ mod tests {
             let end = Instant::now() + Duration::from_secs(3);
             let mut times = Vec::new();
             while Instant::now() < end {
-                guard(&[&lane]).await;
+                guard(&[(&lane, NonZeroU32::MIN)]).await;
                 times.push(Instant::now());
             }
             assert!(
@@ -729,6 +917,181 @@ mod tests {
         let span = released.last().unwrap().1 - released[0].1;
         // 40 intervals at half of 96/s take about 0.83 s instead of 0.42 s.
         assert!(span >= Duration::from_millis(800), "{span:?}");
+    }
+
+    /// Lanes of one app configured by `extra` (TOML lines of its `[[apps]]` entry).
+    fn app(extra: &str) -> Lanes {
+        let text = format!(
+            "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\n{extra}"
+        );
+        Limiter::default().lanes(&Config::from_toml(&text).unwrap().apps[0])
+    }
+
+    /// Sends `measured` to `path` at each of `at` (in order), each waiting up to `max_wait`;
+    /// returns the send times of those that went.
+    async fn schedule(
+        lanes: &Arc<Lanes>,
+        path: &str,
+        at: Vec<(Instant, Vec<Measured>)>,
+        max_wait: Duration,
+    ) -> Vec<Instant> {
+        let tasks: Vec<_> = at
+            .into_iter()
+            .map(|(at, measured)| {
+                let (lanes, api) = (lanes.clone(), api(path));
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let turn = lanes.turn(&api, &measured, max_wait).await.ok()?;
+                    turn.send_now().await.ok()?;
+                    Some(Instant::now())
+                })
+            })
+            .collect();
+        let mut sent = Vec::new();
+        for task in tasks {
+            sent.extend(task.await.unwrap());
+        }
+        sent
+    }
+
+    fn costing(cost: u32, key: Option<&str>) -> Vec<Measured> {
+        vec![Measured {
+            cost: NonZeroU32::new(cost).unwrap(),
+            key: key.map(str::to_owned),
+        }]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_api_is_held_to_200_a_second_beside_a_larger_app_lane() {
+        let lanes = Arc::new(app("rate_limit = 1000\n"));
+        let now = Instant::now();
+        let burst = (0..300).map(|_| (now, Vec::new())).collect();
+        let sent = schedule(&lanes, SEND, burst, Duration::from_secs(10)).await;
+        assert_eq!(sent.len(), 300);
+        assert!(busiest_second(&sent) <= 200, "{}", busiest_second(&sent));
+        // Another API is not held up by sendmsg's lane.
+        // Another API is not held up by sendmsg's lane: only by the app's 1,000/s spacing.
+        let before = Instant::now();
+        lanes
+            .acquire(&api("/v4/openim/querystate"), Duration::from_millis(5))
+            .await
+            .unwrap();
+        assert!(Instant::now() - before <= Duration::from_millis(2));
+        // A bought-up rate lifts it.
+        let lanes = Arc::new(app(
+            "rate_limit = 1000\n[apps.api_limits]\n\"openim/sendmsg\" = 300\n",
+        ));
+        let now = Instant::now();
+        let burst = (0..300).map(|_| (now, Vec::new())).collect();
+        let sent = schedule(&lanes, SEND, burst, Duration::from_secs(10)).await;
+        assert!(busiest_second(&sent) > 250, "{}", busiest_second(&sent));
+    }
+
+    /// The most units sent within any closed window of `period`.
+    fn busiest_window(sent: &[(Instant, u32)], period: Duration) -> u32 {
+        let mut sent = sent.to_vec();
+        sent.sort();
+        let (mut start, mut units, mut most) = (0, 0, 0);
+        for end in 0..sent.len() {
+            units += sent[end].1;
+            while sent[end].0 - sent[start].0 > period {
+                units -= sent[start].1;
+                start += 1;
+            }
+            most = most.max(units);
+        }
+        most
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recipients_stay_within_12000_in_every_sliding_minute() {
+        const BATCH: &str = "/v4/openim/batchsendmsg";
+        let lanes = Arc::new(app("rate_limit = 1000\n"));
+        let now = Instant::now();
+        let calls = (0..40).map(|_| (now, costing(500, None))).collect();
+        let sent = schedule(&lanes, BATCH, calls, Duration::from_secs(3600)).await;
+        assert_eq!(sent.len(), 40);
+        let units: Vec<(Instant, u32)> = sent.iter().map(|t| (*t, 500)).collect();
+        let minute = Duration::from_secs(60);
+        assert!(busiest_window(&units, minute) <= 12_000);
+        // …and not far below it: 20,000 recipients go out within about 100 s.
+        let span = *sent.iter().max().unwrap() - *sent.iter().min().unwrap();
+        assert!(span <= Duration::from_secs(105), "{span:?}");
+        // Right after, the next call's turn is 2.6 s away: past a 1 s wait, refused at once.
+        let before = Instant::now();
+        let refused = lanes
+            .turn(&api(BATCH), &costing(500, None), Duration::from_secs(1))
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(Instant::now(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_group_is_held_to_40_a_second_and_a_quiet_one_is_not_slowed() {
+        const GROUP: &str = "/v4/group_open_http_svc/send_group_msg";
+        let lanes = Arc::new(app("rate_limit = 1000\n"));
+        let start = Instant::now();
+        let every = |hz: u64, key: &'static str| {
+            (0..3 * hz).map(move |i| {
+                let at = start + Duration::from_micros(i * 1_000_000 / hz);
+                (at, costing(1, Some(key)))
+            })
+        };
+        let busy = schedule(
+            &lanes,
+            GROUP,
+            every(100, "busy").collect(),
+            Duration::from_secs(60),
+        );
+        let quiet = every(30, "quiet").collect::<Vec<_>>();
+        let asked: Vec<Instant> = quiet.iter().map(|(at, _)| *at).collect();
+        let quiet = schedule(&lanes, GROUP, quiet, Duration::from_secs(60));
+        let (busy, quiet) = tokio::join!(busy, quiet);
+        assert_eq!(busy.len(), 300);
+        assert!(busiest_second(&busy) <= 40, "{}", busiest_second(&busy));
+        assert_eq!(quiet.len(), 90);
+        let mut quiet = quiet;
+        quiet.sort();
+        // The quiet group waits at most one slot of the API's 200/s lane and one of the
+        // app's, which both groups share, never for the busy group's own lane.
+        let shared = Duration::from_secs_f64(1.0 / 192.0 + 1.0 / 960.0);
+        for (sent, asked) in quiet.iter().zip(&asked) {
+            assert!(*sent - *asked <= shared, "{:?}", *sent - *asked);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keyed_lanes_are_bounded_and_gone_once_idle() {
+        let keyed = Keyed::new(
+            Scope::Api,
+            NonZeroU32::new(40).unwrap(),
+            Duration::from_secs(1),
+            NonZeroU32::MIN,
+        );
+        let now = Instant::now();
+        // Lanes held by turns in flight: every set fills, further keys are refused.
+        let held: Vec<Arc<Lane>> = (0..20_000)
+            .filter_map(|i| keyed.lane(&format!("g{i}"), now).ok())
+            .collect();
+        assert_eq!(held.len(), SETS * WAYS);
+        for lane in &held {
+            lane.reserve(now, Duration::ZERO, NonZeroU32::MIN)
+                .unwrap()
+                .used();
+        }
+        assert_eq!(keyed.live(now), SETS * WAYS);
+        // A key with a lane keeps it.
+        assert!(Arc::ptr_eq(&keyed.lane("g0", now).unwrap(), &held[0]));
+        drop(held);
+        // Unheld but reserved ahead: not yet anyone else's.
+        assert!(keyed.lane("late", now).is_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(keyed.live(Instant::now()), 0);
+        // Idle lanes are taken over by new keys, as fresh ones.
+        for i in 0..500 {
+            let lane = keyed.lane(&format!("h{i}"), Instant::now()).unwrap();
+            assert!(lane.is_fresh(Instant::now()));
+        }
     }
 
     async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {

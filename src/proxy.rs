@@ -32,7 +32,7 @@ use crate::auth::{self, Callers};
 use crate::body::{self, Budget};
 use crate::config::{App, Resolved};
 use crate::error::Error;
-use crate::limiter::{Lanes, Limiter, Scope, Throttled, Turn};
+use crate::limiter::{self, Lanes, Limiter, Measured, Scope, Throttled, Turn};
 use crate::metrics::{AppSeries, Metrics};
 use crate::retry::{self, Verdict};
 use crate::server;
@@ -50,6 +50,9 @@ pub struct Gateway {
     limiter: Limiter,
     metrics: Arc<Metrics>,
     upstream: Upstream,
+    /// The longest making a connection may take once one may be made (a dial to the primary
+    /// and one to the backup), so a repeat can be sent inside a dedup window.
+    connect_timeout: Duration,
     max_body_bytes: usize,
     body_timeout: Duration,
     bodies: Budget,
@@ -109,6 +112,7 @@ impl Gateway {
             limiter,
             metrics,
             upstream,
+            connect_timeout: config.server.connect_timeout * 2,
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             bodies: Budget::new(config.server.max_body_bytes_in_flight),
@@ -178,8 +182,8 @@ async fn forward<'g>(
         &gateway.bodies,
     )
     .await?;
-    inspect::inspect(&api, &body)?;
-    gateway.deliver(route, &api, body, call).await
+    let measured = inspect::inspect(&api, &body, route.lanes.quotas(&api))?;
+    gateway.deliver(route, &api, body, &measured, call).await
 }
 
 impl Gateway {
@@ -191,14 +195,17 @@ impl Gateway {
         route: &Route,
         api: &Api,
         body: Bytes,
+        measured: &[Measured],
         call: &mut Call<'_>,
     ) -> Result<Reply, Error> {
         let app = &route.app;
-        let deadline = call.started + app.deadline;
+        let mut deadline = call.started + app.deadline;
+        let dedup = limiter::table::dedup_window(api.name());
+        let mut first_sent = None;
         let mut last = None;
         loop {
             let target = route.target(api)?;
-            let turn = match self.turn(route, api, call.caller, deadline).await {
+            let turn = match self.turn(route, api, call.caller, measured, deadline).await {
                 Ok(turn) => turn,
                 Err(refused) => {
                     // A retry that finds no room ends with the answer already in hand.
@@ -212,7 +219,12 @@ impl Gateway {
                 .attempt(route, turn, api, target, body.clone(), call, deadline)
                 .await
             {
-                Ok(tried) => tried,
+                Ok((tried, sent)) => {
+                    if !matches!(tried, Err(upstream::Error::Unreachable(_))) {
+                        first_sent = first_sent.or(Some(sent));
+                    }
+                    tried
+                }
                 Err(held) => {
                     // The fleet's Redis went away after the turn and this replica's own
                     // share is not free yet: nothing was sent; 429 like any full lane.
@@ -222,10 +234,20 @@ impl Gateway {
                     });
                 }
             };
-            match retry::decide(&tried) {
+            // A repeat is safe only if it reaches Tencent inside the window of the first
+            // send: the next attempt must be sent (connection made) before it closes.
+            let repeat_by = dedup
+                .zip(first_sent)
+                .map(|(window, sent)| (sent + window).checked_sub(self.connect_timeout));
+            let repeat_by = repeat_by.flatten().filter(|by| Instant::now() < *by);
+            match retry::decide(&tried, repeat_by.is_some()) {
                 Verdict::Answer => return tried.map_err(Error::Upstream),
                 Verdict::SlowDown(scope) => route.lanes.slow_down(api, scope),
                 Verdict::Retry => {}
+            }
+            if matches!(tried, Err(ref e) if !matches!(e, upstream::Error::Unreachable(_))) {
+                // Retried only because Tencent drops the repeat: no later than its window.
+                deadline = deadline.min(repeat_by.unwrap_or(deadline));
             }
             let pause =
                 retry::backoff(call.attempts, app.retry_base, app.retry_cap, rand::random());
@@ -246,6 +268,7 @@ impl Gateway {
         route: &'r Route,
         api: &Api,
         caller: Option<&auth::Caller>,
+        measured: &[Measured],
         deadline: Instant,
     ) -> Result<Turn<'r>, Error> {
         let app = &route.app;
@@ -256,7 +279,7 @@ impl Gateway {
         // A drain closes the limiter at its last turn, so the lanes refuse a turn that would
         // come later, at once, also for requests that were already waiting when it started.
         let granted = tokio::select! {
-            granted = route.lanes.turn_as(api, caller.map(auth::Caller::name), max_wait) => granted,
+            granted = route.lanes.turn_as(api, caller.map(auth::Caller::name), measured, max_wait) => granted,
             () = self.drain.past_last_turn() => return Err(Error::Draining),
         };
         match granted {
@@ -300,10 +323,10 @@ impl Gateway {
         body: Bytes,
         call: &mut Call<'_>,
         deadline: Instant,
-    ) -> Result<Result<Reply, upstream::Error>, Throttled> {
+    ) -> Result<(Result<Reply, upstream::Error>, Instant), Throttled> {
         let connection = match self.upstream.connect(&route.endpoint, deadline).await {
             Ok(connection) => connection,
-            Err(unreachable) => return Ok(Err(unreachable)),
+            Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
         };
         turn.send_now().await?;
         let sent = Instant::now();
@@ -317,7 +340,7 @@ impl Gateway {
         route.series.attempt(sent.elapsed(), call.attempts > 1);
         let code = tried.as_ref().ok().and_then(|r| r.envelope.error_code);
         route.series.answered(api.name(), code);
-        Ok(tried)
+        Ok((tried, sent))
     }
 
     /// Starts the drain: requests whose turn would come too late to finish by `deadline` are

@@ -5,7 +5,10 @@
 //! rate-limit answers (60007, 60011, 60018, 60019: the request was not carried out), which
 //! also slow the lane down. Never retried: signature errors (700xx: retrying them triggers the
 //! one-minute lockout, 70050), invalid parameters and every other answer, and a timeout or a
-//! broken connection once the request may have reached Tencent.
+//! broken connection once the request may have reached Tencent — unless the repeat is safe:
+//! Tencent drops a repeat of the same bytes to some APIs within a window
+//! (`limiter::table::DEDUP`), and the caller (`proxy`) says whether the first attempt is
+//! still inside it.
 
 use std::time::Duration;
 
@@ -23,8 +26,9 @@ pub enum Verdict {
     SlowDown(Scope),
 }
 
-/// Decides whether an attempt's result is final.
-pub fn decide(tried: &Result<Reply, Error>) -> Verdict {
+/// Decides whether an attempt's result is final. `repeat_safe`: Tencent would drop a repeat
+/// of this request as a duplicate if it carried out the first one.
+pub fn decide(tried: &Result<Reply, Error>, repeat_safe: bool) -> Verdict {
     match tried {
         Ok(reply) => match reply.envelope.error_code {
             Some(100001) => Verdict::Retry,
@@ -35,7 +39,8 @@ pub fn decide(tried: &Result<Reply, Error>) -> Verdict {
         // No connection could be made: nothing was sent.
         Err(Error::Unreachable(_)) => Verdict::Retry,
         // The request may have reached Tencent and been carried out: a repeat could do it
-        // twice, so the caller decides.
+        // twice, so the caller decides — unless Tencent would drop the repeat.
+        Err(Error::Broken(_) | Error::Timeout(_) | Error::Body(_)) if repeat_safe => Verdict::Retry,
         Err(Error::Broken(_) | Error::Timeout(_) | Error::Body(_) | Error::Status(_)) => {
             Verdict::Answer
         }
@@ -72,34 +77,33 @@ mod tests {
 
     #[test]
     fn retries_100001_only_among_tencent_failures() {
-        assert_eq!(decide(&reply(100001)), Verdict::Retry);
+        assert_eq!(decide(&reply(100001), false), Verdict::Retry);
         for code in [
             0, 100002, 100004, 60002, 60003, 60008, 70001, 70003, 70009, 70013, 70050,
         ] {
-            assert_eq!(decide(&reply(code)), Verdict::Answer, "{code}");
+            assert_eq!(decide(&reply(code), true), Verdict::Answer, "{code}");
         }
     }
 
     #[test]
     fn rate_limit_answers_slow_the_right_scope() {
-        assert_eq!(decide(&reply(60007)), Verdict::SlowDown(Scope::Api));
+        assert_eq!(decide(&reply(60007), false), Verdict::SlowDown(Scope::Api));
         for code in [60011, 60018, 60019] {
-            assert_eq!(decide(&reply(code)), Verdict::SlowDown(Scope::App));
+            assert_eq!(decide(&reply(code), true), Verdict::SlowDown(Scope::App));
         }
     }
 
     #[test]
-    fn timeouts_are_never_retried() {
-        assert_eq!(
-            decide(&Err(Error::Timeout(Duration::from_secs(5)))),
-            Verdict::Answer
-        );
+    fn timeouts_are_retried_only_where_a_repeat_is_dropped() {
+        let timeout = || Err(Error::Timeout(Duration::from_secs(5)));
+        assert_eq!(decide(&timeout(), false), Verdict::Answer);
+        assert_eq!(decide(&timeout(), true), Verdict::Retry);
     }
 
     #[test]
     fn an_answer_that_is_not_final_is_never_retried() {
         assert_eq!(
-            decide(&Err(Error::Status(StatusCode::SWITCHING_PROTOCOLS))),
+            decide(&Err(Error::Status(StatusCode::SWITCHING_PROTOCOLS)), true),
             Verdict::Answer
         );
     }
@@ -108,7 +112,7 @@ mod tests {
     fn a_connection_never_made_is_retried() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(
-            decide(&Err(Error::Unreachable(refused.into()))),
+            decide(&Err(Error::Unreachable(refused.into())), false),
             Verdict::Retry
         );
     }

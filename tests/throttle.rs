@@ -55,10 +55,14 @@ fn busiest_second(times: &mut [Instant]) -> usize {
     most
 }
 
+/// Lifts get_room_info's own 200/s lane out of the way of a test of the app lane.
+const INFO_UNLIMITED: &str =
+    "[apps.api_limits]\n\"live_engine_http_srv/get_room_info\" = 1000000\n";
+
 /// The app under test (300/s) and a warm-up app without a practical limit, both at `endpoint`.
 fn burst_config(endpoint: &str) -> Config {
     let text = format!(
-        "{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{}rate_limit = 1000000\n",
+        "{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{INFO_UNLIMITED}{}rate_limit = 1000000\n{INFO_UNLIMITED}",
         one_app(APP, endpoint),
         one_app(WARM, endpoint)
     );
@@ -373,7 +377,7 @@ async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
     let ca = std::env::temp_dir().join(format!("timgate-ca-{}.pem", std::process::id()));
     std::fs::write(&ca, pem).unwrap();
     let text = format!(
-        "[server]\nca_file = {:?}\n{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{}rate_limit = 1000000\n",
+        "[server]\nca_file = {:?}\n{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{INFO_UNLIMITED}{}rate_limit = 1000000\n{INFO_UNLIMITED}",
         ca.display().to_string(),
         one_app(APP, &format!("https://{front}")),
         one_app(WARM, &upstream.url())
@@ -405,4 +409,128 @@ async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
         busiest <= 306,
         "{busiest} requests within one second at Tencent"
     );
+}
+
+/// Sends `n` copies of `body` to `path` at once and waits for every answer.
+async fn burst_of(
+    caller: &Caller,
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+    n: usize,
+) -> Vec<support::Answer> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (caller, path, body) = (caller.clone(), path.to_owned(), body.to_owned());
+            tokio::spawn(async move { caller.post(addr, &path, body).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmsg_keeps_its_own_200_a_second_when_the_app_may_send_1000() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(config(
+        &upstream.url(),
+        "rate_limit = 1000\nmax_queue_wait_ms = 10000\n",
+    ))
+    .await;
+    let caller = Caller::default();
+    let body = r#"{"From_Account":"a","To_Account":"b","MsgRandom":1,"MsgBody":[]}"#;
+    let answers = burst_of(&caller, gw.addr, "/v4/openim/sendmsg", body, 300).await;
+    assert!(answers.iter().all(|a| a.code() == 0));
+    let mut times: Vec<Instant> = upstream.seen().iter().map(|s| s.at).collect();
+    assert_eq!(times.len(), 300);
+    let busiest = busiest_second(&mut times);
+    assert!(busiest <= 200, "{busiest} sendmsg within one second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batchsendmsg_recipients_are_a_per_minute_quota_and_600_are_refused() {
+    const BATCH: &str = "/v4/openim/batchsendmsg";
+    let upstream = Recorder::ok().await;
+    // 3 s of waiting allowed: the second 500-recipient call is 2.6 s after the first at
+    // 12,000 a minute, the third would be 5.2 s: refused at once, not queued for a minute.
+    let gw = gateway(config(&upstream.url(), "max_queue_wait_ms = 3000\n")).await;
+    let caller = Caller::default();
+    let to = |n: usize| {
+        let accounts: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []})
+            .to_string()
+    };
+    let refused = caller.post(gw.addr, BATCH, to(600)).await;
+    assert_eq!(refused.code(), 90018, "{:?}", refused.json());
+    assert!(
+        upstream.seen().is_empty(),
+        "600 recipients reached the upstream"
+    );
+
+    let answers = burst_of(&caller, gw.addr, BATCH, &to(500), 40).await;
+    let sent: Vec<(Instant, usize)> = upstream
+        .seen()
+        .iter()
+        .map(|s| {
+            let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+            (s.at, body["To_Account"].as_array().unwrap().len())
+        })
+        .collect();
+    let ok = answers.iter().filter(|a| a.code() == 0).count();
+    assert_eq!(ok, sent.len());
+    assert!((1..=2).contains(&ok), "{ok} calls went out");
+    for answer in answers.iter().filter(|a| a.code() != 0) {
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(answer.code(), 60007);
+        assert!(answer.headers.contains_key("retry-after"));
+    }
+    let recipients: usize = sent.iter().map(|(_, n)| n).sum();
+    assert!(
+        recipients <= 12_000,
+        "{recipients} recipients within a minute"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sendmsg_that_timed_out_after_arriving_is_retried_once_and_stored_once() {
+    let text = format!(
+        "[server]\nupstream_timeout_ms = 3001\n{}deadline_ms = 20000\nretry_base_ms = 1\nretry_cap_ms = 5\n",
+        one_app(APP, "http://127.0.0.1:1")
+    );
+    let emu = emulator(&Config::from_toml(&text).unwrap()).await;
+    let gw = gateway(
+        Config::from_toml(&text.replace("http://127.0.0.1:1", &format!("http://{}", emu.addr)))
+            .unwrap(),
+    )
+    .await;
+    let caller = Caller::default();
+    // The first sendmsg is carried out, and its answer held past the gateway's timeout.
+    let fault = json!({"Api": "openim/sendmsg", "ErrorCode": 0, "Times": 1, "DelayMs": 5000});
+    caller
+        .post(emu.addr, timgate::emulator::FAULTS_PATH, fault.to_string())
+        .await;
+    let body = r#"{"From_Account":"a","To_Account":"b","MsgSeq":9,"MsgRandom":4294967295,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#;
+    let answer = caller.post(gw.addr, "/v4/openim/sendmsg", body).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.json());
+    assert_eq!(answer.headers["x-timgate-attempts"], "2");
+    let stats = caller.post(emu.addr, "/v4/_emulator/stats", "{}").await;
+    assert_eq!(
+        stats.json()["Response"]["Messages"],
+        1,
+        "{:?}",
+        stats.json()
+    );
+
+    // Without a dedup window, a timeout after sending stays the caller's to decide.
+    let fault = json!({"Api": "openim/batchsendmsg", "ErrorCode": 0, "Times": 1, "DelayMs": 5000});
+    caller
+        .post(emu.addr, timgate::emulator::FAULTS_PATH, fault.to_string())
+        .await;
+    let batch = r#"{"From_Account":"a","To_Account":["b"],"MsgRandom":1,"MsgBody":[]}"#;
+    let answer = caller.post(gw.addr, "/v4/openim/batchsendmsg", batch).await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(answer.headers["x-timgate-attempts"], "1");
 }

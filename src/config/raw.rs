@@ -14,6 +14,7 @@ use super::{
     Fleet, Log, LogFormat, RedisUrl, Region, SecretKey, SecretSource, Server,
 };
 use crate::api::{Api, Known};
+use crate::limiter::table::{self, Per, Quota};
 
 /// The highest calls-per-second limit accepted: far above anything Tencent sells, and within
 /// what the limiter's nanosecond clock can pace (1 / (0.97 · L) must be at least 1 ns).
@@ -204,6 +205,8 @@ struct RawApp {
     #[serde(default)]
     api_limits: BTreeMap<String, u32>,
     apis: Option<Vec<String>>,
+    #[serde(default)]
+    api_quotas: Vec<RawQuota>,
     #[serde(default = "default_max_queue_wait_ms")]
     max_queue_wait_ms: u64,
     #[serde(default = "default_max_attempts")]
@@ -214,6 +217,17 @@ struct RawApp {
     retry_cap_ms: u64,
     #[serde(default = "default_deadline_ms")]
     deadline_ms: u64,
+}
+
+/// One `[[apps.api_quotas]]` entry: a quota beyond calls a second.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    api: Option<String>,
+    rate: Option<u32>,
+    per: Option<String>,
+    cost: Option<String>,
+    key: Option<String>,
 }
 
 fn default_ttl() -> u64 {
@@ -465,6 +479,7 @@ impl RawApp {
             rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
             api_limits: api_limits(&key("api_limits"), self.api_limits)?,
             apis: super::callers::patterns(&key("apis"), self.apis)?,
+            api_quotas: api_quotas(&key("api_quotas"), self.api_quotas)?,
             max_queue_wait: up_to_an_hour(&key("max_queue_wait_ms"), self.max_queue_wait_ms)?,
             max_attempts: self.max_attempts,
             retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
@@ -485,33 +500,104 @@ fn api_limits(
     let mut limits = BTreeMap::new();
     for (api, n) in defaults.chain(configured) {
         let key = format!("{at}.\"{api}\"");
-        let Some(parsed) = Api::from_path(&format!("/v4/{api}")) else {
-            return Err(ConfigError::new(
-                key,
-                "must name an API as \"service/command\" (letters, digits and _)",
-            ));
-        };
-        match parsed.known() {
-            Known::Command | Known::OtherService => {}
-            Known::UnknownCommand => {
-                return Err(ConfigError::new(
-                    key,
-                    format!("{} has no command {:?}", parsed.service(), parsed.command()),
-                ));
-            }
-            Known::NearService(service) => {
-                return Err(ConfigError::new(
-                    key,
-                    format!(
-                        "unknown service {:?}; did you mean {service}?",
-                        parsed.service()
-                    ),
-                ));
-            }
-        }
+        api_name(&key, &api)?;
         limits.insert(api, rate(&key, n)?);
     }
     Ok(limits)
+}
+
+/// Refuses anything but a known-looking `service/command`.
+fn api_name(key: &str, api: &str) -> Result<(), ConfigError> {
+    let Some(parsed) = Api::from_path(&format!("/v4/{api}")) else {
+        return Err(ConfigError::new(
+            key,
+            "must name an API as \"service/command\" (letters, digits and _)",
+        ));
+    };
+    match parsed.known() {
+        Known::Command | Known::OtherService => Ok(()),
+        Known::UnknownCommand => Err(ConfigError::new(
+            key,
+            format!("{} has no command {:?}", parsed.service(), parsed.command()),
+        )),
+        Known::NearService(service) => Err(ConfigError::new(
+            key,
+            format!(
+                "unknown service {:?}; did you mean {service}?",
+                parsed.service()
+            ),
+        )),
+    }
+}
+
+/// The documented quotas, each replaced by a configured one that counts the same thing
+/// (same API, cost field and key field), then the other configured ones.
+fn api_quotas(at: &str, configured: Vec<RawQuota>) -> Result<Vec<Quota>, ConfigError> {
+    let mut quotas = table::quotas();
+    for (i, raw) in configured.into_iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        let mut quota = raw.validate(&at)?;
+        let documented = quotas.iter().position(|q| q.same_lane(&quota));
+        quota.max_cost = documented.and_then(|i| quotas[i].max_cost);
+        let largest = quota.largest_cost().get();
+        if quota.cost.is_some() && quota.rate.get() < 2 * largest {
+            return Err(ConfigError::new(
+                format!("{at}.rate"),
+                format!(
+                    "must be at least {}: twice the most one call may cost",
+                    2 * largest
+                ),
+            ));
+        }
+        match documented {
+            Some(i) => quotas[i] = quota,
+            None if quotas.iter().any(|q| q.same_lane(&quota)) => {
+                return Err(ConfigError::new(
+                    at,
+                    "a quota with the same api, cost and key is configured above",
+                ));
+            }
+            None => quotas.push(quota),
+        }
+    }
+    Ok(quotas)
+}
+
+impl RawQuota {
+    fn validate(self, at: &str) -> Result<Quota, ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
+        let api = self
+            .api
+            .ok_or_else(|| ConfigError::new(key("api"), "required: \"service/command\""))?;
+        api_name(&key("api"), &api)?;
+        let rate = rate(&key("rate"), self.rate.unwrap_or(0))?;
+        let per = match self.per.as_deref() {
+            None => Per::Second,
+            Some(name) => Per::from_name(name)
+                .ok_or_else(|| ConfigError::new(key("per"), "must be \"second\" or \"minute\""))?,
+        };
+        let field = |name: &str, value: Option<String>| match value {
+            Some(f)
+                if f.is_empty()
+                    || f.len() > 64
+                    || !f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                Err(ConfigError::new(
+                    key(name),
+                    "must name a top-level field of the body (letters, digits and _)",
+                ))
+            }
+            other => Ok(other),
+        };
+        Ok(Quota {
+            api,
+            rate,
+            per,
+            cost: field("cost", self.cost)?,
+            key: field("key", self.key)?,
+            max_cost: None,
+        })
+    }
 }
 
 /// A calls-per-second limit: 1 to `MAX_RATE`.

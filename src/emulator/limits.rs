@@ -1,9 +1,10 @@
-//! The emulator's view of Tencent's call-frequency limits: a sliding one-second window per
-//! SDKAppID (60011, `rate_limit`) and per API with its own entry in `api_limits` (60007); an
-//! API without one is bounded by `rate_limit` alone, as in the gateway. Only admitted
-//! requests count.
+//! The emulator's view of Tencent's limits, from the same table the gateway keeps: sliding
+//! windows per SDKAppID (60011, `rate_limit`), per API (60007, its `api_limits` entry or
+//! `DEFAULT_API_RATE`), and per quota of an API (60007: units per second or minute, per key
+//! when the quota is keyed). Only admitted requests count. Windows are dropped once empty,
+//! so callers' API names and group IDs leave nothing behind.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,21 +13,52 @@ use tokio::time::Instant;
 
 use crate::api::Api;
 use crate::config::App;
+use crate::limiter::{DEFAULT_API_RATE, Measured, Quota};
 use crate::rules::Refusal;
 
-const WINDOW: Duration = Duration::from_secs(1);
+/// Windows kept before the empty ones are swept.
+const SWEEP_AT: usize = 1024;
 
-/// An app's own limit and its per-API limits.
-type AppLimits = (NonZeroU32, std::collections::BTreeMap<String, NonZeroU32>);
-/// A window's key: the SDKAppID alone (60011) or with an API name (60007).
-type Key = (u64, Option<String>);
-/// Admission times per window.
-type Hits = HashMap<Key, VecDeque<Instant>>;
+/// An app's limits.
+struct AppLimits {
+    rate: NonZeroU32,
+    apis: BTreeMap<String, NonZeroU32>,
+    quotas: Vec<Quota>,
+}
 
-/// Recent admissions per SDKAppID and per API.
+/// A window's key: the SDKAppID, the API (none: the app's), the quota's index and key.
+type Key = (u64, Option<String>, Option<(usize, Option<String>)>);
+
+/// Admissions in one window: when, and how many units each.
+#[derive(Default)]
+struct Window {
+    hits: VecDeque<(Instant, u32)>,
+    units: u64,
+}
+
+impl Window {
+    /// Units admitted within `period` before `now`, dropping older ones.
+    fn recent(&mut self, now: Instant, period: Duration) -> u64 {
+        while let Some((t, n)) = self.hits.front().copied()
+            && now.duration_since(t) >= period
+        {
+            self.hits.pop_front();
+            self.units -= u64::from(n);
+        }
+        self.units
+    }
+}
+
+/// Recent admissions per SDKAppID, per API and per quota.
 pub struct Limits {
     apps: HashMap<u64, AppLimits>,
-    hits: Mutex<Hits>,
+    windows: Mutex<Windows>,
+}
+
+#[derive(Default)]
+struct Windows {
+    open: HashMap<Key, Window>,
+    sweep_at: usize,
 }
 
 impl Limits {
@@ -35,54 +67,117 @@ impl Limits {
         Limits {
             apps: apps
                 .iter()
-                .map(|a| (a.sdkappid, (a.rate_limit, a.api_limits.clone())))
+                .map(|a| {
+                    let limits = AppLimits {
+                        rate: a.rate_limit,
+                        apis: a.api_limits.clone(),
+                        quotas: a.api_quotas.clone(),
+                    };
+                    (a.sdkappid, limits)
+                })
                 .collect(),
-            hits: Mutex::default(),
+            windows: Mutex::default(),
         }
     }
 
-    /// Admits one request at `now`, or refuses it the way Tencent does.
-    pub fn admit(&self, sdkappid: u64, api: &Api, now: Instant) -> Result<(), Refusal> {
-        let Some((app_limit, api_limits)) = self.apps.get(&sdkappid) else {
+    /// The quotas of `api` for `sdkappid`, whose costs and keys `admit` needs.
+    pub fn quotas(&self, sdkappid: u64, api: &Api) -> Vec<Quota> {
+        self.apps.get(&sdkappid).map_or_else(Vec::new, |app| {
+            app.quotas
+                .iter()
+                .filter(|q| q.api == api.name())
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Admits one request at `now`, or refuses it the way Tencent does. `measured` holds
+    /// its cost and key for each of `quotas(sdkappid, api)`, in order.
+    pub fn admit(
+        &self,
+        sdkappid: u64,
+        api: &Api,
+        measured: &[Measured],
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let Some(app) = self.apps.get(&sdkappid) else {
             return Ok(());
         };
         let name = api.name();
-        let mut hits = self
-            .hits
+        let second = Duration::from_secs(1);
+        let api_rate = app.apis.get(name).map_or(DEFAULT_API_RATE, |n| n.get());
+        let mut checks: Vec<(Key, u64, Duration, u32, Refusal)> = vec![
+            (
+                (sdkappid, None, None),
+                u64::from(app.rate.get()),
+                second,
+                1,
+                Refusal::new(
+                    60011,
+                    format!("SDKAppID over {} requests per second", app.rate),
+                ),
+            ),
+            (
+                (sdkappid, Some(name.to_owned()), None),
+                u64::from(api_rate),
+                second,
+                1,
+                Refusal::new(60007, format!("{name} over {api_rate} requests per second")),
+            ),
+        ];
+        let quotas = app.quotas.iter().filter(|q| q.api == name);
+        for (i, quota) in quotas.enumerate() {
+            let measured = measured.get(i);
+            let key = measured.and_then(|m| m.key.clone());
+            let cost = measured.map_or(1, |m| m.cost.get());
+            checks.push((
+                (sdkappid, Some(name.to_owned()), Some((i, key))),
+                u64::from(quota.rate.get()),
+                quota.per.period(),
+                cost,
+                Refusal::new(60007, format!("{name} over {quota}")),
+            ));
+        }
+        let mut windows = self
+            .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if recent(&mut hits, (sdkappid, None), now) >= app_limit.get() as usize {
-            let info = format!("SDKAppID over {app_limit} requests per second");
-            return Err(Refusal::new(60011, info));
-        }
-        let mut keys = vec![(sdkappid, None)];
-        if let Some(api_limit) = api_limits.get(name) {
-            let key = (sdkappid, Some(name.to_owned()));
-            if recent(&mut hits, key.clone(), now) >= api_limit.get() as usize {
-                let info = format!("{name} over {api_limit} requests per second");
-                return Err(Refusal::new(60007, info));
+        for (key, limit, period, cost, refusal) in &checks {
+            let used = windows
+                .open
+                .get_mut(key)
+                .map_or(0, |w| w.recent(now, *period));
+            if used + u64::from(*cost) > *limit {
+                return Err(refusal.clone());
             }
-            keys.push(key);
         }
-        for key in keys {
-            hits.entry(key).or_default().push_back(now);
+        for (key, _, _, cost, _) in checks {
+            let window = windows.open.entry(key).or_default();
+            window.hits.push_back((now, cost));
+            window.units += u64::from(cost);
         }
+        windows.sweep(now);
         Ok(())
     }
 }
 
-/// How many admissions for `key` lie within the second before `now`, dropping older ones.
-fn recent(hits: &mut Hits, key: Key, now: Instant) -> usize {
-    let Some(log) = hits.get_mut(&key) else {
-        return 0;
-    };
-    while log
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= WINDOW)
-    {
-        log.pop_front();
+impl Windows {
+    /// Drops windows with nothing in the last minute once they have doubled since the last
+    /// sweep: memory follows the keys in use, not every key ever seen.
+    fn sweep(&mut self, now: Instant) {
+        if self.open.len() < self.sweep_at.max(SWEEP_AT) {
+            return;
+        }
+        let minute = Duration::from_secs(60);
+        self.open.retain(|_, w| w.recent(now, minute) > 0);
+        self.open.shrink_to_fit();
+        self.sweep_at = 2 * self.open.len();
     }
-    log.len()
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.open.len()
+    }
 }
 
 #[cfg(test)]
@@ -91,8 +186,12 @@ mod tests {
     use crate::config::Config;
 
     fn limits(extra: &str) -> Limits {
+        limits_at(5, extra)
+    }
+
+    fn limits_at(rate_limit: u32, extra: &str) -> Limits {
         let text = format!(
-            "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = 5\n{extra}"
+            "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = {rate_limit}\n{extra}"
         );
         Limits::new(&Config::from_toml(&text).unwrap().apps)
     }
@@ -105,17 +204,17 @@ mod tests {
         for i in 0..5 {
             assert!(
                 limits
-                    .admit(1, &api, t0 + Duration::from_millis(i * 100))
+                    .admit(1, &api, &[], t0 + Duration::from_millis(i * 100))
                     .is_ok()
             );
         }
         let refused = limits
-            .admit(1, &api, t0 + Duration::from_millis(999))
+            .admit(1, &api, &[], t0 + Duration::from_millis(999))
             .unwrap_err();
         assert_eq!(refused.code, 60011);
         assert!(
             limits
-                .admit(1, &api, t0 + Duration::from_millis(1000))
+                .admit(1, &api, &[], t0 + Duration::from_millis(1000))
                 .is_ok()
         );
     }
@@ -126,9 +225,82 @@ mod tests {
         let api = Api::from_path("/v4/openim/sendmsg").unwrap();
         let other = Api::from_path("/v4/openim/other").unwrap();
         let t0 = Instant::now();
-        assert!(limits.admit(1, &api, t0).is_ok());
-        assert!(limits.admit(1, &api, t0).is_ok());
-        assert_eq!(limits.admit(1, &api, t0).unwrap_err().code, 60007);
-        assert!(limits.admit(1, &other, t0).is_ok());
+        assert!(limits.admit(1, &api, &[], t0).is_ok());
+        assert!(limits.admit(1, &api, &[], t0).is_ok());
+        assert_eq!(limits.admit(1, &api, &[], t0).unwrap_err().code, 60007);
+        assert!(limits.admit(1, &other, &[], t0).is_ok());
+    }
+
+    #[test]
+    fn every_api_has_its_own_200_a_second() {
+        let limits = limits_at(1000, "");
+        let send = Api::from_path("/v4/openim/sendmsg").unwrap();
+        let other = Api::from_path("/v4/openim/querystate").unwrap();
+        let t0 = Instant::now();
+        for _ in 0..200 {
+            assert!(limits.admit(1, &send, &[], t0).is_ok());
+        }
+        assert_eq!(limits.admit(1, &send, &[], t0).unwrap_err().code, 60007);
+        assert!(limits.admit(1, &other, &[], t0).is_ok());
+    }
+
+    #[test]
+    fn quotas_count_units_per_minute_and_per_key() {
+        let limits = limits_at(1000, "");
+        let batch = Api::from_path("/v4/openim/batchsendmsg").unwrap();
+        let t0 = Instant::now();
+        let cost = |n| Measured {
+            cost: NonZeroU32::new(n).unwrap(),
+            key: None,
+        };
+        for i in 0..24 {
+            let at = t0 + Duration::from_millis(i * 300);
+            assert!(limits.admit(1, &batch, &[cost(500)], at).is_ok(), "{i}");
+        }
+        let full = t0 + Duration::from_secs(59);
+        assert_eq!(
+            limits.admit(1, &batch, &[cost(1)], full).unwrap_err().code,
+            60007
+        );
+        assert!(
+            limits
+                .admit(1, &batch, &[cost(500)], t0 + Duration::from_secs(61))
+                .is_ok()
+        );
+
+        let group = Api::from_path("/v4/group_open_http_svc/send_group_msg").unwrap();
+        let to = |g: &str| Measured {
+            cost: NonZeroU32::MIN,
+            key: Some(g.to_owned()),
+        };
+        for _ in 0..40 {
+            assert!(limits.admit(1, &group, &[to("a")], t0).is_ok());
+        }
+        assert_eq!(
+            limits.admit(1, &group, &[to("a")], t0).unwrap_err().code,
+            60007
+        );
+        assert!(limits.admit(1, &group, &[to("b")], t0).is_ok());
+    }
+
+    #[test]
+    fn windows_of_keys_gone_quiet_are_dropped() {
+        let limits = limits_at(
+            1_000_000,
+            "[apps.api_limits]\n\"group_open_http_svc/send_group_msg\" = 1000000\n",
+        );
+        let group = Api::from_path("/v4/group_open_http_svc/send_group_msg").unwrap();
+        let t0 = Instant::now();
+        for i in 0..300_000u32 {
+            let key = Measured {
+                cost: NonZeroU32::MIN,
+                key: Some(i.to_string()),
+            };
+            let at = t0 + Duration::from_millis(u64::from(i));
+            assert!(limits.admit(1, &group, &[key], at).is_ok());
+        }
+        let open = limits.windows.lock().unwrap().len();
+        // 60,000 keys sent within the last minute, at most twice that between sweeps.
+        assert!(open <= 2 * 60_000 + 10, "{open} windows");
     }
 }

@@ -17,11 +17,10 @@ use super::{GUARD, PACE, SLOWDOWN, Scope, Throttled};
 /// Passes every lane's send-time guard at one instant; any refusal waits and starts over.
 /// A cell a guard admitted for a send that then waited is never reused, so real sends are
 /// always a subset of what each guard admitted.
-pub(super) async fn guard(lanes: &[&Lane]) {
+pub(super) async fn guard(lanes: &[(&Lane, NonZeroU32)]) {
     'again: loop {
-        for lane in lanes {
-            if let Err(not_until) = lane.guard.check() {
-                let wait = not_until.wait_time_from(TokioClock.now());
+        for (lane, cost) in lanes {
+            if let Err(wait) = lane.admit(*cost) {
                 tokio::time::sleep(wait).await;
                 continue 'again;
             }
@@ -34,9 +33,7 @@ pub(super) async fn guard(lanes: &[&Lane]) {
 /// are not reused, as in `guard`).
 pub(super) fn try_guard(lanes: &[&Lane]) -> Result<(), Duration> {
     for lane in lanes {
-        lane.guard
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(TokioClock.now()))?;
+        lane.admit(NonZeroU32::MIN)?;
     }
     Ok(())
 }
@@ -46,7 +43,12 @@ type Guard = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Tok
 /// One limit: its pacing state and its send-time guard.
 pub(super) struct Lane {
     pub(super) scope: Scope,
+    /// Pacing time per unit.
     interval: Duration,
+    /// Guard refill time per unit.
+    refill: Duration,
+    /// The most units one request may cost: the guard's burst.
+    largest: NonZeroU32,
     pace: Mutex<Pace>,
     guard: Guard,
 }
@@ -55,6 +57,8 @@ pub(super) struct Lane {
 struct Pace {
     tat: Instant,
     slow_until: Option<Instant>,
+    /// When the guard is full again after the last send it admitted.
+    guard_full: Instant,
 }
 
 /// A reserved slot; returns itself to the lane if dropped unused while still the last one.
@@ -84,22 +88,76 @@ impl Drop for Ticket<'_> {
 }
 
 impl Lane {
+    /// A lane of `limit` calls a second.
     pub(super) fn new(scope: Scope, limit: NonZeroU32) -> Lane {
-        let per = |share: f64| Duration::from_secs_f64(1.0 / (f64::from(limit.get()) * share));
-        let refill = (f64::from(limit.get()) * GUARD).floor() as u32;
-        let burst = NonZeroU32::new(limit.get() - refill).expect("floor(0.97 L) < L for L ≥ 1");
-        let quota = Quota::with_period(per(GUARD))
+        Lane::of(scope, limit, Duration::from_secs(1), NonZeroU32::MIN)
+    }
+
+    /// A lane of `limit` units per `period`, for requests of at most `largest` units.
+    ///
+    /// The guard is GCRA with burst b = max(L − floor(0.97 L), largest) and refill L − b per
+    /// period: at most b + (L − b) = L units in any closed window of one period. With unit
+    /// costs that is the rate 0.97 L; a larger b (a request may cost up to `largest`) lowers
+    /// the refill, and pacing follows it at 0.96 / 0.97 of it, so the guard only bites on
+    /// jitter. `largest` must be under L / 2 (the configuration sees to it).
+    pub(super) fn of(
+        scope: Scope,
+        limit: NonZeroU32,
+        period: Duration,
+        largest: NonZeroU32,
+    ) -> Lane {
+        let units = f64::from(limit.get());
+        let unit_burst = limit.get() - (units * GUARD).floor() as u32;
+        let burst = NonZeroU32::new(unit_burst.max(largest.get()).min(limit.get() - 1).max(1))
+            .unwrap_or(NonZeroU32::MIN);
+        let (guard_rate, pace_rate) = if burst.get() == unit_burst {
+            (units * GUARD, units * PACE)
+        } else {
+            let rate = f64::from(limit.get() - burst.get());
+            (rate, rate * PACE / GUARD)
+        };
+        let refill = period.div_f64(guard_rate);
+        let quota = Quota::with_period(refill)
             .expect("a positive limit gives a positive period")
             .allow_burst(burst);
+        let now = Instant::now();
         Lane {
             scope,
-            interval: per(PACE),
+            interval: period.div_f64(pace_rate),
+            refill,
+            largest: burst,
             pace: Mutex::new(Pace {
-                tat: Instant::now(),
+                tat: now,
                 slow_until: None,
+                guard_full: now,
             }),
             guard: RateLimiter::direct_with_clock(quota, TokioClock),
         }
+    }
+
+    /// Passes the guard with `cost` units now, or says how long to wait.
+    fn admit(&self, cost: NonZeroU32) -> Result<(), Duration> {
+        let checked = if cost == NonZeroU32::MIN {
+            self.guard.check()
+        } else {
+            // `reserve` refused any cost over the burst; `min` keeps this total anyway.
+            match self.guard.check_n(cost.min(self.largest)) {
+                Ok(checked) => checked,
+                Err(_) => self.guard.check(),
+            }
+        };
+        checked.map_err(|not_until| not_until.wait_time_from(TokioClock.now()))?;
+        let now = Instant::now();
+        let mut pace = self.lock();
+        pace.guard_full = pace.guard_full.max(now) + self.refill * cost.get();
+        Ok(())
+    }
+
+    /// Whether the lane is as a fresh one would be at `now`: nothing reserved ahead, not
+    /// slowed, its guard full. Such a lane may be handed to another key.
+    pub(super) fn is_fresh(&self, now: Instant) -> bool {
+        let pace = self.lock();
+        pace.tat <= now && pace.guard_full <= now && pace.slow_until.is_none_or(|t| t <= now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pace> {
@@ -129,7 +187,14 @@ impl Lane {
         &self,
         now: Instant,
         max_wait: Duration,
+        cost: NonZeroU32,
     ) -> Result<Ticket<'_>, Throttled> {
+        if cost > self.largest {
+            return Err(Throttled {
+                scope: self.scope,
+                retry_after: self.interval * cost.get(),
+            });
+        }
         let mut pace = self.lock();
         let slot = pace.tat.max(now);
         self.check(slot - now, max_wait)?;
@@ -140,7 +205,7 @@ impl Lane {
             self.interval
         };
         let before = pace.tat;
-        pace.tat = slot + interval;
+        pace.tat = slot + interval * cost.get();
         Ok(Ticket {
             lane: self,
             slot,

@@ -13,20 +13,24 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::api::Api;
 use crate::error::Error;
+use crate::limiter::{self, Measured, Quota};
 use crate::rules;
 
-/// Checks `body` for `api`: JSON at all, then the API's rules.
-pub fn inspect(api: &Api, body: &[u8]) -> Result<(), Error> {
-    match rules::for_api(api.name()) {
-        None => serde_json::from_slice::<Json>(body)
-            .map(drop)
-            .map_err(Error::NotJson),
-        Some(rules) => {
-            let value: serde_json_borrow::Value =
-                serde_json::from_slice(body).map_err(Error::NotJson)?;
-            rules::check(rules, &value).map_err(Error::Rejected)
-        }
+/// Checks `body` for `api`: JSON at all, then the API's rules; and measures it for each of
+/// `quotas` (its cost and key there), from the same parse.
+pub fn inspect(api: &Api, body: &[u8], quotas: &[Quota]) -> Result<Vec<Measured>, Error> {
+    let rules = rules::for_api(api.name());
+    if rules.is_none() && quotas.is_empty() {
+        return serde_json::from_slice::<Json>(body)
+            .map(|_| Vec::new())
+            .map_err(Error::NotJson);
     }
+    let value: serde_json_borrow::Value = serde_json::from_slice(body).map_err(Error::NotJson)?;
+    if let Some(rules) = rules {
+        rules::check(rules, &value).map_err(Error::Rejected)?;
+    }
+    limiter::measure(quotas, &value)
+        .map_err(|too| Error::Rejected(rules::Refusal::new(too.code, too.info)))
 }
 
 /// Any JSON value, validated and then forgotten. Unlike `IgnoredAny`, which skips strings and
@@ -87,14 +91,16 @@ mod tests {
     use super::*;
 
     fn unchecked(body: &[u8]) -> Result<(), Error> {
-        inspect(&Api::from_path("/v4/openim/sendmsg").unwrap(), body)
+        inspect(&Api::from_path("/v4/openim/sendmsg").unwrap(), body, &[]).map(drop)
     }
 
     fn checked(body: &[u8]) -> Result<(), Error> {
         inspect(
             &Api::from_path("/v4/live_engine_http_srv/get_room_info").unwrap(),
             body,
+            &[],
         )
+        .map(drop)
     }
 
     #[test]

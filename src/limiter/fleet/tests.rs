@@ -239,7 +239,7 @@ impl Sim {
                         let (lanes, fleet, record, api) =
                             (lanes.clone(), fleet.clone(), record.clone(), api.clone());
                         requests.push(tokio::spawn(async move {
-                            let sent = match lanes.turn(&api, MAX_WAIT).await {
+                            let sent = match lanes.turn(&api, &[], MAX_WAIT).await {
                                 Ok(turn) => turn.send_now().await.is_ok(),
                                 Err(_) => false,
                             };
