@@ -911,11 +911,59 @@ mod tests {
     }
 
     #[test]
+    fn api_quotas_replace_the_documented_ones_and_are_refused_naming_the_key() {
+        let app = |quota: &str| Config::from_toml(&format!("{GOOD}[[apps.api_quotas]]\n{quota}"));
+        let bought = app("api = \"openim/batchsendmsg\"\nrate = 18000\nper = \"minute\"\ncost = \"To_Account\"\n")
+            .unwrap();
+        let quotas = &bought.apps[0].api_quotas;
+        let batch: Vec<_> = quotas
+            .iter()
+            .filter(|q| q.api == "openim/batchsendmsg")
+            .collect();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].rate.get(), 18000);
+        assert_eq!(batch[0].largest_cost().get(), 500);
+        let group =
+            app("api = \"group_open_http_svc/send_group_msg\"\nrate = 80\nkey = \"GroupId\"\n")
+                .unwrap();
+        assert!(
+            group.apps[0]
+                .api_quotas
+                .iter()
+                .any(|q| q.rate.get() == 80 && q.key.is_some())
+        );
+        for (quota, key) in [
+            ("rate = 5\n", "apps[0].api_quotas[0].api"),
+            ("api = \"openim/sendmsg\"\n", "apps[0].api_quotas[0].rate"),
+            (
+                "api = \"openim/sendmsg\"\nrate = 5\nper = \"hour\"\n",
+                "apps[0].api_quotas[0].per",
+            ),
+            (
+                "api = \"openim/sendmsg\"\nrate = 5\nkey = \"a.b\"\n",
+                "apps[0].api_quotas[0].key",
+            ),
+            (
+                "api = \"openim/batchsendmsg\"\nrate = 900\ncost = \"To_Account\"\n",
+                "apps[0].api_quotas[0].rate",
+            ),
+            (
+                "api = \"live_engine_http_srv/no_such\"\nrate = 5\n",
+                "apps[0].api_quotas[0].api",
+            ),
+        ] {
+            let refused = app(quota).unwrap_err();
+            assert_eq!(refused.key, key, "{quota}: {}", refused.message);
+        }
+    }
+
+    #[test]
     fn the_printed_configuration_reads_back_as_the_same_one() {
         let text = format!(
             "[server]\nlisten = \"0.0.0.0:8080\"\nallow_anonymous = true\n[log]\nformat = \"json\"\n{GOOD}\
              endpoint = \"http://127.0.0.1:9000\"\nrate_limit = 300\n[apps.api_limits]\n\
-             \"openim/sendmsg\" = 50\n{}",
+             \"openim/sendmsg\" = 50\n[[apps.api_quotas]]\napi = \"openim/batchsendmsg\"\n\
+             rate = 18000\nper = \"minute\"\ncost = \"To_Account\"\n{}",
             GOOD.replace("1400000001", "1400000002")
                 .replace("secret_key = \"k\"", "secret_key_env = \"PATH\"")
         );
@@ -928,6 +976,7 @@ mod tests {
         assert_eq!(again.apps[0].secret_key.expose(), "***");
         assert_eq!(format!("{again:?}"), format!("{config:?}"));
         assert_eq!(again.to_toml(), printed);
+        assert!(printed.contains("rate = 18000"), "{printed}");
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //!   little slower than the guard, so the guard only bites on jitter and the flow keeps a
 //!   margin of about 4% for network jitter between here and Tencent.
 //!
-//! An API-limited request waits for its API lane first, then for the app lane, so a slow API
-//! never holds up the app's other APIs. A caller with a `rate_limit` of its own waits in its
+//! A request waits for its API's lanes first (its quotas from `table`, then its calls lane:
+//! an `api_limits` entry or the implicit `DEFAULT_API_RATE` lane), then for the app lane, so
+//! a slow API never holds up the app's other APIs. A caller with a `rate_limit` of its own waits in its
 //! own lane of the app before either (the same pacing, guard and bounded wait), so a caller
 //! flooding past its share queues in its own lane and never takes the app's whole limit
 //! from the callers beside it. Each app's `Lanes` are built once from the
@@ -582,7 +583,7 @@ impl Turn<'_> {
     /// caller's own lane before the API's lanes, so a caller flooding past its share queues
     /// there and takes no quota from the callers beside it.
     fn lanes(&self) -> impl Iterator<Item = (&Lane, NonZeroU32)> {
-        fn unit<'l>(limit: &'l Limit) -> (&'l Lane, NonZeroU32) {
+        fn unit(limit: &Limit) -> (&Lane, NonZeroU32) {
             (&limit.lane, NonZeroU32::MIN)
         }
         let local = self.local.iter().map(|(lane, cost)| (&**lane, *cost));
@@ -740,7 +741,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn closing_refuses_at_once_the_waiters_whose_turn_comes_after_it() {
+    async fn closing_refuses_the_waiters_whose_turn_comes_after_it_before_their_turn() {
         // 10/s paced at 9.6/s: ten requests hold slots about 104 ms apart, up to ~0.94 s.
         let limiter = local(10);
         let mut tasks = Vec::new();
@@ -761,8 +762,16 @@ mod tests {
             match task.await.unwrap() {
                 (Ok(()), at) => granted.push(at),
                 (Err(throttled), at) => {
-                    assert_eq!(at, closed, "refused at once, not at its turn");
-                    assert!(throttled.retry_after > Duration::from_millis(300));
+                    // Each waits first in sendmsg's own 200/s lane (one slot of ~5.2 ms per
+                    // request ahead, under 50 ms for ten), whose slots all come before the
+                    // closing time; it is refused as soon as it reaches the app lane, whose
+                    // turn for it would come after the closing time — never at that turn.
+                    assert!(
+                        at - closed < Duration::from_millis(50),
+                        "refused before its turn, not at it: {:?}",
+                        at - closed
+                    );
+                    assert!(at + throttled.retry_after > closed + Duration::from_millis(300));
                 }
             }
         }

@@ -105,6 +105,20 @@ struct AppEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     apis: Option<Vec<String>>,
     api_limits: BTreeMap<String, u32>,
+    api_quotas: Vec<QuotaEntry>,
+}
+
+/// One `[[apps.api_quotas]]` entry (the built-in ones are printed too: they read back as
+/// themselves).
+#[derive(Serialize)]
+struct QuotaEntry {
+    api: String,
+    rate: u32,
+    per: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 /// Milliseconds; validation keeps every duration within an hour, so this never saturates.
@@ -195,6 +209,17 @@ fn entry(app: &App) -> AppEntry {
             .api_limits
             .iter()
             .map(|(api, n)| (api.clone(), n.get()))
+            .collect(),
+        api_quotas: app
+            .api_quotas
+            .iter()
+            .map(|q| QuotaEntry {
+                api: q.api.clone(),
+                rate: q.rate.get(),
+                per: q.per.name(),
+                cost: q.cost.clone(),
+                key: q.key.clone(),
+            })
             .collect(),
     }
 }
