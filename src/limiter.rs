@@ -525,8 +525,16 @@ async fn pace(
     closing: &Closing,
 ) -> Result<(), Throttled> {
     let start = Instant::now();
-    for (lane, _) in lanes {
-        lane.predict(start, closing.budget(start, max_wait))?;
+    let budget = closing.budget(start, max_wait);
+    // Of the lanes already too far behind, the one furthest behind answers: its wait is the
+    // one a retry must sit out (a caller told to come back when the API's own lane frees
+    // would meet the app lane still full).
+    let refused = lanes
+        .iter()
+        .filter_map(|(lane, _)| lane.predict(start, budget).err())
+        .max_by_key(|throttled| throttled.retry_after);
+    if let Some(refused) = refused {
+        return Err(refused);
     }
     let _waiting = Queued::enter(waiting);
     for (lane, cost) in lanes {

@@ -663,3 +663,167 @@ async fn every_key_of_a_script_call_is_in_one_cluster_slot() {
         "{keys:?}"
     );
 }
+
+// ---- Quotas in a fleet -------------------------------------------------------------------
+//
+// The quotas beyond calls a second (costs, per-minute, keyed lanes) are not in Redis: each
+// replica keeps them at 1/`replicas` of their rate. This shows that a fleet of two is held
+// to one limit for each, not to twice it.
+
+const GROUP: &str = "/v4/group_open_http_svc/send_group_msg";
+const BATCH: &str = "/v4/openim/batchsendmsg";
+
+/// A gateway process of a fleet planned at two: app 1 at 1,000/s, with batchsendmsg's
+/// recipients bought up to 4,000 a second (a second, not a minute, so seconds show it).
+async fn quota_replica(redis: &Redis, upstream: &Recorder) -> Process {
+    let config = format!(
+        "[fleet]\nredis_url = \"{}\"\nkey_prefix = \"q{}\"\nreplicas = 2\ntimeout_ms = 50\n{}\
+         rate_limit = 1000\nmax_queue_wait_ms = 1000\n[[apps.api_quotas]]\n\
+         api = \"openim/batchsendmsg\"\nrate = 4000\nper = \"second\"\ncost = \"To_Account\"\n",
+        redis.url(),
+        redis.port,
+        support::one_app(1, &upstream.url()),
+    );
+    Process::start(&config, &[], std::process::Stdio::null()).await
+}
+
+/// Offers `rate` POSTs of `body` to `path` a second for `seconds`, on a fixed schedule;
+/// returns how many were answered 200, 429 and otherwise.
+async fn offer_body(
+    addr: SocketAddr,
+    path: &'static str,
+    body: String,
+    rate: u32,
+    seconds: f64,
+) -> (usize, usize, Vec<u16>) {
+    let caller = Caller::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut requests = Vec::new();
+    while Instant::now() < end {
+        ticks.tick().await;
+        let (caller, body) = (caller.clone(), body.clone());
+        requests.push(tokio::spawn(async move {
+            caller.post(addr, path, body).await.status.as_u16()
+        }));
+    }
+    let (mut ok, mut throttled, mut other) = (0, 0, Vec::new());
+    for request in requests {
+        match request.await.expect("every request is answered") {
+            200 => ok += 1,
+            429 => throttled += 1,
+            status => other.push(status),
+        }
+    }
+    (ok, throttled, other)
+}
+
+/// The most units in any closed one-second window of `sent` (arrival, units).
+fn busiest_second_units(sent: &[(Instant, usize)]) -> usize {
+    let mut sent = sent.to_vec();
+    sent.sort();
+    let (mut start, mut units, mut most) = (0, 0, 0);
+    for end in 0..sent.len() {
+        units += sent[end].1;
+        while sent[end].0 - sent[start].0 > Duration::from_secs(1) {
+            units -= sent[start].1;
+            start += 1;
+        }
+        most = most.max(units);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let replicas = [
+        quota_replica(&redis, &upstream).await,
+        quota_replica(&redis, &upstream).await,
+    ];
+    fleet_formed(&replicas, &Caller::default()).await;
+    let start = Instant::now();
+    let accounts: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+    let batch = serde_json::json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []});
+    let group =
+        |id: &str| serde_json::json!({"GroupId": id, "Random": 1, "MsgBody": []}).to_string();
+    // A replica that kept the whole quota would let through ~3,900 recipients and ~38
+    // messages to the busy group a second: offered 3,000 and 40 a second each, the pair
+    // would send 6,000 and 80.
+    let mut loads = Vec::new();
+    for replica in &replicas {
+        let addr = replica.addr;
+        loads.push(tokio::spawn(offer_body(
+            addr,
+            BATCH,
+            batch.to_string(),
+            30,
+            4.0,
+        )));
+        loads.push(tokio::spawn(offer_body(
+            addr,
+            GROUP,
+            group("busy"),
+            40,
+            4.0,
+        )));
+        loads.push(tokio::spawn(offer_body(
+            addr,
+            GROUP,
+            group("quiet"),
+            5,
+            4.0,
+        )));
+    }
+    let mut answered = Vec::new();
+    for load in loads {
+        answered.push(load.await.unwrap());
+    }
+    for (ok, throttled, other) in &answered {
+        assert!(other.is_empty(), "only 200 and 429: {other:?}");
+        assert!(ok + throttled > 0);
+    }
+    // No quiet-group message was refused: its lane is its own.
+    assert_eq!(answered[2].1 + answered[5].1, 0, "{answered:?}");
+
+    let seen: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.at >= start)
+        .collect();
+    let units = |path: &str, key: Option<&str>| -> Vec<(Instant, usize)> {
+        seen.iter()
+            .filter(|s| s.path == path)
+            .filter_map(|s| {
+                let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+                if key.is_some_and(|k| body["GroupId"] != k) {
+                    return None;
+                }
+                let n = body["To_Account"].as_array().map_or(1, Vec::len);
+                Some((s.at, n))
+            })
+            .collect()
+    };
+    let recipients = units(BATCH, None);
+    let busiest = busiest_second_units(&recipients);
+    assert!(busiest <= 4000, "{busiest} recipients within one second");
+    let busy = units(GROUP, Some("busy"));
+    let busiest = busiest_second_units(&busy);
+    assert!(
+        busiest <= 40,
+        "{busiest} messages to one group within one second"
+    );
+    // Held to the fleet's one limit, not starved. Each replica's half is 2,000 a second, of
+    // which a guard whose burst must hold one 500-recipient call refills 1,500 (paced at
+    // ~1,485): together ~2,970 a second.
+    let sent: usize = recipients.iter().map(|(_, n)| n).sum();
+    assert!(sent >= 4 * 2500, "{sent} recipients in 4 s");
+    assert!(
+        busy.len() >= 4 * 30,
+        "{} messages to the busy group in 4 s",
+        busy.len()
+    );
+}

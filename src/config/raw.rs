@@ -287,6 +287,10 @@ impl RawConfig {
                 "must differ from server.listen and server.admin_listen: an app's endpoint is \"emulator\"",
             ));
         }
+        let fleet = self.fleet.validate()?;
+        if let Some(fleet) = &fleet {
+            quotas_fit_replicas(&apps, fleet.replicas)?;
+        }
         Ok(Config {
             server,
             emulator: Emulator { listen: emulator },
@@ -294,7 +298,7 @@ impl RawConfig {
                 format: self.log.format,
             },
             apps,
-            fleet: self.fleet.validate()?,
+            fleet,
             callers,
         })
     }
@@ -528,6 +532,33 @@ fn api_name(key: &str, api: &str) -> Result<(), ConfigError> {
             ),
         )),
     }
+}
+
+/// In a fleet, each replica keeps every quota at 1/`replicas` of its rate (quotas are not
+/// in Redis), so that the replicas together never pass it. That share must still be at least
+/// one unit, and for a cost quota more than the most one call may cost: a smaller share would
+/// hold the fleet under the limit only by refusing such calls forever.
+fn quotas_fit_replicas(apps: &[App], replicas: NonZeroU32) -> Result<(), ConfigError> {
+    for (i, app) in apps.iter().enumerate() {
+        for quota in &app.api_quotas {
+            let share = quota.rate.get() / replicas.get();
+            let least = match quota.cost {
+                Some(_) => quota.largest_cost().get() + 1,
+                None => 1,
+            };
+            if share < least {
+                return Err(ConfigError::new(
+                    "fleet.replicas",
+                    format!(
+                        "{replicas} is too many for apps[{i}]'s {} quota of {quota}: each replica \
+                         keeps 1/replicas of it ({share}), which must be at least {least}",
+                        quota.api
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The documented quotas, each replaced by a configured one that counts the same thing
