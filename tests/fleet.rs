@@ -247,6 +247,41 @@ async fn the_script_reserves_in_arrival_order_refuses_long_waits_and_takes_two_l
 }
 
 #[tokio::test]
+async fn the_script_takes_a_slot_back_from_a_caller_who_left_and_slows_a_lane_for_everyone() {
+    let Some(server) = Redis::start() else { return };
+    let mut redis = server.client().await;
+    let t0 = 3_000_000_000_000;
+    let interval = 104_167;
+    let first = turn(&mut redis, t0, 1_000_000, &[("r:app", 10)]).await;
+    let second = turn(&mut redis, t0, 1_000_000, &[("r:app", 10)]).await;
+    assert_eq!(second[..2], [1, interval]);
+    // The second caller hangs up while waiting: its slot, still the last, is given back.
+    let release = |r: &[i64]| vec![r[2].to_string(), r[3].to_string()];
+    op(&mut redis, "release", t0, &["r:app"], &release(&second)).await;
+    let third = turn(&mut redis, t0, 1_000_000, &[("r:app", 10)]).await;
+    assert_eq!(
+        third[1], interval,
+        "the slot given back is the next one: {third:?}"
+    );
+    // A slot no longer the last cannot be given back: the ones after it keep their places.
+    op(&mut redis, "release", t0, &["r:app"], &release(&first)).await;
+    let fourth = turn(&mut redis, t0, 1_000_000, &[("r:app", 10)]).await;
+    assert_eq!(fourth[1], 2 * interval, "{fourth:?}");
+
+    // Tencent said too fast (60011): the lane, which every replica reserves in, moves to
+    // half pace for a while, starting two intervals out.
+    op(&mut redis, "slow", t0, &["s:app"], &["10".into()]).await;
+    let a = turn(&mut redis, t0, 10_000_000, &[("s:app", 10)]).await;
+    let b = turn(&mut redis, t0, 10_000_000, &[("s:app", 10)]).await;
+    assert_eq!([a[1], b[1]], [2 * interval, 4 * interval]);
+    // Two seconds later the pace is back to normal.
+    let later = t0 + 3_000_000;
+    let c = turn(&mut redis, later, 10_000_000, &[("s:app", 10)]).await;
+    let d = turn(&mut redis, later, 10_000_000, &[("s:app", 10)]).await;
+    assert_eq!([c[1], d[1]], [0, interval]);
+}
+
+#[tokio::test]
 async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_subtracted() {
     let Some(server) = Redis::start() else { return };
     let mut redis = server.client().await;

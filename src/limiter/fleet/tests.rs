@@ -434,6 +434,22 @@ async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the
     let load = sim.offer(150, t0 + Duration::from_secs(12));
     let (cut, back) = (t0 + Duration::from_secs(2), t0 + Duration::from_secs(7));
     at(&sim, cut, &[0, 1, 2], true).await;
+    // Each replica leaves Redis timeout_ms after its first call into the stall (a request
+    // every 6.7 ms: by cut + 6.7 ms each has made one), and a request that arrives then is
+    // answered at once (429 until the share may be spent), not stuck.
+    tokio::time::sleep_until(cut + TIMEOUT + Duration::from_millis(10)).await;
+    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+    for replica in &sim.replicas {
+        assert!(
+            replica
+                .fleet
+                .fallback_in()
+                .is_some_and(|wait| !wait.is_zero())
+        );
+        let asked = Instant::now();
+        assert!(replica.lanes.turn(&api, MAX_WAIT).await.is_err());
+        assert_eq!(Instant::now(), asked, "answered without waiting");
+    }
     at(&sim, back, &[0, 1, 2], false).await;
     load.await.unwrap();
     let sends = sim.sends();
