@@ -62,12 +62,20 @@ const INFO_UNLIMITED: &str =
 /// The app under test (300/s) and a warm-up app without a practical limit, both at `endpoint`.
 fn burst_config(endpoint: &str) -> Config {
     let text = format!(
-        "{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{INFO_UNLIMITED}{}rate_limit = 1000000\n{INFO_UNLIMITED}",
+        "{BURSTY}{}rate_limit = 300
+max_queue_wait_ms = 10000
+{INFO_UNLIMITED}{}rate_limit = 1000000
+{INFO_UNLIMITED}",
         one_app(APP, endpoint),
         one_app(WARM, endpoint)
     );
     Config::from_toml(&text).unwrap()
 }
+
+/// Room for the bursts' callers: a pooling client connects anew when a burst starts while some
+/// of its 1,000 connections are still on their way back to the pool, so a burst can open more
+/// than the default cap of 1,024, and the cap is not what these tests are about.
+const BURSTY: &str = "[server]\nmax_connections = 4096\n";
 
 /// An app used only to open the callers' and the upstream's connections before a burst, so
 /// that the burst measures the limiter rather than 1,000 TCP handshakes on two cores.
@@ -334,52 +342,20 @@ async fn a_caller_that_disconnects_while_waiting_never_reaches_tencent() {
     assert_eq!(upstream.seen().len(), 2);
 }
 
-/// A TLS front for `target` whose handshakes take `delay` longer, as a distant region's do.
-/// Returns its address and the PEM of the certificate it presents (for 127.0.0.1).
-async fn distant_tls(
-    target: std::net::SocketAddr,
-    delay: Duration,
-) -> (std::net::SocketAddr, String) {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // The handshake's round trips to a faraway data center.
-                tokio::time::sleep(delay).await;
-                let Ok(mut tls) = acceptor.accept(inbound).await else {
-                    return;
-                };
-                if let Ok(mut plain) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                }
-            });
-        }
-    });
-    (addr, certified.cert.pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
     let upstream = Recorder::ok().await;
-    let (front, pem) = distant_tls(upstream.server.addr, Duration::from_millis(150)).await;
+    let (distant, pem) = Recorder::tls(Duration::from_millis(150)).await;
     let ca = std::env::temp_dir().join(format!("timgate-ca-{}.pem", std::process::id()));
     std::fs::write(&ca, pem).unwrap();
     let text = format!(
-        "[server]\nca_file = {:?}\n{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{INFO_UNLIMITED}{}rate_limit = 1000000\n{INFO_UNLIMITED}",
+        "{BURSTY}ca_file = {:?}
+{}rate_limit = 300
+max_queue_wait_ms = 10000
+{INFO_UNLIMITED}{}rate_limit = 1000000
+{INFO_UNLIMITED}",
         ca.display().to_string(),
-        one_app(APP, &format!("https://{front}")),
+        one_app(APP, &format!("https://{}", distant.server.addr)),
         one_app(WARM, &upstream.url())
     );
     let config = Config::from_toml(&text).unwrap();
@@ -388,12 +364,14 @@ async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
     let caller = Caller::default();
     warmed(&caller, gw.addr).await;
     let answers = burst(&caller, gw.addr, &format!("{INFO}?sdkappid={APP}"), 1000).await;
+    let failed: Vec<_> = answers.iter().filter(|a| a.code() != 0).collect();
     assert!(
-        answers.iter().all(|a| a.code() == 0),
-        "{:?}",
-        answers[0].json()
+        failed.is_empty(),
+        "{} of 1000 failed, first: {:?}",
+        failed.len(),
+        failed.first().map(|a| a.json())
     );
-    let mut times: Vec<Instant> = upstream
+    let mut times: Vec<Instant> = distant
         .seen()
         .iter()
         .filter(|s| s.param("sdkappid") == Some("1400000001"))
@@ -402,11 +380,10 @@ async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
     assert_eq!(times.len(), 1000);
     let busiest = busiest_second(&mut times);
     // Checking the limits before the handshake instead puts 333 into one second here. The
-    // 2% allowance is for this test's own stand-in network (TLS termination and relaying in
-    // the same process, on two shared cores); the exact bound at the moment of sending is
-    // what `a_burst_of_1000_never_exceeds_the_limit_at_the_upstream` asserts.
+    // stamps are the kernel's, of the encrypted bytes reaching the distant socket, so the
+    // bound is exact: the limit itself.
     assert!(
-        busiest <= 306,
+        busiest <= 300,
         "{busiest} requests within one second at Tencent"
     );
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod stamp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -194,39 +195,104 @@ impl Recorder {
         delay: std::time::Duration,
         reply: impl Fn(&Seen) -> (StatusCode, Bytes) + Send + Sync + 'static,
     ) -> Recorder {
+        Self::start(None, delay, reply).await
+    }
+
+    /// Answers OK over HTTPS only, each TLS handshake taking `handshake` longer (the round
+    /// trips to a faraway data center); also returns the certificate to trust, as PEM.
+    pub async fn tls(handshake: std::time::Duration) -> (Recorder, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let recorder = Self::start(
+            Some((acceptor, handshake)),
+            std::time::Duration::ZERO,
+            |_| (StatusCode::OK, Bytes::from(ok_envelope().to_string())),
+        )
+        .await;
+        (recorder, certified.cert.pem())
+    }
+
+    /// Serves HTTP/1 (over TLS when `tls` is given), recording each request with the kernel's
+    /// arrival stamp of its bytes (see `stamp`).
+    async fn start(
+        tls: Option<(tokio_rustls::TlsAcceptor, std::time::Duration)>,
+        delay: std::time::Duration,
+        reply: impl Fn(&Seen) -> (StatusCode, Bytes) + Send + Sync + 'static,
+    ) -> Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let reply = Arc::new(reply);
         let (arrived, arrivals) = tokio::sync::watch::channel(0);
         let arrived = Arc::new(arrived);
-        let server = spawn(|listener, stopped| async move {
-            let handler = move |request: Request<Incoming>| {
-                let (log, reply, arrived) = (log.clone(), reply.clone(), arrived.clone());
-                async move {
-                    let seen = record(request).await;
-                    let answer = reply(&seen);
-                    let count = {
-                        let mut log = log.lock().unwrap();
-                        log.push(seen);
-                        log.len()
-                    };
-                    arrived.send_replace(count);
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    let (status, body) = answer;
-                    timgate::error::json_response(status, body)
+        let handler = move |request: Request<Incoming>, stamps: stamp::Arrivals| {
+            let (log, reply, arrived) = (log.clone(), reply.clone(), arrived.clone());
+            async move {
+                let at = stamps.take();
+                let mut seen = record(request).await;
+                seen.at = at;
+                let answer = reply(&seen);
+                let count = {
+                    let mut log = log.lock().unwrap();
+                    log.push(seen);
+                    log.len()
+                };
+                arrived.send_replace(count);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
-            };
-            timgate::server::serve(
-                listener,
-                handler,
-                async {
-                    let _ = stopped.await;
-                },
-                timgate::server::Bounds::default().drain(std::time::Duration::from_secs(5)),
-            )
-            .await
+                let (status, body) = answer;
+                Ok::<_, std::convert::Infallible>(timgate::error::json_response(status, body))
+            }
+        };
+        let server = spawn(|listener, stopped| async move {
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            tokio::pin!(stopped);
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => break,
+                };
+                let (io, stamps) = stamp::Stamped::new(stream).unwrap();
+                let handler = handler.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    handler(request, stamps.clone())
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                match &tls {
+                    None => {
+                        let connection = graceful
+                            .watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
+                        tokio::spawn(connection);
+                    }
+                    Some((acceptor, handshake)) => {
+                        let (acceptor, handshake) = (acceptor.clone(), *handshake);
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(handshake).await;
+                            let Ok(io) = acceptor.accept(io).await else {
+                                return;
+                            };
+                            let io = hyper_util::rt::TokioIo::new(io);
+                            let _ = watcher.watch(http.serve_connection(io, service)).await;
+                        });
+                    }
+                }
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown())
+                .await
+                .is_ok()
         })
         .await;
         Recorder {
