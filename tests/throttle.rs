@@ -62,10 +62,7 @@ const INFO_UNLIMITED: &str =
 /// The app under test (300/s) and a warm-up app without a practical limit, both at `endpoint`.
 fn burst_config(endpoint: &str) -> Config {
     let text = format!(
-        "{BURSTY}{}rate_limit = 300
-max_queue_wait_ms = 10000
-{INFO_UNLIMITED}{}rate_limit = 1000000
-{INFO_UNLIMITED}",
+        "{BURSTY}{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{INFO_UNLIMITED}{}rate_limit = 1000000\n{INFO_UNLIMITED}",
         one_app(APP, endpoint),
         one_app(WARM, endpoint)
     );
@@ -349,11 +346,7 @@ async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
     let ca = std::env::temp_dir().join(format!("timgate-ca-{}.pem", std::process::id()));
     std::fs::write(&ca, pem).unwrap();
     let text = format!(
-        "{BURSTY}ca_file = {:?}
-{}rate_limit = 300
-max_queue_wait_ms = 10000
-{INFO_UNLIMITED}{}rate_limit = 1000000
-{INFO_UNLIMITED}",
+        "{BURSTY}ca_file = {:?}\n{}rate_limit = 300\nmax_queue_wait_ms = 10000\n{INFO_UNLIMITED}{}rate_limit = 1000000\n{INFO_UNLIMITED}",
         ca.display().to_string(),
         one_app(APP, &format!("https://{}", distant.server.addr)),
         one_app(WARM, &upstream.url())
