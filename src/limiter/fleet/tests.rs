@@ -447,7 +447,7 @@ async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the
                 .is_some_and(|wait| !wait.is_zero())
         );
         let asked = Instant::now();
-        assert!(replica.lanes.turn(&api, MAX_WAIT).await.is_err());
+        assert!(replica.lanes.turn(&api, &[], MAX_WAIT).await.is_err());
         assert_eq!(Instant::now(), asked, "answered without waiting");
     }
     at(&sim, back, &[0, 1, 2], false).await;
