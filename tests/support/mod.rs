@@ -201,24 +201,14 @@ impl Recorder {
     /// Answers OK over HTTPS only, each TLS handshake taking `handshake` longer (the round
     /// trips to a faraway data center); also returns the certificate to trust, as PEM.
     pub async fn tls(handshake: std::time::Duration) -> (Recorder, String) {
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let key =
-            rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![certified.cert.der().clone()], key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (acceptor, pem) = net::self_signed();
         let recorder = Self::start(
             Some((acceptor, handshake)),
             std::time::Duration::ZERO,
             |_| (StatusCode::OK, Bytes::from(ok_envelope().to_string())),
         )
         .await;
-        (recorder, certified.cert.pem())
+        (recorder, pem)
     }
 
     /// Serves HTTP/1 (over TLS when `tls` is given), recording each request with the kernel's
@@ -266,14 +256,14 @@ impl Recorder {
                 };
                 let (io, stamps) = stamp::Stamped::new(stream).unwrap();
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    handler(request, stamps.clone())
-                });
+                let service =
+                    hyper::service::service_fn(move |request| handler(request, stamps.clone()));
                 let http = hyper::server::conn::http1::Builder::new();
                 match &tls {
                     None => {
-                        let connection = graceful
-                            .watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
+                        let connection = graceful.watch(
+                            http.serve_connection(hyper_util::rt::TokioIo::new(io), service),
+                        );
                         tokio::spawn(connection);
                     }
                     Some((acceptor, handshake)) => {

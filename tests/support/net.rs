@@ -111,9 +111,8 @@ impl Drop for Counting {
     }
 }
 
-/// A TLS front for `target` with a self-signed certificate for 127.0.0.1: its address and
-/// the certificate's PEM (to trust through `server.ca_file`).
-pub async fn tls_front(target: SocketAddr) -> (SocketAddr, String) {
+/// A TLS acceptor with a self-signed certificate for 127.0.0.1, and that certificate's PEM.
+pub fn self_signed() -> (tokio_rustls::TlsAcceptor, String) {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -123,7 +122,16 @@ pub async fn tls_front(target: SocketAddr) -> (SocketAddr, String) {
         .with_no_client_auth()
         .with_single_cert(vec![certified.cert.der().clone()], key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        certified.cert.pem(),
+    )
+}
+
+/// A TLS front for `target` with a self-signed certificate for 127.0.0.1: its address and
+/// the certificate's PEM (to trust through `server.ca_file`).
+pub async fn tls_front(target: SocketAddr) -> (SocketAddr, String) {
+    let (acceptor, pem) = self_signed();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -139,7 +147,7 @@ pub async fn tls_front(target: SocketAddr) -> (SocketAddr, String) {
             });
         }
     });
-    (addr, certified.cert.pem())
+    (addr, pem)
 }
 
 /// A minimal HTTP proxy that serves CONNECT only, counting tunnels and keeping every byte
