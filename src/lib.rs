@@ -18,6 +18,7 @@
 //! - [`retry`]: which upstream attempts are tried again, and the backoff between tries.
 //! - [`rules`]: the documented request limits, checked before any quota is spent.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the health, readiness and metrics listener.
+//! - [`reload`]: changing the configuration while it runs (SIGHUP, a changed file).
 
 pub mod admin;
 pub mod api;
@@ -29,6 +30,7 @@ pub mod error;
 pub mod limiter;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod retry;
 pub mod rules;
 pub mod server;
@@ -117,7 +119,22 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<bool> {
+    run_reloading(resolved, listeners, shutdown, None).await
+}
+
+/// [`run`], and while it runs, reloads the configuration from `reload` (on SIGHUP, and when
+/// the file or a key file changes; see [`reload`]).
+pub async fn run_reloading(
+    resolved: Resolved,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    reload: Option<reload::Source>,
+) -> std::io::Result<bool> {
     let config = resolved.config();
+    let emulator_addr = listeners
+        .emulator
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
     let embedded = listeners.emulator.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "in-process emulator listening");
@@ -125,6 +142,10 @@ pub async fn run(
         spawn_emulator(config, listener)
     });
     let gateway = Arc::new(Gateway::new(&resolved));
+    let reloading = reload.map(|source| {
+        let watch = reload::watch(source, config.clone(), gateway.clone(), emulator_addr);
+        tokio::spawn(watch)
+    });
     let admin = Arc::new(Admin::new(gateway.clone()));
     let admin_addr = listeners.admin.local_addr()?;
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -160,6 +181,9 @@ pub async fn run(
     let _ = stop_admin.send(());
     let _ = admin_task.await;
     if let Some(task) = embedded {
+        task.abort();
+    }
+    if let Some(task) = reloading {
         task.abort();
     }
     let cut = leaving.requests_cut();

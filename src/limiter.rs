@@ -26,6 +26,12 @@
 //! configuration and carried by its route, so no step looks the app up again; unknown
 //! SDKAppIDs are refused by routing before they reach here.
 //!
+//! A reload builds each app's `Lanes` again with [`Limiter::lanes_after`]: a calls limit (the
+//! app's, an API's, a caller's) that did not change is carried over as it is (its queue, its
+//! guard, no fresh burst); one that did is taken over by a successor lane whose argument is
+//! in [`lane`]'s documentation. An unchanged quota keeps its lanes, and the implicit per-API
+//! lanes are kept whole; a quota whose terms changed starts with fresh lanes.
+//!
 //! The order of one attempt is a type: `Lanes::turn` grants a `Turn`, the caller gets a
 //! ready connection, and `Turn::send_now` consumes the turn at the send-time guard right
 //! before the write. A turn cannot be spent twice, nor a guard passed without a turn.
@@ -140,20 +146,50 @@ impl Limiter {
         app: &App,
         callers: impl Iterator<Item = (&'c str, NonZeroU32)>,
     ) -> Lanes {
-        let limit = |scope, limit: NonZeroU32, key: Option<String>| Limit {
-            lane: Lane::new(scope, limit),
-            limit,
-            key: key.unwrap_or_default(),
-            fallback: Mutex::new(None),
+        self.build(app, callers, None)
+    }
+
+    /// The lanes of `app` and `callers` after a reload, taking over from `previous` (the same
+    /// app's lanes before it): an unchanged limit keeps its lane, a changed one gets a
+    /// successor, a new one a lane of its own.
+    pub fn lanes_after<'c>(
+        &self,
+        app: &App,
+        callers: impl Iterator<Item = (&'c str, NonZeroU32)>,
+        previous: &Lanes,
+    ) -> Lanes {
+        self.build(app, callers, Some(previous))
+    }
+
+    fn build<'c>(
+        &self,
+        app: &App,
+        callers: impl Iterator<Item = (&'c str, NonZeroU32)>,
+        previous: Option<&Lanes>,
+    ) -> Lanes {
+        let limit = |scope, limit: NonZeroU32, before: Option<&Arc<Limit>>, key: Option<String>| {
+            let lane = match before {
+                Some(before) if before.limit() == limit => return before.clone(),
+                Some(before) => Lane::succeed(&before.lane, limit),
+                None => Arc::new(Lane::new(scope, limit)),
+            };
+            Arc::new(Limit {
+                lane,
+                key: key.unwrap_or_default(),
+                fallback: Mutex::new(None),
+            })
         };
         let fleet = self.fleet.as_ref();
         let mut apis: HashMap<String, ApiLanes> = app
             .api_limits
             .iter()
             .map(|(api, n)| {
+                let before = previous
+                    .and_then(|p| p.apis.get(api))
+                    .and_then(|l| l.calls.as_ref());
                 let key = fleet.map(|f| f.key(app.sdkappid, Some(api)));
                 let lanes = ApiLanes {
-                    calls: Some(limit(Scope::Api, *n, key)),
+                    calls: Some(limit(Scope::Api, *n, before, key)),
                     quotas: Vec::new(),
                     lanes: Vec::new(),
                 };
@@ -162,8 +198,9 @@ impl Limiter {
             .collect();
         let callers = callers
             .map(|(name, n)| {
+                let before = previous.and_then(|p| p.callers.get(name));
                 let key = fleet.map(|f| f.caller_key(app.sdkappid, name));
-                (name.to_owned(), limit(Scope::Caller, n, key))
+                (name.to_owned(), limit(Scope::Caller, n, before, key))
             })
             .collect();
         // In a fleet, a quota not yet kept in Redis is kept by each replica at its part.
@@ -174,20 +211,34 @@ impl Limiter {
                 quotas: Vec::new(),
                 lanes: Vec::new(),
             });
+            // A reload keeps an unchanged quota's lanes: its window's sends still count.
+            let kept = previous
+                .and_then(|p| p.apis.get(&quota.api))
+                .and_then(|p| p.lanes_of(quota));
             lanes.quotas.push(quota.clone());
-            lanes.lanes.push(QuotaLanes::new(quota, replicas));
+            lanes
+                .lanes
+                .push(kept.unwrap_or_else(|| Arc::new(QuotaLanes::new(quota, replicas))));
         }
-        let default = NonZeroU32::new(DEFAULT_API_RATE).unwrap_or(NonZeroU32::MIN);
-        let implicit = Keyed::new(Scope::Api, default, Duration::from_secs(1), NonZeroU32::MIN);
+        let implicit = match previous {
+            // The implicit lanes never change (DEFAULT_API_RATE): a reload keeps them.
+            Some(previous) => previous.implicit.clone(),
+            None => self.fleet.is_none().then(|| {
+                let default = NonZeroU32::new(DEFAULT_API_RATE).unwrap_or(NonZeroU32::MIN);
+                let second = Duration::from_secs(1);
+                Arc::new(Keyed::new(Scope::Api, default, second, NonZeroU32::MIN))
+            }),
+        };
         Lanes {
             app: limit(
                 Scope::App,
                 app.rate_limit,
+                previous.map(|p| &p.app),
                 fleet.map(|f| f.key(app.sdkappid, None)),
             ),
             apis,
             callers,
-            implicit: self.fleet.is_none().then_some(implicit),
+            implicit,
             waiting: self.waiting.clone(),
             fleet: self.fleet.clone(),
             closing: Closing(self.closing.subscribe()),
@@ -209,8 +260,8 @@ impl Limiter {
 
 /// One limit of an app: its local lane, and where it lives in the fleet.
 struct Limit {
-    lane: Lane,
-    limit: NonZeroU32,
+    /// Its lane; a reload that changes the limit hands its turns on to a successor.
+    lane: Arc<Lane>,
     /// The lane's Redis key (empty without a fleet).
     key: String,
     /// The lane at this replica's fallback share, rebuilt when the share changes.
@@ -218,17 +269,22 @@ struct Limit {
 }
 
 impl Limit {
+    /// The limit in force now: the newest lane's, also for a request of an older configuration.
+    fn limit(&self) -> NonZeroU32 {
+        self.lane.newest().limit
+    }
+
     fn ask(&self) -> Ask {
         Ask {
             key: self.key.clone(),
-            limit: self.limit,
+            limit: self.limit(),
             scope: self.lane.scope,
         }
     }
 
     /// The lane at this replica's share now; `Throttled` when the share is nothing.
     fn fallback(&self, fleet: &Fleet) -> Result<Arc<Lane>, Throttled> {
-        let share = fleet.share(self.limit).ok_or(Throttled {
+        let share = fleet.share(self.limit()).ok_or(Throttled {
             scope: self.lane.scope,
             retry_after: Duration::from_secs(1),
         })?;
@@ -238,7 +294,13 @@ impl Limit {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &*fallback {
             Some((n, lane)) if *n == share => Ok(lane.clone()),
-            _ => {
+            Some((_, before)) => {
+                // A new share takes over the old one's sends, as a reloaded limit does.
+                let lane = Lane::succeed(before, share);
+                *fallback = Some((share, lane.clone()));
+                Ok(lane)
+            }
+            None => {
                 let lane = Arc::new(Lane::new(self.lane.scope, share));
                 *fallback = Some((share, lane.clone()));
                 Ok(lane)
@@ -249,13 +311,13 @@ impl Limit {
 
 /// One app's limits, found once when a request is routed to the app.
 pub struct Lanes {
-    app: Limit,
+    app: Arc<Limit>,
     apis: HashMap<String, ApiLanes>,
     /// Callers with a `rate_limit` of their own, by name.
-    callers: HashMap<String, Limit>,
+    callers: HashMap<String, Arc<Limit>>,
     /// The lane of every API without a calls limit of its own, keyed by its name (local
     /// only: in a fleet such an API runs in its app's lane, as before).
-    implicit: Option<Keyed>,
+    implicit: Option<Arc<Keyed>>,
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
     closing: Closing,
@@ -289,9 +351,17 @@ impl Closing {
 
 /// The lanes of one API with an entry: its calls limit, if configured, and its quotas.
 struct ApiLanes {
-    calls: Option<Limit>,
+    calls: Option<Arc<Limit>>,
     quotas: Vec<Quota>,
-    lanes: Vec<QuotaLanes>,
+    lanes: Vec<Arc<QuotaLanes>>,
+}
+
+impl ApiLanes {
+    /// The lanes of a quota equal to `quota`, if it has one.
+    fn lanes_of(&self, quota: &Quota) -> Option<Arc<QuotaLanes>> {
+        let i = self.quotas.iter().position(|q| q == quota)?;
+        self.lanes.get(i).cloned()
+    }
 }
 
 enum QuotaLanes {
@@ -415,12 +485,12 @@ impl Lanes {
             let cost = measured.map_or(NonZeroU32::MIN, |m| m.cost);
             local.push((quota.lane(measured, now)?, cost));
         }
-        let calls = lanes.and_then(|l| l.calls.as_ref());
+        let calls = lanes.and_then(|l| l.calls.as_deref());
         if let (None, Some(implicit)) = (calls, &self.implicit) {
             local.push((implicit.lane(api.name(), now)?, NonZeroU32::MIN));
         }
         let turn = Turn {
-            caller: caller.and_then(|name| self.callers.get(name)),
+            caller: caller.and_then(|name| self.callers.get(name)).map(|l| &**l),
             local,
             api: calls,
             app: &self.app,
@@ -493,7 +563,7 @@ impl Lanes {
     /// every replica).
     pub fn slow_down(&self, api: &Api, scope: Scope) {
         let limit = match scope {
-            Scope::Api => self.apis.get(api.name()).and_then(|l| l.calls.as_ref()),
+            Scope::Api => self.apis.get(api.name()).and_then(|l| l.calls.as_deref()),
             Scope::App | Scope::Caller => None,
         };
         if let (Scope::Api, None, Some(implicit)) = (scope, limit, &self.implicit) {
@@ -507,7 +577,7 @@ impl Lanes {
         let limit = limit.unwrap_or(&self.app);
         limit.lane.slow_down(Instant::now());
         if let Some(fleet) = &self.fleet {
-            fleet.slow_down(limit.key.clone(), limit.limit);
+            fleet.slow_down(limit.key.clone(), limit.limit());
             if let Ok(lane) = limit.fallback(fleet) {
                 lane.slow_down(Instant::now());
             }

@@ -4,7 +4,8 @@
 //! Configuration is loaded and validated before any port is bound; a bad one exits with
 //! code 64 and a message naming the key at fault. A port that cannot be bound exits 1,
 //! naming the listener and its address. A drain that ends with every request answered
-//! exits 0; one that cut a request short at `drain_timeout_ms` exits 1.
+//! exits 0; one that cut a request short at `drain_timeout_ms` exits 1. SIGHUP reloads the
+//! configuration.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -13,9 +14,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use timgate::config::{Config, LogFormat, SecretKey};
+use timgate::reload::{ApplyLogs, Source};
 use timgate::usersig::{self, Claims};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Exit code for a configuration or usage problem (BSD's EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -105,27 +109,46 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let format = match cli.log_format {
-        Some(Format::Json) => LogFormat::Json,
-        Some(Format::Text) => LogFormat::Text,
-        None => config.log.format,
-    };
-    init_logs(format);
+    let forced = cli.log_format.map(|format| match format {
+        Format::Json => LogFormat::Json,
+        Format::Text => LogFormat::Text,
+    });
+    let logs = init_logs(forced, config.log.format);
     let fd_limit = timgate::server::raise_fd_limit();
     tracing::debug!(?fd_limit, "open-file limit");
-    serve(config, command)
+    serve(config, command, cli.config, logs)
 }
 
-fn init_logs(format: LogFormat) {
+type Lines = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Starts the logs in `forced` (`--log-format`) or else `format`, and returns what a reload
+/// calls to change the format (none when `--log-format` fixed it).
+fn init_logs(forced: Option<LogFormat>, format: LogFormat) -> Option<ApplyLogs> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(lines(forced.unwrap_or(format)));
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(filter)
+        .init();
+    if forced.is_some() {
+        return None;
+    }
+    Some(Box::new(move |log: &timgate::config::Log| {
+        handle
+            .reload(lines(log.format))
+            .map_err(|e| format!("the log format could not be changed: {e}"))
+    }))
+}
+
+/// Log lines in `format` on stderr.
+fn lines(format: LogFormat) -> Lines {
     // Colour codes only for a person at a terminal, not for a log collector.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
+        LogFormat::Json => Box::new(lines.json()),
+        LogFormat::Text => Box::new(lines),
     }
 }
 
@@ -149,13 +172,17 @@ fn sign(sdkappid: u64, identifier: String, expire: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(config: Config, command: Command) -> ExitCode {
+fn serve(config: Config, command: Command, path: PathBuf, logs: Option<ApplyLogs>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a Tokio runtime can be built on any supported OS");
     let result = runtime.block_on(async move {
         let shutdown = shutdown_signal();
+        // Installed before any port is bound: SIGHUP's default action ends the process.
+        #[cfg(unix)]
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("installing a SIGHUP handler cannot fail on Unix");
         match command {
             Command::Emulate { listen } => {
                 let addr = listen.unwrap_or(config.emulator.listen);
@@ -175,7 +202,13 @@ fn serve(config: Config, command: Command) -> ExitCode {
             }
             _ => {
                 let (config, listeners) = timgate::bind(config).await.map_err(|e| e.to_string())?;
-                timgate::run(config, listeners, shutdown)
+                let source = Source {
+                    path,
+                    #[cfg(unix)]
+                    hangup,
+                    logs,
+                };
+                timgate::run_reloading(config, listeners, shutdown, Some(source))
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -135,6 +135,8 @@ pub struct Metrics {
     draining: Gauge,
     upstream_pool: crate::upstream::Gauges,
     upstream_failovers: Counter,
+    /// Configuration reloads, by result: `[ok, error]`.
+    reloads: [Counter; 2],
     /// Every `api` label value besides `other` and `none`.
     apis: HashSet<String>,
     apps: HashMap<u64, Arc<AppSeries>>,
@@ -167,6 +169,11 @@ impl FleetSeries {
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
         }
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -235,6 +242,7 @@ impl Metrics {
             draining: Gauge::default(),
             upstream_pool: crate::upstream::Gauges::default(),
             upstream_failovers: Counter::default(),
+            reloads: Default::default(),
             apis: rules::TABLE
                 .iter()
                 .map(|(api, _)| (*api).to_owned())
@@ -298,6 +306,15 @@ impl Metrics {
         );
         metrics.register_upstream();
         metrics.register_operators_view(apps);
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        for (i, result) in ["ok", "error"].into_iter().enumerate() {
+            metrics.reloads[i] = reloads.get_or_create(&ReloadLabels { result }).clone();
+        }
+        metrics.registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP or a changed file), by result; an error keeps the running one",
+            reloads,
+        );
         metrics.apps = apps
             .iter()
             .map(|app| {
@@ -416,6 +433,11 @@ impl Metrics {
             outcome,
         };
         self.caller_requests.get_or_create(&labels).inc();
+    }
+
+    /// A configuration reload was applied (`ok`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
     }
 
     /// A drain has started.

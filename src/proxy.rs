@@ -17,7 +17,7 @@ mod inspect;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -75,9 +75,8 @@ struct Route {
     app: App,
     lanes: Lanes,
     endpoint: Endpoint,
-    /// `?sdkappid=N&identifier=ID&usersig=`, fixed for the app's lifetime.
-    credentials: String,
-    signer: Signer,
+    /// Who its requests are signed as.
+    credentials: Arc<Credentials>,
     /// Its metric series.
     series: Arc<AppSeries>,
 }
@@ -106,7 +105,7 @@ impl Gateway {
             gauges,
             failovers,
         );
-        let routes = Routes::build(resolved, &limiter, &metrics, &upstream);
+        let routes = Routes::build(resolved, None, &limiter, &metrics, &upstream);
         Gateway {
             routes: ArcSwap::from_pointee(routes),
             limiter,
@@ -329,6 +328,10 @@ impl Gateway {
             Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
         };
         turn.send_now().await?;
+        // Signed again at the moment of sending: a key rotated while this request waited for
+        // its turn signs it already. Building the target cannot fail where it did not just
+        // before (same API, same kind of credentials); if it did, the one checked is sent.
+        let target = route.target(api).unwrap_or(target);
         let sent = Instant::now();
         let reached_before = call.reached_tencent;
         call.reached_tencent = true;
@@ -372,17 +375,76 @@ impl Gateway {
         self.limiter.waiting()
     }
 
+    /// Swaps in the apps of `resolved` for every request that starts from now on. Requests in
+    /// flight and queued keep the snapshot they took; each app that stays carries its lanes
+    /// (an unchanged limit keeps its state, a changed one hands over to a successor lane) and
+    /// its signer (a changed key takes over signing at once, also for those requests).
+    pub fn reload(&self, resolved: &Resolved) {
+        let previous = self.routes();
+        let next = Routes::build(
+            resolved,
+            Some(&previous),
+            &self.limiter,
+            &self.metrics,
+            &self.upstream,
+        );
+        self.routes.store(Arc::new(next));
+    }
+
     /// The live configuration snapshot, for one request to keep until it is answered.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.load_full()
     }
 }
 
+/// Who an app's requests are signed as: the credentials of the query and the signer that
+/// caches the current UserSig. When a reload changes the key (or the identifier, or the
+/// lifetime), the new ones become their *successor*: a request of the old configuration that
+/// still runs signs with the successor from then on, so no UserSig of a rotated key is sent
+/// again.
+struct Credentials {
+    /// `?sdkappid=N&identifier=ID&usersig=`.
+    query: String,
+    signer: Signer,
+    successor: OnceLock<Arc<Credentials>>,
+}
+
+impl Credentials {
+    fn new(app: &App) -> Credentials {
+        let identifier: String =
+            form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
+        Credentials {
+            query: format!(
+                "?sdkappid={}&identifier={identifier}&usersig=",
+                app.sdkappid
+            ),
+            signer: Signer::new(
+                app.secret_key.clone(),
+                app.sdkappid,
+                app.identifier.clone(),
+                app.usersig_ttl,
+            ),
+            successor: OnceLock::new(),
+        }
+    }
+
+    /// The credentials in force now: these, or the last of their successors.
+    fn newest(&self) -> &Credentials {
+        let mut credentials = self;
+        while let Some(next) = credentials.successor.get() {
+            credentials = next;
+        }
+        credentials
+    }
+}
+
 impl Routes {
-    /// The routes of every app in `resolved`, with lanes from `limiter`, series from
-    /// `metrics` and connection pools from `upstream` (shared by origin).
+    /// The routes of every app and caller in `resolved`, with lanes from `limiter`, series
+    /// from `metrics` and connection pools from `upstream` (shared by origin); with
+    /// `previous`, each app that was in it carries its state over.
     fn build(
         resolved: &Resolved,
+        previous: Option<&Routes>,
         limiter: &Limiter,
         metrics: &Metrics,
         upstream: &Upstream,
@@ -391,8 +453,9 @@ impl Routes {
         let by_id = resolved
             .apps()
             .map(|(app, origin)| {
+                let before = previous.and_then(|p| p.by_id.get(&app.sdkappid));
                 let endpoint = upstream.endpoint(origin, app.backup_endpoint.as_ref());
-                let route = Route::new(app, endpoint, limiter, metrics, &callers);
+                let route = Route::new(app, endpoint, before, limiter, metrics, &callers);
                 (app.sdkappid, route)
             })
             .collect();
@@ -425,34 +488,39 @@ pub fn requested_app(query: Option<&str>) -> Result<Option<u64>, Error> {
 }
 
 impl Route {
+    /// The route of `app`; `before`, the same app's route in the running configuration,
+    /// hands on its lanes, its callers' lanes included (see [`Limiter::lanes_after`]) and,
+    /// when the key, identifier and lifetime are the same, its current UserSig.
     fn new(
         app: &App,
         endpoint: Endpoint,
+        before: Option<&Route>,
         limiter: &Limiter,
         metrics: &Metrics,
         callers: &Callers,
     ) -> Route {
-        let signer = Signer::new(
-            app.secret_key.clone(),
-            app.sdkappid,
-            app.identifier.clone(),
-            app.usersig_ttl,
-        );
-        let identifier: String =
-            form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
         let shares = callers
             .iter()
             .filter(|c| c.may_use(app.sdkappid))
             .filter_map(|c| Some((c.name(), c.rate_limit()?)));
+        let lanes = match before {
+            Some(before) => limiter.lanes_after(app, shares, &before.lanes),
+            None => limiter.lanes_with_callers(app, shares),
+        };
+        let credentials = match before {
+            Some(before) if same_signer(&before.app, app) => before.credentials.clone(),
+            Some(before) => {
+                let fresh = Arc::new(Credentials::new(app));
+                let _ = before.credentials.newest().successor.set(fresh.clone());
+                fresh
+            }
+            None => Arc::new(Credentials::new(app)),
+        };
         Route {
             app: app.clone(),
-            lanes: limiter.lanes_with_callers(app, shares),
+            lanes,
             endpoint,
-            credentials: format!(
-                "?sdkappid={}&identifier={identifier}&usersig=",
-                app.sdkappid
-            ),
-            signer,
+            credentials,
             series: metrics.app(app.sdkappid),
         }
     }
@@ -462,18 +530,27 @@ impl Route {
     /// Fallible because `api` comes from the caller: `Api`'s checks make a failure unexpected,
     /// but a caller's path must never reach a panic.
     fn target(&self, api: &Api) -> Result<Uri, Error> {
-        let (sig, minted) = self.signer.usersig(usersig::unix_now());
+        let credentials = self.credentials.newest();
+        let (sig, minted) = credentials.signer.usersig(usersig::unix_now());
         if minted {
             self.series.signed();
         }
         format!(
             "/v4/{}{}{}&random={}&contenttype=json",
             api.name(),
-            self.credentials,
+            credentials.query,
             sig.as_str(),
             rand::random::<u32>(),
         )
         .parse()
         .map_err(|_| Error::Unforwardable)
     }
+}
+
+/// Whether `a` and `b` sign the same UserSigs: same key, app, identifier and lifetime.
+fn same_signer(a: &App, b: &App) -> bool {
+    a.secret_key == b.secret_key
+        && a.sdkappid == b.sdkappid
+        && a.identifier == b.identifier
+        && a.usersig_ttl == b.usersig_ttl
 }

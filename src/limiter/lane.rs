@@ -1,8 +1,28 @@
 //! One limit: GCRA pacing that hands out slots in arrival order, and the governor guard that
 //! every send must pass at the moment it happens (see the parent module for the guarantee).
+//!
+//! # A limit that changes on reload
+//! A reload that keeps a lane's limit keeps the lane itself (no fresh burst). One that changes
+//! it makes a *successor* ([`Lane::succeed`]) at the moment T of the switch: from then on every
+//! reservation and every send on the old lane — requests of the old configuration still
+//! queued or retrying — is made on the successor, so exactly one guard admits sends at any
+//! time: the old one up to T, the new one after. Queued requests keep their place in line: the
+//! successor's pacing starts at the old lane's theoretical arrival time. For one second after
+//! T (the *transition*) the successor admits a send only if:
+//! - the limit was **raised** (L' ≥ L): the old guard admits it too. A closed one-second
+//!   window that ends within the transition holds only admissions of the old guard (before T,
+//!   and during the transition, which passed it as well): at most L ≤ L'. A window ending
+//!   after the transition starts after T and holds only the new guard's admissions: at most
+//!   L', the new guard's own guarantee.
+//! - the limit was **lowered** (L' < L): never; the first send waits until strictly after
+//!   T + 1 s. No closed one-second window then holds sends of both guards, and windows with the
+//!   new guard's sends hold at most L'.
+//!
+//! A successor that is itself replaced within its transition keeps applying its own rule, so
+//! the argument chains. The predecessor is let go once its transition is over.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
@@ -20,7 +40,7 @@ use super::{GUARD, PACE, SLOWDOWN, Scope, Throttled};
 pub(super) async fn guard(lanes: &[(&Lane, NonZeroU32)]) {
     'again: loop {
         for (lane, cost) in lanes {
-            if let Err(wait) = lane.admit(*cost) {
+            if let Err(wait) = lane.newest().admit(*cost) {
                 tokio::time::sleep(wait).await;
                 continue 'again;
             }
@@ -33,7 +53,7 @@ pub(super) async fn guard(lanes: &[(&Lane, NonZeroU32)]) {
 /// are not reused, as in `guard`).
 pub(super) fn try_guard(lanes: &[&Lane]) -> Result<(), Duration> {
     for lane in lanes {
-        lane.admit(NonZeroU32::MIN)?;
+        lane.newest().admit(NonZeroU32::MIN)?;
     }
     Ok(())
 }
@@ -43,6 +63,8 @@ type Guard = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Tok
 /// One limit: its pacing state and its send-time guard.
 pub(super) struct Lane {
     pub(super) scope: Scope,
+    /// Units per period this lane allows.
+    pub(super) limit: NonZeroU32,
     /// Pacing time per unit.
     interval: Duration,
     /// Guard refill time per unit.
@@ -51,7 +73,24 @@ pub(super) struct Lane {
     largest: NonZeroU32,
     pace: Mutex<Pace>,
     guard: Guard,
+    /// The lane that replaced this one when a reload changed its limit.
+    successor: OnceLock<Arc<Lane>>,
+    /// The lane this one replaced, during the second after the switch.
+    transition: Mutex<Option<Transition>>,
 }
+
+/// The second after a reload changed a lane's limit (see the module's documentation).
+struct Transition {
+    /// The lane replaced.
+    from: Arc<Lane>,
+    /// The end of the transition: the switch plus one second.
+    until: Instant,
+    /// Whether the limit was raised (or kept), rather than lowered.
+    raised: bool,
+}
+
+/// How long the transition after a changed limit lasts: the window the limits are kept in.
+const TRANSITION: Duration = Duration::from_secs(1);
 
 /// GCRA virtual-scheduling state: the theoretical arrival time of the next request.
 struct Pace {
@@ -123,6 +162,7 @@ impl Lane {
         let now = Instant::now();
         Lane {
             scope,
+            limit,
             interval: period.div_f64(pace_rate),
             refill,
             largest: burst,
@@ -132,11 +172,82 @@ impl Lane {
                 guard_full: now,
             }),
             guard: RateLimiter::direct_with_clock(quota, TokioClock),
+            successor: OnceLock::new(),
+            transition: Mutex::new(None),
         }
     }
 
-    /// Passes the guard with `cost` units now, or says how long to wait.
+    /// The lane that takes over from `old` now, at `limit`: `old`'s queue and slow-down carry
+    /// over, and from now on every turn and send on `old` is made on the new lane.
+    pub(super) fn succeed(old: &Arc<Lane>, limit: NonZeroU32) -> Arc<Lane> {
+        let old = old.newest_arc();
+        let now = Instant::now();
+        let lane = Lane::new(old.scope, limit);
+        {
+            let carried = old.lock();
+            let mut pace = lane.lock();
+            pace.tat = carried.tat.max(now);
+            pace.slow_until = carried.slow_until;
+        }
+        old.let_go_of_past(now);
+        *lane.lock_transition() = Some(Transition {
+            from: old.clone(),
+            until: now + TRANSITION,
+            raised: limit >= old.limit,
+        });
+        let lane = Arc::new(lane);
+        // `old` is the newest lane, so it has no successor yet.
+        let _ = old.successor.set(lane.clone());
+        lane
+    }
+
+    /// The lane that serves this one's turns now: itself, or the last of its successors.
+    pub(super) fn newest(&self) -> &Lane {
+        let mut lane = self;
+        while let Some(next) = lane.successor.get() {
+            lane = next;
+        }
+        lane
+    }
+
+    fn newest_arc(self: &Arc<Lane>) -> Arc<Lane> {
+        let mut lane = self.clone();
+        while let Some(next) = lane.successor.get().cloned() {
+            lane = next;
+        }
+        lane
+    }
+
+    fn lock_transition(&self) -> std::sync::MutexGuard<'_, Option<Transition>> {
+        self.transition
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops the predecessor once the transition is over, so no chain of lanes is kept.
+    fn let_go_of_past(&self, now: Instant) {
+        let mut transition = self.lock_transition();
+        if transition.as_ref().is_some_and(|t| now > t.until) {
+            *transition = None;
+        }
+    }
+
+    /// Passes the guard with `cost` units now, within its transition's rule; else how long to
+    /// wait before asking again. A cell admitted before a refusal is not reused.
     fn admit(&self, cost: NonZeroU32) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.let_go_of_past(now);
+        let during = self
+            .lock_transition()
+            .as_ref()
+            .map(|t| (t.from.clone(), t.until, t.raised));
+        if let Some((from, until, raised)) = during {
+            if !raised {
+                // Strictly after the transition's end: a tick past it.
+                return Err(until - now + Duration::from_millis(1));
+            }
+            from.admit(cost)?;
+        }
         let checked = if cost == NonZeroU32::MIN {
             self.guard.check()
         } else {
@@ -147,7 +258,6 @@ impl Lane {
             }
         };
         checked.map_err(|not_until| not_until.wait_time_from(TokioClock.now()))?;
-        let now = Instant::now();
         let mut pace = self.lock();
         pace.guard_full = pace.guard_full.max(now) + self.refill * cost.get();
         Ok(())
@@ -168,8 +278,9 @@ impl Lane {
 
     /// Refuses when the next free slot is already beyond `max_wait` from `now`.
     pub(super) fn predict(&self, now: Instant, max_wait: Duration) -> Result<(), Throttled> {
-        let wait = self.lock().tat.saturating_duration_since(now);
-        self.check(wait, max_wait)
+        let lane = self.newest();
+        let wait = lane.lock().tat.saturating_duration_since(now);
+        lane.check(wait, max_wait)
     }
 
     fn check(&self, wait: Duration, max_wait: Duration) -> Result<(), Throttled> {
@@ -189,25 +300,26 @@ impl Lane {
         max_wait: Duration,
         cost: NonZeroU32,
     ) -> Result<Ticket<'_>, Throttled> {
-        if cost > self.largest {
+        let lane = self.newest();
+        if cost > lane.largest {
             return Err(Throttled {
-                scope: self.scope,
-                retry_after: self.interval * cost.get(),
+                scope: lane.scope,
+                retry_after: lane.interval * cost.get(),
             });
         }
-        let mut pace = self.lock();
+        let mut pace = lane.lock();
         let slot = pace.tat.max(now);
-        self.check(slot - now, max_wait)?;
+        lane.check(slot - now, max_wait)?;
         let slowed = pace.slow_until.is_some_and(|until| now < until);
         let interval = if slowed {
-            self.interval * 2
+            lane.interval * 2
         } else {
-            self.interval
+            lane.interval
         };
         let before = pace.tat;
         pace.tat = slot + interval * cost.get();
         Ok(Ticket {
-            lane: self,
+            lane,
             slot,
             before,
             after: pace.tat,
@@ -216,10 +328,11 @@ impl Lane {
     }
 
     pub(super) fn slow_down(&self, now: Instant) {
-        let mut pace = self.lock();
+        let lane = self.newest();
+        let mut pace = lane.lock();
         pace.slow_until = Some(now + SLOWDOWN);
         // Leave a gap before the next slot as well, so the pause starts now.
-        pace.tat = pace.tat.max(now) + self.interval * 2;
+        pace.tat = pace.tat.max(now) + lane.interval * 2;
     }
 }
 
@@ -254,5 +367,101 @@ impl Clock for TokioClock {
 
     fn now(&self) -> TokioInstant {
         TokioInstant(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    /// Whether every closed one-second window holding a send of `after` holds at most `most`
+    /// sends of `before` and `after` together.
+    fn windows_with_new_sends_hold(before: &[Instant], after: &[Instant], most: usize) -> bool {
+        let all: Vec<Instant> = before.iter().chain(after).copied().collect();
+        let count =
+            |from: Instant, to: Instant| all.iter().filter(move |t| from <= **t && **t <= to);
+        let second = Duration::from_secs(1);
+        let ending = after.iter().map(|t| (*t - second, *t));
+        let starting = all.iter().map(|t| (*t, *t + second));
+        ending
+            .chain(starting)
+            .filter(|(from, to)| after.iter().any(|t| from <= t && t <= to))
+            .all(|(from, to)| count(from, to).count() <= most)
+    }
+
+    /// Sends as fast as the guard admits for `secs`, taking turns between `lanes`.
+    async fn flood(lanes: &[&Lane], secs: u64) -> Vec<Instant> {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut times = Vec::new();
+        for i in 0.. {
+            if Instant::now() >= end {
+                break;
+            }
+            guard(&[(lanes[i % lanes.len()], NonZeroU32::MIN)]).await;
+            times.push(Instant::now());
+        }
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_limit_keeps_the_new_one_in_every_second_with_a_new_send() {
+        for (from, to) in [
+            (100, 200),
+            (200, 100),
+            (10, 11),
+            (11, 10),
+            (1000, 7),
+            (7, 1000),
+        ] {
+            let old = Arc::new(Lane::new(Scope::App, limit(from)));
+            let before = flood(&[&old], 2).await;
+            let new = Lane::succeed(&old, limit(to));
+            // Requests of the old configuration still send through `old`.
+            let after = flood(&[&old, &new], 3).await;
+            assert!(
+                windows_with_new_sends_hold(&before, &after, to as usize),
+                "{from} -> {to}"
+            );
+            // And once the transition is over, the new limit is used.
+            let settled: Vec<Instant> = after
+                .iter()
+                .copied()
+                .filter(|t| *t > after[0] + Duration::from_secs(1))
+                .collect();
+            let last_second = settled
+                .iter()
+                .filter(|t| **t + Duration::from_secs(1) > *settled.last().unwrap())
+                .count();
+            assert!(
+                last_second >= (to as usize * 96) / 100,
+                "{from} -> {to}: {last_second}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_takes_over_the_queue() {
+        let old = Arc::new(Lane::new(Scope::App, limit(10)));
+        let now = Instant::now();
+        for _ in 0..5 {
+            old.reserve(now, Duration::from_secs(10), NonZeroU32::MIN).unwrap().used();
+        }
+        let new = Lane::succeed(&old, limit(20));
+        let next = new.reserve(now, Duration::from_secs(10), NonZeroU32::MIN).unwrap();
+        // Five slots at 9.6/s were taken: the next one is behind them, not at once.
+        assert!(
+            next.slot >= now + Duration::from_millis(520),
+            "{:?}",
+            next.slot - now
+        );
+        let via_old = old.reserve(now, Duration::from_secs(10), NonZeroU32::MIN).unwrap();
+        assert!(
+            via_old.slot > next.slot,
+            "the old lane's turns are made on the new one"
+        );
     }
 }

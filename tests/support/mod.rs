@@ -498,6 +498,11 @@ impl Process {
         (process, Logs::collect(stderr))
     }
 
+    /// The configuration file it was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     /// Sends SIGTERM, as Kubernetes and systemd do.
     pub fn terminate(&self) {
         let pid = i32::try_from(self.child.id().unwrap()).unwrap();
@@ -567,6 +572,11 @@ impl Logs {
             lines,
             count: counted,
         }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
     }
 
     /// The `fields` of every "request" line so far.

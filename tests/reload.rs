@@ -1,0 +1,288 @@
+//! Changing it while it runs (issue 13, item 1): a reload on SIGHUP or a changed file, under
+//! load, with a raised limit, a rotated key and a new app; a bad file refused; a Kubernetes
+//! Secret's symlink swap picked up on its own. Each test runs a real `timgate` process in
+//! front of a recording upstream that checks every UserSig against the keys.
+// Tests may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::Value;
+use support::{Caller, KEY, Logs, Process, Recorder, app_entry, eventually, one_app, sample};
+use timgate::config::SecretKey;
+use timgate::usersig;
+use tokio::time::Instant;
+
+const APP: u64 = 1400000001;
+const ADDED: u64 = 1400000002;
+const NEW_KEY: &str = "rotated-key-9876543210";
+const INFO: &str = "/v4/live_engine_http_srv/get_room_info";
+const ROOM: &str = r#"{"RoomId":"r"}"#;
+const LATE: &str = r#"{"RoomId":"late"}"#;
+
+/// Sends SIGHUP, as `kill -HUP` and `systemctl reload` do.
+fn hangup(process: &Process) {
+    let pid = i32::try_from(process.child.id().unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+}
+
+/// Rewrites the running process's configuration file, as an operator would: a whole new file
+/// renamed over the old one.
+fn rewrite(process: &Process, edit: impl FnOnce(String) -> String) {
+    let path = process.config_path();
+    let text = edit(std::fs::read_to_string(path).unwrap());
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// `timgate_config_reloads_total{result}` now.
+async fn reloads(caller: &Caller, process: &Process, result: &str) -> f64 {
+    let text = caller.get(process.admin, "/metrics").await.body;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let label = format!("result=\"{result}\"");
+    sample(&text, "timgate_config_reloads_total", &[&label])
+}
+
+/// Waits until `timgate_config_reloads_total{result}` reaches `n`.
+async fn reloads_reach(caller: &Caller, process: &Process, result: &str, n: f64) {
+    eventually(|| async move { reloads(caller, process, result).await >= n }).await;
+}
+
+/// Which key signed `seen`'s UserSig for `app`: `Some(key)` among `keys`, `None` for neither.
+fn signed_with<'k>(seen: &support::Seen, app: u64, keys: &[&'k str]) -> Option<&'k str> {
+    let sig = seen.param("usersig")?;
+    keys.iter().copied().find(|key| {
+        usersig::verify(
+            &SecretKey::new(key),
+            sig,
+            app,
+            "administrator",
+            usersig::unix_now(),
+        )
+        .is_ok()
+    })
+}
+
+/// The most arrivals in any closed one-second window among `times`.
+fn busiest_second(times: &[Instant]) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let mut start = 0;
+    let mut most = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] > Duration::from_secs(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+/// Asks `/readyz` every 20 ms until `stop`, and returns every status it got.
+fn watch_readiness(
+    caller: &Caller,
+    process: &Process,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<StatusCode>> {
+    let (caller, admin) = (caller.clone(), process.admin);
+    tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            statuses.push(caller.get(admin, "/readyz").await.status);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        statuses
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_answers_every_request_and_keeps_both_limits() {
+    let upstream = Recorder::ok().await;
+    let config = format!(
+        "{}rate_limit = 50\nmax_queue_wait_ms = 20000\ndeadline_ms = 30000\n",
+        one_app(APP, &upstream.url())
+    );
+    let process = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let caller = Caller::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readiness = watch_readiness(&caller, &process, stop.clone());
+
+    // 300 at once: at 50/s most of them are still queued when the file changes.
+    let path = format!("{INFO}?sdkappid={APP}");
+    let requests: Vec<_> = (0..300)
+        .map(|_| {
+            let (caller, addr, path) = (caller.clone(), process.addr, path.clone());
+            tokio::spawn(async move { caller.post(addr, &path, ROOM).await })
+        })
+        .collect();
+    upstream.arrived(60).await;
+    rewrite(&process, |text| {
+        format!(
+            "{}{}",
+            text.replace("rate_limit = 50", "rate_limit = 100")
+                .replace(KEY, NEW_KEY),
+            app_entry(ADDED, "administrator", &upstream.url())
+        )
+    });
+    let sent = Instant::now();
+    hangup(&process);
+    reloads_reach(&caller, &process, "ok", 1.0).await;
+    let applied = Instant::now();
+    // Requests queued before the switch keep their slots; these come after them, at the new
+    // limit.
+    let later: Vec<_> = (0..150)
+        .map(|_| {
+            let (caller, addr, path) = (caller.clone(), process.addr, path.clone());
+            tokio::spawn(async move { caller.post(addr, &path, LATE).await })
+        })
+        .collect();
+
+    for request in requests.into_iter().chain(later) {
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        assert_eq!(answer.code(), 0, "{:?}", answer.json());
+    }
+    let added = caller
+        .post(process.addr, &format!("{INFO}?sdkappid={ADDED}"), ROOM)
+        .await;
+    assert_eq!(
+        added.code(),
+        0,
+        "the added app is served: {:?}",
+        added.json()
+    );
+    stop.store(true, Ordering::SeqCst);
+    let statuses = readiness.await.unwrap();
+    assert!(statuses.len() > 10, "readiness was watched throughout");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+
+    let seen = upstream.seen();
+    let of_app: Vec<_> = seen
+        .iter()
+        .filter(|s| s.param("sdkappid") == Some("1400000001"))
+        .collect();
+    assert_eq!(of_app.len(), 450, "each request reached Tencent once");
+    for s in &of_app {
+        let key = signed_with(s, APP, &[KEY, NEW_KEY]);
+        assert!(key.is_some(), "a UserSig of neither key");
+        if s.at < sent {
+            assert_eq!(key, Some(KEY), "the new key before the reload");
+        }
+        if s.at > applied {
+            assert_eq!(key, Some(NEW_KEY), "the rotated-away key after the reload");
+        }
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(signed_with(last, ADDED, &[KEY]), Some(KEY));
+
+    // No sliding second above the old limit before the switch, nor above the new one across
+    // and after it; and the raised limit is used once the switch is a second old.
+    let times: Vec<Instant> = of_app.iter().map(|s| s.at).collect();
+    let before: Vec<Instant> = times.iter().copied().filter(|t| *t < sent).collect();
+    assert!(busiest_second(&before) <= 50, "{}", busiest_second(&before));
+    assert!(busiest_second(&times) <= 100, "{}", busiest_second(&times));
+    let after: Vec<Instant> = of_app
+        .iter()
+        .filter(|s| s.body == LATE)
+        .map(|s| s.at)
+        .collect();
+    assert!(
+        busiest_second(&after) > 80,
+        "the raised limit in use: {} in the busiest second after the switch",
+        busiest_second(&after)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_file_on_reload_keeps_the_running_configuration() {
+    let upstream = Recorder::ok().await;
+    let (process, logs) = Process::logged(&one_app(APP, &upstream.url())).await;
+    let caller = Caller::default();
+
+    rewrite(&process, |text| format!("{text}rate_limit = 0\n"));
+    hangup(&process);
+    reloads_reach(&caller, &process, "error", 1.0).await;
+    refused_naming(&logs, "apps[0].rate_limit").await;
+    let answer = caller.post(process.addr, INFO, ROOM).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.json());
+    assert_eq!(signed_with(&upstream.seen()[0], APP, &[KEY]), Some(KEY));
+
+    // A listen address cannot change while it runs: refused as a whole, even with a new key.
+    rewrite(&process, |text| {
+        text.replace("rate_limit = 0\n", "")
+            .replace(KEY, NEW_KEY)
+            .replacen(
+                &process.addr.to_string(),
+                &format!("127.0.0.1:{}", support::free_port()),
+                1,
+            )
+    });
+    hangup(&process);
+    refused_naming(&logs, "server.listen").await;
+    let answer = caller.post(process.addr, INFO, ROOM).await;
+    assert_eq!(answer.code(), 0, "{:?}", answer.json());
+    assert_eq!(signed_with(&upstream.seen()[1], APP, &[KEY]), Some(KEY));
+    assert_eq!(reloads(&caller, &process, "ok").await, 0.0);
+    assert_eq!(
+        caller.get(process.admin, "/readyz").await.status,
+        StatusCode::OK
+    );
+}
+
+/// Waits until a refused reload's log line names `key`.
+async fn refused_naming(logs: &Logs, key: &str) {
+    eventually(|| async move {
+        logs.lines().iter().any(|line: &Value| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("configuration reload refused"))
+                && line["fields"]["key"] == key
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_secret_swapped_by_symlink_is_picked_up_without_a_signal() {
+    // The layout kubelet gives a mounted Secret: key -> ..data/key, ..data -> ..<timestamp>.
+    let dir = std::env::temp_dir().join(format!("timgate-secret-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let version = |name: &str, key: &str| {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("key"), format!("{key}\n")).unwrap();
+    };
+    version("..2026_11_26_1", KEY);
+    std::os::unix::fs::symlink("..2026_11_26_1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/key", dir.join("key")).unwrap();
+    let upstream = Recorder::ok().await;
+    let config = one_app(APP, &upstream.url()).replace(
+        &format!("secret_key = \"{KEY}\""),
+        &format!(
+            "secret_key_file = {:?}",
+            dir.join("key").display().to_string()
+        ),
+    );
+    let process = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let caller = Caller::default();
+    assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
+    assert_eq!(signed_with(&upstream.seen()[0], APP, &[KEY]), Some(KEY));
+
+    version("..2026_11_26_2", NEW_KEY);
+    std::os::unix::fs::symlink("..2026_11_26_2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    reloads_reach(&caller, &process, "ok", 1.0).await;
+    assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
+    let seen = upstream.seen();
+    assert_eq!(signed_with(&seen[1], APP, &[KEY, NEW_KEY]), Some(NEW_KEY));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
