@@ -327,11 +327,12 @@ impl Gateway {
             Ok(connection) => connection,
             Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
         };
-        turn.send_now().await?;
-        // Signed again at the moment of sending: a key rotated while this request waited for
-        // its turn signs it already. Building the target cannot fail where it did not just
-        // before (same API, same kind of credentials); if it did, the one checked is sent.
+        // Signed again once the turn has come: a key rotated while this request waited signs
+        // it already. Building the target cannot fail where it did not just before (same API,
+        // same kind of credentials); if it did, the one checked is sent. Done before the
+        // send-time guard, so nothing but the write follows the guard.
         let target = route.target(api).unwrap_or(target);
+        turn.send_now().await?;
         let sent = Instant::now();
         let reached_before = call.reached_tencent;
         call.reached_tencent = true;

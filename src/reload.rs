@@ -1,5 +1,5 @@
-//! Changing the configuration while it runs: on SIGHUP, and when the configuration file or
-//! any `secret_key_file` changes on disk.
+//! Changing the configuration while it runs: on SIGHUP, and when the configuration file, any
+//! `secret_key_file` or any caller's `token_file` changes on disk.
 //!
 //! A reload reads the file exactly as `timgate check` does ([`Config::load`]: the file, the
 //! `TIMGATE__*` variables the process started with, every check). It is all or nothing: a
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tracing::{error, info};
 
-use crate::config::{Config, ConfigError, Endpoint, Log, Resolved, SecretSource};
+use crate::config::{Config, ConfigError, Endpoint, Log, Resolved, SecretSource, TokenSource};
 use crate::proxy::Gateway;
 
 /// How often watched files are read.
@@ -224,7 +224,7 @@ fn fingerprint(path: &std::path::Path, config: &Config) -> u64 {
     hasher.finish()
 }
 
-/// The configuration file and every file a key of it is read from.
+/// The configuration file and every file a key or a caller's token is read from.
 fn watched(path: &std::path::Path, config: &Config) -> Vec<PathBuf> {
     let keys = config
         .apps
@@ -233,7 +233,17 @@ fn watched(path: &std::path::Path, config: &Config) -> Vec<PathBuf> {
             SecretSource::File(file) => Some(PathBuf::from(file)),
             SecretSource::Inline | SecretSource::Env(_) => None,
         });
-    std::iter::once(path.to_owned()).chain(keys).collect()
+    let tokens = config
+        .callers
+        .iter()
+        .filter_map(|caller| match &caller.token_source {
+            TokenSource::File(file) => Some(PathBuf::from(file)),
+            TokenSource::Env(_) => None,
+        });
+    std::iter::once(path.to_owned())
+        .chain(keys)
+        .chain(tokens)
+        .collect()
 }
 
 #[cfg(test)]
