@@ -448,17 +448,23 @@ mod tests {
         let old = Arc::new(Lane::new(Scope::App, limit(10)));
         let now = Instant::now();
         for _ in 0..5 {
-            old.reserve(now, Duration::from_secs(10), NonZeroU32::MIN).unwrap().used();
+            old.reserve(now, Duration::from_secs(10), NonZeroU32::MIN)
+                .unwrap()
+                .used();
         }
         let new = Lane::succeed(&old, limit(20));
-        let next = new.reserve(now, Duration::from_secs(10), NonZeroU32::MIN).unwrap();
+        let next = new
+            .reserve(now, Duration::from_secs(10), NonZeroU32::MIN)
+            .unwrap();
         // Five slots at 9.6/s were taken: the next one is behind them, not at once.
         assert!(
             next.slot >= now + Duration::from_millis(520),
             "{:?}",
             next.slot - now
         );
-        let via_old = old.reserve(now, Duration::from_secs(10), NonZeroU32::MIN).unwrap();
+        let via_old = old
+            .reserve(now, Duration::from_secs(10), NonZeroU32::MIN)
+            .unwrap();
         assert!(
             via_old.slot > next.slot,
             "the old lane's turns are made on the new one"
