@@ -28,7 +28,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -209,7 +209,7 @@ pub async fn serve<H: Handler>(
                         if !at_cap.swap(true, Ordering::Relaxed) {
                             warn!(max = bounds.max_connections, "at the connection cap: answering 503");
                         }
-                        refuse(stream, &refusing, bounds.write_timeout);
+                        refuse(stream, handler.clone(), &refusing, bounds);
                         continue;
                     };
                     at_cap.store(false, Ordering::Relaxed);
@@ -354,19 +354,72 @@ fn host_refusal(request: &Request<Incoming>) -> Option<&'static str> {
     }
 }
 
-/// A connection past the cap: 503 and a lingering close, while few are being refused;
-/// beyond that, closed at once.
-fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>, write_timeout: Duration) {
+/// A connection past the cap: its request head is read, then answered 503 and closed with
+/// a lingering close, while few are being refused; beyond that, closed at once. The head is
+/// read first because a client answered before it has written its request takes the answer
+/// for a broken connection (hyper's client reports an unexpected message), not for a 503.
+fn refuse<H: Handler>(stream: TcpStream, handler: H, refusing: &Arc<Semaphore>, bounds: Bounds) {
     let Ok(permit) = refusing.clone().try_acquire_owned() else {
         debug!("refusing a connection unanswered: too many refusals in progress");
         return;
     };
     tokio::spawn(async move {
-        let mut io = Guarded::new(stream, write_timeout);
-        let _ = io.write_all(AT_CAPACITY).await;
-        let _ = io.shutdown().await;
+        let mut io = Guarded::new(stream, bounds.write_timeout);
+        let wait = bounds.header_read_timeout.min(REFUSAL_WAIT);
+        let head = tokio::time::timeout(wait, read_head(&mut io, bounds.max_header_bytes)).await;
+        if !matches!(head, Ok(Ok(true))) {
+            // Silent, closed, or a head past the bound: no request to answer.
+            return;
+        }
+        handler.refused(Refusal {
+            outcome: "overloaded",
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: Some(60008),
+            error: "the gateway is at its connection limit",
+        });
+        if io.write_all(AT_CAPACITY).await.is_ok() && io.shutdown().await.is_ok() {
+            // Whatever body the caller is still sending is read and dropped, so that the
+            // close does not become a reset that destroys the answer before it is read.
+            let _ = tokio::time::timeout(
+                REFUSAL_WAIT,
+                tokio::io::copy(&mut io, &mut tokio::io::sink()),
+            )
+            .await;
+        }
         drop(permit);
     });
+}
+
+/// How long a refused connection may take to send its head, and to finish sending after
+/// its answer.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads up to the end of a request head (`\r\n\r\n`) and no further than `max` bytes,
+/// keeping none of it. Whether a whole head arrived.
+async fn read_head(io: &mut Guarded, max: usize) -> std::io::Result<bool> {
+    let mut buf = [0u8; 1024];
+    // How much of "\r\n\r\n" the bytes so far end with.
+    let mut matched = 0;
+    let mut read = 0;
+    while read < max {
+        let want = buf.len().min(max - read);
+        let n = io.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        read += n;
+        for &byte in &buf[..n] {
+            matched = match (matched, byte) {
+                (0 | 2, b'\r') | (1 | 3, b'\n') => matched + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            if matched == 4 {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The answer to a connection past the cap.

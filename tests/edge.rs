@@ -191,6 +191,29 @@ async fn past_the_connection_cap_callers_get_503_and_healthz_still_answers() {
 }
 
 #[tokio::test]
+async fn an_http_client_past_the_connection_cap_reads_the_503_rather_than_a_broken_connection() {
+    let upstream = Recorder::ok().await;
+    let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
+    config.server.max_connections = 1;
+    let gw = gateway(config).await;
+    let mut held = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}");
+    held.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    held.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    // A real client, as a caller's SDK would be: each attempt on a connection of its own.
+    let caller = Caller::unpooled();
+    for _ in 0..20 {
+        let answer = caller.post(gw.addr, PLAIN, "{}").await;
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert_eq!(answer.json()["ErrorCode"], 60008, "{answer:?}");
+    }
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn a_caller_that_never_reads_is_closed_after_the_write_timeout() {
     let upstream = Recorder::ok().await;
     let gateway = Process::start(

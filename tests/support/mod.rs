@@ -373,6 +373,16 @@ impl Default for Caller {
 }
 
 impl Caller {
+    /// A caller that opens a new connection for every request, as a client with pooling
+    /// off does.
+    pub fn unpooled() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
+        }
+    }
+
     /// Sends `method path_and_query` to `addr` with `body`.
     pub async fn send(
         &self,
