@@ -252,37 +252,95 @@ async fn refused_naming(logs: &Logs, key: &str) {
     .await;
 }
 
+/// A file laid out as kubelet mounts a Secret: `key -> ..data/key`, `..data -> ..<version>`;
+/// a new version is written beside the old and `..data` swapped to it in one rename.
+struct Secret {
+    dir: std::path::PathBuf,
+    versions: usize,
+}
+
+impl Secret {
+    fn new(name: &str, value: &str) -> Secret {
+        let dir = std::env::temp_dir().join(format!("timgate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut secret = Secret { dir, versions: 0 };
+        secret.write(value);
+        std::os::unix::fs::symlink("..data/key", secret.dir.join("key")).unwrap();
+        secret
+    }
+
+    /// The path a configuration names.
+    fn path(&self) -> String {
+        self.dir.join("key").display().to_string()
+    }
+
+    /// Swaps in a new version holding `value`.
+    fn write(&mut self, value: &str) {
+        self.versions += 1;
+        let version = format!("..2026_11_26_{}", self.versions);
+        std::fs::create_dir_all(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join("key"), format!("{value}\n")).unwrap();
+        std::os::unix::fs::symlink(&version, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test]
 async fn a_secret_swapped_by_symlink_is_picked_up_without_a_signal() {
-    // The layout kubelet gives a mounted Secret: key -> ..data/key, ..data -> ..<timestamp>.
-    let dir = std::env::temp_dir().join(format!("timgate-secret-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let version = |name: &str, key: &str| {
-        std::fs::create_dir_all(dir.join(name)).unwrap();
-        std::fs::write(dir.join(name).join("key"), format!("{key}\n")).unwrap();
-    };
-    version("..2026_11_26_1", KEY);
-    std::os::unix::fs::symlink("..2026_11_26_1", dir.join("..data")).unwrap();
-    std::os::unix::fs::symlink("..data/key", dir.join("key")).unwrap();
+    let mut secret = Secret::new("secret", KEY);
     let upstream = Recorder::ok().await;
     let config = one_app(APP, &upstream.url()).replace(
         &format!("secret_key = \"{KEY}\""),
-        &format!(
-            "secret_key_file = {:?}",
-            dir.join("key").display().to_string()
-        ),
+        &format!("secret_key_file = {:?}", secret.path()),
     );
     let process = Process::start(&config, &[], std::process::Stdio::null()).await;
     let caller = Caller::default();
     assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
     assert_eq!(signed_with(&upstream.seen()[0], APP, &[KEY]), Some(KEY));
 
-    version("..2026_11_26_2", NEW_KEY);
-    std::os::unix::fs::symlink("..2026_11_26_2", dir.join("..data_tmp")).unwrap();
-    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    secret.write(NEW_KEY);
     reloads_reach(&caller, &process, "ok", 1.0).await;
     assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
     let seen = upstream.seen();
     assert_eq!(signed_with(&seen[1], APP, &[KEY, NEW_KEY]), Some(NEW_KEY));
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_rotated_caller_token_is_picked_up_and_the_old_one_refused() {
+    const OLD: &str = "first-token-0123456789";
+    const NEW: &str = "second-token-9876543210";
+    let mut token = Secret::new("token", OLD);
+    let upstream = Recorder::ok().await;
+    let config = format!(
+        "{}\n[[callers]]\nname = \"live\"\ntoken_file = {:?}\n",
+        one_app(APP, &upstream.url()),
+        token.path()
+    );
+    let process = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let caller = Caller::default();
+    let call = |token: &'static str| {
+        let caller = caller.clone();
+        let addr = process.addr;
+        async move {
+            let bearer = format!("Bearer {token}");
+            caller
+                .send_with("POST", addr, INFO, &[("authorization", &bearer)], ROOM)
+                .await
+                .status
+        }
+    };
+    assert_eq!(call(OLD).await, StatusCode::OK);
+    assert_eq!(call(NEW).await, StatusCode::UNAUTHORIZED);
+
+    token.write(NEW);
+    reloads_reach(&caller, &process, "ok", 1.0).await;
+    assert_eq!(call(NEW).await, StatusCode::OK);
+    assert_eq!(call(OLD).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(upstream.seen().len(), 2, "no refused call reached Tencent");
 }
