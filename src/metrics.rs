@@ -135,12 +135,22 @@ pub struct Metrics {
     draining: Gauge,
     upstream_pool: crate::upstream::Gauges,
     upstream_failovers: Counter,
+    /// Each app's configured limits, set anew on every reload.
+    limits: LimitGauges,
     /// Configuration reloads, by result: `[ok, error]`.
     reloads: [Counter; 2],
     /// Every `api` label value besides `other` and `none`.
     apis: HashSet<String>,
     apps: HashMap<u64, Arc<AppSeries>>,
     fleet: FleetSeries,
+}
+
+/// The configured limits, as gauges.
+#[derive(Default)]
+struct LimitGauges {
+    app: Family<AppLabels, Gauge<f64, AtomicU64>>,
+    api: Family<ApiLabels, Gauge<f64, AtomicU64>>,
+    max_wait: Family<AppLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// The fleet's series (`[fleet]`): Redis up or not, the live size, fallback transitions,
@@ -242,6 +252,7 @@ impl Metrics {
             draining: Gauge::default(),
             upstream_pool: crate::upstream::Gauges::default(),
             upstream_failovers: Counter::default(),
+            limits: LimitGauges::default(),
             reloads: Default::default(),
             apis: rules::TABLE
                 .iter()
@@ -347,6 +358,32 @@ impl Metrics {
         );
     }
 
+    /// Shows the configured limits of `apps`, and of no other app: at start and after a
+    /// reload, which may add and remove apps and change their limits.
+    pub fn set_limits(&self, apps: &[App]) {
+        let LimitGauges { app, api, max_wait } = &self.limits;
+        app.clear();
+        api.clear();
+        max_wait.clear();
+        for config in apps {
+            let labels = AppLabels {
+                app: config.sdkappid.to_string(),
+            };
+            app.get_or_create(&labels)
+                .set(f64::from(config.rate_limit.get()));
+            max_wait
+                .get_or_create(&labels)
+                .set(config.max_queue_wait.as_secs_f64());
+            for (name, limit) in &config.api_limits {
+                let labels = ApiLabels {
+                    app: config.sdkappid.to_string(),
+                    api: name.clone(),
+                };
+                api.get_or_create(&labels).set(f64::from(limit.get()));
+            }
+        }
+    }
+
     /// The upstream pools' gauges and the failover counter, for `Upstream::new`.
     pub fn upstream(&self) -> (crate::upstream::Gauges, Counter) {
         (self.upstream_pool.clone(), self.upstream_failovers.clone())
@@ -355,27 +392,7 @@ impl Metrics {
     /// The series the dashboard and alerts need beyond the request path's own: Tencent's
     /// codes, sends per limited API, the configured limits and waits, and the drain.
     fn register_operators_view(&mut self, apps: &[App]) {
-        let app_limit = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
-        let api_limit = Family::<ApiLabels, Gauge<f64, AtomicU64>>::default();
-        let max_wait = Family::<AppLabels, Gauge<f64, AtomicU64>>::default();
-        for app in apps {
-            let labels = AppLabels {
-                app: app.sdkappid.to_string(),
-            };
-            app_limit
-                .get_or_create(&labels)
-                .set(f64::from(app.rate_limit.get()));
-            max_wait
-                .get_or_create(&labels)
-                .set(app.max_queue_wait.as_secs_f64());
-            for (api, limit) in &app.api_limits {
-                let labels = ApiLabels {
-                    app: app.sdkappid.to_string(),
-                    api: api.clone(),
-                };
-                api_limit.get_or_create(&labels).set(f64::from(limit.get()));
-            }
-        }
+        self.set_limits(apps);
         let r = &mut self.registry;
         r.register(
             "upstream_error_codes",
@@ -390,18 +407,18 @@ impl Metrics {
         r.register(
             "app_limit_per_second",
             "Each app's configured rate_limit",
-            app_limit,
+            self.limits.app.clone(),
         );
         r.register(
             "api_limit_per_second",
             "Each app's configured per-API limits (api_limits and the built-in ones)",
-            api_limit,
+            self.limits.api.clone(),
         );
         r.register_with_unit(
             "max_queue_wait",
             "Each app's configured max_queue_wait_ms: the longest wait before a 429",
             Unit::Seconds,
-            max_wait,
+            self.limits.max_wait.clone(),
         );
         r.register(
             "draining",

@@ -390,6 +390,7 @@ impl Gateway {
             &self.upstream,
         );
         self.routes.store(Arc::new(next));
+        self.metrics.set_limits(&resolved.config().apps);
     }
 
     /// The live configuration snapshot, for one request to keep until it is answered.

@@ -135,6 +135,14 @@ async fn a_reload_under_load_answers_every_request_and_keeps_both_limits() {
     hangup(&process);
     reloads_reach(&caller, &process, "ok", 1.0).await;
     let applied = Instant::now();
+    // The operators' view shows the new limits: the raised one, and the added app's.
+    let text = caller.get(process.admin, "/metrics").await.body;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let shown = |app: u64| {
+        let label = format!("app=\"{app}\"");
+        sample(&text, "timgate_app_limit_per_second", &[&label])
+    };
+    assert_eq!((shown(APP), shown(ADDED)), (100.0, 200.0));
     // Requests queued before the switch keep their slots; these come after them, at the new
     // limit.
     let later: Vec<_> = (0..150)
