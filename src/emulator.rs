@@ -248,6 +248,10 @@ pub async fn handle(emulator: Arc<Emulator>, request: Request<Incoming>) -> Resp
 }
 
 async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value, Refusal> {
+    // A call counts in the frequency windows from when its head arrived, as at Tencent's
+    // edge: not from after the body was read and the UserSig verified, which adds this
+    // process's own scheduling delays to the gateway's pacing.
+    let arrived = Instant::now();
     if request.method() != Method::POST {
         return Err(Refusal::new(60002, "HTTP method must be POST"));
     }
@@ -264,12 +268,11 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
     let parsed: serde_json_borrow::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
     let quotas = emulator.limits.quotas(caller.sdkappid, &api);
     let measured = limiter::measure(&quotas, &parsed).map_err(|e| Refusal::new(e.code, e.info))?;
-    let now = Instant::now();
     emulator
         .limits
-        .admit(caller.sdkappid, &api, &measured, now)?;
+        .admit(caller.sdkappid, &api, &measured, arrived)?;
     let delay = emulator.fault(&api)?;
-    let answered = emulator.carry_out(caller.sdkappid, &api, &parsed, now);
+    let answered = emulator.carry_out(caller.sdkappid, &api, &parsed, Instant::now());
     tokio::time::sleep(delay).await;
     answered
 }

@@ -91,7 +91,7 @@ impl Limits {
         })
     }
 
-    /// Admits one request at `now`, or refuses it the way Tencent does. `measured` holds
+    /// Admits one request that arrived at `now`, or refuses it the way Tencent does. `measured` holds
     /// its cost and key for each of `quotas(sdkappid, api)`, in order.
     pub fn admit(
         &self,
@@ -153,7 +153,14 @@ impl Limits {
         }
         for (key, _, _, cost, _) in checks {
             let window = windows.open.entry(key).or_default();
-            window.hits.push_back((now, cost));
+            // Calls are admitted in the order they are handled but stamped when they arrived:
+            // the hits stay in arrival order, so expiry from the front stays exact.
+            let at = window
+                .hits
+                .iter()
+                .rposition(|(t, _)| *t <= now)
+                .map_or(0, |i| i + 1);
+            window.hits.insert(at, (now, cost));
             window.units += u64::from(cost);
         }
         windows.sweep(now);
@@ -194,6 +201,26 @@ mod tests {
             "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = {rate_limit}\n{extra}"
         );
         Limits::new(&Config::from_toml(&text).unwrap().apps)
+    }
+
+    #[test]
+    fn a_call_handled_after_a_later_one_expires_by_its_arrival() {
+        let limits = limits("");
+        let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Arrived at 50 ms but handled after the one that arrived at 100 ms.
+        for ms in [100, 50, 200, 300, 400] {
+            assert!(limits.admit(1, &api, &[], at(ms)).is_ok(), "{ms}");
+        }
+        assert!(
+            limits.admit(1, &api, &[], at(1_060)).is_ok(),
+            "the 50 ms call has left the second"
+        );
+        assert!(
+            limits.admit(1, &api, &[], at(1_070)).is_err(),
+            "100..1070 holds five"
+        );
     }
 
     #[test]
