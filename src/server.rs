@@ -111,7 +111,7 @@ pub struct Refusal {
     pub outcome: &'static str,
     /// The status it was answered with.
     pub status: StatusCode,
-    /// The envelope's ErrorCode, when the answer carried one (hyper's own answers do not).
+    /// The envelope's ErrorCode, when the answer carried one.
     pub code: Option<u32>,
     /// Why.
     pub error: &'static str,
@@ -285,7 +285,8 @@ async fn connection<H: Handler>(
     drop(permit);
 }
 
-/// The answer hyper wrote itself, before closing, to a request head it could not read.
+/// The answer hyper wrote itself (in the envelope, see `io`), before closing, to a request
+/// head it could not read.
 fn answered_by_hyper(e: &hyper::Error) -> Option<Refusal> {
     if !e.is_parse() {
         return None;
@@ -294,22 +295,22 @@ fn answered_by_hyper(e: &hyper::Error) -> Option<Refusal> {
         Refusal {
             outcome: "bad_request",
             status: StatusCode::BAD_REQUEST,
-            code: None,
-            error: "the request head is not valid HTTP/1.1",
+            code: Some(60002),
+            error: io::BAD_HEAD,
         }
     } else if e.to_string().contains("URI") {
         Refusal {
             outcome: "header_too_large",
             status: StatusCode::URI_TOO_LONG,
-            code: None,
-            error: "the request target is too long",
+            code: Some(60002),
+            error: io::TARGET_TOO_LONG,
         }
     } else {
         Refusal {
             outcome: "header_too_large",
             status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            code: None,
-            error: "the request head is larger than server.max_header_bytes",
+            code: Some(60002),
+            error: io::HEAD_TOO_LARGE,
         }
     };
     Some(refusal)

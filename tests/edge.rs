@@ -145,7 +145,32 @@ async fn a_head_over_the_header_bound_is_answered_431() {
         "POST /v4/{} HTTP/1.1\r\nhost: t\r\n\r\n",
         "a".repeat(65_400)
     );
-    assert_eq!(status(&exchange(gw.addr, long_path.as_bytes()).await), 431);
+    let answer = exchange(gw.addr, long_path.as_bytes()).await;
+    assert_eq!(
+        (status(&answer), error_code(&answer)),
+        (431, 60002),
+        "{answer}"
+    );
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_head_that_is_not_http_gets_the_envelope() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(Config::from_toml(&one_app(1, &upstream.url())).unwrap()).await;
+    for head in [
+        "POST /v4/a/b HTTP/1.1\r\nhost: t\r\nno colon here\r\n\r\n",
+        "POST /v4/a/b HTTP/9.9\r\nhost: t\r\n\r\n",
+        "\x01\x02 junk\r\n\r\n",
+    ] {
+        let answer = exchange(gw.addr, head.as_bytes()).await;
+        assert_eq!(
+            (status(&answer), error_code(&answer)),
+            (400, 60002),
+            "{answer}"
+        );
+        assert!(answer.contains("not valid HTTP/1.1"), "{answer}");
+    }
     assert!(upstream.seen().is_empty());
 }
 
@@ -416,7 +441,11 @@ async fn three_hundred_unfinished_390_kb_heads_are_cut_at_the_header_bound() {
     }));
     let (peak, answers) = peak_mib(gateway.child.id().unwrap(), attack).await;
     for answer in answers {
-        assert_eq!(status(&answer), 431, "{answer}");
+        assert_eq!(
+            (status(&answer), error_code(&answer)),
+            (431, 60002),
+            "{answer}"
+        );
     }
     assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
     recovered(&gateway, idle, 16.0).await;

@@ -9,6 +9,9 @@
 //!   that writes its whole (too large) body before reading sees its 413 instead of a reset.
 //! - **An HTTP/2 preface gets an answer**: hyper's HTTP/1 parser closes such a connection
 //!   without a word, so the first bytes are looked at here, and `PRI ` gets a 505.
+//! - **hyper's own answers carry the envelope**: to a head it cannot read, hyper writes a
+//!   bare 400, 414 or 431 with no body. Such an answer (a 4xx without `content-type`, which
+//!   every answer timgate makes has) is written as the same status in Tencent's envelope.
 
 use std::io;
 use std::pin::Pin;
@@ -35,6 +38,11 @@ pub(super) const HTTP2_REFUSAL: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supporte
 content-type: application/json\r\nconnection: close\r\ncontent-length: 93\r\n\r\n\
 {\"ActionStatus\":\"FAIL\",\"ErrorCode\":60002,\"ErrorInfo\":\"HTTP/2 is not supported: use HTTP/1.1\"}";
 
+/// What the envelope says for each answer hyper writes itself.
+pub(super) const BAD_HEAD: &str = "the request head is not valid HTTP/1.1";
+pub(super) const TARGET_TOO_LONG: &str = "the request target is too long";
+pub(super) const HEAD_TOO_LARGE: &str = "the request head is larger than server.max_header_bytes";
+
 /// A TCP connection with a write timeout, a lingering close and an HTTP/2 check.
 pub struct Guarded {
     stream: TcpStream,
@@ -44,6 +52,8 @@ pub struct Guarded {
     /// Armed while a write makes no progress.
     stalled: Option<Pin<Box<Sleep>>>,
     start: Start,
+    /// hyper's own bare answer, replaced by this one: the bytes and how many are written.
+    replacing: Option<(Vec<u8>, usize)>,
     closing: Closing,
 }
 
@@ -81,6 +91,7 @@ impl Guarded {
                 bytes: [0; 4],
                 len: 0,
             },
+            replacing: None,
             closing: Closing::Open,
         }
     }
@@ -133,6 +144,32 @@ impl Guarded {
         Poll::Ready(Ok(()))
     }
 
+    /// Writes the envelope that replaces hyper's bare answer of `replaced` bytes; reports
+    /// those bytes as written once the whole envelope is.
+    fn poll_replacement(
+        &mut self,
+        cx: &mut Context<'_>,
+        replaced: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let Some((answer, at)) = &self.replacing else {
+                return Poll::Ready(Ok(replaced));
+            };
+            if *at == answer.len() {
+                self.replacing = None;
+                return Poll::Ready(Ok(replaced));
+            }
+            let poll = Pin::new(&mut self.stream).poll_write(cx, &answer[*at..]);
+            let n = ready!(self.watch(cx, poll))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if let Some((_, at)) = &mut self.replacing {
+                *at += n;
+            }
+        }
+    }
+
     /// After FIN: reads and drops what the caller still sends, until it closes, errs, or
     /// `LINGER` has passed.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -154,6 +191,41 @@ impl Guarded {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// The envelope answer for `written`, when it is hyper's own bare answer to a head it could
+/// not read: `HTTP/1.1 400`, `414` or `431` with no `content-type`.
+fn enveloped(written: &[u8]) -> Option<Vec<u8>> {
+    let (status, info) = match written.get(..13)? {
+        b"HTTP/1.1 400 " => ("400 Bad Request", BAD_HEAD),
+        b"HTTP/1.1 414 " => ("414 URI Too Long", TARGET_TOO_LONG),
+        b"HTTP/1.1 431 " => ("431 Request Header Fields Too Large", HEAD_TOO_LARGE),
+        _ => return None,
+    };
+    let head_end = written
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(written.len());
+    let typed = written[..head_end]
+        .split(|b| *b == b'\n')
+        .any(|line| line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"content-type:"));
+    if typed {
+        return None;
+    }
+    let body = serde_json::json!({
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60002,
+        "ErrorInfo": info,
+    })
+    .to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl AsyncRead for Guarded {
@@ -188,6 +260,12 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.replacing.is_none() {
+            this.replacing = enveloped(buf).map(|answer| (answer, 0));
+        }
+        if this.replacing.is_some() {
+            return this.poll_replacement(cx, buf.len());
+        }
         let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
         this.watch(cx, poll)
     }
@@ -198,6 +276,14 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.replacing.is_none()
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+        {
+            this.replacing = enveloped(first).map(|answer| (answer, 0));
+        }
+        if this.replacing.is_some() {
+            return this.poll_replacement(cx, bufs.iter().map(|b| b.len()).sum());
+        }
         let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         this.watch(cx, poll)
     }
@@ -222,5 +308,31 @@ impl AsyncWrite for Guarded {
         ready!(this.poll_linger(cx));
         this.closing = Closing::Closed;
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hypers_bare_answers_are_enveloped() {
+        let bare = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let answer = String::from_utf8(enveloped(bare).unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["ErrorCode"], 60002);
+        assert_eq!(body["ErrorInfo"], HEAD_TOO_LARGE);
+        // Answers timgate made (Tencent's passed through included) and interim ones stay.
+        let typed =
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\ncontent-length: 0\r\n\r\n";
+        assert!(enveloped(typed).is_none());
+        assert!(enveloped(b"HTTP/1.1 100 Continue\r\n\r\n").is_none());
+        assert!(enveloped(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
     }
 }
