@@ -4,7 +4,8 @@
 -- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat)
 -- KEYS[2] claims  (hash: replica id -> fallback claim, millionths of every limit)
 -- KEYS[3] epoch   (string: when this Redis state was born)
--- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until), narrowest first
+-- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until, l = the lowest limit
+--           the guard was asked with lately, t = when it was last asked with it), narrowest first
 --
 -- ARGV[1] op: turn | guard | release | slow | beat | leave
 -- ARGV[2] now ("" = TIME)
@@ -13,6 +14,9 @@
 -- ARGV[5..] per op, below.
 
 local PACE, GUARD, SPREAD, MILLION, SLOWDOWN, KEEP = 0.96, 0.97, 0.025, 1000000, 2000000, 10000
+-- How long a lane's lowest limit stands after the last call that asked with it: a larger
+-- limit takes over only then (a raise everywhere), not while replicas still ask with both.
+local LOWEST_STANDS = 5000000
 
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -116,6 +120,10 @@ end
 -- admissions in any window of 1 + SPREAD seconds, so sends that reach Tencent up to
 -- SPREAD apart from when Redis admitted them still make at most capacity in any second.
 -- Admits on every lane or on none; returns 0, or how long to wait before asking again.
+-- A lane whose limit is lowered (asked with less than its lowest limit lately) admits
+-- nothing for 1 + SPREAD seconds from then: no window holds sends under both limits, as a
+-- local lane does across a reload. A raise needs nothing: every interval already spent is
+-- at least the new one.
 if op == 'guard' then
   if now < open then
     return open - now
@@ -123,13 +131,23 @@ if op == 'guard' then
   local claims = lapsed_claims()
   local wait, next_tat = 0, {}
   for i = 4, #KEYS do
-    local c = capacity(tonumber(ARGV[i + 1]), claims)
+    local limit = tonumber(ARGV[i + 1])
+    local c = capacity(limit, claims)
     if c < 1 then
       return MILLION
     end
     local rate = GUARD * c
     local interval = math.ceil(MILLION / rate)
     local burst = c - math.floor(rate * (1 + SPREAD))
+    local lowest = tonumber(redis.call('HGET', KEYS[i], 'l'))
+    if lowest and limit < lowest then
+      local quiet = now + math.ceil(MILLION * (1 + SPREAD)) + (burst - 1) * interval
+      store(KEYS[i], 'g', math.max(field(KEYS[i], 'g'), quiet))
+    end
+    if not lowest or limit <= lowest or now - field(KEYS[i], 't') > LOWEST_STANDS then
+      store(KEYS[i], 'l', limit)
+      store(KEYS[i], 't', now)
+    end
     local tat = math.max(field(KEYS[i], 'g'), now)
     wait = math.max(wait, tat - now - (burst - 1) * interval)
     next_tat[i] = tat + interval

@@ -11,7 +11,9 @@
 //!   when a caller leaves all work as in one process.
 //! - **guard**: right before the write, a GCRA check at 0.97 × capacity with burst
 //!   capacity − floor(0.97 × capacity): at most `capacity` admissions in any closed second
-//!   of Redis time, fleet-wide, however late replicas wake up or connect.
+//!   of Redis time, fleet-wide, however late replicas wake up or connect. A lane asked
+//!   with a limit below the lowest it was asked with lately (a reload lowered it) admits
+//!   nothing for 1 + SPREAD seconds, once, so no second holds sends under both limits.
 //!
 //! The local governor guard at L stays in front of both: no replica ever sends more than L
 //! alone. A lane's *capacity* is its limit less the fallback shares of members whose

@@ -527,3 +527,85 @@ async fn redis_that_lost_its_state_admits_nothing_until_no_second_can_hold_old_a
     assert!(after - before > WINDOW, "{:?}", after - before);
     assert_the_argument(&sim, 0, cut, back, &sends);
 }
+
+/// The guard op at Redis time `now` (µs) for one lane at `limit`: whether it admitted.
+fn guard_at(connection: &mut redis::Connection, now: i64, limit: u32) -> bool {
+    let keys = ["t:members", "t:claims", "t:epoch", "t:lane:1"];
+    let args = [
+        "guard".to_owned(),
+        now.to_string(),
+        EXPIRY.as_micros().to_string(),
+        "0".to_owned(),
+        limit.to_string(),
+    ];
+    let wait: i64 = redis::cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(keys.len())
+        .arg(&keys)
+        .arg(&args)
+        .query(connection)
+        .unwrap();
+    wait == 0
+}
+
+/// The most of `admitted` (µs, sorted) in any window of `width` µs, counting only windows
+/// that hold one at or after `from`.
+fn busiest_window_from(admitted: &[i64], width: i64, from: i64) -> usize {
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..admitted.len() {
+        while admitted[end] - admitted[start] >= width {
+            start += 1;
+        }
+        if admitted[end] >= from {
+            most = most.max(end - start + 1);
+        }
+    }
+    most
+}
+
+#[test]
+fn a_lowered_limit_holds_in_every_second_that_holds_a_send_under_it() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let mut connection = server.connection();
+    // One replica asks every millisecond: at 100/s for 3 s, then at 50/s.
+    let switch = REDIS_EPOCH + 3_000_000;
+    let end = switch + 4_000_000;
+    let admitted: Vec<i64> = (REDIS_EPOCH..end)
+        .step_by(1_000)
+        .filter(|&now| guard_at(&mut connection, now, if now < switch { 100 } else { 50 }))
+        .collect();
+    let second = 1_000_000;
+    assert!(busiest_window_from(&admitted, second, REDIS_EPOCH) <= 100);
+    assert!(
+        busiest_window_from(&admitted, second, switch) <= 50,
+        "{} in a second that holds a send at the lowered limit",
+        busiest_window_from(&admitted, second, switch)
+    );
+    // The lowered lane serves again: after its quiet second, close to its new pace.
+    let after = admitted
+        .iter()
+        .filter(|&&t| t >= switch + 2 * second)
+        .count();
+    assert!(after >= 90, "{after} sends in the last two seconds at 50/s");
+
+    // Replicas that still ask with the old limit beside one that asks with the new do not
+    // keep the lane quiet: the lowering is seen once, and sends go on.
+    let mixed: Vec<i64> = (end..end + 3 * second)
+        .step_by(1_000)
+        .filter(|&now| {
+            guard_at(
+                &mut connection,
+                now,
+                if now % 2_000 == 0 { 100 } else { 50 },
+            )
+        })
+        .collect();
+    assert!(
+        mixed.len() >= 100,
+        "{} sends in 3 s of mixed limits",
+        mixed.len()
+    );
+}
