@@ -9,11 +9,15 @@ use std::path::{Component, Path, PathBuf};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Every `.rs` file under `dir`.
+/// Every `.rs` file under `dir`, but for build output (`tests/fuzz/target`, where the fuzz
+/// targets' dependencies generate sources).
 fn sources(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() && path.file_name().is_some_and(|n| n == "target") {
+            continue;
+        }
         if path.is_dir() {
             found.extend(sources(&path));
         } else if path.extension().is_some_and(|e| e == "rs") {
