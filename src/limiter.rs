@@ -229,6 +229,16 @@ impl Limiter {
                 Arc::new(Keyed::new(Scope::Api, default, second, NonZeroU32::MIN))
             }),
         };
+        // In a fleet, an app whose own limit is above an API's needs the implicit per-API
+        // lanes shared too; at or below it, the app lane is the stricter and suffices.
+        let shared_implicit = match fleet {
+            Some(_) if app.rate_limit.get() > DEFAULT_API_RATE => Some(
+                previous
+                    .and_then(|p| p.shared_implicit.clone())
+                    .unwrap_or_else(|| Arc::new(SharedImplicit::new(app.sdkappid))),
+            ),
+            _ => None,
+        };
         Lanes {
             app: limit(
                 Scope::App,
@@ -239,6 +249,7 @@ impl Limiter {
             apis,
             callers,
             implicit,
+            shared_implicit,
             waiting: self.waiting.clone(),
             fleet: self.fleet.clone(),
             closing: Closing(self.closing.subscribe()),
@@ -315,12 +326,63 @@ pub struct Lanes {
     apis: HashMap<String, ApiLanes>,
     /// Callers with a `rate_limit` of their own, by name.
     callers: HashMap<String, Arc<Limit>>,
-    /// The lane of every API without a calls limit of its own, keyed by its name (local
-    /// only: in a fleet such an API runs in its app's lane, as before).
+    /// The lane of every API without a calls limit of its own, keyed by its name (without
+    /// a fleet).
     implicit: Option<Arc<Keyed>>,
+    /// In a fleet, the same implicit lanes kept in Redis (only for an app whose own limit is
+    /// above `DEFAULT_API_RATE`).
+    shared_implicit: Option<Arc<SharedImplicit>>,
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
     closing: Closing,
+}
+
+/// The most implicit per-API lanes an app keeps for the fleet at once.
+const SHARED_IMPLICIT_MOST: usize = 1024;
+
+/// One app's implicit per-API lanes in a fleet, by API name: each a `Limit` at
+/// `DEFAULT_API_RATE` on the API's Redis key. At most `SHARED_IMPLICIT_MOST`: past that, the
+/// lanes no turn holds and as a fresh one would be are dropped (exact, as in `keyed`); when
+/// every lane is busy, a new API is refused (429) as if its lane were full.
+struct SharedImplicit {
+    sdkappid: u64,
+    limits: Mutex<HashMap<String, Arc<Limit>>>,
+}
+
+impl SharedImplicit {
+    fn new(sdkappid: u64) -> SharedImplicit {
+        SharedImplicit {
+            sdkappid,
+            limits: Mutex::default(),
+        }
+    }
+
+    fn limit(&self, fleet: &Fleet, api: &str, now: Instant) -> Result<Arc<Limit>, Throttled> {
+        let mut limits = self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(limit) = limits.get(api) {
+            return Ok(limit.clone());
+        }
+        let default = NonZeroU32::new(DEFAULT_API_RATE).unwrap_or(NonZeroU32::MIN);
+        if limits.len() >= SHARED_IMPLICIT_MOST {
+            limits.retain(|_, l| Arc::strong_count(l) > 1 || !l.lane.is_fresh(now));
+            if limits.len() >= SHARED_IMPLICIT_MOST {
+                return Err(Throttled {
+                    scope: Scope::Api,
+                    retry_after: Duration::from_secs(1) / default.get(),
+                });
+            }
+        }
+        let limit = Arc::new(Limit {
+            lane: Arc::new(Lane::new(Scope::Api, default)),
+            key: fleet.key(self.sdkappid, Some(api)),
+            fallback: Mutex::new(None),
+        });
+        limits.insert(api.to_owned(), limit.clone());
+        Ok(limit)
+    }
 }
 
 /// The limiter's closing time as the lanes see it ([`Limiter::close_at`]).
@@ -485,8 +547,11 @@ impl Lanes {
             let cost = measured.map_or(NonZeroU32::MIN, |m| m.cost);
             local.push((quota.lane(measured, now)?, cost));
         }
-        let calls = lanes.and_then(|l| l.calls.as_deref());
-        if let (None, Some(implicit)) = (calls, &self.implicit) {
+        let mut calls = lanes.and_then(|l| l.calls.clone());
+        if let (None, Some(shared), Some(fleet)) = (&calls, &self.shared_implicit, &self.fleet) {
+            calls = Some(shared.limit(fleet, api.name(), now)?);
+        }
+        if let (None, Some(implicit)) = (&calls, &self.implicit) {
             local.push((implicit.lane(api.name(), now)?, NonZeroU32::MIN));
         }
         let turn = Turn {
@@ -562,19 +627,26 @@ impl Lanes {
     /// Tencent said `scope` is over its limit: run it slower for a while (in the fleet: for
     /// every replica).
     pub fn slow_down(&self, api: &Api, scope: Scope) {
-        let limit = match scope {
-            Scope::Api => self.apis.get(api.name()).and_then(|l| l.calls.as_deref()),
-            Scope::App | Scope::Caller => None,
+        let limit = match (scope, &self.shared_implicit, &self.fleet) {
+            (Scope::Api, shared, fleet) => {
+                let own = self.apis.get(api.name()).and_then(|l| l.calls.clone());
+                own.or_else(|| {
+                    let (shared, fleet) = (shared.as_ref()?, fleet.as_ref()?);
+                    shared.limit(fleet, api.name(), Instant::now()).ok()
+                })
+            }
+            (Scope::App | Scope::Caller, _, _) => None,
         };
-        if let (Scope::Api, None, Some(implicit)) = (scope, limit, &self.implicit) {
+        if let (Scope::Api, None, Some(implicit)) = (scope, &limit, &self.implicit) {
             // Its own lane, kept by name; a table too busy to hold it has nothing to slow.
             if let Ok(lane) = implicit.lane(api.name(), Instant::now()) {
                 lane.slow_down(Instant::now());
             }
             return;
         }
-        // In a fleet, an API without its own lane runs in its app's lane: that one slows.
-        let limit = limit.unwrap_or(&self.app);
+        // In a fleet, an API without its own lane (an app at or under DEFAULT_API_RATE) runs
+        // in its app's lane: that one slows.
+        let limit = limit.as_deref().unwrap_or(&self.app);
         limit.lane.slow_down(Instant::now());
         if let Some(fleet) = &self.fleet {
             fleet.slow_down(limit.key.clone(), limit.limit());
@@ -645,7 +717,7 @@ pub struct Turn<'a> {
     caller: Option<&'a Limit>,
     /// Lanes kept on this replica only (quotas, an API's implicit lane), with the cost.
     local: Vec<(Arc<Lane>, NonZeroU32)>,
-    api: Option<&'a Limit>,
+    api: Option<Arc<Limit>>,
     app: &'a Limit,
     fleet: Option<&'a Fleet>,
     max_wait: Duration,
@@ -654,7 +726,10 @@ pub struct Turn<'a> {
 impl Turn<'_> {
     /// The limits this attempt passes, narrowest first.
     fn limits(&self) -> impl Iterator<Item = &Limit> {
-        self.caller.into_iter().chain(self.api).chain([self.app])
+        self.caller
+            .into_iter()
+            .chain(self.api.as_deref())
+            .chain([self.app])
     }
 
     /// Every lane this attempt passes and what it costs there, narrowest first: the
@@ -665,7 +740,7 @@ impl Turn<'_> {
             (&limit.lane, NonZeroU32::MIN)
         }
         let local = self.local.iter().map(|(lane, cost)| (&**lane, *cost));
-        let rest = self.api.into_iter().chain([self.app]).map(unit);
+        let rest = self.api.as_deref().into_iter().chain([self.app]).map(unit);
         self.caller.map(unit).into_iter().chain(local).chain(rest)
     }
 

@@ -862,3 +862,34 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
         busy.len()
     );
 }
+
+/// Every API has its own limit of 200/s beside the app's (TENCENT.md §7): an app that bought
+/// 1,000/s still may not send 300/s of one API. Two replicas offer 150/s of sendmsg each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_holds_each_api_to_200_a_second_beside_a_larger_app_limit() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let replicas = [
+        quota_replica(&redis, &upstream).await,
+        quota_replica(&redis, &upstream).await,
+    ];
+    fleet_formed(&replicas, &Caller::default()).await;
+    let start = Instant::now();
+    let loads: Vec<_> = replicas
+        .iter()
+        .map(|r| tokio::spawn(offer_body(r.addr, SEND, "{}".to_owned(), 150, 4.0)))
+        .collect();
+    for load in loads {
+        let (_, _, other) = load.await.unwrap();
+        assert!(other.is_empty(), "only 200 and 429: {other:?}");
+    }
+    let times = arrivals(&upstream);
+    let busiest = busiest_second(&times);
+    assert!(
+        busiest <= 200,
+        "busiest second of sendmsg at the upstream: {busiest}"
+    );
+    let served = count_between(&times, start, start + Duration::from_secs(4));
+    assert!(served >= 700, "served {served} in 4 s: under 87% of 200/s");
+}

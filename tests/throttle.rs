@@ -114,7 +114,7 @@ async fn a_burst_of_1000_never_exceeds_the_limit_at_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_never_answers_60011_to_a_burst() {
-    let emu = emulator(&burst_config("http://127.0.0.1:1")).await;
+    let emu = support::emulator_apart(&burst_config("http://127.0.0.1:1")).await;
     let gw = gateway(burst_config(&format!("http://{}", emu.addr))).await;
     let caller = Caller::default();
     warmed(&caller, gw.addr).await;
