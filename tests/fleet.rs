@@ -731,6 +731,18 @@ async fn offer_body(
     rate: u32,
     seconds: f64,
 ) -> (usize, usize, Vec<u16>) {
+    offer_as(addr, &[], path, body, rate, seconds).await
+}
+
+/// `offer_body` with `headers` on every request.
+async fn offer_as(
+    addr: SocketAddr,
+    headers: &'static [(&'static str, &'static str)],
+    path: &'static str,
+    body: String,
+    rate: u32,
+    seconds: f64,
+) -> (usize, usize, Vec<u16>) {
     let caller = Caller::default();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -740,7 +752,11 @@ async fn offer_body(
         ticks.tick().await;
         let (caller, body) = (caller.clone(), body.clone());
         requests.push(tokio::spawn(async move {
-            caller.post(addr, path, body).await.status.as_u16()
+            caller
+                .send_with("POST", addr, path, headers, body)
+                .await
+                .status
+                .as_u16()
         }));
     }
     let (mut ok, mut throttled, mut other) = (0, 0, Vec::new());
@@ -892,4 +908,67 @@ async fn a_fleet_holds_each_api_to_200_a_second_beside_a_larger_app_limit() {
     );
     let served = count_between(&times, start, start + Duration::from_secs(4));
     assert!(served >= 700, "served {served} in 4 s: under 87% of 200/s");
+}
+
+/// A caller's own `rate_limit` is one lane for the whole fleet (issue 12 item 3): a batch
+/// job flooding through two replicas is held to its 50/s in all, not 50/s on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_own_limit_is_held_once_across_the_fleet() {
+    const BEARER: &[(&str, &str)] = &[("authorization", "Bearer batch-token-0123456789")];
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let token = std::env::temp_dir().join(format!("timgate-batch-{}", redis.port));
+    std::fs::write(&token, "batch-token-0123456789\n").unwrap();
+    let config = format!(
+        "[fleet]\nredis_url = \"{}\"\nkey_prefix = \"c{}\"\nreplicas = 2\ntimeout_ms = 50\n{}\
+         rate_limit = 200\nmax_queue_wait_ms = 1000\n[[callers]]\nname = \"batch\"\n\
+         token_file = {:?}\nrate_limit = 50\n",
+        redis.url(),
+        redis.port,
+        support::one_app(1, &upstream.url()),
+        token.display().to_string(),
+    );
+    let replicas = [
+        Process::start(&config, &[], std::process::Stdio::null()).await,
+        Process::start(&config, &[], std::process::Stdio::null()).await,
+    ];
+    let caller = Caller::default();
+    for replica in &replicas {
+        let (caller, admin) = (&caller, replica.admin);
+        support::eventually(|| async move {
+            let text = caller.get(admin, "/metrics").await.body;
+            sample(
+                std::str::from_utf8(&text).unwrap(),
+                "timgate_fleet_members",
+                &[],
+            ) >= 2.0
+        })
+        .await;
+    }
+    let addr = replicas[0].addr;
+    let caller = &caller;
+    support::eventually(|| async move {
+        let answer = caller.send_with("POST", addr, SEND, BEARER, "{}").await;
+        answer.status == 200
+    })
+    .await;
+    let start = Instant::now();
+    let loads: Vec<_> = replicas
+        .iter()
+        .map(|r| tokio::spawn(offer_as(r.addr, BEARER, SEND, "{}".to_owned(), 60, 4.0)))
+        .collect();
+    for load in loads {
+        let (_, _, other) = load.await.unwrap();
+        assert!(other.is_empty(), "only 200 and 429: {other:?}");
+    }
+    let _ = std::fs::remove_file(&token);
+    let times = arrivals(&upstream);
+    let busiest = busiest_second(&times);
+    assert!(
+        busiest <= 50,
+        "busiest second of the batch caller: {busiest}"
+    );
+    let served = count_between(&times, start, start + Duration::from_secs(4));
+    assert!(served >= 170, "served {served} in 4 s: under 85% of 50/s");
 }
