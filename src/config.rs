@@ -492,6 +492,33 @@ pub enum SecretSource {
 /// Tencent's documented per-API limits below 200/s (TENCENT.md §6, §7), from the limits table.
 pub const DEFAULT_API_LIMITS: &[(&str, u32)] = crate::limiter::table::CALLS;
 
+/// The largest key or token file read: far above any real key (Tencent's are 64 hex
+/// characters), so a path such as `/dev/zero` is refused instead of read forever.
+pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a key or token file of at most `MAX_KEY_FILE_BYTES`, less its trailing newline.
+pub(crate) fn read_key_file(path: &str) -> Result<String, String> {
+    let bytes = read_bounded(Path::new(path)).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(format!(
+            "{path} is larger than {} KiB: not a key",
+            MAX_KEY_FILE_BYTES / 1024
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// At most `MAX_KEY_FILE_BYTES` + 1 bytes of `path`: one more than a key file may hold.
+pub(crate) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// A configuration with every app's upstream known: `endpoint = "emulator"` resolved to the
 /// address the in-process emulator was bound to. [`crate::bind`] makes it together with the
 /// listeners, so a gateway built from it has nothing left to get wrong.
@@ -750,6 +777,26 @@ mod tests {
         let config = Config::from_toml(&text).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(config.apps[0].secret_key.expose(), "from-file");
+    }
+
+    #[test]
+    fn a_key_file_too_large_to_be_a_key_is_refused_naming_it() {
+        let path = std::env::temp_dir().join(format!("timgate-big-key-{}", std::process::id()));
+        std::fs::write(&path, "k".repeat(100 * 1024)).unwrap();
+        let text = GOOD.replace(
+            "secret_key = \"k\"",
+            &format!("secret_key_file = {:?}", path.display().to_string()),
+        );
+        let e = Config::from_toml(&text).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(e.key, "apps[0].secret_key_file");
+        assert!(e.message.contains("larger than 64 KiB"), "{}", e.message);
+        // A device that never ends is refused as quickly (read no further than the bound).
+        let text = GOOD.replace("secret_key = \"k\"", "secret_key_file = \"/dev/zero\"");
+        assert_eq!(
+            Config::from_toml(&text).unwrap_err().key,
+            "apps[0].secret_key_file"
+        );
     }
 
     #[test]

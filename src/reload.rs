@@ -219,7 +219,7 @@ pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
 fn fingerprint(path: &std::path::Path, config: &Config) -> u64 {
     let mut hasher = DefaultHasher::new();
     for file in watched(path, config) {
-        std::fs::read(&file).ok().hash(&mut hasher);
+        crate::config::read_bounded(&file).ok().hash(&mut hasher);
     }
     hasher.finish()
 }

@@ -168,9 +168,7 @@ fn token(
         }
         (None, Some(path)) => {
             let key = format!("{at}.token_file");
-            let value = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::new(&key, format!("cannot read {path}: {e}")))?;
-            let value = value.trim_end_matches(['\r', '\n']).to_owned();
+            let value = super::read_key_file(&path).map_err(|e| ConfigError::new(&key, e))?;
             (value, TokenSource::File(path), key)
         }
         (None, None) => {

@@ -658,13 +658,8 @@ fn secret(
             (value, SecretSource::Env(var))
         }
         (None, None, Some(path)) => {
-            let value = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(
-                    format!("{at}.secret_key_file"),
-                    format!("cannot read {path}: {e}"),
-                )
-            })?;
-            let value = value.trim_end_matches(['\r', '\n']).to_owned();
+            let value = super::read_key_file(&path)
+                .map_err(|e| ConfigError::new(format!("{at}.secret_key_file"), e))?;
             (value, SecretSource::File(path))
         }
         (None, None, None) => {
