@@ -595,7 +595,7 @@ impl Lanes {
             match fleet.fallback_in() {
                 None => {
                     let asks: Vec<Ask> = turn.limits().map(Limit::ask).collect();
-                    if fleet.turn(&asks, budget).await?.is_some() {
+                    if fleet.turn(&asks, budget, &self.closing).await?.is_some() {
                         return Ok(());
                     }
                 }

@@ -559,66 +559,7 @@ async fn requests_the_edge_answers_itself_are_logged_and_counted_once_each() {
 
 #[tokio::test]
 async fn a_drain_answers_at_once_the_waiting_requests_whose_turn_would_come_too_late() {
-    let upstream = Recorder::ok().await;
-    // 1 request a second, 10 waiting, 10 s to drain: the last turn that can finish is
-    // 10 s - 0.5 s grace - 3.5 s for an attempt = 6 s after the signal. Turns later than that
-    // are answered 503 the moment the drain starts, not when the last turn passes.
-    let config = format!(
-        "drain_timeout_ms = 10000\nconnect_timeout_ms = 499\nupstream_timeout_ms = 3001\n{}\
-         rate_limit = 1\nmax_queue_wait_ms = 60000\ndeadline_ms = 60000\n",
-        one_app(APP, &upstream.url())
-    );
-    let (mut gateway, logs) = Process::logged(&config).await;
-    let (addr, admin) = (gateway.addr, gateway.admin);
-    let caller = Caller::default();
-    let requests: Vec<_> = (0..10)
-        .map(|_| {
-            let caller = caller.clone();
-            tokio::spawn(async move {
-                let answer = caller.post(addr, INFO, ROOM).await;
-                (answer, Instant::now())
-            })
-        })
-        .collect();
-    eventually(|| {
-        let (caller, served) = (caller.clone(), upstream.seen().len());
-        async move {
-            let inflight = scrape(&caller, admin, "timgate_inflight_requests").await;
-            inflight as usize + served >= 10
-        }
-    })
-    .await;
-    let signalled = Instant::now();
-    gateway.terminate();
-
-    let (mut served, mut refused) = (0, 0);
-    for request in requests {
-        let (answer, at) = request.await.unwrap();
-        match (answer.status, answer.code()) {
-            (StatusCode::OK, 0) => served += 1,
-            (StatusCode::SERVICE_UNAVAILABLE, 60008) => {
-                assert_eq!(answer.headers["retry-after"], "1");
-                assert_eq!(answer.headers["x-timgate-attempts"], "0");
-                let after = at.saturating_duration_since(signalled);
-                assert!(
-                    after < Duration::from_secs(3),
-                    "refused {after:?} after the signal: at once, not at the last turn (6 s)"
-                );
-                refused += 1;
-            }
-            other => panic!("{other:?}: {:?}", answer.json()),
-        }
-    }
-    assert!(
-        served >= 2 && refused >= 2,
-        "{served} served, {refused} refused"
-    );
-    assert_eq!(gateway.child.wait().await.unwrap().code(), Some(0));
-    let lines = logs.requests_reach(10).await;
-    assert_eq!(
-        lines.iter().filter(|l| l["outcome"] == "draining").count(),
-        refused
-    );
+    support::late_turns_refused_at_once_on_drain("").await;
 }
 
 #[tokio::test]

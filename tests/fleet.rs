@@ -972,3 +972,47 @@ async fn a_callers_own_limit_is_held_once_across_the_fleet() {
     let served = count_between(&times, start, start + Duration::from_secs(4));
     assert!(served >= 170, "served {served} in 4 s: under 85% of 50/s");
 }
+
+/// In a fleet too, a drain answers at once the requests whose turn in Redis would come after
+/// its last turn, instead of when that turn passes.
+#[tokio::test]
+async fn a_drain_answers_at_once_the_fleet_waiters_whose_turn_would_come_too_late() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let fleet = format!(
+        "[fleet]\nredis_url = \"{}\"\nkey_prefix = \"d{}\"\nreplicas = 1\ntimeout_ms = 200\n",
+        redis.url(),
+        redis.port
+    );
+    support::late_turns_refused_at_once_on_drain(&fleet).await;
+}
+
+/// A replica that has just started serves its first request: it does not answer 429 for the
+/// heartbeat it takes to be counted live in Redis (its own claim, registered as possibly in
+/// fallback until then, held the lane's whole capacity).
+#[tokio::test]
+async fn a_new_replica_serves_its_first_requests_rather_than_429() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    // A fresh Redis also holds every guard for its quarantine (1.2 s, as after a restart
+    // that lost its state): the queue wait allows for it.
+    let config = format!(
+        "[fleet]\nredis_url = \"{}\"\nkey_prefix = \"n{}\"\nreplicas = 1\ntimeout_ms = 200\n{}max_queue_wait_ms = 5000\n",
+        redis.url(),
+        redis.port,
+        support::one_app(1, &upstream.url()),
+    );
+    let gateway = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let caller = Caller::default();
+    let mut answers = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let (caller, addr) = (caller.clone(), gateway.addr);
+        answers.spawn(async move { caller.post(addr, SEND, "{}").await });
+    }
+    while let Some(answer) = answers.join_next().await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status, 200, "{:?}", answer.json());
+    }
+    assert_eq!(upstream.seen().len(), 5);
+}

@@ -66,7 +66,9 @@ end
 -- Reserves one pacing slot (GCRA, burst 1, at PACE x capacity) on every lane at once, or,
 -- when the first (API) lane is further behind than the app lane by more than one interval,
 -- on the first lane only, so a slow API never leaves a hole in its app's lane.
--- Returns {lanes reserved, wait, before1, after1[, before2, after2]} or {-lane, retry after}.
+-- Returns {lanes reserved, wait, before1, after1[, before2, after2]} or {-lane, retry after};
+-- a retry after of -1: the lane has no capacity now (lapsed members hold all of it), ask
+-- again after a heartbeat.
 if op == 'turn' then
   local max_wait = tonumber(ARGV[5])
   local claims = lapsed_claims()
@@ -74,7 +76,7 @@ if op == 'turn' then
   for i = 4, #KEYS do
     local c = capacity(tonumber(ARGV[i + 2]), claims)
     if c < 1 then
-      return {-(i - 3), MILLION}
+      return {-(i - 3), -1}
     end
     local interval = math.ceil(MILLION / (PACE * c))
     if field(KEYS[i], 's') > now then

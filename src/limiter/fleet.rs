@@ -34,6 +34,11 @@
 //! so Redis always accounts at least what the replica may spend. The live size N is the
 //! `timgate_fleet_members` metric; each replica asks for 10⁶ / (members it saw).
 //!
+//! A new replica's first beat registers it as lapsed (it has no clock offset yet, so its
+//! beat could not carry a deadline); its first live beat follows at once. While lapsed
+//! members hold a lane's whole capacity — a lone new replica for those two round trips —
+//! a turn asks again after a `BEAT` for as long as its wait allows, rather than refuse.
+//!
 //! # Fallback, and why the sum stays ≤ L in every sliding second
 //! Let S(t) be what Redis-admitted sends do in a second and F what fallback replicas do.
 //! - *Shared sends*: every one passed the Redis guard, which admits at most the capacity
@@ -368,6 +373,7 @@ impl Fleet {
         self: &Arc<Self>,
         asks: &[Ask],
         max_wait: Duration,
+        closing: &super::Closing,
     ) -> Result<Option<Vec<Reservation>>, Throttled> {
         let start = Instant::now();
         let mut reserved = Vec::new();
@@ -387,12 +393,23 @@ impl Fleet {
                 }
             };
             let (&n, rest) = answer.split_first().ok_or_else(unreachable_reply)?;
-            let wait = Duration::from_micros(rest.first().copied().unwrap_or(0).max(0) as u64);
+            let told = rest.first().copied().unwrap_or(0);
+            let wait = Duration::from_micros(told.max(0) as u64);
             if n < 0 {
                 let scope = left[(-n - 1) as usize].scope;
+                // No capacity now: members whose heartbeat lapsed hold all of it (this
+                // replica itself, until its first live beat). That passes with a beat:
+                // ask again after one while the budget allows.
+                if told < 0 && BEAT < max_wait.saturating_sub(start.elapsed()) {
+                    let again = Instant::now() + BEAT;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(again) => continue,
+                        () = closing.before(again) => {}
+                    }
+                }
                 return Err(Throttled {
                     scope,
-                    retry_after: wait,
+                    retry_after: if told < 0 { WINDOW } else { wait },
                 });
             }
             let n = n as usize;
@@ -407,9 +424,20 @@ impl Fleet {
             // a timer tick is not slept: tokio's timer would make it a whole tick (1 ms or
             // more) on every turn that was merely behind another by microseconds. Early is
             // safe: the send-time guard in Redis, not pacing, keeps the limit.
+            // A drain that closes the limiter before the slot refuses the wait at once, as
+            // a local lane does (the reservation is given back).
             let wait = wait.saturating_sub(asked.elapsed());
             if wait >= TICK {
-                tokio::time::sleep(wait).await;
+                let slot = Instant::now() + wait;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = closing.before(slot) => {
+                        return Err(Throttled {
+                            scope: left[0].scope,
+                            retry_after: wait,
+                        });
+                    }
+                }
             }
             reserved.push(reservation);
             from += n;
@@ -567,7 +595,13 @@ async fn heartbeat(fleet: Weak<Fleet>) {
         let Some(fleet) = fleet.upgrade() else {
             return;
         };
+        let first = fleet.lock().offset.is_none();
         fleet.beat().await;
+        // The first answer gives the clock offset a live beat needs: send that one at once,
+        // so a new replica is counted live (and its share usable) within two round trips.
+        if first && fleet.lock().offset.is_some() {
+            ticks.reset_immediately();
+        }
     }
 }
 
