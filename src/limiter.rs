@@ -90,24 +90,12 @@ pub struct Throttled {
 }
 
 /// The limiter: builds each app's `Lanes` once, and counts the requests waiting in any of them.
+#[derive(Default)]
 pub struct Limiter {
     waiting: Arc<AtomicUsize>,
     fleet: Option<Arc<Fleet>>,
     /// The last moment a turn may be granted, once the limiter closes (a drain).
     closing: Arc<watch::Sender<Option<Instant>>>,
-    /// The fleet's planned size (1 without one).
-    replicas: u32,
-}
-
-impl Default for Limiter {
-    fn default() -> Limiter {
-        Limiter {
-            waiting: Arc::default(),
-            fleet: None,
-            closing: Arc::default(),
-            replicas: 1,
-        }
-    }
 }
 
 impl Limiter {
@@ -115,7 +103,6 @@ impl Limiter {
     pub fn new(fleet: Option<&config::Fleet>, series: FleetSeries) -> Limiter {
         Limiter {
             waiting: Arc::default(),
-            replicas: fleet.map_or(1, |f| f.replicas.get()),
             fleet: fleet.map(|f| Fleet::start(f, series)),
             closing: Arc::default(),
         }
@@ -190,8 +177,7 @@ impl Limiter {
                 let key = fleet.map(|f| f.key(app.sdkappid, Some(api)));
                 let lanes = ApiLanes {
                     calls: Some(limit(Scope::Api, *n, before, key)),
-                    quotas: Vec::new(),
-                    lanes: Vec::new(),
+                    ..ApiLanes::default()
                 };
                 (api.clone(), lanes)
             })
@@ -203,14 +189,10 @@ impl Limiter {
                 (name.to_owned(), limit(Scope::Caller, n, before, key))
             })
             .collect();
-        // In a fleet, a quota not yet kept in Redis is kept by each replica at its part.
-        let replicas = self.replicas;
+        // In a fleet these are the local layer (no replica alone sends more than a quota);
+        // the quota itself is kept in Redis too.
         for quota in &app.api_quotas {
-            let lanes = apis.entry(quota.api.clone()).or_insert_with(|| ApiLanes {
-                calls: None,
-                quotas: Vec::new(),
-                lanes: Vec::new(),
-            });
+            let lanes = apis.entry(quota.api.clone()).or_default();
             // A reload keeps an unchanged quota's lanes: its window's sends still count.
             let kept = previous
                 .and_then(|p| p.apis.get(&quota.api))
@@ -218,7 +200,7 @@ impl Limiter {
             lanes.quotas.push(quota.clone());
             lanes
                 .lanes
-                .push(kept.unwrap_or_else(|| Arc::new(QuotaLanes::new(quota, replicas))));
+                .push(kept.unwrap_or_else(|| Arc::new(QuotaLanes::new(quota, quota.rate))));
         }
         let implicit = match previous {
             // The implicit lanes never change (DEFAULT_API_RATE): a reload keeps them.
@@ -240,6 +222,7 @@ impl Limiter {
             _ => None,
         };
         Lanes {
+            sdkappid: app.sdkappid,
             app: limit(
                 Scope::App,
                 app.rate_limit,
@@ -286,11 +269,7 @@ impl Limit {
     }
 
     fn ask(&self) -> Ask {
-        Ask {
-            key: self.key.clone(),
-            limit: self.limit(),
-            scope: self.lane.scope,
-        }
+        Ask::calls(self.key.clone(), self.limit(), self.lane.scope)
     }
 
     /// The lane at this replica's share now; `Throttled` when the share is nothing.
@@ -322,6 +301,7 @@ impl Limit {
 
 /// One app's limits, found once when a request is routed to the app.
 pub struct Lanes {
+    sdkappid: u64,
     app: Arc<Limit>,
     apis: HashMap<String, ApiLanes>,
     /// Callers with a `rate_limit` of their own, by name.
@@ -412,10 +392,14 @@ impl Closing {
 }
 
 /// The lanes of one API with an entry: its calls limit, if configured, and its quotas.
+#[derive(Default)]
 struct ApiLanes {
     calls: Option<Arc<Limit>>,
     quotas: Vec<Quota>,
     lanes: Vec<Arc<QuotaLanes>>,
+    /// In a fleet, the quotas' lanes at this replica's share while Redis is gone, made
+    /// afresh for each loss of Redis (its generation).
+    fallback: Mutex<Option<(u64, Vec<Arc<QuotaLanes>>)>>,
 }
 
 impl ApiLanes {
@@ -423,6 +407,33 @@ impl ApiLanes {
     fn lanes_of(&self, quota: &Quota) -> Option<Arc<QuotaLanes>> {
         let i = self.quotas.iter().position(|q| q == quota)?;
         self.lanes.get(i).cloned()
+    }
+
+    /// The quotas' lanes at this replica's share for the loss of Redis `generation`;
+    /// `Throttled` when the share of one is nothing.
+    fn fallback(&self, fleet: &Fleet, generation: u64) -> Result<Vec<Arc<QuotaLanes>>, Throttled> {
+        let mut fallback = self
+            .fallback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((made, lanes)) = &*fallback
+            && *made == generation
+        {
+            return Ok(lanes.clone());
+        }
+        let lanes = self
+            .quotas
+            .iter()
+            .map(|quota| {
+                let share = fleet.share(quota.rate).ok_or(Throttled {
+                    scope: Scope::Api,
+                    retry_after: quota.per.period(),
+                })?;
+                Ok(Arc::new(QuotaLanes::new(quota, share)))
+            })
+            .collect::<Result<Vec<_>, Throttled>>()?;
+        *fallback = Some((generation, lanes.clone()));
+        Ok(lanes)
     }
 }
 
@@ -432,9 +443,8 @@ enum QuotaLanes {
 }
 
 impl QuotaLanes {
-    /// `quota`'s lanes, each at 1/`replicas` of its rate.
-    fn new(quota: &Quota, replicas: u32) -> QuotaLanes {
-        let rate = NonZeroU32::new(quota.rate.get() / replicas.max(1)).unwrap_or(NonZeroU32::MIN);
+    /// `quota`'s lanes, each at `rate` units per its window.
+    fn new(quota: &Quota, rate: NonZeroU32) -> QuotaLanes {
         let (period, largest) = (quota.per.period(), quota.largest_cost());
         match quota.key {
             Some(_) => QuotaLanes::Keyed(Keyed::new(Scope::Api, rate, period, largest)),
@@ -554,9 +564,35 @@ impl Lanes {
         if let (None, Some(implicit)) = (&calls, &self.implicit) {
             local.push((implicit.lane(api.name(), now)?, NonZeroU32::MIN));
         }
+        // In a fleet, each quota's lane in Redis: the quota's, or the key's within it.
+        let quotas = match (&self.fleet, lanes) {
+            (Some(fleet), Some(lanes)) => lanes
+                .quotas
+                .iter()
+                .enumerate()
+                .map(|(i, quota)| {
+                    let measured = measured.get(i);
+                    let key = quota
+                        .key
+                        .as_ref()
+                        .map(|_| measured.and_then(|m| m.key.as_deref()).unwrap_or(""));
+                    Ask {
+                        key: fleet.quota_key(self.sdkappid, &quota.api, i, key),
+                        limit: quota.rate,
+                        scope: Scope::Api,
+                        period: quota.per.period(),
+                        cost: measured.map_or(NonZeroU32::MIN, |m| m.cost),
+                        largest: quota.largest_cost(),
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let turn = Turn {
             caller: caller.and_then(|name| self.callers.get(name)).map(|l| &**l),
             local,
+            quotas,
+            entry: lanes,
             api: calls,
             app: &self.app,
             fleet: self.fleet.as_deref(),
@@ -594,8 +630,11 @@ impl Lanes {
                 .budget(Instant::now(), max_wait.saturating_sub(start.elapsed()));
             match fleet.fallback_in() {
                 None => {
-                    let asks: Vec<Ask> = turn.limits().map(Limit::ask).collect();
-                    if fleet.turn(&asks, budget, &self.closing).await?.is_some() {
+                    if fleet
+                        .turn(&turn.asks(), budget, &self.closing)
+                        .await?
+                        .is_some()
+                    {
                         return Ok(());
                     }
                 }
@@ -607,12 +646,17 @@ impl Lanes {
                 }
                 Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
                 Some(_) => {
-                    let lanes = turn
-                        .limits()
-                        .map(|l| l.fallback(fleet))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let lanes = match turn.fallback_lanes(fleet) {
+                        Ok(lanes) => lanes,
+                        // A quota over a longer window may not be spent yet.
+                        Err(throttled) if throttled.retry_after < budget => {
+                            tokio::time::sleep(throttled.retry_after).await;
+                            continue;
+                        }
+                        Err(throttled) => return Err(throttled),
+                    };
                     let lanes: Vec<(&Lane, NonZeroU32)> =
-                        lanes.iter().map(|l| (&**l, NonZeroU32::MIN)).collect();
+                        lanes.iter().map(|(l, c, _)| (&**l, *c)).collect();
                     return pace(&lanes, budget, &AtomicUsize::new(0), &self.closing).await;
                 }
             }
@@ -717,6 +761,10 @@ pub struct Turn<'a> {
     caller: Option<&'a Limit>,
     /// Lanes kept on this replica only (quotas, an API's implicit lane), with the cost.
     local: Vec<(Arc<Lane>, NonZeroU32)>,
+    /// In a fleet, the quotas' lanes in Redis, in the order of `entry`'s quotas.
+    quotas: Vec<Ask>,
+    /// The API's entry, whose quotas `quotas` are.
+    entry: Option<&'a ApiLanes>,
     api: Option<Arc<Limit>>,
     app: &'a Limit,
     fleet: Option<&'a Fleet>,
@@ -730,6 +778,60 @@ impl Turn<'_> {
             .into_iter()
             .chain(self.api.as_deref())
             .chain([self.app])
+    }
+
+    /// What this attempt asks of Redis, narrowest first.
+    fn asks(&self) -> Vec<Ask> {
+        let mut asks: Vec<Ask> = self.caller.map(Limit::ask).into_iter().collect();
+        asks.extend(self.quotas.iter().cloned());
+        asks.extend(
+            self.api
+                .as_deref()
+                .into_iter()
+                .chain([self.app])
+                .map(Limit::ask),
+        );
+        asks
+    }
+
+    /// The lanes at this replica's fallback share that this attempt passes, with its cost
+    /// and each lane's window; `Throttled` when a share is nothing or may not be spent yet.
+    fn fallback_lanes(
+        &self,
+        fleet: &Fleet,
+    ) -> Result<Vec<(Arc<Lane>, NonZeroU32, Duration)>, Throttled> {
+        let second = Duration::from_secs(1);
+        let mut lanes = Vec::new();
+        if let Some(entry) = self.entry.filter(|e| !e.quotas.is_empty()) {
+            let now = Instant::now();
+            let mut generation = 0;
+            for ask in &self.quotas {
+                let (made, wait) = fleet.fallback_period(ask.period);
+                if !wait.is_zero() {
+                    return Err(Throttled {
+                        scope: Scope::Api,
+                        retry_after: wait,
+                    });
+                }
+                generation = made;
+            }
+            let quota_lanes = entry.fallback(fleet, generation)?;
+            for ((quota_lanes, ask), i) in quota_lanes.iter().zip(&self.quotas).zip(0..) {
+                let key = entry
+                    .quotas
+                    .get(i)
+                    .and_then(|q| q.key.as_ref())
+                    .map(|_| Measured {
+                        cost: ask.cost,
+                        key: Some(ask.key.clone()),
+                    });
+                lanes.push((quota_lanes.lane(key.as_ref(), now)?, ask.cost, ask.period));
+            }
+        }
+        for limit in self.limits() {
+            lanes.push((limit.fallback(fleet)?, NonZeroU32::MIN, second));
+        }
+        Ok(lanes)
     }
 
     /// Every lane this attempt passes and what it costs there, narrowest first: the
@@ -756,8 +858,7 @@ impl Turn<'_> {
         loop {
             match fleet.fallback_in() {
                 None => {
-                    let asks: Vec<Ask> = self.limits().map(Limit::ask).collect();
-                    if fleet.guard(&asks, self.max_wait).await? {
+                    if fleet.guard(&self.asks(), self.max_wait).await? {
                         return Ok(());
                     }
                 }
@@ -768,11 +869,9 @@ impl Turn<'_> {
                     });
                 }
                 Some(_) => {
-                    let lanes = self
-                        .limits()
-                        .map(|l| l.fallback(fleet))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let lanes: Vec<&Lane> = lanes.iter().map(|l| &**l).collect();
+                    let lanes = self.fallback_lanes(fleet)?;
+                    let lanes: Vec<(&Lane, NonZeroU32, Duration)> =
+                        lanes.iter().map(|(l, c, p)| (&**l, *c, *p)).collect();
                     match fleet.fallback_send(&lanes) {
                         Ok(true) => return Ok(()),
                         Ok(false) => {}

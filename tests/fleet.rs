@@ -371,6 +371,52 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
     assert_eq!(late[0], -1);
 }
 
+/// A quota counted in units per minute (batchsendmsg's 12,000 recipients, 500 a call): the
+/// guard holds any 60.025 s to 12,000 units however fast calls come, and, as the state of a
+/// Redis seen for the first time could be one that lost the last minute's sends, admits
+/// nothing for that minute first.
+#[tokio::test]
+async fn the_scripts_guard_keeps_a_per_minute_quota_in_units() {
+    let Some(server) = Redis::start() else { return };
+    let mut redis = server.client().await;
+    let t0 = 4_000_000_000_000;
+    let spec = "12000/60000000/500/500".to_owned();
+    // A call of 500 recipients asked every 100 ms for 4 minutes.
+    let mut admitted = Vec::new();
+    let mut now = t0;
+    while now < t0 + 240_000_000 {
+        let wait: i64 = redis::FromRedisValue::from_redis_value(
+            op(
+                &mut redis,
+                "guard",
+                now,
+                &["m:batch"],
+                std::slice::from_ref(&spec),
+            )
+            .await,
+        )
+        .unwrap();
+        if wait == 0 {
+            admitted.push(now);
+        }
+        now += 100_000;
+    }
+    // The epoch was born at t0, with no quarantine asked: a minute lane waits out its minute.
+    assert!(
+        admitted[0] >= t0 + 59_000_000,
+        "first at {}",
+        admitted[0] - t0
+    );
+    let busiest = busiest_window_us(&admitted, 60_025_000) * 500;
+    assert!(busiest <= 12_000, "{busiest} recipients in one minute");
+    // ...and serves about the quota after: 3 minutes at ≥ 85% of 12,000.
+    assert!(
+        admitted.len() * 500 >= 3 * 10_200,
+        "{} calls",
+        admitted.len()
+    );
+}
+
 fn busiest_window_us(times: &[i64], window: i64) -> usize {
     let mut start = 0;
     let mut most = 0;
@@ -701,9 +747,9 @@ async fn every_key_of_a_script_call_is_in_one_cluster_slot() {
 
 // ---- Quotas in a fleet -------------------------------------------------------------------
 //
-// The quotas beyond calls a second (costs, per-minute, keyed lanes) are not in Redis: each
-// replica keeps them at 1/`replicas` of their rate. This shows that a fleet of two is held
-// to one limit for each, not to twice it.
+// The quotas beyond calls a second (costs, per-minute, keyed lanes) are kept in Redis like
+// the app and API lanes: a fleet of two is held to one limit for each, not to twice it, and
+// one busy replica gets each whole.
 
 const GROUP: &str = "/v4/group_open_http_svc/send_group_msg";
 const BATCH: &str = "/v4/openim/batchsendmsg";
@@ -786,6 +832,76 @@ fn busiest_second_units(sent: &[(Instant, usize)]) -> usize {
     most
 }
 
+/// What the upstream saw of `path` from `start` on (for `key`, only that group's): when, and
+/// how many units (recipients; 1 without `To_Account`).
+fn units_seen(
+    upstream: &Recorder,
+    start: Instant,
+    path: &str,
+    key: Option<&str>,
+) -> Vec<(Instant, usize)> {
+    upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.at >= start && s.path == path)
+        .filter_map(|s| {
+            let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+            if key.is_some_and(|k| body["GroupId"] != k) {
+                return None;
+            }
+            let n = body["To_Account"].as_array().map_or(1, Vec::len);
+            Some((s.at, n))
+        })
+        .collect()
+}
+
+/// The quotas are one lane each in Redis, not a part per replica: all the load on one
+/// replica of a fleet planned at two gets each whole quota (a part each would hold it to
+/// half), and still never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_busy_replica_of_two_gets_each_quota_whole() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let replicas = [
+        quota_replica(&redis, &upstream).await,
+        quota_replica(&redis, &upstream).await,
+    ];
+    fleet_formed(&replicas, &Caller::default()).await;
+    let start = Instant::now();
+    let accounts: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+    let batch = serde_json::json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []});
+    let group = serde_json::json!({"GroupId": "busy", "Random": 1, "MsgBody": []});
+    let addr = replicas[0].addr;
+    let loads = [
+        tokio::spawn(offer_body(addr, BATCH, batch.to_string(), 36, 4.0)),
+        tokio::spawn(offer_body(addr, GROUP, group.to_string(), 45, 4.0)),
+    ];
+    for load in loads {
+        let (ok, throttled, other) = load.await.unwrap();
+        assert!(other.is_empty(), "only 200 and 429: {other:?}");
+        assert!(ok + throttled > 0);
+    }
+    let recipients = units_seen(&upstream, start, BATCH, None);
+    let busiest = busiest_second_units(&recipients);
+    assert!(busiest <= 4000, "{busiest} recipients within one second");
+    let busy = units_seen(&upstream, start, GROUP, Some("busy"));
+    let busiest = busiest_second_units(&busy);
+    assert!(
+        busiest <= 40,
+        "{busiest} messages to one group within one second"
+    );
+    // The whole quota: ~3,460 recipients and ~38 group messages a second paced. Half of
+    // each (a part per replica) would be ~1,485 and ~19.
+    let sent: usize = recipients.iter().map(|(_, n)| n).sum();
+    assert!(sent >= 4 * 2800, "{sent} recipients in 4 s");
+    assert!(
+        busy.len() >= 4 * 30,
+        "{} messages to the busy group in 4 s",
+        busy.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -840,24 +956,7 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
     // No quiet-group message was refused: its lane is its own.
     assert_eq!(answered[2].1 + answered[5].1, 0, "{answered:?}");
 
-    let seen: Vec<_> = upstream
-        .seen()
-        .into_iter()
-        .filter(|s| s.at >= start)
-        .collect();
-    let units = |path: &str, key: Option<&str>| -> Vec<(Instant, usize)> {
-        seen.iter()
-            .filter(|s| s.path == path)
-            .filter_map(|s| {
-                let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
-                if key.is_some_and(|k| body["GroupId"] != k) {
-                    return None;
-                }
-                let n = body["To_Account"].as_array().map_or(1, Vec::len);
-                Some((s.at, n))
-            })
-            .collect()
-    };
+    let units = |path: &str, key: Option<&str>| units_seen(&upstream, start, path, key);
     let recipients = units(BATCH, None);
     let busiest = busiest_second_units(&recipients);
     assert!(busiest <= 4000, "{busiest} recipients within one second");
@@ -867,9 +966,8 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
         busiest <= 40,
         "{busiest} messages to one group within one second"
     );
-    // Held to the fleet's one limit, not starved. Each replica's half is 2,000 a second, of
-    // which a guard whose burst must hold one 500-recipient call refills 1,500 (paced at
-    // ~1,485): together ~2,970 a second.
+    // Held to the fleet's one limit, not starved: 4,000 a second, of which a guard whose
+    // burst must hold one 500-recipient call refills 3,500 (paced at ~3,460).
     let sent: usize = recipients.iter().map(|(_, n)| n).sum();
     assert!(sent >= 4 * 2500, "{sent} recipients in 4 s");
     assert!(

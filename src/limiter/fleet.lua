@@ -2,7 +2,9 @@
 -- Redis's own clock (TIME), never a replica's; ARGV[2] may fix "now" for tests.
 --
 -- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat)
--- KEYS[2] claims  (hash: replica id -> fallback claim, millionths of every limit)
+-- KEYS[2] claims  (hash: replica id -> fallback claim, millionths of every limit; and
+--           "~" .. id -> until when (Redis time) that replica's own sends on lanes of a
+--           longer period than a second still count there)
 -- KEYS[3] epoch   (string: when this Redis state was born)
 -- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until, l = the lowest limit
 --           the guard was asked with lately, t = when it was last asked with it), narrowest first
@@ -11,7 +13,9 @@
 -- ARGV[2] now ("" = TIME)
 -- ARGV[3] heartbeat expiry: a member whose last live beat is older is counted in fallback
 -- ARGV[4] epoch quarantine: no guard admits before the epoch's birth plus this
--- ARGV[5..] per op, below.
+-- ARGV[5..] per op, below. A lane's *spec* is its limit, alone ("200": calls a second) or as
+-- "limit/period/cost/largest" (units per period in µs, what this request costs, the most
+-- one request may cost): a quota counted in recipients per minute, say.
 
 local PACE, GUARD, SPREAD, MILLION, SLOWDOWN, KEEP = 0.96, 0.97, 0.025, 1000000, 2000000, 10000
 -- How long a lane's lowest limit stands after the last call that asked with it: a larger
@@ -32,9 +36,25 @@ if not born then
 end
 local open = born + tonumber(ARGV[4])
 
--- The claims of members whose heartbeat lapsed: they may be spending them in fallback.
-local function lapsed_claims()
+-- The claims of members whose heartbeat lapsed: they may be spending them in fallback. With
+-- `long`, for a lane of a longer period, also of live members whose fallback sends on such
+-- lanes still count in that period.
+local function lapsed_claims(long)
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - expiry))
+  if long then
+    local seen = {}
+    for _, id in ipairs(ids) do
+      seen[id] = true
+    end
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      local id = string.sub(all[i], 2)
+      if string.sub(all[i], 1, 1) == '~' and tonumber(all[i + 1]) > now and not seen[id] then
+        ids[#ids + 1] = id
+        seen[id] = true
+      end
+    end
+  end
   local claims = {}
   if #ids > 0 then
     for i, claim in ipairs(redis.call('HMGET', KEYS[2], unpack(ids))) do
@@ -57,28 +77,67 @@ local function field(key, name)
   return tonumber(redis.call('HGET', key, name)) or 0
 end
 
-local function store(key, name, value)
-  redis.call('HSET', key, name, value)
-  redis.call('PEXPIRE', key, KEEP)
+-- A lane's spec: limit, period (µs), this request's cost, the most one request may cost.
+local function spec(text)
+  local limit, period, cost, largest = string.match(text, '^(%d+)/(%d+)/(%d+)/(%d+)$')
+  if not limit then
+    return tonumber(text), MILLION, 1, 1
+  end
+  return tonumber(limit), tonumber(period), tonumber(cost), tonumber(largest)
 end
 
--- turn: ARGV[5] longest wait, ARGV[6..] each lane's limit.
--- Reserves one pacing slot (GCRA, burst 1, at PACE x capacity) on every lane at once, or,
--- when the first (API) lane is further behind than the app lane by more than one interval,
--- on the first lane only, so a slow API never leaves a hole in its app's lane.
+-- The lane's shape at capacity c units per period: the pacing interval per unit, and the
+-- guard's interval per unit and burst. The guard admits at most c units in any window of
+-- period + SPREAD: burst b plus its refill over that window. With unit costs b is what the
+-- rate GUARD x c leaves; a request may cost up to `largest`, so b is at least that, and the
+-- refill then gives way to it (pacing follows at PACE / GUARD of the refill), as a local lane.
+local function shape(c, period, largest)
+  local window = period + SPREAD * MILLION
+  local unit_rate = GUARD * c
+  local unit_burst = c - math.floor(unit_rate * window / period)
+  local burst = math.max(1, math.min(math.max(unit_burst, largest), c - 1))
+  local rate, pace = unit_rate, PACE * c
+  if burst > unit_burst then
+    rate = (c - burst) * period / window
+    pace = rate * PACE / GUARD
+  end
+  return math.ceil(period / pace), math.ceil(period / rate), burst
+end
+
+-- The key lives as long as any of its times is ahead, plus one period (past that its state
+-- is a fresh lane's), plus KEEP.
+local function keep(key, period)
+  local ahead = math.max(field(key, 'p'), field(key, 'g'), field(key, 's'), now) - now
+  redis.call('PEXPIRE', key, KEEP + math.ceil((ahead + period) / 1000))
+end
+
+local function store(key, name, value, period)
+  redis.call('HSET', key, name, value)
+  keep(key, period or MILLION)
+end
+
+-- turn: ARGV[5] longest wait, ARGV[6..] each lane's spec.
+-- Reserves one pacing slot (GCRA, burst 1, at PACE x capacity) on every lane at once (a
+-- request costing k units takes k slots' time), or, when the first (narrowest) lane is
+-- further behind than every other lane by more than their intervals, on the first lane
+-- only, so a slow API never leaves a hole in its app's lane.
 -- Returns {lanes reserved, wait, before1, after1[, before2, after2]} or {-lane, retry after};
 -- a retry after of -1: the lane has no capacity now (lapsed members hold all of it), ask
 -- again after a heartbeat.
 if op == 'turn' then
   local max_wait = tonumber(ARGV[5])
-  local claims = lapsed_claims()
-  local slots, intervals = {}, {}
+  local claims, long_claims = lapsed_claims(false), nil
+  local slots, intervals, periods = {}, {}, {}
   for i = 4, #KEYS do
-    local c = capacity(tonumber(ARGV[i + 2]), claims)
+    local limit, period, cost, largest = spec(ARGV[i + 2])
+    if period > MILLION and not long_claims then
+      long_claims = lapsed_claims(true)
+    end
+    local c = capacity(limit, period > MILLION and long_claims or claims)
     if c < 1 then
       return {-(i - 3), -1}
     end
-    local interval = math.ceil(MILLION / (PACE * c))
+    local interval = shape(c, period, largest)
     if field(KEYS[i], 's') > now then
       interval = interval * 2
     end
@@ -86,10 +145,15 @@ if op == 'turn' then
     if slot - now > max_wait then
       return {-(i - 3), slot - now}
     end
-    slots[i - 3], intervals[i - 3] = slot, interval
+    slots[i - 3], intervals[i - 3] = slot, interval * cost
+    periods[i - 3] = period
   end
   local n = #slots
-  if n == 2 and slots[1] > slots[2] + intervals[2] then
+  local others = 0
+  for i = 2, n do
+    others = math.max(others, slots[i] + intervals[i])
+  end
+  if n >= 2 and slots[1] > others then
     n = 1
   end
   local slot = slots[1]
@@ -99,7 +163,7 @@ if op == 'turn' then
   local reply = {n, slot - now}
   for i = 1, n do
     local before = field(KEYS[i + 3], 'p')
-    store(KEYS[i + 3], 'p', slot + intervals[i])
+    store(KEYS[i + 3], 'p', slot + intervals[i], periods[i])
     reply[#reply + 1] = before
     reply[#reply + 1] = slot + intervals[i]
   end
@@ -111,70 +175,77 @@ if op == 'release' then
   for i = 4, #KEYS do
     local before, after = ARGV[2 * i - 3], ARGV[2 * i - 2]
     if redis.call('HGET', KEYS[i], 'p') == after then
-      store(KEYS[i], 'p', before)
+      redis.call('HSET', KEYS[i], 'p', before)
     end
   end
   return 0
 end
 
--- guard: ARGV[5..] each lane's limit. The send-time guard, fleet-wide: GCRA at rate
--- r = GUARD x capacity with burst b = capacity - floor(r x (1 + SPREAD)): at most capacity
--- admissions in any window of 1 + SPREAD seconds, so sends that reach Tencent up to
--- SPREAD apart from when Redis admitted them still make at most capacity in any second.
+-- guard: ARGV[5..] each lane's spec. The send-time guard, fleet-wide: GCRA per unit at
+-- the rate and burst of `shape`: at most capacity units in any window of period + SPREAD,
+-- so sends that reach Tencent up to SPREAD apart from when Redis admitted them still make
+-- at most capacity in any period. A request costing k units needs k cells at once.
 -- Admits on every lane or on none; returns 0, or how long to wait before asking again.
 -- A lane whose limit is lowered (asked with less than its lowest limit lately) admits
--- nothing for 1 + SPREAD seconds from then: no window holds sends under both limits, as a
+-- nothing for a period + SPREAD from then: no window holds sends under both limits, as a
 -- local lane does across a reload. A raise needs nothing: every interval already spent is
--- at least the new one.
+-- at least the new one. After Redis lost its state nothing is admitted for the quarantine,
+-- and on a lane of a longer period for that period longer: its sends before are unknown.
 if op == 'guard' then
   if now < open then
     return open - now
   end
-  local claims = lapsed_claims()
-  local wait, next_tat = 0, {}
+  local claims, long_claims = lapsed_claims(false), nil
+  local wait, next_tat, periods = 0, {}, {}
   for i = 4, #KEYS do
-    local limit = tonumber(ARGV[i + 1])
-    local c = capacity(limit, claims)
+    local limit, period, cost, largest = spec(ARGV[i + 1])
+    if period > MILLION and not long_claims then
+      long_claims = lapsed_claims(true)
+    end
+    local c = capacity(limit, period > MILLION and long_claims or claims)
     if c < 1 then
       return MILLION
     end
-    local rate = GUARD * c
-    local interval = math.ceil(MILLION / rate)
-    local burst = c - math.floor(rate * (1 + SPREAD))
+    if now < open + period - MILLION then
+      wait = math.max(wait, open + period - MILLION - now)
+    end
+    local _, interval, burst = shape(c, period, largest)
     local lowest = tonumber(redis.call('HGET', KEYS[i], 'l'))
     if lowest and limit < lowest then
-      local quiet = now + math.ceil(MILLION * (1 + SPREAD)) + (burst - 1) * interval
-      store(KEYS[i], 'g', math.max(field(KEYS[i], 'g'), quiet))
+      local quiet = now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval
+      store(KEYS[i], 'g', math.max(field(KEYS[i], 'g'), quiet), period)
     end
     if not lowest or limit <= lowest or now - field(KEYS[i], 't') > LOWEST_STANDS then
-      store(KEYS[i], 'l', limit)
-      store(KEYS[i], 't', now)
+      store(KEYS[i], 'l', limit, period)
+      store(KEYS[i], 't', now, period)
     end
     local tat = math.max(field(KEYS[i], 'g'), now)
-    wait = math.max(wait, tat - now - (burst - 1) * interval)
-    next_tat[i] = tat + interval
+    wait = math.max(wait, tat + (cost - burst) * interval - now)
+    next_tat[i], periods[i] = tat + cost * interval, period
   end
   if wait > 0 then
     return wait
   end
   for i = 4, #KEYS do
-    store(KEYS[i], 'g', next_tat[i])
+    store(KEYS[i], 'g', next_tat[i], periods[i])
   end
   return 0
 end
 
--- slow: ARGV[5] the lane's limit. Tencent said too fast: half pace for a while, from now.
+-- slow: ARGV[5] the lane's spec. Tencent said too fast: half pace for a while, from now.
 if op == 'slow' then
-  local c = math.max(capacity(tonumber(ARGV[5]), lapsed_claims()), 1)
-  local interval = math.ceil(MILLION / (PACE * c))
-  store(KEYS[4], 's', now + SLOWDOWN)
-  store(KEYS[4], 'p', math.max(field(KEYS[4], 'p'), now) + 2 * interval)
+  local limit, period, _, largest = spec(ARGV[5])
+  local c = math.max(capacity(limit, lapsed_claims(period > MILLION)), 1)
+  local interval = shape(c, period, largest)
+  store(KEYS[4], 's', now + SLOWDOWN, period)
+  store(KEYS[4], 'p', math.max(field(KEYS[4], 'p'), now) + 2 * interval, period)
   return 0
 end
 
 -- beat: ARGV[5] id, ARGV[6] the claim it holds now, ARGV[7] the claim it wants,
 -- ARGV[8] 1 = live, 0 = register as possibly in fallback, ARGV[9] ignore after ("" = never),
--- ARGV[10] how long a lapsed member is kept.
+-- ARGV[10] how long a lapsed member is kept, ARGV[11] until when its fallback sends on lanes
+-- of a longer period still count there ("" = none), set with a live beat.
 -- The claims never sum above a million: a larger claim is granted from what is free, and
 -- never below what the replica holds now. Returns {claim, live members, members, now}.
 if op == 'beat' then
@@ -185,12 +256,12 @@ if op == 'beat' then
   end
   for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[10])))) do
     redis.call('ZREM', KEYS[1], gone)
-    redis.call('HDEL', KEYS[2], gone)
+    redis.call('HDEL', KEYS[2], gone, '~' .. gone)
   end
   local others = 0
   local all = redis.call('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
-    if all[i] ~= id then
+    if all[i] ~= id and string.sub(all[i], 1, 1) ~= '~' then
       others = others + tonumber(all[i + 1])
     end
   end
@@ -198,6 +269,12 @@ if op == 'beat' then
   redis.call('HSET', KEYS[2], id, granted)
   if ARGV[8] == '1' then
     redis.call('ZADD', KEYS[1], now, id)
+    local long_until = tonumber(ARGV[11])
+    if long_until and long_until > now then
+      redis.call('HSET', KEYS[2], '~' .. id, long_until)
+    else
+      redis.call('HDEL', KEYS[2], '~' .. id)
+    end
   else
     redis.call('ZADD', KEYS[1], now - expiry - 1, id)
   end
@@ -208,7 +285,7 @@ end
 -- leave: ARGV[5] id. A replica that shuts down gives its claim back.
 if op == 'leave' then
   redis.call('ZREM', KEYS[1], ARGV[5])
-  redis.call('HDEL', KEYS[2], ARGV[5])
+  redis.call('HDEL', KEYS[2], ARGV[5], '~' .. ARGV[5])
   return 0
 end
 

@@ -68,7 +68,25 @@
 //!   probe during that time register their claims as lapsed first.
 //!
 //! Under all of these, any closed second holds ≤ C admitted shared sends plus ≤ Σ(lapsed
-//! shares) fallback sends = L. Known limits of the argument: (1) a replica that has never
+//! shares) fallback sends = L.
+//!
+//! # Quotas over a longer period
+//! A quota (`table`) is a lane like the others, with its period P, a request's cost k and
+//! the most one request may cost m in its spec: pacing takes k slots, the guard needs k
+//! cells at once, its burst is at least m, and it admits at most C units in any P + SPREAD.
+//! A keyed quota has one such lane per key (its value's SHA-256 in the key name). The
+//! argument above carries over with the second replaced by P, which needs two waits of P:
+//! - *Losing Redis*: a fallback share of a quota over P is spent only from `live_until` +
+//!   P + `MARGIN` (`Fleet::fallback_period`): a window of P that holds one of those sends
+//!   holds no admission made while the share still counted as Redis's.
+//! - *Coming back*: the live beat that gives the share back to the second-long lanes also
+//!   tells Redis until when (its Redis time, late rather than early) the replica's fallback
+//!   sends on longer lanes still count (`~id` in the claims hash, last such send + P +
+//!   `MARGIN`); until then those lanes keep the share off their capacity.
+//! - *Lost state*: a lane over P admits nothing until the epoch's birth plus the quarantine
+//!   plus P − 1 s.
+//! Each loss of Redis starts the fallback quota lanes afresh: their sends of the loss before
+//! lie more than P before the first send of this one, by the two waits above. Known limits of the argument: (1) a replica that has never
 //! reached Redis uses 1/`replicas` of each limit, which Redis cannot account — size
 //! `replicas` to the planned fleet; (2) a lapsed member's claim is kept for `RETAIN`, and a
 //! replica cut off for longer stops sending (429) rather than spend an unaccounted share;
@@ -134,8 +152,17 @@ struct State {
     round_trip: Duration,
     /// Until when a live beat already sent may keep us counted as live.
     live_until: Option<Instant>,
-    /// The last send made on the fallback share.
-    fallback_sent: Option<Instant>,
+    /// When Redis surely counts this replica as lapsed, from the last loss of Redis on: a
+    /// fallback share of a limit over period P may be spent from this + P + `MARGIN`.
+    lapsed_at: Option<Instant>,
+    /// Which loss of Redis the fallback lanes belong to: each loss starts them afresh.
+    generation: u64,
+    /// Until when sends made on the fallback share of a second's limit still count: the
+    /// share goes back to the fleet only `MARGIN` after it.
+    rejoin_after: Option<Instant>,
+    /// Until when sends made on the fallback share of a longer period's quota still count:
+    /// live beats tell Redis, which keeps the share off those lanes until then.
+    long_until: Option<Instant>,
     /// The send time of the last call Redis answered.
     contact: Option<Instant>,
 }
@@ -198,10 +225,45 @@ impl Drop for Reservation {
 }
 
 /// What a shared turn asks of Redis, per lane.
+#[derive(Clone)]
 pub(super) struct Ask {
     pub key: String,
     pub limit: NonZeroU32,
     pub scope: Scope,
+    /// The window `limit` counts over.
+    pub period: Duration,
+    /// What this request costs there.
+    pub cost: NonZeroU32,
+    /// The most one request may cost there.
+    pub largest: NonZeroU32,
+}
+
+impl Ask {
+    /// A limit of calls a second.
+    pub fn calls(key: String, limit: NonZeroU32, scope: Scope) -> Ask {
+        Ask {
+            key,
+            limit,
+            scope,
+            period: WINDOW,
+            cost: NonZeroU32::MIN,
+            largest: NonZeroU32::MIN,
+        }
+    }
+
+    /// The lane's spec as the script reads it (`fleet.lua`).
+    fn spec(&self) -> String {
+        if self.period == WINDOW && self.largest == NonZeroU32::MIN {
+            return self.limit.to_string();
+        }
+        format!(
+            "{}/{}/{}/{}",
+            self.limit,
+            self.period.as_micros(),
+            self.cost,
+            self.largest
+        )
+    }
 }
 
 impl Fleet {
@@ -248,7 +310,10 @@ impl Fleet {
                 offset: None,
                 round_trip: Duration::ZERO,
                 live_until: None,
-                fallback_sent: None,
+                lapsed_at: None,
+                generation: 0,
+                rejoin_after: None,
+                long_until: None,
                 contact: None,
             }),
             series,
@@ -263,6 +328,22 @@ impl Fleet {
         match api {
             Some(api) => format!("{}:lane:{sdkappid}:{api}", self.tag),
             None => format!("{}:lane:{sdkappid}", self.tag),
+        }
+    }
+
+    /// The Redis key of an API's quota (its `index`-th), and for a keyed quota of the lane of
+    /// `key`: the key's SHA-256 (the first 16 hex digits), so every replica finds the same
+    /// lane and a caller's value never grows the key.
+    pub fn quota_key(&self, sdkappid: u64, api: &str, index: usize, key: Option<&str>) -> String {
+        use sha2::{Digest, Sha256};
+        let base = format!("{}:lane:{sdkappid}:{api}:quota{index}", self.tag);
+        match key {
+            None => base,
+            Some(key) => {
+                let digest = Sha256::digest(key.as_bytes());
+                let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+                format!("{base}:{hex}")
+            }
         }
     }
 
@@ -306,9 +387,14 @@ impl Fleet {
         if state.mode != Mode::Shared {
             return;
         }
-        let lapsed = state.live_until.unwrap_or_else(Instant::now);
-        let until = lapsed.max(Instant::now()) + WINDOW + MARGIN;
+        let lapsed = state
+            .live_until
+            .unwrap_or_else(Instant::now)
+            .max(Instant::now());
+        let until = lapsed + WINDOW + MARGIN;
         state.mode = Mode::Leaving { until };
+        state.lapsed_at = Some(lapsed);
+        state.generation += 1;
         drop(state);
         self.series.redis_up.set(0);
         self.series.to_fallback.inc();
@@ -383,7 +469,7 @@ impl Fleet {
             let budget = max_wait.saturating_sub(start.elapsed());
             let keys: Vec<String> = left.iter().map(|a| a.key.clone()).collect();
             let mut args = vec![budget.as_micros().to_string()];
-            args.extend(left.iter().map(|a| a.limit.get().to_string()));
+            args.extend(left.iter().map(Ask::spec));
             let asked = Instant::now();
             let answer: Vec<i64> = match self.call("turn", &keys, &args).await {
                 Ok(answer) => answer,
@@ -452,7 +538,7 @@ impl Fleet {
     /// be sent on this turn.
     pub(super) async fn guard(&self, asks: &[Ask], max_wait: Duration) -> Result<bool, Throttled> {
         let keys: Vec<String> = asks.iter().map(|a| a.key.clone()).collect();
-        let args: Vec<String> = asks.iter().map(|a| a.limit.get().to_string()).collect();
+        let args: Vec<String> = asks.iter().map(Ask::spec).collect();
         let start = Instant::now();
         loop {
             let wait = match self.call::<i64>("guard", &keys, &args).await {
@@ -485,15 +571,42 @@ impl Fleet {
         }
     }
 
-    /// Passes the fallback lanes' send-time guard if the replica is still in fallback, and
-    /// records the send. `Err(wait)`: not yet; `Ok(false)`: no longer in fallback.
-    pub(super) fn fallback_send(&self, lanes: &[&Lane]) -> Result<bool, Duration> {
+    /// Which loss of Redis the fallback lanes are for now, and how long until a fallback
+    /// share of a limit over `period` may be spent (zero: now). A second's share may be
+    /// spent once in fallback; a longer period's only a period after Redis surely counted
+    /// this replica out, since the shared lane admitted sends under the whole limit until then.
+    pub(super) fn fallback_period(&self, period: Duration) -> (u64, Duration) {
+        let state = self.lock();
+        let from = state
+            .lapsed_at
+            .map_or_else(Instant::now, |at| at + period.max(WINDOW) + MARGIN);
+        (
+            state.generation,
+            from.saturating_duration_since(Instant::now()),
+        )
+    }
+
+    /// Passes the fallback lanes' send-time guard (lane, cost, period) if the replica is
+    /// still in fallback, and records the send. `Err(wait)`: not yet; `Ok(false)`: no longer
+    /// in fallback.
+    pub(super) fn fallback_send(
+        &self,
+        lanes: &[(&Lane, NonZeroU32, Duration)],
+    ) -> Result<bool, Duration> {
         let mut state = self.lock();
         if state.mode != Mode::Fallback {
             return Ok(false);
         }
         super::lane::try_guard(lanes)?;
-        state.fallback_sent = Some(Instant::now());
+        let now = Instant::now();
+        for (_, _, period) in lanes {
+            let until = if *period > WINDOW {
+                &mut state.long_until
+            } else {
+                &mut state.rejoin_after
+            };
+            *until = (*until).max(Some(now + *period));
+        }
         Ok(true)
     }
 
@@ -525,22 +638,33 @@ impl Fleet {
     /// probe that registers this replica's claim as possibly in use.
     async fn beat(&self) {
         let sent = Instant::now();
-        let (live, held, wanted, not_after) = {
+        let (live, held, wanted, not_after, long_until) = {
             let mut state = self.lock();
-            let rejoin = state
-                .fallback_sent
-                .is_none_or(|at| sent >= at + WINDOW + MARGIN);
+            let rejoin = state.rejoin_after.is_none_or(|at| sent >= at + MARGIN);
             let live = state.mode == Mode::Shared && rejoin && state.offset.is_some();
             let wanted = MILLION / state.members.max(1);
             state.claim = state.claim.min(wanted);
             let not_after = state
                 .offset
                 .map(|offset| (self.micros(sent + self.timeout) + offset).to_string());
+            // In Redis time, late rather than early: `offset` is an upper bound.
+            let long_until = match (state.long_until, state.offset) {
+                (Some(until), Some(offset)) if until > sent => {
+                    (self.micros(until + MARGIN) + offset).to_string()
+                }
+                _ => String::new(),
+            };
             if live {
                 let until = sent + self.timeout + state.round_trip + EXPIRY;
                 state.live_until = Some(state.live_until.map_or(until, |u| u.max(until)));
             }
-            (live, state.claim, wanted, not_after.unwrap_or_default())
+            (
+                live,
+                state.claim,
+                wanted,
+                not_after.unwrap_or_default(),
+                long_until,
+            )
         };
         let args = [
             self.id.clone(),
@@ -549,6 +673,7 @@ impl Fleet {
             if live { "1" } else { "0" }.to_owned(),
             not_after,
             RETAIN.as_micros().to_string(),
+            long_until,
         ];
         let answer = self.call::<Vec<i64>>("beat", &[], &args).await;
         let received = Instant::now();

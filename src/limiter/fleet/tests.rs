@@ -171,7 +171,12 @@ impl Sim {
     /// Three replicas of one app limited to 200/s, `replicas = 3`, `timeout_ms = 50`, all
     /// formed: each has beaten live and the new Redis epoch's quarantine is over.
     async fn formed(server: Server) -> Sim {
-        let config = Config::from_toml(APP).unwrap();
+        Sim::formed_with(server, APP).await
+    }
+
+    /// The same with the app configured by `app`.
+    async fn formed_with(server: Server, app: &str) -> Sim {
+        let config = Config::from_toml(app).unwrap();
         let start = Instant::now();
         let replicas = (0..3)
             .map(|_| {
@@ -286,12 +291,17 @@ impl Sim {
 
 /// The most sends in any closed one-second window.
 fn busiest_second(sends: &[Send]) -> usize {
+    busiest_window(sends, WINDOW)
+}
+
+/// The most sends in any closed window of `width`.
+fn busiest_window(sends: &[Send], width: Duration) -> usize {
     let mut times: Vec<Instant> = sends.iter().map(|s| s.at).collect();
     times.sort();
     let mut start = 0;
     let mut most = 0;
     for end in 0..times.len() {
-        while times[end] - times[start] > WINDOW {
+        while times[end] - times[start] > width {
             start += 1;
         }
         most = most.max(end - start + 1);
@@ -608,4 +618,77 @@ fn a_lowered_limit_holds_in_every_second_that_holds_a_send_under_it() {
         "{} sends in 3 s of mixed limits",
         mixed.len()
     );
+}
+
+/// A quota over a minute through a full outage: the replicas spend their shares of it only
+/// a minute after Redis surely counted them out (the shared lane admitted up to the whole
+/// quota until then), and after the return Redis keeps their shares off that lane until
+/// their fallback sends' minute is over — while they beat live again at once, so the
+/// second-long lanes get their shares back within a second. No closed minute holds more
+/// than the quota.
+#[tokio::test(start_paused = true)]
+async fn a_per_minute_quota_holds_through_an_outage_and_the_return() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    const QUOTA: usize = 1200;
+    let app = format!(
+        "{APP}[[apps.api_quotas]]\napi = \"openim/sendmsg\"\nrate = {QUOTA}\nper = \"minute\"\n"
+    );
+    let sim = Sim::formed_with(server, &app).await;
+    let t0 = Instant::now();
+    let minute = Duration::from_secs(60);
+    // The quota lane opens a minute after Redis's epoch (`formed` waited 2 s of it); the cut
+    // comes after it admitted for a whole minute.
+    let end = t0 + Duration::from_secs(330);
+    let load = sim.offer(15, end);
+    let (cut, back) = (t0 + Duration::from_secs(130), t0 + Duration::from_secs(230));
+    at(&sim, cut, &[0, 1, 2], true).await;
+    at(&sim, back, &[0, 1, 2], false).await;
+    load.await.unwrap();
+    let sends = sim.sends();
+
+    let busiest = busiest_window(&sends, minute);
+    assert!(busiest <= QUOTA, "{busiest} sends in one minute");
+    // The shares are spent a minute (and the lapse) after the cut, and serve about the quota.
+    let fallback: Vec<Instant> = sends.iter().filter(|s| s.fallback).map(|s| s.at).collect();
+    let first = *fallback.iter().min().expect("fallback sends in the outage");
+    assert!(
+        first >= cut + minute,
+        "first fallback send {:?} after the cut",
+        first - cut
+    );
+    let during = between(&sends, cut + Duration::from_secs(65), back);
+    assert!(
+        during >= 30 * 18,
+        "{during} sent in the last 35 s of the outage"
+    );
+    // Back: live again within a couple of beats...
+    for replica in &sim.replicas {
+        let rejoined = replica
+            .redis
+            .beats()
+            .iter()
+            .find(|(at, live)| *live && *at > back)
+            .map(|(at, _)| *at)
+            .expect("a live beat after the return");
+        assert!(
+            rejoined - back < 2 * WINDOW,
+            "live {:?} after the return",
+            rejoined - back
+        );
+    }
+    // ...while the minute lane serves again once the fallback sends' minute is over.
+    // Until then the lane has only what no share claims: 1,200 − 3 × 399 = 3 a minute.
+    let last = *fallback.iter().max().unwrap();
+    let unclaimed = QUOTA - 3 * (QUOTA * 333_333 / 1_000_000);
+    let early = sends
+        .iter()
+        .filter(|s| !s.fallback && s.at > back && s.at <= last + minute)
+        .count();
+    assert!(
+        early <= unclaimed,
+        "{early} shared sends within the fallback sends' minute"
+    );
+    assert!(between(&sends, last + minute + Duration::from_secs(5), end) >= 30 * 18);
 }
