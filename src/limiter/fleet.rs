@@ -85,6 +85,7 @@
 //!   `MARGIN`); until then those lanes keep the share off their capacity.
 //! - *Lost state*: a lane over P admits nothing until the epoch's birth plus the quarantine
 //!   plus P − 1 s.
+//!
 //! Each loss of Redis starts the fallback quota lanes afresh: their sends of the loss before
 //! lie more than P before the first send of this one, by the two waits above. Known limits of the argument: (1) a replica that has never
 //! reached Redis uses 1/`replicas` of each limit, which Redis cannot account — size
