@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::num::NonZeroU32;
 use timgate::api::Api;
 use timgate::config::Config;

@@ -68,7 +68,13 @@
 //!   probe during that time register their claims as lapsed first.
 //!
 //! Under all of these, any closed second holds ≤ C admitted shared sends plus ≤ Σ(lapsed
-//! shares) fallback sends = L.
+//! shares) fallback sends = L. Known limits of the argument: (1) a replica that has never
+//! reached Redis uses 1/`replicas` of each limit, which Redis cannot account — size
+//! `replicas` to the planned fleet; (2) a lapsed member's claim is kept for `RETAIN`, and a
+//! replica cut off for longer stops sending (429) rather than spend an unaccounted share;
+//! (3) after Redis loses its state, a replica that stays cut off from the new Redis is not
+//! accounted there; (4) Redis's clock must not be stepped while replicas depend on it (its
+//! rate is assumed equal to ours within the margins above).
 //!
 //! # Quotas over a longer period
 //! A quota (`table`) is a lane like the others, with its period P, a request's cost k and
@@ -87,13 +93,7 @@
 //!   plus P − 1 s.
 //!
 //! Each loss of Redis starts the fallback quota lanes afresh: their sends of the loss before
-//! lie more than P before the first send of this one, by the two waits above. Known limits of the argument: (1) a replica that has never
-//! reached Redis uses 1/`replicas` of each limit, which Redis cannot account — size
-//! `replicas` to the planned fleet; (2) a lapsed member's claim is kept for `RETAIN`, and a
-//! replica cut off for longer stops sending (429) rather than spend an unaccounted share;
-//! (3) after Redis loses its state, a replica that stays cut off from the new Redis is not
-//! accounted there; (4) Redis's clock must not be stepped while replicas depend on it (its
-//! rate is assumed equal to ours within the margins above).
+//! lie more than P before the first send of this one, by the two waits above.
 //!
 //! `fleet/tests.rs` drives this state machine on a paused clock against a real Redis at fixed
 //! Redis time and checks each step above on every send (switch, partial partition, switch
