@@ -106,14 +106,15 @@ end
 
 -- The key lives as long as any of its times is ahead, plus one period (past that its state
 -- is a fresh lane's), plus KEEP.
-local function keep(key, period)
-  local ahead = math.max(field(key, 'p'), field(key, 'g'), field(key, 's'), now) - now
-  redis.call('PEXPIRE', key, KEEP + math.ceil((ahead + period) / 1000))
-end
-
-local function store(key, name, value, period)
-  redis.call('HSET', key, name, value)
-  keep(key, period or MILLION)
+-- Stores `fields` (name, value, ...) in the lane `key`, and keeps it alive.
+local function store(key, period, ...)
+  redis.call('HSET', key, ...)
+  local times = redis.call('HMGET', key, 'p', 'g', 's')
+  local last = now
+  for _, t in ipairs(times) do
+    last = math.max(last, tonumber(t) or 0)
+  end
+  redis.call('PEXPIRE', key, KEEP + math.ceil((last - now + period) / 1000))
 end
 
 -- turn: ARGV[5] longest wait, ARGV[6..] each lane's spec.
@@ -163,7 +164,7 @@ if op == 'turn' then
   local reply = {n, slot - now}
   for i = 1, n do
     local before = field(KEYS[i + 3], 'p')
-    store(KEYS[i + 3], 'p', slot + intervals[i], periods[i])
+    store(KEYS[i + 3], periods[i], 'p', slot + intervals[i])
     reply[#reply + 1] = before
     reply[#reply + 1] = slot + intervals[i]
   end
@@ -210,16 +211,18 @@ if op == 'guard' then
       wait = math.max(wait, open + period - MILLION - now)
     end
     local _, interval, burst = shape(c, period, largest)
-    local lowest = tonumber(redis.call('HGET', KEYS[i], 'l'))
+    local state = redis.call('HMGET', KEYS[i], 'g', 'l', 't')
+    local g, lowest, since = tonumber(state[1]) or 0, tonumber(state[2]), tonumber(state[3]) or 0
     if lowest and limit < lowest then
-      local quiet = now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval
-      store(KEYS[i], 'g', math.max(field(KEYS[i], 'g'), quiet), period)
+      g = math.max(g, now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval)
+      store(KEYS[i], period, 'g', g)
     end
-    if not lowest or limit <= lowest or now - field(KEYS[i], 't') > LOWEST_STANDS then
-      store(KEYS[i], 'l', limit, period)
-      store(KEYS[i], 't', now, period)
+    if not lowest or limit < lowest or (limit > lowest and now - since > LOWEST_STANDS) then
+      store(KEYS[i], period, 'l', limit, 't', now)
+    elseif limit == lowest then
+      redis.call('HSET', KEYS[i], 't', now)
     end
-    local tat = math.max(field(KEYS[i], 'g'), now)
+    local tat = math.max(g, now)
     wait = math.max(wait, tat + (cost - burst) * interval - now)
     next_tat[i], periods[i] = tat + cost * interval, period
   end
@@ -227,7 +230,7 @@ if op == 'guard' then
     return wait
   end
   for i = 4, #KEYS do
-    store(KEYS[i], 'g', next_tat[i], periods[i])
+    store(KEYS[i], periods[i], 'g', next_tat[i])
   end
   return 0
 end
@@ -237,8 +240,7 @@ if op == 'slow' then
   local limit, period, _, largest = spec(ARGV[5])
   local c = math.max(capacity(limit, lapsed_claims(period > MILLION)), 1)
   local interval = shape(c, period, largest)
-  store(KEYS[4], 's', now + SLOWDOWN, period)
-  store(KEYS[4], 'p', math.max(field(KEYS[4], 'p'), now) + 2 * interval, period)
+  store(KEYS[4], period, 's', now + SLOWDOWN, 'p', math.max(field(KEYS[4], 'p'), now) + 2 * interval)
   return 0
 end
 
