@@ -301,7 +301,7 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
     }
     // Nor more than 200 in any 1.025 s, so sends that reach Tencent up to 25 ms apart from
     // their admission still make at most 200 in any second.
-    let busiest = busiest_window_us(&admitted, 1_025_000);
+    let busiest = support::busiest_units(&ones(&admitted), 1_025_000);
     assert!((194..=200).contains(&busiest), "busiest 1.025 s {busiest}");
 
     // A member that beat once with a third of the limit, then lapsed: the lane has 200 − 66.
@@ -407,7 +407,7 @@ async fn the_scripts_guard_keeps_a_per_minute_quota_in_units() {
         "first at {}",
         admitted[0] - t0
     );
-    let busiest = busiest_window_us(&admitted, 60_025_000) * 500;
+    let busiest = support::busiest_units(&ones(&admitted), 60_025_000) * 500;
     assert!(busiest <= 12_000, "{busiest} recipients in one minute");
     // ...and serves about the quota after: 3 minutes at ≥ 85% of 12,000.
     assert!(
@@ -415,18 +415,6 @@ async fn the_scripts_guard_keeps_a_per_minute_quota_in_units() {
         "{} calls",
         admitted.len()
     );
-}
-
-fn busiest_window_us(times: &[i64], window: i64) -> usize {
-    let mut start = 0;
-    let mut most = 0;
-    for end in 0..times.len() {
-        while times[end] - times[start] > window {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
 }
 
 // ---- Whole processes ---------------------------------------------------------------------
@@ -480,21 +468,6 @@ async fn offer(addr: SocketAddr, rate: u32, seconds: f64, tally: Arc<Mutex<Tally
     for request in requests {
         request.await.expect("every request is answered");
     }
-}
-
-/// The most arrivals in any closed one-second window.
-fn busiest_second(times: &[Instant]) -> usize {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    let mut start = 0;
-    let mut most = 0;
-    for end in 0..sorted.len() {
-        while sorted[end] - sorted[start] > Duration::from_secs(1) {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
 }
 
 fn arrivals(upstream: &Recorder) -> Vec<Instant> {
@@ -561,7 +534,7 @@ async fn three_replicas_share_one_limit_of_200() {
     );
     assert_eq!(tally.throttled_without_retry_after, 0);
     assert!(tally.ok + tally.throttled >= 2200, "every request answered");
-    let busiest = busiest_second(&times);
+    let busiest = support::busiest_second(&times);
     assert!(busiest <= 200, "busiest second at the upstream: {busiest}");
     let served = count_between(&times, start, start + Duration::from_secs(5));
     assert!(served >= 900, "served {served} in 5 s: under 90% of 200/s");
@@ -582,7 +555,7 @@ async fn one_busy_replica_of_three_gets_the_whole_limit() {
     let start = Instant::now();
     offer(replicas[0].addr, 250, 4.0, tally.clone()).await;
     let times = arrivals(&upstream);
-    assert!(busiest_second(&times) <= 200);
+    assert!(support::busiest_second(&times) <= 200);
     let served = count_between(&times, start, start + Duration::from_secs(4));
     // A static split would give this replica 66/s; it gets the fleet's 200/s.
     assert!(served >= 720, "served {served} in 4 s: under 90% of 200/s");
@@ -622,7 +595,7 @@ async fn the_limit_holds_while_redis_is_killed_and_restarted() {
         tally.other
     );
     assert_eq!(tally.throttled_without_retry_after, 0);
-    let busiest = busiest_second(&times);
+    let busiest = support::busiest_second(&times);
     assert!(busiest <= 200, "busiest second at the upstream: {busiest}");
     // Three seconds after Redis is back, the fleet serves at least 90% of the limit again.
     let after = count_between(
@@ -816,20 +789,9 @@ async fn offer_as(
     (ok, throttled, other)
 }
 
-/// The most units in any closed one-second window of `sent` (arrival, units).
-fn busiest_second_units(sent: &[(Instant, usize)]) -> usize {
-    let mut sent = sent.to_vec();
-    sent.sort();
-    let (mut start, mut units, mut most) = (0, 0, 0);
-    for end in 0..sent.len() {
-        units += sent[end].1;
-        while sent[end].0 - sent[start].0 > Duration::from_secs(1) {
-            units -= sent[start].1;
-            start += 1;
-        }
-        most = most.max(units);
-    }
-    most
+/// Each of `times` as one unit.
+fn ones(times: &[i64]) -> Vec<(i64, usize)> {
+    times.iter().map(|t| (*t, 1)).collect()
 }
 
 /// What the upstream saw of `path` from `start` on (for `key`, only that group's): when, and
@@ -883,10 +845,10 @@ async fn one_busy_replica_of_two_gets_each_quota_whole() {
         assert!(ok + throttled > 0);
     }
     let recipients = units_seen(&upstream, start, BATCH, None);
-    let busiest = busiest_second_units(&recipients);
+    let busiest = support::busiest_units(&recipients, Duration::from_secs(1));
     assert!(busiest <= 4000, "{busiest} recipients within one second");
     let busy = units_seen(&upstream, start, GROUP, Some("busy"));
-    let busiest = busiest_second_units(&busy);
+    let busiest = support::busiest_units(&busy, Duration::from_secs(1));
     assert!(
         busiest <= 40,
         "{busiest} messages to one group within one second"
@@ -958,10 +920,10 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
 
     let units = |path: &str, key: Option<&str>| units_seen(&upstream, start, path, key);
     let recipients = units(BATCH, None);
-    let busiest = busiest_second_units(&recipients);
+    let busiest = support::busiest_units(&recipients, Duration::from_secs(1));
     assert!(busiest <= 4000, "{busiest} recipients within one second");
     let busy = units(GROUP, Some("busy"));
-    let busiest = busiest_second_units(&busy);
+    let busiest = support::busiest_units(&busy, Duration::from_secs(1));
     assert!(
         busiest <= 40,
         "{busiest} messages to one group within one second"
@@ -999,7 +961,7 @@ async fn a_fleet_holds_each_api_to_200_a_second_beside_a_larger_app_limit() {
         assert!(other.is_empty(), "only 200 and 429: {other:?}");
     }
     let times = arrivals(&upstream);
-    let busiest = busiest_second(&times);
+    let busiest = support::busiest_second(&times);
     assert!(
         busiest <= 200,
         "busiest second of sendmsg at the upstream: {busiest}"
@@ -1062,7 +1024,7 @@ async fn a_callers_own_limit_is_held_once_across_the_fleet() {
     }
     let _ = std::fs::remove_file(&token);
     let times = arrivals(&upstream);
-    let busiest = busiest_second(&times);
+    let busiest = support::busiest_second(&times);
     assert!(
         busiest <= 50,
         "busiest second of the batch caller: {busiest}"

@@ -70,21 +70,6 @@ fn signed_with<'k>(seen: &support::Seen, app: u64, keys: &[&'k str]) -> Option<&
     })
 }
 
-/// The most arrivals in any closed one-second window among `times`.
-fn busiest_second(times: &[Instant]) -> usize {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    let mut start = 0;
-    let mut most = 0;
-    for end in 0..sorted.len() {
-        while sorted[end] - sorted[start] > Duration::from_secs(1) {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
-}
-
 /// Asks `/readyz` every 20 ms until `stop`, and returns every status it got.
 fn watch_readiness(
     caller: &Caller,
@@ -197,17 +182,25 @@ async fn a_reload_under_load_answers_every_request_and_keeps_both_limits() {
     // and after it; and the raised limit is used once the switch is a second old.
     let times: Vec<Instant> = of_app.iter().map(|s| s.at).collect();
     let before: Vec<Instant> = times.iter().copied().filter(|t| *t < sent).collect();
-    assert!(busiest_second(&before) <= 50, "{}", busiest_second(&before));
-    assert!(busiest_second(&times) <= 100, "{}", busiest_second(&times));
+    assert!(
+        support::busiest_second(&before) <= 50,
+        "{}",
+        support::busiest_second(&before)
+    );
+    assert!(
+        support::busiest_second(&times) <= 100,
+        "{}",
+        support::busiest_second(&times)
+    );
     let after: Vec<Instant> = of_app
         .iter()
         .filter(|s| s.body == LATE)
         .map(|s| s.at)
         .collect();
     assert!(
-        busiest_second(&after) > 80,
+        support::busiest_second(&after) > 80,
         "the raised limit in use: {} in the busiest second after the switch",
-        busiest_second(&after)
+        support::busiest_second(&after)
     );
 }
 

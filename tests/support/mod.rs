@@ -888,3 +888,30 @@ pub async fn late_turns_refused_at_once_on_drain(before_apps: &str) {
         refused
     );
 }
+
+/// The most units in any closed window of `width`, of `sent` (time, units) in any order:
+/// what a limit "in any sliding second (minute)" is checked against.
+pub fn busiest_units<T, W>(sent: &[(T, usize)], width: W) -> usize
+where
+    T: Copy + Ord + std::ops::Sub<Output = W>,
+    W: PartialOrd,
+{
+    let mut sent = sent.to_vec();
+    sent.sort_by_key(|(at, _)| *at);
+    let (mut start, mut units, mut most) = (0, 0, 0);
+    for end in 0..sent.len() {
+        units += sent[end].1;
+        while sent[end].0 - sent[start].0 > width {
+            units -= sent[start].1;
+            start += 1;
+        }
+        most = most.max(units);
+    }
+    most
+}
+
+/// The most of `times` in any closed second.
+pub fn busiest_second(times: &[tokio::time::Instant]) -> usize {
+    let sent: Vec<_> = times.iter().map(|at| (*at, 1)).collect();
+    busiest_units(&sent, std::time::Duration::from_secs(1))
+}
