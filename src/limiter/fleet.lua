@@ -73,10 +73,6 @@ local function capacity(limit, claims)
   return c
 end
 
-local function field(key, name)
-  return tonumber(redis.call('HGET', key, name)) or 0
-end
-
 -- A lane's spec: limit, period (µs), this request's cost, the most one request may cost.
 local function spec(text)
   local limit, period, cost, largest = string.match(text, '^(%d+)/(%d+)/(%d+)/(%d+)$')
@@ -104,17 +100,30 @@ local function shape(c, period, largest)
   return math.ceil(period / pace), math.ceil(period / rate), burst
 end
 
--- The key lives as long as any of its times is ahead, plus one period (past that its state
--- is a fresh lane's), plus KEEP.
--- Stores `fields` (name, value, ...) in the lane `key`, and keeps it alive.
-local function store(key, period, ...)
-  redis.call('HSET', key, ...)
-  local times = redis.call('HMGET', key, 'p', 'g', 's')
-  local last = now
-  for _, t in ipairs(times) do
-    last = math.max(last, tonumber(t) or 0)
+-- A lane's state, read at once: its times p, g, s (0 when unset), and l, t.
+local function load(key)
+  local v = redis.call('HMGET', key, 'p', 'g', 's', 'l', 't')
+  return {
+    key = key,
+    p = tonumber(v[1]) or 0,
+    g = tonumber(v[2]) or 0,
+    s = tonumber(v[3]) or 0,
+    l = tonumber(v[4]),
+    t = tonumber(v[5]) or 0,
+  }
+end
+
+-- Writes the fields `names` of `lane`, and keeps the key alive as long as any of its times
+-- is ahead, plus one period (past that its state is a fresh lane's), plus KEEP.
+local function save(lane, period, names)
+  local args = {}
+  for _, name in ipairs(names) do
+    args[#args + 1] = name
+    args[#args + 1] = lane[name]
   end
-  redis.call('PEXPIRE', key, KEEP + math.ceil((last - now + period) / 1000))
+  redis.call('HSET', lane.key, unpack(args))
+  local last = math.max(lane.p, lane.g, lane.s, now)
+  redis.call('PEXPIRE', lane.key, KEEP + math.ceil((last - now + period) / 1000))
 end
 
 -- turn: ARGV[5] longest wait, ARGV[6..] each lane's spec.
@@ -128,7 +137,7 @@ end
 if op == 'turn' then
   local max_wait = tonumber(ARGV[5])
   local claims, long_claims = lapsed_claims(false), nil
-  local slots, intervals, periods = {}, {}, {}
+  local slots, intervals, periods, lanes = {}, {}, {}, {}
   for i = 4, #KEYS do
     local limit, period, cost, largest = spec(ARGV[i + 2])
     if period > MILLION and not long_claims then
@@ -138,16 +147,17 @@ if op == 'turn' then
     if c < 1 then
       return {-(i - 3), -1}
     end
+    local lane = load(KEYS[i])
     local interval = shape(c, period, largest)
-    if field(KEYS[i], 's') > now then
+    if lane.s > now then
       interval = interval * 2
     end
-    local slot = math.max(field(KEYS[i], 'p'), now)
+    local slot = math.max(lane.p, now)
     if slot - now > max_wait then
       return {-(i - 3), slot - now}
     end
     slots[i - 3], intervals[i - 3] = slot, interval * cost
-    periods[i - 3] = period
+    periods[i - 3], lanes[i - 3] = period, lane
   end
   local n = #slots
   local others = 0
@@ -163,10 +173,12 @@ if op == 'turn' then
   end
   local reply = {n, slot - now}
   for i = 1, n do
-    local before = field(KEYS[i + 3], 'p')
-    store(KEYS[i + 3], periods[i], 'p', slot + intervals[i])
+    local lane = lanes[i]
+    local before = lane.p
+    lane.p = slot + intervals[i]
+    save(lane, periods[i], {'p'})
     reply[#reply + 1] = before
-    reply[#reply + 1] = slot + intervals[i]
+    reply[#reply + 1] = lane.p
   end
   return reply
 end
@@ -197,7 +209,7 @@ if op == 'guard' then
     return open - now
   end
   local claims, long_claims = lapsed_claims(false), nil
-  local wait, next_tat, periods = 0, {}, {}
+  local wait, lanes = 0, {}
   for i = 4, #KEYS do
     local limit, period, cost, largest = spec(ARGV[i + 1])
     if period > MILLION and not long_claims then
@@ -211,28 +223,33 @@ if op == 'guard' then
       wait = math.max(wait, open + period - MILLION - now)
     end
     local _, interval, burst = shape(c, period, largest)
-    local state = redis.call('HMGET', KEYS[i], 'g', 'l', 't')
-    local g, lowest, since = tonumber(state[1]) or 0, tonumber(state[2]), tonumber(state[3]) or 0
-    if lowest and limit < lowest then
-      g = math.max(g, now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval)
-      store(KEYS[i], period, 'g', g)
+    local lane, changed = load(KEYS[i]), {}
+    if lane.l and limit < lane.l then
+      lane.g = math.max(lane.g, now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval)
+      changed[#changed + 1] = 'g'
     end
-    if not lowest or limit < lowest or (limit > lowest and now - since > LOWEST_STANDS) then
-      store(KEYS[i], period, 'l', limit, 't', now)
-    elseif limit == lowest then
-      redis.call('HSET', KEYS[i], 't', now)
+    if not lane.l or limit < lane.l or (limit > lane.l and now - lane.t > LOWEST_STANDS) then
+      lane.l, lane.t = limit, now
+      changed[#changed + 1] = 'l'
+      changed[#changed + 1] = 't'
+    elseif limit == lane.l then
+      lane.t = now
+      changed[#changed + 1] = 't'
     end
-    local tat = math.max(g, now)
+    local tat = math.max(lane.g, now)
     wait = math.max(wait, tat + (cost - burst) * interval - now)
-    next_tat[i], periods[i] = tat + cost * interval, period
+    lanes[#lanes + 1] = {lane = lane, period = period, changed = changed, next = tat + cost * interval}
   end
-  if wait > 0 then
-    return wait
+  for _, l in ipairs(lanes) do
+    if wait <= 0 then
+      l.lane.g = l.next
+      l.changed[#l.changed + 1] = 'g'
+    end
+    if #l.changed > 0 then
+      save(l.lane, l.period, l.changed)
+    end
   end
-  for i = 4, #KEYS do
-    store(KEYS[i], periods[i], 'g', next_tat[i])
-  end
-  return 0
+  return math.max(wait, 0)
 end
 
 -- slow: ARGV[5] the lane's spec. Tencent said too fast: half pace for a while, from now.
@@ -240,7 +257,9 @@ if op == 'slow' then
   local limit, period, _, largest = spec(ARGV[5])
   local c = math.max(capacity(limit, lapsed_claims(period > MILLION)), 1)
   local interval = shape(c, period, largest)
-  store(KEYS[4], period, 's', now + SLOWDOWN, 'p', math.max(field(KEYS[4], 'p'), now) + 2 * interval)
+  local lane = load(KEYS[4])
+  lane.s, lane.p = now + SLOWDOWN, math.max(lane.p, now) + 2 * interval
+  save(lane, period, {'s', 'p'})
   return 0
 end
 
