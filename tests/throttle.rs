@@ -43,18 +43,6 @@ async fn burst(
     answers
 }
 
-fn busiest_second(times: &mut [Instant]) -> usize {
-    times.sort();
-    let (mut start, mut most) = (0, 0);
-    for end in 0..times.len() {
-        while times[end] - times[start] > Duration::from_secs(1) {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
-}
-
 /// Lifts get_room_info's own 200/s lane out of the way of a test of the app lane.
 const INFO_UNLIMITED: &str =
     "[apps.api_limits]\n\"live_engine_http_srv/get_room_info\" = 1000000\n";
@@ -102,8 +90,9 @@ async fn a_burst_of_1000_never_exceeds_the_limit_at_the_upstream() {
         .filter(|s| s.param("sdkappid") == Some("1400000001"))
         .map(|s| s.at)
         .collect();
+    times.sort();
     assert_eq!(times.len(), 1000);
-    let busiest = busiest_second(&mut times);
+    let busiest = support::busiest_second(&times);
     assert!(busiest <= 300, "{busiest} requests within one second");
     let rate = 999.0 / (times[999] - times[0]).as_secs_f64();
     assert!(
@@ -364,14 +353,14 @@ async fn a_burst_after_idle_holds_the_limit_when_tls_handshakes_are_slow() {
         failed.len(),
         failed.first().map(|a| a.json())
     );
-    let mut times: Vec<Instant> = distant
+    let times: Vec<Instant> = distant
         .seen()
         .iter()
         .filter(|s| s.param("sdkappid") == Some("1400000001"))
         .map(|s| s.at)
         .collect();
     assert_eq!(times.len(), 1000);
-    let busiest = busiest_second(&mut times);
+    let busiest = support::busiest_second(&times);
     // Checking the limits before the handshake instead puts 333 into one second here. The
     // stamps are the kernel's, of the encrypted bytes reaching the distant socket, so the
     // bound is exact: the limit itself.
@@ -414,9 +403,9 @@ async fn sendmsg_keeps_its_own_200_a_second_when_the_app_may_send_1000() {
     let body = r#"{"From_Account":"a","To_Account":"b","MsgRandom":1,"MsgBody":[]}"#;
     let answers = burst_of(&caller, gw.addr, "/v4/openim/sendmsg", body, 300).await;
     assert!(answers.iter().all(|a| a.code() == 0));
-    let mut times: Vec<Instant> = upstream.seen().iter().map(|s| s.at).collect();
+    let times: Vec<Instant> = upstream.seen().iter().map(|s| s.at).collect();
     assert_eq!(times.len(), 300);
-    let busiest = busiest_second(&mut times);
+    let busiest = support::busiest_second(&times);
     assert!(busiest <= 200, "{busiest} sendmsg within one second");
 }
 
