@@ -19,7 +19,7 @@ pub use raw::{MAX_MS, MAX_RATE};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -360,6 +360,9 @@ pub struct Server {
     /// Connections open at once to one upstream origin (`upstream_max_connections`, default
     /// 64); past it, attempts wait in order for one to come free, within their deadline.
     pub upstream_max_connections: usize,
+    /// Threads that run requests (`worker_threads`, read at start; default the CPUs this
+    /// process may use, as the cgroup's CPU quota says, at most 2).
+    pub worker_threads: NonZeroUsize,
     /// How long an unused upstream connection is kept (`upstream_idle_timeout_ms`, default
     /// 60000); a sweeper closes it after that.
     pub upstream_idle_timeout: Duration,
@@ -800,6 +803,14 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_default_to_at_most_two_and_take_a_setting() {
+        let default = Config::from_toml(GOOD).unwrap().server.worker_threads.get();
+        assert!((1..=2).contains(&default), "{default}");
+        let set = Config::from_toml(&format!("[server]\nworker_threads = 6\n{GOOD}")).unwrap();
+        assert_eq!(set.server.worker_threads.get(), 6);
+    }
+
+    #[test]
     fn api_limits_keep_documented_defaults_and_take_overrides() {
         let text = format!(
             "{GOOD}rate_limit = 500\n[apps.api_limits]\n\"live_engine_http_srv/get_room_list\" = 20\n\"openim/sendmsg\" = 50\n"
@@ -944,6 +955,14 @@ mod tests {
             (
                 format!("[server]\ndrain_timeout_ms = 9000000000\n{GOOD}"),
                 "server.drain_timeout_ms",
+            ),
+            (
+                format!("[server]\nworker_threads = 0\n{GOOD}"),
+                "server.worker_threads",
+            ),
+            (
+                format!("[server]\nworker_threads = 257\n{GOOD}"),
+                "server.worker_threads",
             ),
             (
                 format!("{GOOD}[apps.api_limits]\n\"openim/sendmsg\" = 2000000\n"),

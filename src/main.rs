@@ -174,6 +174,7 @@ fn sign(sdkappid: u64, identifier: String, expire: u64) -> ExitCode {
 
 fn serve(config: Config, command: Command, path: PathBuf, logs: Option<ApplyLogs>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads.get())
         .enable_all()
         .build()
         .expect("a Tokio runtime can be built on any supported OS");

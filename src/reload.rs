@@ -159,6 +159,10 @@ pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
         ("server.listen", a.listen == b.listen),
         ("server.admin_listen", a.admin_listen == b.admin_listen),
         (
+            "server.worker_threads",
+            a.worker_threads == b.worker_threads,
+        ),
+        (
             "server.max_body_bytes",
             a.max_body_bytes == b.max_body_bytes,
         ),

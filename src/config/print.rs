@@ -66,6 +66,7 @@ struct Server {
     drain_timeout_ms: u64,
     allow_anonymous: bool,
     upstream_max_connections: usize,
+    worker_threads: usize,
     upstream_idle_timeout_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     egress_proxy: Option<String>,
@@ -145,6 +146,7 @@ pub(super) fn to_toml(config: &Config) -> String {
             drain_timeout_ms: ms(server.drain_timeout),
             allow_anonymous: server.allow_anonymous,
             upstream_max_connections: server.upstream_max_connections,
+            worker_threads: server.worker_threads.get(),
             upstream_idle_timeout_ms: ms(server.upstream_idle_timeout),
             // From HTTPS_PROXY it is the environment's, not the file's: not printed as a key.
             egress_proxy: server

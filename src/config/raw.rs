@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use hyper::Uri;
@@ -24,6 +24,8 @@ pub const MAX_RATE: u32 = 1_000_000;
 pub const MAX_MS: u64 = 3_600_000;
 /// Most connections to one upstream origin (`server.upstream_max_connections`).
 pub const MAX_UPSTREAM_CONNECTIONS: usize = 4096;
+/// Most runtime worker threads (`server.worker_threads`).
+pub const MAX_WORKER_THREADS: usize = 256;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +130,7 @@ struct RawServer {
     upstream_max_connections: u64,
     upstream_idle_timeout_ms: u64,
     egress_proxy: Option<String>,
+    worker_threads: Option<u64>,
 }
 
 impl Default for RawServer {
@@ -150,6 +153,7 @@ impl Default for RawServer {
             upstream_max_connections: 64,
             upstream_idle_timeout_ms: 60_000,
             egress_proxy: None,
+            worker_threads: None,
         }
     }
 }
@@ -362,6 +366,19 @@ impl RawServer {
                     format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}"),
                 )
             })?;
+        let worker_threads = match self.worker_threads {
+            None => default_worker_threads(),
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_WORKER_THREADS).contains(n))
+                .and_then(NonZeroUsize::new)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "server.worker_threads",
+                        format!("must be between 1 and {MAX_WORKER_THREADS}"),
+                    )
+                })?,
+        };
         let egress_proxy = self
             .egress_proxy
             .as_deref()
@@ -378,6 +395,7 @@ impl RawServer {
             listen,
             admin_listen,
             upstream_max_connections,
+            worker_threads,
             upstream_idle_timeout: millis(
                 "server.upstream_idle_timeout_ms",
                 self.upstream_idle_timeout_ms,
@@ -769,4 +787,12 @@ fn base_url(text: &str) -> Result<Uri, String> {
         ));
     }
     Ok(uri)
+}
+
+/// The CPUs this process may use (std reads the cgroup's CPU quota), at most 2: a sidecar
+/// pod without a CPU limit would otherwise start a worker, and a malloc arena, per core of
+/// its node, and 2 serve far more than Tencent's limits let through (see the README).
+fn default_worker_threads() -> NonZeroUsize {
+    const MOST: NonZeroUsize = NonZeroUsize::new(2).expect("2 is not zero");
+    std::thread::available_parallelism().map_or(MOST, |n| n.min(MOST))
 }
