@@ -817,6 +817,35 @@ fn units_seen(
         .collect()
 }
 
+/// A batchsendmsg body to 100 recipients.
+fn batch_of_100() -> String {
+    let accounts: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+    serde_json::json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []})
+        .to_string()
+}
+
+/// A send_group_msg body to group `id`.
+fn to_group(id: &str) -> String {
+    serde_json::json!({"GroupId": id, "Random": 1, "MsgBody": []}).to_string()
+}
+
+/// Asserts that from `start` on the upstream never saw more than 4,000 recipients of
+/// batchsendmsg nor 40 messages to the group "busy" in one second; returns how many of
+/// each it saw.
+fn quotas_held(upstream: &Recorder, start: Instant) -> (usize, usize) {
+    let second = Duration::from_secs(1);
+    let recipients = units_seen(upstream, start, BATCH, None);
+    let busiest = support::busiest_units(&recipients, second);
+    assert!(busiest <= 4000, "{busiest} recipients within one second");
+    let busy = units_seen(upstream, start, GROUP, Some("busy"));
+    let busiest = support::busiest_units(&busy, second);
+    assert!(
+        busiest <= 40,
+        "{busiest} messages to one group within one second"
+    );
+    (recipients.iter().map(|(_, n)| n).sum(), busy.len())
+}
+
 /// The quotas are one lane each in Redis, not a part per replica: all the load on one
 /// replica of a fleet planned at two gets each whole quota (a part each would hold it to
 /// half), and still never more.
@@ -831,37 +860,22 @@ async fn one_busy_replica_of_two_gets_each_quota_whole() {
     ];
     fleet_formed(&replicas, &Caller::default()).await;
     let start = Instant::now();
-    let accounts: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
-    let batch = serde_json::json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []});
-    let group = serde_json::json!({"GroupId": "busy", "Random": 1, "MsgBody": []});
+    let batch = batch_of_100();
     let addr = replicas[0].addr;
     let loads = [
-        tokio::spawn(offer_body(addr, BATCH, batch.to_string(), 36, 4.0)),
-        tokio::spawn(offer_body(addr, GROUP, group.to_string(), 45, 4.0)),
+        tokio::spawn(offer_body(addr, BATCH, batch, 36, 4.0)),
+        tokio::spawn(offer_body(addr, GROUP, to_group("busy"), 45, 4.0)),
     ];
     for load in loads {
         let (ok, throttled, other) = load.await.unwrap();
         assert!(other.is_empty(), "only 200 and 429: {other:?}");
         assert!(ok + throttled > 0);
     }
-    let recipients = units_seen(&upstream, start, BATCH, None);
-    let busiest = support::busiest_units(&recipients, Duration::from_secs(1));
-    assert!(busiest <= 4000, "{busiest} recipients within one second");
-    let busy = units_seen(&upstream, start, GROUP, Some("busy"));
-    let busiest = support::busiest_units(&busy, Duration::from_secs(1));
-    assert!(
-        busiest <= 40,
-        "{busiest} messages to one group within one second"
-    );
+    let (recipients, busy) = quotas_held(&upstream, start);
     // The whole quota: ~3,460 recipients and ~38 group messages a second paced. Half of
     // each (a part per replica) would be ~1,485 and ~19.
-    let sent: usize = recipients.iter().map(|(_, n)| n).sum();
-    assert!(sent >= 4 * 2800, "{sent} recipients in 4 s");
-    assert!(
-        busy.len() >= 4 * 30,
-        "{} messages to the busy group in 4 s",
-        busy.len()
-    );
+    assert!(recipients >= 4 * 2800, "{recipients} recipients in 4 s");
+    assert!(busy >= 4 * 30, "{busy} messages to the busy group in 4 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -875,10 +889,7 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
     ];
     fleet_formed(&replicas, &Caller::default()).await;
     let start = Instant::now();
-    let accounts: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
-    let batch = serde_json::json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []});
-    let group =
-        |id: &str| serde_json::json!({"GroupId": id, "Random": 1, "MsgBody": []}).to_string();
+    let batch = batch_of_100();
     // A replica that kept the whole quota would let through ~3,900 recipients and ~38
     // messages to the busy group a second: offered 3,000 and 40 a second each, the pair
     // would send 6,000 and 80.
@@ -888,21 +899,21 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
         loads.push(tokio::spawn(offer_body(
             addr,
             BATCH,
-            batch.to_string(),
+            batch.clone(),
             30,
             4.0,
         )));
         loads.push(tokio::spawn(offer_body(
             addr,
             GROUP,
-            group("busy"),
+            to_group("busy"),
             40,
             4.0,
         )));
         loads.push(tokio::spawn(offer_body(
             addr,
             GROUP,
-            group("quiet"),
+            to_group("quiet"),
             5,
             4.0,
         )));
@@ -918,25 +929,11 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
     // No quiet-group message was refused: its lane is its own.
     assert_eq!(answered[2].1 + answered[5].1, 0, "{answered:?}");
 
-    let units = |path: &str, key: Option<&str>| units_seen(&upstream, start, path, key);
-    let recipients = units(BATCH, None);
-    let busiest = support::busiest_units(&recipients, Duration::from_secs(1));
-    assert!(busiest <= 4000, "{busiest} recipients within one second");
-    let busy = units(GROUP, Some("busy"));
-    let busiest = support::busiest_units(&busy, Duration::from_secs(1));
-    assert!(
-        busiest <= 40,
-        "{busiest} messages to one group within one second"
-    );
+    let (recipients, busy) = quotas_held(&upstream, start);
     // Held to the fleet's one limit, not starved: 4,000 a second, of which a guard whose
     // burst must hold one 500-recipient call refills 3,500 (paced at ~3,460).
-    let sent: usize = recipients.iter().map(|(_, n)| n).sum();
-    assert!(sent >= 4 * 2500, "{sent} recipients in 4 s");
-    assert!(
-        busy.len() >= 4 * 30,
-        "{} messages to the busy group in 4 s",
-        busy.len()
-    );
+    assert!(recipients >= 4 * 2500, "{recipients} recipients in 4 s");
+    assert!(busy >= 4 * 30, "{busy} messages to the busy group in 4 s");
 }
 
 /// Every API has its own limit of 200/s beside the app's (TENCENT.md §7): an app that bought
