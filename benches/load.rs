@@ -1,6 +1,6 @@
 //! End-to-end load: a minimal fast upstream called directly, through a real `timgate` process
-//! and through nginx `proxy_pass` (keep-alive upstream, 2 workers), in the same run, on
-//! loopback. Prints, for timgate and nginx side by side: throughput as a ratio to direct and
+//! and through nginx `proxy_pass` (keep-alive upstream, 2 workers, its default access log
+//! on, as timgate writes its line per request), in the same run, on loopback. Prints, for timgate and nginx side by side: throughput as a ratio to direct and
 //! to each other (medians of interleaved one-second rounds), CPU time per request (from
 //! /proc/PID/stat over those rounds), p50/p99 added at a fixed rate, and resident memory
 //! idle, under load, and with 1,000 busy connections. Stops by itself; `LOAD_SECS` sets each
@@ -398,7 +398,7 @@ impl Nginx {
         let conf = format!(
             "worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/logs/error.log crit;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; keepalive_requests 10000000; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+             http {{ access_log {dir}/logs/access.log; keepalive_requests 10000000; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
              upstream up {{ server {upstream}; keepalive 128; keepalive_requests 10000000; }}\n\
              server {{ listen {addr}; location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
              proxy_set_header Connection \"\"; }} }} }}\n",
