@@ -741,6 +741,16 @@ async fn quota_replica(redis: &Redis, upstream: &Recorder) -> Process {
     Process::start(&config, &[], std::process::Stdio::null()).await
 }
 
+/// Two `quota_replica`s, formed into a fleet.
+async fn quota_pair(redis: &Redis, upstream: &Recorder) -> [Process; 2] {
+    let replicas = [
+        quota_replica(redis, upstream).await,
+        quota_replica(redis, upstream).await,
+    ];
+    fleet_formed(&replicas, &Caller::default()).await;
+    replicas
+}
+
 /// Offers `rate` POSTs of `body` to `path` a second for `seconds`, on a fixed schedule;
 /// returns how many were answered 200, 429 and otherwise.
 async fn offer_body(
@@ -854,11 +864,7 @@ async fn one_busy_replica_of_two_gets_each_quota_whole() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let Some(redis) = Redis::start() else { return };
     let upstream = Recorder::ok().await;
-    let replicas = [
-        quota_replica(&redis, &upstream).await,
-        quota_replica(&redis, &upstream).await,
-    ];
-    fleet_formed(&replicas, &Caller::default()).await;
+    let replicas = quota_pair(&redis, &upstream).await;
     let start = Instant::now();
     let batch = batch_of_100();
     let addr = replicas[0].addr;
@@ -883,11 +889,7 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let Some(redis) = Redis::start() else { return };
     let upstream = Recorder::ok().await;
-    let replicas = [
-        quota_replica(&redis, &upstream).await,
-        quota_replica(&redis, &upstream).await,
-    ];
-    fleet_formed(&replicas, &Caller::default()).await;
+    let replicas = quota_pair(&redis, &upstream).await;
     let start = Instant::now();
     let batch = batch_of_100();
     // A replica that kept the whole quota would let through ~3,900 recipients and ~38
@@ -943,11 +945,7 @@ async fn a_fleet_holds_each_api_to_200_a_second_beside_a_larger_app_limit() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let Some(redis) = Redis::start() else { return };
     let upstream = Recorder::ok().await;
-    let replicas = [
-        quota_replica(&redis, &upstream).await,
-        quota_replica(&redis, &upstream).await,
-    ];
-    fleet_formed(&replicas, &Caller::default()).await;
+    let replicas = quota_pair(&redis, &upstream).await;
     let start = Instant::now();
     let loads: Vec<_> = replicas
         .iter()
