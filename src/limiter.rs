@@ -452,13 +452,11 @@ impl QuotaLanes {
         }
     }
 
-    /// The lane a request with `measured` passes.
-    fn lane(&self, measured: Option<&Measured>, now: Instant) -> Result<Arc<Lane>, Throttled> {
+    /// The lane of a request with `key` (one lane for all without a key).
+    fn lane(&self, key: Option<&str>, now: Instant) -> Result<Arc<Lane>, Throttled> {
         match self {
             QuotaLanes::One(lane) => Ok(lane.clone()),
-            QuotaLanes::Keyed(keyed) => {
-                keyed.lane(measured.and_then(|m| m.key.as_deref()).unwrap_or(""), now)
-            }
+            QuotaLanes::Keyed(keyed) => keyed.lane(key.unwrap_or(""), now),
         }
     }
 }
@@ -555,7 +553,10 @@ impl Lanes {
         for (i, quota) in lanes.iter().flat_map(|l| &l.lanes).enumerate() {
             let measured = measured.get(i);
             let cost = measured.map_or(NonZeroU32::MIN, |m| m.cost);
-            local.push((quota.lane(measured, now)?, cost));
+            local.push((
+                quota.lane(measured.and_then(|m| m.key.as_deref()), now)?,
+                cost,
+            ));
         }
         let mut calls = lanes.and_then(|l| l.calls.clone());
         if let (None, Some(shared), Some(fleet)) = (&calls, &self.shared_implicit, &self.fleet) {
@@ -816,16 +817,10 @@ impl Turn<'_> {
                 generation = made;
             }
             let quota_lanes = entry.fallback(fleet, generation)?;
-            for ((quota_lanes, ask), i) in quota_lanes.iter().zip(&self.quotas).zip(0..) {
-                let key = entry
-                    .quotas
-                    .get(i)
-                    .and_then(|q| q.key.as_ref())
-                    .map(|_| Measured {
-                        cost: ask.cost,
-                        key: Some(ask.key.clone()),
-                    });
-                lanes.push((quota_lanes.lane(key.as_ref(), now)?, ask.cost, ask.period));
+            // A keyed quota's lanes here are keyed by the lane's Redis key, one per value.
+            for (quota_lanes, ask) in quota_lanes.iter().zip(&self.quotas) {
+                let lane = quota_lanes.lane(Some(&ask.key), now)?;
+                lanes.push((lane, ask.cost, ask.period));
             }
         }
         for limit in self.limits() {
