@@ -596,7 +596,7 @@ impl Lanes {
             entry: lanes,
             api: calls,
             app: &self.app,
-            fleet: self.fleet.as_deref(),
+            fleet: self.fleet.as_ref(),
             max_wait,
         };
         match &self.fleet {
@@ -768,7 +768,7 @@ pub struct Turn<'a> {
     entry: Option<&'a ApiLanes>,
     api: Option<Arc<Limit>>,
     app: &'a Limit,
-    fleet: Option<&'a Fleet>,
+    fleet: Option<&'a Arc<Fleet>>,
     max_wait: Duration,
 }
 

@@ -9,7 +9,7 @@
 -- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until, l = the lowest limit
 --           the guard was asked with lately, t = when it was last asked with it), narrowest first
 --
--- ARGV[1] op: turn | guard | release | slow | beat | leave
+-- ARGV[1] op: turn | guard | turns | guards | release | slow | beat | leave
 -- ARGV[2] now ("" = TIME)
 -- ARGV[3] heartbeat expiry: a member whose last live beat is older is counted in fallback
 -- ARGV[4] epoch quarantine: no guard admits before the epoch's birth plus this
@@ -39,7 +39,7 @@ local open = born + tonumber(ARGV[4])
 -- The claims of members whose heartbeat lapsed: they may be spending them in fallback. With
 -- `long`, for a lane of a longer period, also of live members whose fallback sends on such
 -- lanes still count in that period.
-local function lapsed_claims(long)
+local function read_lapsed_claims(long)
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - expiry))
   if long then
     local seen = {}
@@ -62,6 +62,16 @@ local function lapsed_claims(long)
     end
   end
   return claims
+end
+
+-- The same, read once per call: every ask of a batch sees one membership.
+local claims_read = {}
+local function lapsed_claims(long)
+  local which = long and 'long' or 'short'
+  if not claims_read[which] then
+    claims_read[which] = read_lapsed_claims(long)
+  end
+  return claims_read[which]
 end
 
 -- A lane's limit less what lapsed members may send on their own.
@@ -101,7 +111,7 @@ local function shape(c, period, largest)
 end
 
 -- A lane's state, read at once: its times p, g, s (0 when unset), and l, t.
-local function load(key)
+local function read(key)
   local v = redis.call('HMGET', key, 'p', 'g', 's', 'l', 't')
   return {
     key = key,
@@ -113,20 +123,43 @@ local function load(key)
   }
 end
 
--- Writes the fields `names` of `lane`, and keeps the key alive as long as any of its times
--- is ahead, plus one period (past that its state is a fresh lane's), plus KEEP.
-local function save(lane, period, names)
-  local args = {}
-  for _, name in ipairs(names) do
-    args[#args + 1] = name
-    args[#args + 1] = lane[name]
+-- Every lane this call read, by key, and those it changed, in order: a batch reads each lane
+-- once and writes it once, after its last ask.
+local loaded, dirty = {}, {}
+local function load(key)
+  if not loaded[key] then
+    loaded[key] = read(key)
   end
-  redis.call('HSET', lane.key, unpack(args))
-  local last = math.max(lane.p, lane.g, lane.s, now)
-  redis.call('PEXPIRE', lane.key, KEEP + math.ceil((last - now + period) / 1000))
+  return loaded[key]
 end
 
--- turn: ARGV[5] longest wait, ARGV[6..] each lane's spec.
+-- Marks the fields `names` of `lane` (of window `period`) to be written by `save_all`.
+local function save(lane, period, names)
+  if not lane.names then
+    lane.names, lane.period = {}, period
+    dirty[#dirty + 1] = lane
+  end
+  for _, name in ipairs(names) do
+    lane.names[name] = true
+  end
+end
+
+-- Writes every changed field, and keeps each key alive as long as any of its times is
+-- ahead, plus one period (past that its state is a fresh lane's), plus KEEP.
+local function save_all()
+  for _, lane in ipairs(dirty) do
+    local args = {}
+    for name in pairs(lane.names) do
+      args[#args + 1] = name
+      args[#args + 1] = lane[name]
+    end
+    redis.call('HSET', lane.key, unpack(args))
+    local last = math.max(lane.p, lane.g, lane.s, now)
+    redis.call('PEXPIRE', lane.key, KEEP + math.ceil((last - now + lane.period) / 1000))
+  end
+end
+
+-- turn: ARGV[5] longest wait, ARGV[6..] each lane's spec (KEYS[4..]).
 -- Reserves one pacing slot (GCRA, burst 1, at PACE x capacity) on every lane at once (a
 -- request costing k units takes k slots' time), or, when the first (narrowest) lane is
 -- further behind than every other lane by more than their intervals, on the first lane
@@ -134,30 +167,26 @@ end
 -- Returns {lanes reserved, wait, before1, after1[, before2, after2]} or {-lane, retry after};
 -- a retry after of -1: the lane has no capacity now (lapsed members hold all of it), ask
 -- again after a heartbeat.
-if op == 'turn' then
-  local max_wait = tonumber(ARGV[5])
-  local claims, long_claims = lapsed_claims(false), nil
+-- `lanes`: {key, spec} per lane, narrowest first.
+local function turn(lanes_asked, max_wait)
   local slots, intervals, periods, lanes = {}, {}, {}, {}
-  for i = 4, #KEYS do
-    local limit, period, cost, largest = spec(ARGV[i + 2])
-    if period > MILLION and not long_claims then
-      long_claims = lapsed_claims(true)
-    end
-    local c = capacity(limit, period > MILLION and long_claims or claims)
+  for i, asked in ipairs(lanes_asked) do
+    local limit, period, cost, largest = spec(asked[2])
+    local c = capacity(limit, lapsed_claims(period > MILLION))
     if c < 1 then
-      return {-(i - 3), -1}
+      return {-i, -1}
     end
-    local lane = load(KEYS[i])
+    local lane = load(asked[1])
     local interval = shape(c, period, largest)
     if lane.s > now then
       interval = interval * 2
     end
     local slot = math.max(lane.p, now)
     if slot - now > max_wait then
-      return {-(i - 3), slot - now}
+      return {-i, slot - now}
     end
-    slots[i - 3], intervals[i - 3] = slot, interval * cost
-    periods[i - 3], lanes[i - 3] = period, lane
+    slots[i], intervals[i] = slot, interval * cost
+    periods[i], lanes[i] = period, lane
   end
   local n = #slots
   local others = 0
@@ -194,7 +223,7 @@ if op == 'release' then
   return 0
 end
 
--- guard: ARGV[5..] each lane's spec. The send-time guard, fleet-wide: GCRA per unit at
+-- guard: ARGV[5..] each lane's spec (KEYS[4..]). The send-time guard, fleet-wide: GCRA per unit at
 -- the rate and burst of `shape`: at most capacity units in any window of period + SPREAD,
 -- so sends that reach Tencent up to SPREAD apart from when Redis admitted them still make
 -- at most capacity in any period. A request costing k units needs k cells at once.
@@ -204,18 +233,15 @@ end
 -- local lane does across a reload. A raise needs nothing: every interval already spent is
 -- at least the new one. After Redis lost its state nothing is admitted for the quarantine,
 -- and on a lane of a longer period for that period longer: its sends before are unknown.
-if op == 'guard' then
+-- `lanes`: {key, spec} per lane.
+local function guard(lanes_asked)
   if now < open then
     return open - now
   end
-  local claims, long_claims = lapsed_claims(false), nil
   local wait, lanes = 0, {}
-  for i = 4, #KEYS do
-    local limit, period, cost, largest = spec(ARGV[i + 1])
-    if period > MILLION and not long_claims then
-      long_claims = lapsed_claims(true)
-    end
-    local c = capacity(limit, period > MILLION and long_claims or claims)
+  for _, asked in ipairs(lanes_asked) do
+    local limit, period, cost, largest = spec(asked[2])
+    local c = capacity(limit, lapsed_claims(period > MILLION))
     if c < 1 then
       return MILLION
     end
@@ -223,7 +249,7 @@ if op == 'guard' then
       wait = math.max(wait, open + period - MILLION - now)
     end
     local _, interval, burst = shape(c, period, largest)
-    local lane, changed = load(KEYS[i]), {}
+    local lane, changed = load(asked[1]), {}
     if lane.l and limit < lane.l then
       lane.g = math.max(lane.g, now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval)
       changed[#changed + 1] = 'g'
@@ -252,6 +278,59 @@ if op == 'guard' then
   return math.max(wait, 0)
 end
 
+-- One turn or one guard: its lanes are KEYS[4..], their specs ARGV[first..].
+local function asked_lanes(first)
+  local lanes = {}
+  for i = 4, #KEYS do
+    lanes[#lanes + 1] = {KEYS[i], ARGV[first + i - 4]}
+  end
+  return lanes
+end
+
+if op == 'turn' then
+  local reply = turn(asked_lanes(6), tonumber(ARGV[5]))
+  save_all()
+  return reply
+end
+
+if op == 'guard' then
+  local wait = guard(asked_lanes(5))
+  save_all()
+  return wait
+end
+
+-- turns, guards: a batch, the asks of one replica's concurrent requests, run in order as
+-- that many turn or guard calls would be at the same Redis time, each lane read and written
+-- once. ARGV[5] how many asks; then per ask: (turns only) its longest wait, its lane count
+-- k, and k times: the lane's index in KEYS, its spec. Returns each ask's answer as the
+-- single op would, each preceded by its length.
+if op == 'turns' or op == 'guards' then
+  local replies, at = {}, 6
+  for _ = 1, tonumber(ARGV[5]) do
+    local max_wait
+    if op == 'turns' then
+      max_wait, at = tonumber(ARGV[at]), at + 1
+    end
+    local lanes = {}
+    for j = 1, tonumber(ARGV[at]) do
+      lanes[j] = {KEYS[tonumber(ARGV[at + 2 * j - 1])], ARGV[at + 2 * j]}
+    end
+    at = at + 1 + 2 * #lanes
+    local reply
+    if op == 'turns' then
+      reply = turn(lanes, max_wait)
+    else
+      reply = {guard(lanes)}
+    end
+    replies[#replies + 1] = #reply
+    for _, value in ipairs(reply) do
+      replies[#replies + 1] = value
+    end
+  end
+  save_all()
+  return replies
+end
+
 -- slow: ARGV[5] the lane's spec. Tencent said too fast: half pace for a while, from now.
 if op == 'slow' then
   local limit, period, _, largest = spec(ARGV[5])
@@ -260,6 +339,7 @@ if op == 'slow' then
   local lane = load(KEYS[4])
   lane.s, lane.p = now + SLOWDOWN, math.max(lane.p, now) + 2 * interval
   save(lane, period, {'s', 'p'})
+  save_all()
   return 0
 end
 

@@ -108,6 +108,7 @@ use redis::{FromRedisValue, Script};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use self::batch::Kind;
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::config;
@@ -191,6 +192,9 @@ pub struct Fleet {
     anchor: Instant,
     state: Mutex<State>,
     series: FleetSeries,
+    /// Turns and guards waiting to go to Redis together.
+    turns: batch::Batches,
+    guards: batch::Batches,
 }
 
 /// A pacing reservation in Redis, given back if dropped unused.
@@ -318,6 +322,8 @@ impl Fleet {
                 contact: None,
             }),
             series,
+            turns: batch::Batches::default(),
+            guards: batch::Batches::default(),
         });
         fleet.series.redis_up.set(1);
         tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
@@ -468,11 +474,9 @@ impl Fleet {
         while from < asks.len() {
             let left = &asks[from..];
             let budget = max_wait.saturating_sub(start.elapsed());
-            let keys: Vec<String> = left.iter().map(|a| a.key.clone()).collect();
-            let mut args = vec![budget.as_micros().to_string()];
-            args.extend(left.iter().map(Ask::spec));
             let asked = Instant::now();
-            let answer: Vec<i64> = match self.call("turn", &keys, &args).await {
+            let longest = Some(budget.as_micros() as u64);
+            let answer = match self.ask(Kind::Turns, longest, left).await {
                 Ok(answer) => answer,
                 Err(why) => {
                     self.lost(&why);
@@ -502,7 +506,7 @@ impl Fleet {
             let n = n as usize;
             let reservation = Reservation {
                 fleet: self.clone(),
-                keys: keys[..n].to_vec(),
+                keys: left[..n].iter().map(|a| a.key.clone()).collect(),
                 tats: rest[1..].to_vec(),
                 used: false,
             };
@@ -537,13 +541,15 @@ impl Fleet {
 
     /// The fleet-wide send-time guard for `asks`. `Ok(false)`: Redis is gone, so nothing may
     /// be sent on this turn.
-    pub(super) async fn guard(&self, asks: &[Ask], max_wait: Duration) -> Result<bool, Throttled> {
-        let keys: Vec<String> = asks.iter().map(|a| a.key.clone()).collect();
-        let args: Vec<String> = asks.iter().map(Ask::spec).collect();
+    pub(super) async fn guard(
+        self: &Arc<Self>,
+        asks: &[Ask],
+        max_wait: Duration,
+    ) -> Result<bool, Throttled> {
         let start = Instant::now();
         loop {
-            let wait = match self.call::<i64>("guard", &keys, &args).await {
-                Ok(wait) => Duration::from_micros(wait.max(0) as u64),
+            let wait = match self.ask(Kind::Guards, None, asks).await {
+                Ok(wait) => Duration::from_micros(wait.first().copied().unwrap_or(0).max(0) as u64),
                 Err(why) => {
                     self.lost(&why);
                     return Ok(false);
@@ -731,5 +737,6 @@ async fn heartbeat(fleet: Weak<Fleet>) {
     }
 }
 
+mod batch;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,284 @@
+//! A replica's concurrent turns (and send-time guards) go to Redis together.
+//!
+//! Each ask joins its kind's queue. While fewer than `OUT` calls of that kind are out, the
+//! ask makes one itself, at once, taking along every ask queued meanwhile (at most `MOST` a
+//! call). Otherwise it waits: for its answer, or to be handed the lead by a call that came
+//! back, and then makes the next call in the same way. One call of `turns` or `guards` runs
+//! its asks in order, as that many `turn` or `guard` calls would at the same Redis time
+//! (`fleet.lua`), reading and writing each lane once. A lone request still goes alone, at
+//! once and on its own task; under load a script call (its fixed cost: the clock, the
+//! membership, each lane's read and write) is paid once for many requests instead of once
+//! each.
+//!
+//! Nothing of the limit's argument changes: a batch is a sequence of the same atomic steps at
+//! one instant of Redis time, and a guard's admission is still made by a call whose answer
+//! goes straight to the request that writes. The queue holds at most one ask per request in
+//! flight, which the server already bounds. An ask waits at most `timeout_ms` for its
+//! answer, in the queue and in Redis together, and past it the replica falls back as after
+//! any slow call. A request that leads a call and then leaves (its caller disconnected)
+//! drops the others' answers; they ask again (a reservation or admission the dropped call
+//! may have made is only ever unused capacity), and the lead passes on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::{Fleet, Reservation};
+
+/// The most asks one script call carries: Redis runs nothing else while a script runs.
+const MOST: usize = 32;
+/// How many calls of one kind may be out at once: with two, a request that arrives while one
+/// call is out does not wait for it.
+const OUT: usize = 2;
+
+/// Which op a batch runs.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Turns,
+    Guards,
+}
+
+impl Kind {
+    fn op(self) -> &'static str {
+        match self {
+            Kind::Turns => "turns",
+            Kind::Guards => "guards",
+        }
+    }
+}
+
+/// One request's ask: (turns only) its longest wait in µs, and its lanes' keys and specs.
+struct Ask {
+    max_wait: Option<u64>,
+    keys: Vec<String>,
+    specs: Vec<String>,
+}
+
+/// What a queued ask is sent: its answer, or itself back with a call's place to lead.
+enum Reply {
+    Answer(Result<Vec<i64>, String>),
+    Lead(Ask, Leading),
+}
+
+/// An ask in the queue, and where its reply goes.
+struct Job {
+    ask: Ask,
+    reply: oneshot::Sender<Reply>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Calls out (or about to be), each held by a `Leading`.
+    out: usize,
+}
+
+/// The queue of one kind of ask.
+#[derive(Default)]
+pub(super) struct Batches {
+    queue: Mutex<Queue>,
+}
+
+impl Batches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A call's place. Dropped (its call came back, or whoever held it left), it passes to the
+/// first queued ask still waiting, or is given up.
+struct Leading {
+    fleet: Arc<Fleet>,
+    kind: Kind,
+    armed: bool,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        loop {
+            let job = {
+                let mut queue = self.fleet.batches(self.kind).lock();
+                match queue.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        queue.out -= 1;
+                        return;
+                    }
+                }
+            };
+            let lead = Leading {
+                fleet: self.fleet.clone(),
+                kind: self.kind,
+                armed: true,
+            };
+            match job.reply.send(Reply::Lead(job.ask, lead)) {
+                Ok(()) => return,
+                // That ask gave up waiting; its copy of the place goes nowhere.
+                Err(Reply::Lead(_, mut lead)) => lead.armed = false,
+                Err(Reply::Answer(_)) => {}
+            }
+        }
+    }
+}
+
+impl Fleet {
+    fn batches(&self, kind: Kind) -> &Batches {
+        match kind {
+            Kind::Turns => &self.turns,
+            Kind::Guards => &self.guards,
+        }
+    }
+
+    /// Asks Redis about `lanes`, together with the other asks of `kind` made meanwhile: the
+    /// answer a single `turn` (`max_wait` set) or `guard` call would give, a guard's as its
+    /// one element.
+    pub(super) async fn ask(
+        self: &Arc<Self>,
+        kind: Kind,
+        max_wait: Option<u64>,
+        lanes: &[super::Ask],
+    ) -> Result<Vec<i64>, String> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let ask = Ask {
+                max_wait,
+                keys: lanes.iter().map(|lane| lane.key.clone()).collect(),
+                specs: lanes.iter().map(super::Ask::spec).collect(),
+            };
+            let queued = {
+                let mut queue = self.batches(kind).lock();
+                if queue.out < OUT {
+                    queue.out += 1;
+                    Err(ask)
+                } else {
+                    let (reply, replied) = oneshot::channel();
+                    queue.jobs.push_back(Job { ask, reply });
+                    Ok(replied)
+                }
+            };
+            let replied = match queued {
+                Ok(replied) => replied,
+                Err(ask) => {
+                    let lead = Leading {
+                        fleet: self.clone(),
+                        kind,
+                        armed: true,
+                    };
+                    return lead.run(ask).await;
+                }
+            };
+            match tokio::time::timeout_at(deadline, replied).await {
+                Ok(Ok(Reply::Answer(answer))) => return answer,
+                Ok(Ok(Reply::Lead(ask, lead))) => return lead.run(ask).await,
+                // The call it was in was dropped with its leader: ask again.
+                Ok(Err(_)) => continue,
+                Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
+            }
+        }
+    }
+}
+
+impl Leading {
+    /// Makes one call in this place: `own` first, then the asks queued meanwhile. Answers
+    /// them, and returns `own`'s answer; the place passes on when this returns.
+    async fn run(self, mut own: Ask) -> Result<Vec<i64>, String> {
+        let (fleet, kind) = (&self.fleet, self.kind);
+        let mut jobs: Vec<Job> = {
+            let mut queue = fleet.batches(kind).lock();
+            let n = queue.jobs.len().min(MOST - 1);
+            queue.jobs.drain(..n).collect()
+        };
+        let asks = jobs.len() + 1;
+        let (keys, args) = encode(
+            std::iter::once(&mut own).chain(jobs.iter_mut().map(|job| &mut job.ask)),
+            asks,
+        );
+        let answers = fleet
+            .call::<Vec<i64>>(kind.op(), &keys, &args)
+            .await
+            .and_then(|flat| split(&flat, asks));
+        let mut answers = match answers {
+            Ok(answers) => answers.into_iter(),
+            Err(why) => {
+                for job in jobs {
+                    let _ = job.reply.send(Reply::Answer(Err(why.clone())));
+                }
+                return Err(why);
+            }
+        };
+        let mine = answers.next().unwrap_or_default();
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            if let Err(Reply::Answer(Ok(unused))) = job.reply.send(Reply::Answer(Ok(answer))) {
+                give_back(fleet, kind, job.ask, &unused);
+            }
+        }
+        Ok(mine)
+    }
+}
+
+/// A turn's answer whose request left (or gave up waiting): its slots go back.
+fn give_back(fleet: &Arc<Fleet>, kind: Kind, ask: Ask, answer: &[i64]) {
+    let Kind::Turns = kind else { return };
+    let Some(n) = answer.first().and_then(|&n| usize::try_from(n).ok()) else {
+        return;
+    };
+    if n > 0 && answer.len() == 2 + 2 * n && n <= ask.keys.len() {
+        let mut keys = ask.keys;
+        keys.truncate(n);
+        drop(Reservation {
+            fleet: fleet.clone(),
+            keys,
+            tats: answer[2..].to_vec(),
+            used: false,
+        });
+    }
+}
+
+/// The keys (each lane once) and arguments of one batch call, as `fleet.lua` reads them.
+fn encode<'a>(asks: impl Iterator<Item = &'a mut Ask>, n: usize) -> (Vec<String>, Vec<String>) {
+    let mut keys: Vec<String> = Vec::new();
+    let mut args = vec![n.to_string()];
+    for ask in asks {
+        if let Some(max_wait) = ask.max_wait {
+            args.push(max_wait.to_string());
+        }
+        args.push(ask.keys.len().to_string());
+        for (key, spec) in ask.keys.iter().zip(std::mem::take(&mut ask.specs)) {
+            let at = match keys.iter().position(|k| k == key) {
+                Some(at) => at,
+                None => {
+                    keys.push(key.clone());
+                    keys.len() - 1
+                }
+            };
+            // KEYS counts from 1, after the three common keys.
+            args.push((at + 4).to_string());
+            args.push(spec);
+        }
+    }
+    (keys, args)
+}
+
+/// Each ask's answer out of the batch's, where each is preceded by its length.
+fn split(flat: &[i64], asks: usize) -> Result<Vec<Vec<i64>>, String> {
+    let mut answers = Vec::with_capacity(asks);
+    let mut rest = flat;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > tail.len() {
+            break;
+        }
+        answers.push(tail[..len].to_vec());
+        rest = &tail[len..];
+    }
+    if answers.len() != asks || !rest.is_empty() {
+        return Err(format!(
+            "a batch of {asks} asks got an answer of another shape"
+        ));
+    }
+    Ok(answers)
+}
