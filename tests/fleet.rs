@@ -371,6 +371,115 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
     assert_eq!(late[0], -1);
 }
 
+/// The asks of `batch_asks` for the lanes of prefix `p`: (longest wait, [(lane, spec)]).
+fn batch_asks(p: &str) -> Vec<(i64, Vec<(String, String)>)> {
+    let lane = |name: &str, spec: &str| (format!("{p}:{name}"), spec.to_owned());
+    let minute = "12000/60000000/500/500";
+    vec![
+        (1_000_000, vec![lane("app", "10")]),
+        (1_000_000, vec![lane("api", "100"), lane("app", "10")]),
+        (0, vec![lane("app", "10")]),
+        (1_000_000, vec![lane("quota", minute), lane("app", "10")]),
+        (1_000_000, vec![lane("app", "10")]),
+        (1_000_000, vec![lane("api", "100"), lane("app", "10")]),
+    ]
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
+    let Some(server) = Redis::start() else { return };
+    let mut redis = server.client().await;
+    let t0 = 5_000_000_000_000;
+    // One call per ask, on lanes "one:…"; then all of them in one batch on lanes "all:…".
+    let mut expected = Vec::new();
+    for (max_wait, lanes) in batch_asks("one") {
+        let keys: Vec<&str> = lanes.iter().map(|(k, _)| k.as_str()).collect();
+        let mut args = vec![max_wait.to_string()];
+        args.extend(lanes.iter().map(|(_, spec)| spec.clone()));
+        let answer = ints(op(&mut redis, "turn", t0, &keys, &args).await);
+        expected.push(answer.len() as i64);
+        expected.extend(answer);
+    }
+    let (keys, args) = batch_call(&batch_asks("all"), true);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let batch = ints(op(&mut redis, "turns", t0, &keys, &args).await);
+    assert_eq!(batch, expected);
+    // The third was refused (a wait over 0) and reserved nothing; the quota's was taken.
+    assert!(expected.contains(&-1), "{expected:?}");
+
+    // The guard: twelve sends at once on a lane of 10/s (its burst admits a few), and one
+    // on two lanes: the same admissions and waits, one call or twelve.
+    let guards = |p: &str| {
+        let mut asks = vec![(0, vec![(format!("{p}:g"), "10".to_owned())]); 12];
+        asks.insert(
+            3,
+            (
+                0,
+                vec![
+                    (format!("{p}:h"), "100".to_owned()),
+                    (format!("{p}:g"), "10".to_owned()),
+                ],
+            ),
+        );
+        asks
+    };
+    let mut expected = Vec::new();
+    for (_, lanes) in guards("one") {
+        let keys: Vec<&str> = lanes.iter().map(|(k, _)| k.as_str()).collect();
+        let specs: Vec<String> = lanes.iter().map(|(_, spec)| spec.clone()).collect();
+        let wait: i64 = redis::FromRedisValue::from_redis_value(
+            op(&mut redis, "guard", t0, &keys, &specs).await,
+        )
+        .unwrap();
+        expected.extend([1, wait]);
+    }
+    let (keys, args) = batch_call(&guards("all"), false);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let batch = ints(op(&mut redis, "guards", t0, &keys, &args).await);
+    assert_eq!(batch, expected);
+    assert!(expected.iter().skip(1).step_by(2).any(|&w| w == 0));
+    assert!(expected.iter().skip(1).step_by(2).any(|&w| w > 0));
+    // And the lanes were left in the same state.
+    for lane in ["app", "api", "quota", "g", "h"] {
+        let mut state = Vec::new();
+        for p in ["one", "all"] {
+            let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+                .arg(format!("{p}:{lane}"))
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            state.push(fields);
+        }
+        assert!(!state[0].is_empty(), "{lane}");
+        assert_eq!(state[0], state[1], "{lane}");
+    }
+}
+
+/// The keys and arguments of one `turns` (`with_wait`) or `guards` call, as fleet.lua reads
+/// them: how many asks, then each ask's longest wait (turns), lane count, and per lane its
+/// index in KEYS (after the three common keys) and spec.
+fn batch_call(
+    asks: &[(i64, Vec<(String, String)>)],
+    with_wait: bool,
+) -> (Vec<String>, Vec<String>) {
+    let mut keys: Vec<String> = Vec::new();
+    let mut args = vec![asks.len().to_string()];
+    for (max_wait, lanes) in asks {
+        if with_wait {
+            args.push(max_wait.to_string());
+        }
+        args.push(lanes.len().to_string());
+        for (key, spec) in lanes {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+            let at = keys.iter().position(|k| k == key).unwrap();
+            args.extend([(at + 4).to_string(), spec.clone()]);
+        }
+    }
+    (keys, args)
+}
+
 /// A quota counted in units per minute (batchsendmsg's 12,000 recipients, 500 a call): the
 /// guard holds any 60.025 s to 12,000 units however fast calls come, and, as the state of a
 /// Redis seen for the first time could be one that lost the last minute's sends, admits

@@ -15,6 +15,10 @@
 //!   with a limit below the lowest it was asked with lately (a reload lowered it) admits
 //!   nothing for 1 + SPREAD seconds, once, so no second holds sends under both limits.
 //!
+//! A replica's concurrent turns go to Redis together, and so do its send-time guards
+//! (`batch`): one `turns` or `guards` call runs many asks in order, as that many calls
+//! would at one Redis instant, so under load the script's fixed cost is paid once per batch.
+//!
 //! The local governor guard at L stays in front of both: no replica ever sends more than L
 //! alone. A lane's *capacity* is its limit less the fallback shares of members whose
 //! heartbeat has lapsed.

@@ -84,6 +84,13 @@ impl Batches {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Calls out, and asks queued.
+    #[cfg(test)]
+    pub(super) fn load(&self) -> (usize, usize) {
+        let queue = self.lock();
+        (queue.out, queue.jobs.len())
+    }
 }
 
 /// A call's place. Dropped (its call came back, or whoever held it left), it passes to the

@@ -15,10 +15,11 @@ use std::time::Duration;
 use redis::FromRedisValue;
 use tokio::time::Instant;
 
-use super::{EXPIRY, Fleet, Link, MARGIN, NonZeroU32, WINDOW};
+use super::batch::Kind;
+use super::{Ask, EXPIRY, Fleet, Link, MARGIN, NonZeroU32, WINDOW};
 use crate::api::Api;
 use crate::config::Config;
-use crate::limiter::{Lanes, Limiter};
+use crate::limiter::{Lanes, Limiter, Scope};
 use crate::metrics::Metrics;
 
 const SCRIPT: &str = include_str!("../fleet.lua");
@@ -691,4 +692,101 @@ async fn a_per_minute_quota_holds_through_an_outage_and_the_return() {
         "{early} shared sends within the fallback sends' minute"
     );
     assert!(between(&sends, last + minute + Duration::from_secs(5), end) >= 30 * 18);
+}
+
+/// Which ops this replica's Redis ran, and how many times each.
+fn ops_run(redis: &FixedRedis, op: &str) -> usize {
+    redis
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, args)| args[0] == op)
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_share_script_calls() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    // Limits far above the load: no turn waits, so the guards are asked together too.
+    let high = APP.replace("rate_limit = 200", "rate_limit = 100000")
+        + "[apps.api_limits]\n\"openim/sendmsg\" = 100000\n";
+    let sim = Sim::formed_with(server, &high).await;
+    let replica = &sim.replicas[0];
+    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let (lanes, api) = (replica.lanes.clone(), api.clone());
+            tokio::spawn(async move {
+                let turn = lanes.turn(&api, &[], MAX_WAIT).await.ok()?;
+                turn.send_now().await.ok()?;
+                Some(Instant::now())
+            })
+        })
+        .collect();
+    for request in requests {
+        request.await.unwrap().expect("a turn and a send");
+    }
+    // 100 turns and 100 guards went to Redis in far fewer calls than 200: one per batch.
+    let (turns, guards) = (
+        ops_run(&replica.redis, "turns"),
+        ops_run(&replica.redis, "guards"),
+    );
+    assert!(
+        turns + guards <= 20,
+        "{turns} turn calls, {guards} guard calls"
+    );
+    assert_eq!(
+        ops_run(&replica.redis, "turn") + ops_run(&replica.redis, "guard"),
+        0
+    );
+    assert_eq!(replica.fleet.fallback_in(), None, "still in Redis");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let sim = Sim::formed(server).await;
+    let fleet = sim.replicas[0].fleet.clone();
+    let lane = [Ask::calls(
+        fleet.key(1, None),
+        NonZeroU32::new(200).unwrap(),
+        Scope::App,
+    )];
+    let ask = |fleet: &Arc<Fleet>| {
+        let (fleet, lane) = (fleet.clone(), lane.clone());
+        tokio::spawn(async move { fleet.ask(Kind::Turns, Some(1_000_000), &lane).await })
+    };
+    async fn until(fleet: &Fleet, load: (usize, usize)) {
+        while fleet.turns.load() != load {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Two calls out on a stalled link; five asks queued behind them.
+    sim.cut(0, true);
+    let leaders = [ask(&fleet), ask(&fleet)];
+    until(&fleet, (2, 0)).await;
+    let followers: Vec<_> = (0..5).map(|_| ask(&fleet)).collect();
+    until(&fleet, (2, 5)).await;
+    // The first leader's caller leaves: its place goes to the first follower, whose call
+    // takes the other four along (and stalls too).
+    leaders[0].abort();
+    until(&fleet, (2, 0)).await;
+    sim.cut(0, false);
+    // That follower's caller leaves as well: the four it carried ask again, on their own.
+    followers[0].abort();
+    let mut answered = 0;
+    for follower in followers.into_iter().skip(1) {
+        let answer = follower.await.unwrap().expect("asked again, and answered");
+        assert_eq!(answer[0], 1, "one lane reserved: {answer:?}");
+        answered += 1;
+    }
+    assert_eq!(answered, 4);
+    leaders[1].abort();
+    // Every place came back: none is held by a caller that left.
+    until(&fleet, (0, 0)).await;
 }
