@@ -78,6 +78,10 @@ fn main() {
         let (mut direct, mut via, mut proxied, mut fleet) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut via_cpu, mut proxied_cpu) = (Vec::new(), Vec::new());
+        let (mut fleet_cpu, mut redis_cpu) = (Vec::new(), Vec::new());
+        let asks_before = shared
+            .as_ref()
+            .map(|shared| histogram(shared.admin, "timgate_fleet_redis_batch_asks"));
         for _ in 0..secs.max(1) {
             direct.push(throughput(upstream, Duration::from_secs(1)).await);
             let (rate, cpu) = cpu_per_request(&[gateway.pid()], gateway.addr).await;
@@ -88,8 +92,12 @@ fn main() {
                 proxied.push(rate);
                 proxied_cpu.push(cpu);
             }
-            if let Some(shared) = &shared {
-                fleet.push(throughput(shared.addr, Duration::from_secs(1)).await);
+            if let (Some(shared), Some(redis)) = (&shared, &redis) {
+                let groups: [&[u32]; 2] = [&[shared.pid()], &[redis.child.id()]];
+                let (rate, cpu) = cpu_per_request_of(&groups, shared.addr).await;
+                fleet.push(rate);
+                fleet_cpu.push(cpu[0]);
+                redis_cpu.push(cpu[1]);
             }
         }
         let under_load = sampler.stop();
@@ -120,6 +128,16 @@ fn main() {
                 "[fleet] on loopback Redis: {:.0} req/s; with [fleet] / local-only = {:.2} (median of per-round ratios; target >= 0.80)",
                 median(fleet.clone()),
                 per_round(&fleet, &via)
+            );
+            let (sum, count) = histogram(shared.admin, "timgate_fleet_redis_batch_asks");
+            let (sum0, count0) = asks_before.unwrap_or_default();
+            println!(
+                "[fleet] CPU per request: timgate {:.1} µs (local-only {:.1} µs), redis-server {:.1} µs; \
+                 requests' turns and send checks per Redis call: {:.1} on average",
+                median(fleet_cpu.clone()),
+                median(via_cpu.clone()),
+                median(redis_cpu.clone()),
+                (sum - sum0) / (count - count0).max(1.0)
             );
             // Added latency at a fixed rate, the two gateways interleaved in short phases.
             let (mut local, mut with_fleet) = (Vec::new(), Vec::new());
@@ -259,13 +277,40 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
 /// One second of closed-loop throughput through `addr`, and the CPU time `pids` spent per
 /// request in it, in microseconds (clock ticks are 10 ms: a second's round has ~1% error).
 async fn cpu_per_request(pids: &[u32], addr: SocketAddr) -> (f64, f64) {
-    let before = cpu_ticks(pids);
+    let (rate, cpu) = cpu_per_request_of(&[pids], addr).await;
+    (rate, cpu[0])
+}
+
+/// The same, with the CPU time of each group of processes in `groups` apart.
+async fn cpu_per_request_of(groups: &[&[u32]], addr: SocketAddr) -> (f64, Vec<f64>) {
+    let before: Vec<u64> = groups.iter().map(|pids| cpu_ticks(pids)).collect();
     let started = Instant::now();
     let rate = throughput(addr, Duration::from_secs(1)).await;
     let took = started.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(pids).saturating_sub(before) as f64;
     let requests = (rate * took).max(1.0);
-    (rate, ticks * 10_000.0 / requests)
+    let cpu = groups
+        .iter()
+        .zip(before)
+        .map(|(pids, before)| cpu_ticks(pids).saturating_sub(before) as f64 * 10_000.0 / requests)
+        .collect();
+    (rate, cpu)
+}
+
+/// The sum and count of a histogram on a gateway's admin `/metrics`.
+fn histogram(admin: SocketAddr, name: &str) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    if let Ok(mut stream) = std::net::TcpStream::connect(admin) {
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n");
+        let _ = stream.read_to_string(&mut text);
+    }
+    let value = |suffix: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}_{suffix} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count"))
 }
 
 /// A minimal fast upstream on its own thread: answers Tencent's OK envelope to everything.
@@ -312,6 +357,7 @@ fn start_upstream() -> SocketAddr {
 struct Gateway {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
     config: std::path::PathBuf,
 }
 
@@ -356,6 +402,7 @@ impl Gateway {
         Gateway {
             child,
             addr,
+            admin,
             config,
         }
     }

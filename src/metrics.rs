@@ -167,6 +167,8 @@ pub struct FleetSeries {
     pub to_shared: Counter,
     /// Time of one Redis call, timeouts included.
     pub latency: Histogram,
+    /// Requests' asks carried by one turn or send-check call.
+    pub batch: Histogram,
 }
 
 impl FleetSeries {
@@ -177,6 +179,7 @@ impl FleetSeries {
             to_fallback: Counter::default(),
             to_shared: Counter::default(),
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
+            batch: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
         }
     }
 }
@@ -225,6 +228,11 @@ impl Metrics {
             "Time of one Redis call of the shared limiter, timeouts included",
             Unit::Seconds,
             self.fleet.latency.clone(),
+        );
+        r.register(
+            "fleet_redis_batch_asks",
+            "Requests' turns or send checks carried by one Redis call: concurrent ones share a call",
+            self.fleet.batch.clone(),
         );
     }
 

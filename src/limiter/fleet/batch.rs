@@ -200,6 +200,7 @@ impl Leading {
             queue.jobs.drain(..n).collect()
         };
         let asks = jobs.len() + 1;
+        fleet.series.batch.observe(asks as f64);
         let (keys, args) = encode(
             std::iter::once(&mut own).chain(jobs.iter_mut().map(|job| &mut job.ask)),
             asks,
