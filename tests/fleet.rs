@@ -371,8 +371,11 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
     assert_eq!(late[0], -1);
 }
 
-/// The asks of `batch_asks` for the lanes of prefix `p`: (longest wait, [(lane, spec)]).
-fn batch_asks(p: &str) -> Vec<(i64, Vec<(String, String)>)> {
+/// One ask of a batch: its longest wait, and each lane's key and spec.
+type BatchAsk = (i64, Vec<(String, String)>);
+
+/// The asks of `batch_asks` for the lanes of prefix `p`.
+fn batch_asks(p: &str) -> Vec<BatchAsk> {
     let lane = |name: &str, spec: &str| (format!("{p}:{name}"), spec.to_owned());
     let minute = "12000/60000000/500/500";
     vec![
@@ -456,15 +459,21 @@ async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
 }
 
 /// The keys and arguments of one `turns` (`with_wait`) or `guards` call, as fleet.lua reads
-/// them: how many asks, then each ask's longest wait (turns), lane count, and per lane its
-/// index in KEYS (after the three common keys) and spec.
-fn batch_call(
-    asks: &[(i64, Vec<(String, String)>)],
-    with_wait: bool,
-) -> (Vec<String>, Vec<String>) {
+/// them: how many entries, then each entry's count of asks alike (those that follow each
+/// other are sent once), longest wait (turns), lane count, and per lane its index in KEYS
+/// (after the three common keys) and spec.
+fn batch_call(asks: &[BatchAsk], with_wait: bool) -> (Vec<String>, Vec<String>) {
     let mut keys: Vec<String> = Vec::new();
-    let mut args = vec![asks.len().to_string()];
-    for (max_wait, lanes) in asks {
+    let mut entries: Vec<(usize, &BatchAsk)> = Vec::new();
+    for ask in asks {
+        match entries.last_mut() {
+            Some((alike, last)) if *last == ask => *alike += 1,
+            _ => entries.push((1, ask)),
+        }
+    }
+    let mut args = vec![entries.len().to_string()];
+    for (alike, (max_wait, lanes)) in entries {
+        args.push(alike.to_string());
         if with_wait {
             args.push(max_wait.to_string());
         }

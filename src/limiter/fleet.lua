@@ -110,6 +110,24 @@ local function shape(c, period, largest)
   return math.ceil(period / pace), math.ceil(period / rate), burst
 end
 
+-- A spec with what it makes of the lane now: limit, period, cost, largest, capacity c, the
+-- pacing interval per request, the guard's interval per unit and burst. Worked out once per
+-- call: every ask of a batch sees one membership.
+local rated_specs = {}
+local function rated(text)
+  local r = rated_specs[text]
+  if not r then
+    local limit, period, cost, largest = spec(text)
+    local c = capacity(limit, lapsed_claims(period > MILLION))
+    r = {limit = limit, period = period, cost = cost, c = c}
+    if c >= 1 then
+      r.pace, r.interval, r.burst = shape(c, period, largest)
+    end
+    rated_specs[text] = r
+  end
+  return r
+end
+
 -- A lane's state, read at once: its times p, g, s (0 when unset), and l, t.
 local function read(key)
   local v = redis.call('HMGET', key, 'p', 'g', 's', 'l', 't')
@@ -133,15 +151,13 @@ local function load(key)
   return loaded[key]
 end
 
--- Marks the fields `names` of `lane` (of window `period`) to be written by `save_all`.
-local function save(lane, period, names)
+-- Marks the field `name` of `lane` (of window `period`) to be written by `save_all`.
+local function mark(lane, period, name)
   if not lane.names then
     lane.names, lane.period = {}, period
     dirty[#dirty + 1] = lane
   end
-  for _, name in ipairs(names) do
-    lane.names[name] = true
-  end
+  lane.names[name] = true
 end
 
 -- Writes every changed field, and keeps each key alive as long as any of its times is
@@ -171,13 +187,12 @@ end
 local function turn(lanes_asked, max_wait)
   local slots, intervals, periods, lanes = {}, {}, {}, {}
   for i, asked in ipairs(lanes_asked) do
-    local limit, period, cost, largest = spec(asked[2])
-    local c = capacity(limit, lapsed_claims(period > MILLION))
-    if c < 1 then
+    local r = rated(asked[2])
+    if r.c < 1 then
       return {-i, -1}
     end
     local lane = load(asked[1])
-    local interval = shape(c, period, largest)
+    local interval = r.pace
     if lane.s > now then
       interval = interval * 2
     end
@@ -185,8 +200,8 @@ local function turn(lanes_asked, max_wait)
     if slot - now > max_wait then
       return {-i, slot - now}
     end
-    slots[i], intervals[i] = slot, interval * cost
-    periods[i], lanes[i] = period, lane
+    slots[i], intervals[i] = slot, interval * r.cost
+    periods[i], lanes[i] = r.period, lane
   end
   local n = #slots
   local others = 0
@@ -205,7 +220,7 @@ local function turn(lanes_asked, max_wait)
     local lane = lanes[i]
     local before = lane.p
     lane.p = slot + intervals[i]
-    save(lane, periods[i], {'p'})
+    mark(lane, periods[i], 'p')
     reply[#reply + 1] = before
     reply[#reply + 1] = lane.p
   end
@@ -240,15 +255,14 @@ local function guard(lanes_asked)
   end
   local wait, lanes = 0, {}
   for _, asked in ipairs(lanes_asked) do
-    local limit, period, cost, largest = spec(asked[2])
-    local c = capacity(limit, lapsed_claims(period > MILLION))
-    if c < 1 then
+    local r = rated(asked[2])
+    if r.c < 1 then
       return MILLION
     end
+    local limit, period, cost, interval, burst = r.limit, r.period, r.cost, r.interval, r.burst
     if now < open + period - MILLION then
       wait = math.max(wait, open + period - MILLION - now)
     end
-    local _, interval, burst = shape(c, period, largest)
     local lane, changed = load(asked[1]), {}
     if lane.l and limit < lane.l then
       lane.g = math.max(lane.g, now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval)
@@ -271,8 +285,8 @@ local function guard(lanes_asked)
       l.lane.g = l.next
       l.changed[#l.changed + 1] = 'g'
     end
-    if #l.changed > 0 then
-      save(l.lane, l.period, l.changed)
+    for _, name in ipairs(l.changed) do
+      mark(l.lane, l.period, name)
     end
   end
   return math.max(wait, 0)
@@ -301,12 +315,15 @@ end
 
 -- turns, guards: a batch, the asks of one replica's concurrent requests, run in order as
 -- that many turn or guard calls would be at the same Redis time, each lane read and written
--- once. ARGV[5] how many asks; then per ask: (turns only) its longest wait, its lane count
--- k, and k times: the lane's index in KEYS, its spec. Returns each ask's answer as the
--- single op would, each preceded by its length.
+-- once. ARGV[5] how many entries; then per entry: how many asks alike it stands for (one
+-- after the other), (turns only) their longest wait, their lane count k, and k times: the
+-- lane's index in KEYS, its spec. Returns each ask's answer as the single op would, each
+-- preceded by its length.
 if op == 'turns' or op == 'guards' then
   local replies, at = {}, 6
   for _ = 1, tonumber(ARGV[5]) do
+    local alike = tonumber(ARGV[at])
+    at = at + 1
     local max_wait
     if op == 'turns' then
       max_wait, at = tonumber(ARGV[at]), at + 1
@@ -316,15 +333,17 @@ if op == 'turns' or op == 'guards' then
       lanes[j] = {KEYS[tonumber(ARGV[at + 2 * j - 1])], ARGV[at + 2 * j]}
     end
     at = at + 1 + 2 * #lanes
-    local reply
-    if op == 'turns' then
-      reply = turn(lanes, max_wait)
-    else
-      reply = {guard(lanes)}
-    end
-    replies[#replies + 1] = #reply
-    for _, value in ipairs(reply) do
-      replies[#replies + 1] = value
+    for _ = 1, alike do
+      if op == 'turns' then
+        local reply = turn(lanes, max_wait)
+        replies[#replies + 1] = #reply
+        for _, value in ipairs(reply) do
+          replies[#replies + 1] = value
+        end
+      else
+        replies[#replies + 1] = 1
+        replies[#replies + 1] = guard(lanes)
+      end
     end
   end
   save_all()
@@ -338,7 +357,8 @@ if op == 'slow' then
   local interval = shape(c, period, largest)
   local lane = load(KEYS[4])
   lane.s, lane.p = now + SLOWDOWN, math.max(lane.p, now) + 2 * interval
-  save(lane, period, {'s', 'p'})
+  mark(lane, period, 's')
+  mark(lane, period, 'p')
   save_all()
   return 0
 end

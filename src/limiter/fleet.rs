@@ -479,7 +479,9 @@ impl Fleet {
             let left = &asks[from..];
             let budget = max_wait.saturating_sub(start.elapsed());
             let asked = Instant::now();
-            let longest = Some(budget.as_micros() as u64);
+            // In whole milliseconds (refusing at most one early), so that the asks of
+            // concurrent requests read alike and go to Redis as one (`batch`).
+            let longest = Some(budget.as_millis() as u64 * 1000);
             let answer = match self.ask(Kind::Turns, longest, left).await {
                 Ok(answer) => answer,
                 Err(why) => {

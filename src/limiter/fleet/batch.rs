@@ -192,19 +192,19 @@ impl Fleet {
 impl Leading {
     /// Makes one call in this place: `own` first, then the asks queued meanwhile. Answers
     /// them, and returns `own`'s answer; the place passes on when this returns.
-    async fn run(self, mut own: Ask) -> Result<Vec<i64>, String> {
+    async fn run(self, own: Ask) -> Result<Vec<i64>, String> {
         let (fleet, kind) = (&self.fleet, self.kind);
-        let mut jobs: Vec<Job> = {
+        let jobs: Vec<Job> = {
             let mut queue = fleet.batches(kind).lock();
             let n = queue.jobs.len().min(MOST - 1);
             queue.jobs.drain(..n).collect()
         };
         let asks = jobs.len() + 1;
         fleet.series.batch.observe(asks as f64);
-        let (keys, args) = encode(
-            std::iter::once(&mut own).chain(jobs.iter_mut().map(|job| &mut job.ask)),
-            asks,
-        );
+        let all: Vec<&Ask> = std::iter::once(&own)
+            .chain(jobs.iter().map(|job| &job.ask))
+            .collect();
+        let (keys, args) = encode(&all);
         let answers = fleet
             .call::<Vec<i64>>(kind.op(), &keys, &args)
             .await
@@ -246,16 +246,28 @@ fn give_back(fleet: &Arc<Fleet>, kind: Kind, ask: Ask, answer: &[i64]) {
     }
 }
 
-/// The keys (each lane once) and arguments of one batch call, as `fleet.lua` reads them.
-fn encode<'a>(asks: impl Iterator<Item = &'a mut Ask>, n: usize) -> (Vec<String>, Vec<String>) {
+/// The keys (each lane once) and arguments of one batch call, as `fleet.lua` reads them:
+/// asks alike that follow each other (the same lanes, specs and longest wait: concurrent
+/// requests of one API) are sent once, with how many they are.
+fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
     let mut keys: Vec<String> = Vec::new();
-    let mut args = vec![n.to_string()];
-    for ask in asks {
+    let mut args = vec![String::new()];
+    let mut entries = 0;
+    let mut rest = asks;
+    while let Some(ask) = rest.first() {
+        let alike = rest
+            .iter()
+            .take_while(|other| {
+                other.max_wait == ask.max_wait && other.keys == ask.keys && other.specs == ask.specs
+            })
+            .count();
+        entries += 1;
+        args.push(alike.to_string());
         if let Some(max_wait) = ask.max_wait {
             args.push(max_wait.to_string());
         }
         args.push(ask.keys.len().to_string());
-        for (key, spec) in ask.keys.iter().zip(std::mem::take(&mut ask.specs)) {
+        for (key, spec) in ask.keys.iter().zip(&ask.specs) {
             let at = match keys.iter().position(|k| k == key) {
                 Some(at) => at,
                 None => {
@@ -265,9 +277,11 @@ fn encode<'a>(asks: impl Iterator<Item = &'a mut Ask>, n: usize) -> (Vec<String>
             };
             // KEYS counts from 1, after the three common keys.
             args.push((at + 4).to_string());
-            args.push(spec);
+            args.push(spec.clone());
         }
+        rest = &rest[alike..];
     }
+    args[0] = entries.to_string();
     (keys, args)
 }
 
