@@ -40,7 +40,8 @@ local open = born + tonumber(ARGV[4])
 -- `long`, for a lane of a longer period, also of live members whose fallback sends on such
 -- lanes still count in that period.
 local function read_lapsed_claims(long)
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - expiry))
+  -- %.0f: Lua's own number to string keeps only 14 digits (1.7957482460219e+15).
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - expiry))
   if long then
     local seen = {}
     for _, id in ipairs(ids) do
@@ -184,47 +185,59 @@ end
 -- a retry after of -1: the lane has no capacity now (lapsed members hold all of it), ask
 -- again after a heartbeat.
 -- `lanes`: {key, spec} per lane, narrowest first.
-local function turn(lanes_asked, max_wait)
-  local slots, intervals, periods, lanes = {}, {}, {}, {}
-  for i, asked in ipairs(lanes_asked) do
-    local r = rated(asked[2])
+-- Appends the answer to `out`. Runs once per ask of a batch: it allocates nothing but the
+-- answer's cells (the scratch tables below are reused).
+local turn_slots, turn_intervals, turn_periods, turn_lanes = {}, {}, {}, {}
+local function turn(lanes_asked, max_wait, out)
+  local count = #lanes_asked
+  for i = 1, count do
+    local asked = lanes_asked[i]
+    local r = rated_specs[asked[2]] or rated(asked[2])
     if r.c < 1 then
-      return {-i, -1}
+      out[#out + 1], out[#out + 2] = -i, -1
+      return
     end
-    local lane = load(asked[1])
+    local lane = loaded[asked[1]] or load(asked[1])
     local interval = r.pace
     if lane.s > now then
       interval = interval * 2
     end
-    local slot = math.max(lane.p, now)
-    if slot - now > max_wait then
-      return {-i, slot - now}
+    local slot = lane.p
+    if now > slot then
+      slot = now
     end
-    slots[i], intervals[i] = slot, interval * r.cost
-    periods[i], lanes[i] = r.period, lane
+    if slot - now > max_wait then
+      out[#out + 1], out[#out + 2] = -i, slot - now
+      return
+    end
+    turn_slots[i], turn_intervals[i] = slot, interval * r.cost
+    turn_periods[i], turn_lanes[i] = r.period, lane
   end
-  local n = #slots
+  local n = count
   local others = 0
   for i = 2, n do
-    others = math.max(others, slots[i] + intervals[i])
+    local after = turn_slots[i] + turn_intervals[i]
+    if after > others then
+      others = after
+    end
   end
-  if n >= 2 and slots[1] > others then
+  if n >= 2 and turn_slots[1] > others then
     n = 1
   end
-  local slot = slots[1]
+  local slot = turn_slots[1]
   for i = 2, n do
-    slot = math.max(slot, slots[i])
+    if turn_slots[i] > slot then
+      slot = turn_slots[i]
+    end
   end
-  local reply = {n, slot - now}
+  out[#out + 1], out[#out + 2] = n, slot - now
   for i = 1, n do
-    local lane = lanes[i]
-    local before = lane.p
-    lane.p = slot + intervals[i]
-    mark(lane, periods[i], 'p')
-    reply[#reply + 1] = before
-    reply[#reply + 1] = lane.p
+    local lane = turn_lanes[i]
+    out[#out + 1] = lane.p
+    lane.p = slot + turn_intervals[i]
+    mark(lane, turn_periods[i], 'p')
+    out[#out + 1] = lane.p
   end
-  return reply
 end
 
 -- release: ARGV[5..] before, after per lane. A reservation given back while still the last.
@@ -249,47 +262,59 @@ end
 -- at least the new one. After Redis lost its state nothing is admitted for the quarantine,
 -- and on a lane of a longer period for that period longer: its sends before are unknown.
 -- `lanes`: {key, spec} per lane.
+-- Allocates nothing, as `turn`.
+local guard_lanes, guard_periods, guard_next = {}, {}, {}
 local function guard(lanes_asked)
   if now < open then
     return open - now
   end
-  local wait, lanes = 0, {}
-  for _, asked in ipairs(lanes_asked) do
-    local r = rated(asked[2])
+  local count = #lanes_asked
+  for i = 1, count do
+    local r = rated_specs[lanes_asked[i][2]] or rated(lanes_asked[i][2])
     if r.c < 1 then
       return MILLION
     end
+  end
+  local wait = 0
+  for i = 1, count do
+    local asked = lanes_asked[i]
+    local r = rated_specs[asked[2]]
     local limit, period, cost, interval, burst = r.limit, r.period, r.cost, r.interval, r.burst
-    if now < open + period - MILLION then
-      wait = math.max(wait, open + period - MILLION - now)
+    local held = open + period - MILLION - now
+    if held > wait then
+      wait = held
     end
-    local lane, changed = load(asked[1]), {}
+    local lane = loaded[asked[1]] or load(asked[1])
     if lane.l and limit < lane.l then
       lane.g = math.max(lane.g, now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval)
-      changed[#changed + 1] = 'g'
+      mark(lane, period, 'g')
     end
     if not lane.l or limit < lane.l or (limit > lane.l and now - lane.t > LOWEST_STANDS) then
       lane.l, lane.t = limit, now
-      changed[#changed + 1] = 'l'
-      changed[#changed + 1] = 't'
+      mark(lane, period, 'l')
+      mark(lane, period, 't')
     elseif limit == lane.l then
       lane.t = now
-      changed[#changed + 1] = 't'
+      mark(lane, period, 't')
     end
-    local tat = math.max(lane.g, now)
-    wait = math.max(wait, tat + (cost - burst) * interval - now)
-    lanes[#lanes + 1] = {lane = lane, period = period, changed = changed, next = tat + cost * interval}
+    local tat = lane.g
+    if now > tat then
+      tat = now
+    end
+    local needs = tat + (cost - burst) * interval - now
+    if needs > wait then
+      wait = needs
+    end
+    guard_lanes[i], guard_periods[i], guard_next[i] = lane, period, tat + cost * interval
   end
-  for _, l in ipairs(lanes) do
-    if wait <= 0 then
-      l.lane.g = l.next
-      l.changed[#l.changed + 1] = 'g'
-    end
-    for _, name in ipairs(l.changed) do
-      mark(l.lane, l.period, name)
-    end
+  if wait > 0 then
+    return wait
   end
-  return math.max(wait, 0)
+  for i = 1, count do
+    guard_lanes[i].g = guard_next[i]
+    mark(guard_lanes[i], guard_periods[i], 'g')
+  end
+  return 0
 end
 
 -- One turn or one guard: its lanes are KEYS[4..], their specs ARGV[first..].
@@ -302,7 +327,8 @@ local function asked_lanes(first)
 end
 
 if op == 'turn' then
-  local reply = turn(asked_lanes(6), tonumber(ARGV[5]))
+  local reply = {}
+  turn(asked_lanes(6), tonumber(ARGV[5]), reply)
   save_all()
   return reply
 end
@@ -335,11 +361,10 @@ if op == 'turns' or op == 'guards' then
     at = at + 1 + 2 * #lanes
     for _ = 1, alike do
       if op == 'turns' then
-        local reply = turn(lanes, max_wait)
-        replies[#replies + 1] = #reply
-        for _, value in ipairs(reply) do
-          replies[#replies + 1] = value
-        end
+        local at = #replies + 1
+        replies[at] = 0
+        turn(lanes, max_wait, replies)
+        replies[at] = #replies - at
       else
         replies[#replies + 1] = 1
         replies[#replies + 1] = guard(lanes)
@@ -375,7 +400,7 @@ if op == 'beat' then
   if not_after and now > not_after then
     return {-1, 0, 0, now}
   end
-  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[10])))) do
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[10])))) do
     redis.call('ZREM', KEYS[1], gone)
     redis.call('HDEL', KEYS[2], gone, '~' .. gone)
   end
