@@ -261,8 +261,8 @@ async fn connection<H: Handler>(
     let _ = stream.set_nodelay(true);
     let serving = handler.clone();
     let service = service_fn(move |request| {
-        let handler = serving.clone();
-        async move { Ok::<_, Infallible>(checked(handler, request).await) }
+        let answer = checked(&serving, request);
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let guarded = Guarded::new(stream, bounds.write_timeout);
     let http2_refused = guarded.http2_refused();
@@ -327,10 +327,26 @@ fn builder(bounds: &Bounds) -> http1::Builder {
 }
 
 /// Answers a request that breaks the Host rules itself; hands every other to `handler`.
-async fn checked<H: Handler>(handler: H, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(error) = host_refusal(&request) else {
-        return handler.handle(request).await;
+/// Decided before the answer's future is made, so that this future, which hyper keeps for
+/// as long as its connection is open, holds no request head.
+fn checked<H: Handler>(
+    handler: &H,
+    request: Request<Incoming>,
+) -> impl Future<Output = Response<Full<Bytes>>> + Send + use<H> {
+    let answer = match host_refusal(&request) {
+        None => Ok(handler.handle(request)),
+        Some(error) => Err(refused_host(handler, error)),
     };
+    async move {
+        match answer {
+            Ok(handled) => handled.await,
+            Err(refused) => refused,
+        }
+    }
+}
+
+/// The answer to a request that breaks the Host rules, recorded as refused.
+fn refused_host<H: Handler>(handler: &H, error: &'static str) -> Response<Full<Bytes>> {
     handler.refused(Refusal {
         outcome: "bad_request",
         status: StatusCode::BAD_REQUEST,

@@ -295,7 +295,8 @@ impl Upstream {
             Some(Checkout::Dial(slot)) => slot,
             None => return Err(Failed::Wait),
         };
-        let dial = async {
+        // Boxed (TLS and handshake state, ~1 KB): rare, and kept out of every waiting checkout.
+        let dial = Box::pin(async {
             let io = self
                 .connector
                 .clone()
@@ -307,7 +308,7 @@ impl Upstream {
                 let _ = connection.await;
             });
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender)
-        };
+        });
         // On failure the slot is dropped: its place goes to the next waiter.
         let sender = tokio::time::timeout(self.connect_timeout, dial)
             .await
