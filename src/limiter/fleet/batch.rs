@@ -11,13 +11,15 @@
 //! each.
 //!
 //! Nothing of the limit's argument changes: a batch is a sequence of the same atomic steps at
-//! one instant of Redis time, and a guard's admission is still made by a call whose answer
-//! goes straight to the request that writes. The queue holds at most one ask per request in
-//! flight, which the server already bounds. An ask waits at most `timeout_ms` for its
-//! answer, in the queue and in Redis together, and past it the replica falls back as after
-//! any slow call. A request that leads a call and then leaves (its caller disconnected)
-//! drops the others' answers; they ask again (a reservation or admission the dropped call
-//! may have made is only ever unused capacity), and the lead passes on.
+//! one instant of Redis time. A guard's admission reaches a queued request through one more
+//! hand-off (a task wake-up), a delay of the same kind as the reply's own way back, which
+//! the guard's SPREAD (25 ms between admission and arrival at Tencent) already allows for.
+//! The queue holds at most one ask per request in flight, which the server already bounds.
+//! An ask waits at most `timeout_ms` in the queue for its answer or the lead, and a call it
+//! leads at most `timeout_ms` again; past either, the replica falls back as after any slow
+//! call. A request that leads a call and then leaves (its caller disconnected) drops the
+//! others' answers: they ask again (a reservation or admission the dropped call may have
+//! made is only ever unused capacity), and the lead passes on.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
