@@ -79,6 +79,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Sign {
@@ -118,6 +119,27 @@ fn main() -> ExitCode {
     tracing::debug!(?fd_limit, "open-file limit");
     serve(config, command, cli.config, logs)
 }
+
+/// glibc gives each thread that allocates its own malloc arena, and each arena keeps its own
+/// peak: with 1,000 busy callers the load bench measured ~4 MiB more resident memory with the
+/// workers' arenas than with one (issue 14). One arena, unless `MALLOC_ARENA_MAX` or
+/// `GLIBC_TUNABLES` says otherwise. Called before any thread starts.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    let set_by_env = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+    if !set_by_env {
+        // SAFETY: mallopt only sets a parameter of glibc's allocator, read when a thread
+        // first needs an arena; no thread but this one exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
 
 type Lines = Box<dyn Layer<Registry> + Send + Sync>;
 
