@@ -29,6 +29,8 @@ struct Redis {
     port: u16,
     /// Extra arguments (a cluster node's).
     args: Vec<String>,
+    /// A cluster node's working directory (its `nodes.conf`), removed when dropped.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -39,15 +41,25 @@ impl Redis {
 
     /// A one-node Redis Cluster owning every slot: it refuses (CROSSSLOT) any command whose
     /// keys hash to different slots, as every Cluster does.
+    ///
+    /// The node starts in an empty directory of its own: a `nodes.conf` left there by an
+    /// earlier run (same name, another process) would hand it the slots already, and
+    /// ADDSLOTS would fail with "Slot 0 is already busy".
     async fn start_cluster() -> Option<Redis> {
-        let dir = std::env::temp_dir().join(format!("timgate-cluster-{}", free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "timgate-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let redis = Redis::start_with(vec![
+        let mut redis = Redis::start_with(vec![
             "--cluster-enabled".into(),
             "yes".into(),
             "--dir".into(),
             dir.to_str().unwrap().into(),
         ])?;
+        redis.dir = Some(dir);
         let mut client = redis.client().await;
         let mut add = redis::cmd("CLUSTER");
         add.arg("ADDSLOTS").arg((0..16384).collect::<Vec<u16>>());
@@ -85,6 +97,7 @@ impl Redis {
             child: None,
             port: free_port(),
             args,
+            dir: None,
         };
         redis.spawn();
         Some(redis)
@@ -144,6 +157,9 @@ impl Drop for Redis {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
