@@ -3,7 +3,9 @@
 //! check) and the throughput of one replica (sequential turns per second), as a ratio.
 //! The baseline is a plain `PING` round trip to the same Redis, interleaved with the turns in
 //! the same rounds: a turn is two script calls (the turn, then the send-time guard), so on a
-//! quiet machine it costs about two PINGs, and noise from other load moves both alike.
+//! quiet machine it costs about two PINGs, and noise from other load moves both alike. A
+//! request that holds a ready connection through its turn (the gateway's usual case) makes
+//! one call, the turn with the guard: timed as its own row.
 //! Starts its own `redis-server` on a free port; without one on PATH it says so and exits.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -29,14 +31,16 @@ fn apps() -> String {
 }
 
 /// Times `n` acquisitions one after another, on the apps in turn; returns each one's duration.
-async fn times(lanes: &[Lanes], api: &Api, n: usize) -> Vec<Duration> {
+/// `hold`: each turn is taken holding a (stand-in) ready connection.
+async fn times(lanes: &[Lanes], api: &Api, n: usize, hold: bool) -> Vec<Duration> {
     let mut took = Vec::with_capacity(n);
     for i in 0..n {
         let start = Instant::now();
-        lanes[i % lanes.len()]
-            .acquire(api, Duration::from_secs(1))
+        let (turn, _held) = lanes[i % lanes.len()]
+            .turn_holding(api, None, &[], Duration::from_secs(1), hold.then_some(()))
             .await
             .unwrap();
+        turn.send_now().await.unwrap();
         took.push(start.elapsed());
     }
     took
@@ -128,22 +132,30 @@ fn main() {
         eval.arg("return 0").arg(0);
         // A fresh Redis holds its guard shut for the quarantine: wait it out, warm up.
         tokio::time::sleep(timgate::limiter::QUARANTINE + Duration::from_millis(300)).await;
-        times(&shared, &api, 1000).await;
-        times(&local, &api, 1000).await;
+        times(&shared, &api, 1000, false).await;
+        times(&local, &api, 1000, false).await;
         let (mut local_times, mut shared_times) = (Vec::new(), Vec::new());
+        let mut held_times = Vec::new();
         let (mut local_total, mut shared_total) = (Duration::ZERO, Duration::ZERO);
         let (mut ping_times, mut eval_times) = (Vec::new(), Vec::new());
         for _ in 0..10 {
             ping_times.extend(round_trips(&mut redis, &ping, 2000).await);
             eval_times.extend(round_trips(&mut redis, &eval, 2000).await);
             let start = Instant::now();
-            local_times.extend(times(&local, &api, 2000).await);
+            local_times.extend(times(&local, &api, 2000, false).await);
             local_total += start.elapsed();
             let start = Instant::now();
-            shared_times.extend(times(&shared, &api, 2000).await);
+            shared_times.extend(times(&shared, &api, 2000, false).await);
             shared_total += start.elapsed();
+            held_times.extend(times(&shared, &api, 2000, true).await);
         }
-        for series in [&mut local_times, &mut shared_times, &mut ping_times, &mut eval_times] {
+        for series in [
+            &mut local_times,
+            &mut shared_times,
+            &mut held_times,
+            &mut ping_times,
+            &mut eval_times,
+        ] {
             series.sort();
         }
         let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -160,6 +172,7 @@ fn main() {
         row("EVAL 'return 0' round trip", &eval_times);
         row("local-only turn + send check", &local_times);
         row("fleet turn + send check (2 calls)", &shared_times);
+        row("fleet, connection held (1 call)", &held_times);
         let added = |p| us(percentile(&shared_times, p)) - us(percentile(&local_times, p));
         println!(
             "added per request by [fleet]: median {:.1} µs, p99 {:.1} µs (target p99 < 1000 µs); in PING round trips: median {:.2}, p99 {:.2} (two calls: 2 if a script call cost a PING)",
@@ -167,6 +180,12 @@ fn main() {
             added(0.99),
             us(percentile(&shared_times, 0.5)) / us(percentile(&ping_times, 0.5)),
             us(percentile(&shared_times, 0.99)) / us(percentile(&ping_times, 0.99)),
+        );
+        let held = |p| us(percentile(&held_times, p)) - us(percentile(&local_times, p));
+        println!(
+            "added with the connection held (one call): median {:.1} µs, p99 {:.1} µs",
+            held(0.5),
+            held(0.99),
         );
         println!(
             "one replica, one turn at a time: fleet {:.0}/s, local {:.0}/s (request throughput with concurrency: the load bench)",

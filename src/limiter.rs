@@ -34,7 +34,10 @@
 //!
 //! The order of one attempt is a type: `Lanes::turn` grants a `Turn`, the caller gets a
 //! ready connection, and `Turn::send_now` consumes the turn at the send-time guard right
-//! before the write. A turn cannot be spent twice, nor a guard passed without a turn.
+//! before the write. A turn cannot be spent twice, nor a guard passed without a turn. In a
+//! fleet, a caller that holds a ready connection already may take its turn with
+//! `Lanes::turn_holding`: a turn that needs no wait then passes the fleet's guard in the
+//! same Redis call, and `send_now` is left with this replica's own guard.
 
 mod fleet;
 mod keyed;
@@ -547,6 +550,34 @@ impl Lanes {
         measured: &[Measured],
         max_wait: Duration,
     ) -> Result<Turn<'_>, Throttled> {
+        let (turn, _) = self
+            .turn_holding(api, caller, measured, max_wait, None::<()>)
+            .await?;
+        Ok(turn)
+    }
+
+    /// In a fleet that reaches Redis now: a turn taken while holding a ready connection may
+    /// pass its send-time guard in the same Redis call ([`Lanes::turn_holding`]).
+    pub fn guards_with_turn(&self) -> bool {
+        self.fleet
+            .as_ref()
+            .is_some_and(|fleet| fleet.fallback_in().is_none())
+    }
+
+    /// `turn_as` for a request that `held` a ready connection already. In a fleet, when the
+    /// turn needs no wait, Redis passes its send-time guard in the same call, so the request
+    /// makes one call instead of two; the connection is handed back with the turn, and
+    /// `send_now` then only checks this replica's own guard. Whenever the turn would wait
+    /// (or has local lanes to wait in, or Redis is gone), `held` is dropped before the wait,
+    /// so no connection is kept from others by a waiting request, and `None` comes back.
+    pub async fn turn_holding<T>(
+        &self,
+        api: &Api,
+        caller: Option<&str>,
+        measured: &[Measured],
+        max_wait: Duration,
+        mut held: Option<T>,
+    ) -> Result<(Turn<'_>, Option<T>), Throttled> {
         let lanes = self.apis.get(api.name());
         let now = Instant::now();
         let mut local = Vec::new();
@@ -589,7 +620,8 @@ impl Lanes {
                 .collect(),
             _ => Vec::new(),
         };
-        let turn = Turn {
+        let mut turn = Turn {
+            guarded: false,
             caller: caller.and_then(|name| self.callers.get(name)).map(|l| &**l),
             local,
             quotas,
@@ -601,42 +633,49 @@ impl Lanes {
         };
         match &self.fleet {
             None => {
+                held = None;
                 let lanes: Vec<(&Lane, NonZeroU32)> = turn.lanes().collect();
                 pace(&lanes, max_wait, &self.waiting, &self.closing).await?;
             }
             Some(fleet) => {
                 let start = Instant::now();
+                if !turn.local.is_empty() {
+                    held = None;
+                }
                 let local: Vec<(&Lane, NonZeroU32)> =
                     turn.local.iter().map(|(l, c)| (&**l, *c)).collect();
                 pace(&local, max_wait, &self.waiting, &self.closing).await?;
-                self.shared(fleet, &turn, max_wait.saturating_sub(start.elapsed()))
-                    .await?;
+                let budget = max_wait.saturating_sub(start.elapsed());
+                turn.guarded = self.shared(fleet, &turn, budget, &mut held).await?;
             }
         }
-        Ok(turn)
+        Ok((turn, held))
     }
 
-    /// A turn in Redis, or on this replica's share while Redis is gone.
-    async fn shared(
+    /// A turn in Redis, or on this replica's share while Redis is gone. `true`: Redis passed
+    /// its send-time guard too, and `held` is still held (see `turn_holding`).
+    async fn shared<T>(
         &self,
         fleet: &Arc<Fleet>,
         turn: &Turn<'_>,
         max_wait: Duration,
-    ) -> Result<(), Throttled> {
+        held: &mut Option<T>,
+    ) -> Result<bool, Throttled> {
         let start = Instant::now();
         let _waiting = Queued::enter(&self.waiting);
         loop {
             let budget = self
                 .closing
                 .budget(Instant::now(), max_wait.saturating_sub(start.elapsed()));
-            match fleet.fallback_in() {
+            let mode = fleet.fallback_in();
+            if mode.is_some() {
+                *held = None;
+            }
+            match mode {
                 None => {
-                    if fleet
-                        .turn(&turn.asks(), budget, &self.closing)
-                        .await?
-                        .is_some()
-                    {
-                        return Ok(());
+                    let asks = turn.asks();
+                    if let Some(guarded) = fleet.turn(&asks, budget, &self.closing, held).await? {
+                        return Ok(guarded);
                     }
                 }
                 Some(wait) if wait > budget => {
@@ -658,7 +697,8 @@ impl Lanes {
                     };
                     let lanes: Vec<(&Lane, NonZeroU32)> =
                         lanes.iter().map(|(l, c, _)| (&**l, *c)).collect();
-                    return pace(&lanes, budget, &AtomicUsize::new(0), &self.closing).await;
+                    pace(&lanes, budget, &AtomicUsize::new(0), &self.closing).await?;
+                    return Ok(false);
                 }
             }
         }
@@ -759,6 +799,8 @@ async fn pace(
 /// ```
 #[must_use = "a turn is spent by send_now, right before the request is written"]
 pub struct Turn<'a> {
+    /// Redis passed the fleet's send-time guard with the turn (`Lanes::turn_holding`).
+    guarded: bool,
     caller: Option<&'a Limit>,
     /// Lanes kept on this replica only (quotas, an API's implicit lane), with the cost.
     local: Vec<(Arc<Lane>, NonZeroU32)>,
@@ -846,6 +888,18 @@ impl Turn<'_> {
     /// Redis went away since the turn and this replica may not spend its share yet.
     pub async fn send_now(self) -> Result<(), Throttled> {
         let lanes: Vec<(&Lane, NonZeroU32)> = self.lanes().collect();
+        if self.guarded {
+            // Redis admitted this send with its turn, a moment ago: only this replica's own
+            // guard is left. Should that one make it wait, Redis's admission goes unused
+            // (capacity lost, never the limit kept less) and the send asks Redis again after.
+            let now: Vec<(&Lane, NonZeroU32, ())> = lanes
+                .iter()
+                .map(|(lane, cost)| (*lane, *cost, ()))
+                .collect();
+            if lane::try_guard(&now).is_ok() {
+                return Ok(());
+            }
+        }
         guard(&lanes).await;
         let Some(fleet) = self.fleet else {
             return Ok(());

@@ -218,9 +218,18 @@ impl Gateway {
         let mut last = None;
         loop {
             let target = route.target(api)?;
-            let turn = match Box::pin(self.turn(route, api, call.caller, measured, deadline)).await
-            {
-                Ok(turn) => turn,
+            // In a fleet, a request that finds a ready connection idle takes it before its
+            // turn: a turn that needs no wait then passes Redis's send-time guard in the same
+            // call (`Lanes::turn_holding`), one Redis call instead of two. A turn that waits
+            // gives it back before waiting.
+            let held = route
+                .lanes
+                .guards_with_turn()
+                .then(|| self.upstream.try_connect(&route.endpoint))
+                .flatten();
+            let turned = Box::pin(self.turn(route, api, call.caller, measured, deadline, held));
+            let (turn, held) = match turned.await {
+                Ok(turned) => turned,
                 Err(refused) => {
                     // A retry that finds no room ends with the answer already in hand.
                     return last.map_or(Err(refused), |tried: Result<Reply, upstream::Error>| {
@@ -230,7 +239,15 @@ impl Gateway {
             };
             call.attempts += 1;
             let tried = match self
-                .attempt(route, turn, api, target, body.clone(), call, deadline)
+                .attempt(
+                    route,
+                    (turn, held),
+                    api,
+                    target,
+                    body.clone(),
+                    call,
+                    deadline,
+                )
                 .await
             {
                 Ok((tried, sent)) => {
@@ -277,6 +294,7 @@ impl Gateway {
 
     /// Waits for one attempt's turn, in arrival order, no longer than the app's
     /// `max_queue_wait_ms`, the request's deadline, or the drain's last turn allow.
+    /// `held`: a ready connection taken before the turn, handed back when the turn kept it.
     async fn turn<'r>(
         &self,
         route: &'r Route,
@@ -284,7 +302,8 @@ impl Gateway {
         caller: Option<&auth::Caller>,
         measured: &[Measured],
         deadline: Instant,
-    ) -> Result<Turn<'r>, Error> {
+        held: Option<upstream::Held>,
+    ) -> Result<(Turn<'r>, Option<upstream::Held>), Error> {
         let app = &route.app;
         let now = Instant::now();
         let max_wait = app
@@ -293,7 +312,7 @@ impl Gateway {
         // A drain closes the limiter at its last turn, so the lanes refuse a turn that would
         // come later, at once, also for requests that were already waiting when it started.
         let granted = tokio::select! {
-            granted = route.lanes.turn_as(api, caller.map(auth::Caller::name), measured, max_wait) => granted,
+            granted = route.lanes.turn_holding(api, caller.map(auth::Caller::name), measured, max_wait, held) => granted,
             () = self.drain.past_last_turn() => return Err(Error::Draining),
         };
         match granted {
@@ -325,22 +344,26 @@ impl Gateway {
     /// order, until `deadline`, when the pool is at `upstream_max_connections`), then the
     /// send-time check of every limit, then the request on the wire at once — so a slow
     /// handshake or a wait for a connection can never bunch requests at Tencent past the
-    /// limit. `Err`: the send-time check could not clear it (a fleet whose Redis went away
-    /// since the turn), nothing sent.
+    /// limit. The connection is the one held through the turn, when the turn kept it.
+    /// `Err`: the send-time check could not clear it (a fleet whose Redis went away since
+    /// the turn), nothing sent.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         route: &Route,
-        turn: Turn<'_>,
+        (turn, held): (Turn<'_>, Option<upstream::Held>),
         api: &Api,
         target: Uri,
         body: Bytes,
         call: &mut Call<'_>,
         deadline: Instant,
     ) -> Result<(Result<Reply, upstream::Error>, Instant), Throttled> {
-        let connection = match self.upstream.connect(&route.endpoint, deadline).await {
-            Ok(connection) => connection,
-            Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
+        let connection = match held.and_then(upstream::Held::take) {
+            Some(connection) => connection,
+            None => match self.upstream.connect(&route.endpoint, deadline).await {
+                Ok(connection) => connection,
+                Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
+            },
         };
         // Signed again once the turn has come: a key rotated while this request waited signs
         // it already. Building the target cannot fail where it did not just before (same API,

@@ -152,6 +152,30 @@ pub struct Connection {
     target: Arc<Target>,
 }
 
+/// An idle connection taken before a turn ([`Upstream::try_connect`]); it goes back to the
+/// pool, unused, when dropped.
+pub struct Held(Option<Connection>);
+
+impl Held {
+    /// The connection, to send on now.
+    pub fn take(mut self) -> Option<Connection> {
+        self.0.take()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(Connection {
+            sender,
+            slot,
+            target,
+        }) = self.0.take()
+        {
+            target.pool.checkin(sender, slot);
+        }
+    }
+}
+
 /// The shared connection pools and the attempt deadline.
 pub struct Upstream {
     connector: HttpsConnector<Dialer>,
@@ -270,6 +294,21 @@ impl Upstream {
             primary.mark_up();
         }
         connected.map_err(Into::into)
+    }
+
+    /// An idle connection to `endpoint` that is ready now, if one is and no attempt is
+    /// waiting for one: never a dial, never a place in the queue.
+    pub fn try_connect(&self, endpoint: &Endpoint) -> Option<Held> {
+        let target = match &endpoint.backup {
+            Some(backup) if endpoint.primary.is_down() => backup,
+            _ => &endpoint.primary,
+        };
+        let (sender, slot) = target.pool.try_checkout(self.idle_timeout)?;
+        Some(Held(Some(Connection {
+            sender,
+            slot,
+            target: target.clone(),
+        })))
     }
 
     async fn checkout(&self, target: &Arc<Target>, until: Instant) -> Result<Connection, Failed> {

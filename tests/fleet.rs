@@ -419,7 +419,7 @@ async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
         expected.push(answer.len() as i64);
         expected.extend(answer);
     }
-    let (keys, args) = batch_call(&batch_asks("all"), true);
+    let (keys, args) = batch_call(&batch_asks("all"), Some(false));
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let batch = ints(op(&mut redis, "turns", t0, &keys, &args).await);
     assert_eq!(batch, expected);
@@ -452,33 +452,72 @@ async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
         .unwrap();
         expected.extend([1, wait]);
     }
-    let (keys, args) = batch_call(&guards("all"), false);
+    let (keys, args) = batch_call(&guards("all"), None);
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let batch = ints(op(&mut redis, "guards", t0, &keys, &args).await);
     assert_eq!(batch, expected);
     assert!(expected.iter().skip(1).step_by(2).any(|&w| w == 0));
     assert!(expected.iter().skip(1).step_by(2).any(|&w| w > 0));
+    // Turns that guard too (their requests hold a connection): a turn reserved on every lane
+    // with a wait under a tick is followed by the guard at the same time, the others by -1.
+    // The first ask finds its lane free; the next ones wait behind it.
+    let mut expected = Vec::new();
+    for (max_wait, lanes) in batch_asks("tg_one") {
+        let keys: Vec<&str> = lanes.iter().map(|(k, _)| k.as_str()).collect();
+        let mut args = vec![max_wait.to_string()];
+        args.extend(lanes.iter().map(|(_, spec)| spec.clone()));
+        let mut answer = ints(op(&mut redis, "turn", t0, &keys, &args).await);
+        if answer[0] == lanes.len() as i64 && answer[1] < 1000 {
+            let specs: Vec<String> = lanes.iter().map(|(_, spec)| spec.clone()).collect();
+            let wait: i64 = redis::FromRedisValue::from_redis_value(
+                op(&mut redis, "guard", t0, &keys, &specs).await,
+            )
+            .unwrap();
+            answer.push(wait);
+        } else {
+            answer.push(-1);
+        }
+        expected.push(answer.len() as i64);
+        expected.extend(answer);
+    }
+    let (keys, args) = batch_call(&batch_asks("tg_all"), Some(true));
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let batch = ints(op(&mut redis, "turns", t0, &keys, &args).await);
+    assert_eq!(batch, expected);
+    // The first ask was admitted with its turn (a trailing 0); a later one waited (-1).
+    assert_eq!(
+        &expected[..6],
+        &[5, 1, 0, 0, expected[4], 0],
+        "{expected:?}"
+    );
+    assert!(expected.contains(&-1), "{expected:?}");
     // And the lanes were left in the same state.
     for lane in ["app", "api", "quota", "g", "h"] {
-        let mut state = Vec::new();
-        for p in ["one", "all"] {
-            let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(format!("{p}:{lane}"))
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            state.push(fields);
+        for (one, all) in [("one", "all"), ("tg_one", "tg_all")] {
+            let mut state = Vec::new();
+            for p in [one, all] {
+                let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+                    .arg(format!("{p}:{lane}"))
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                state.push(fields);
+            }
+            let guards_only = ["g", "h"].contains(&lane);
+            assert!(
+                !state[0].is_empty() || (one == "tg_one" && guards_only),
+                "{one}:{lane}"
+            );
+            assert_eq!(state[0], state[1], "{one}:{lane}");
         }
-        assert!(!state[0].is_empty(), "{lane}");
-        assert_eq!(state[0], state[1], "{lane}");
     }
 }
 
-/// The keys and arguments of one `turns` (`with_wait`) or `guards` call, as fleet.lua reads
-/// them: how many entries, then each entry's count of asks alike (those that follow each
-/// other are sent once), longest wait (turns), lane count, and per lane its index in KEYS
-/// (after the three common keys) and spec.
-fn batch_call(asks: &[BatchAsk], with_wait: bool) -> (Vec<String>, Vec<String>) {
+/// The keys and arguments of one `turns` (`guard_too` set: whether each turn guards too) or
+/// `guards` call, as fleet.lua reads them: how many entries, then each entry's count of asks
+/// alike (those that follow each other are sent once), longest wait and guard flag (turns),
+/// lane count, and per lane its index in KEYS (after the three common keys) and spec.
+fn batch_call(asks: &[BatchAsk], guard_too: Option<bool>) -> (Vec<String>, Vec<String>) {
     let mut keys: Vec<String> = Vec::new();
     let mut entries: Vec<(usize, &BatchAsk)> = Vec::new();
     for ask in asks {
@@ -490,8 +529,9 @@ fn batch_call(asks: &[BatchAsk], with_wait: bool) -> (Vec<String>, Vec<String>) 
     let mut args = vec![entries.len().to_string()];
     for (alike, (max_wait, lanes)) in entries {
         args.push(alike.to_string());
-        if with_wait {
+        if let Some(guard_too) = guard_too {
             args.push(max_wait.to_string());
+            args.push(if guard_too { "1" } else { "0" }.into());
         }
         args.push(lanes.len().to_string());
         for (key, spec) in lanes {
@@ -1204,4 +1244,42 @@ async fn a_new_replica_serves_its_first_requests_rather_than_429() {
         assert_eq!(answer.status, 200, "{:?}", answer.json());
     }
     assert_eq!(upstream.seen().len(), 5);
+}
+
+/// A request that finds its lanes free and a connection idle passes its turn and the
+/// fleet's send-time guard in one Redis call, not two: one after the other, 40 requests make
+/// about 40 script calls (the first, with no connection open yet, makes two).
+#[tokio::test]
+async fn a_request_that_finds_its_lanes_free_makes_one_redis_call() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let upstream = Recorder::ok().await;
+    let config = format!(
+        "[fleet]\nredis_url = \"{}\"\nkey_prefix = \"one{}\"\nreplicas = 1\ntimeout_ms = 50\n{}\
+         rate_limit = 100000\n[apps.api_limits]\n\"openim/sendmsg\" = 100000\n",
+        redis.url(),
+        redis.port,
+        support::one_app(1, &upstream.url()),
+    );
+    let gateway = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let caller = Caller::default();
+    fleet_formed(std::slice::from_ref(&gateway), &caller).await;
+    let calls = || async {
+        let text = caller.get(gateway.admin, "/metrics").await.body;
+        sample(
+            std::str::from_utf8(&text).unwrap(),
+            "timgate_fleet_redis_batch_asks_count",
+            &[],
+        )
+    };
+    let before = calls().await;
+    for _ in 0..40 {
+        let answer = caller.post(gateway.addr, SEND, "{}").await;
+        assert_eq!(answer.status, 200);
+    }
+    let made = calls().await - before;
+    assert!(
+        (40.0..=44.0).contains(&made),
+        "{made} script calls for 40 requests"
+    );
 }

@@ -342,17 +342,23 @@ end
 -- turns, guards: a batch, the asks of one replica's concurrent requests, run in order as
 -- that many turn or guard calls would be at the same Redis time, each lane read and written
 -- once. ARGV[5] how many entries; then per entry: how many asks alike it stands for (one
--- after the other), (turns only) their longest wait, their lane count k, and k times: the
--- lane's index in KEYS, its spec. Returns each ask's answer as the single op would, each
--- preceded by its length.
+-- after the other), (turns only) their longest wait and whether to guard too (1 or 0),
+-- their lane count k, and k times: the lane's index in KEYS, its spec. Returns each ask's
+-- answer as the single op would, each preceded by its length.
+-- A turn asked to guard too (its request holds a ready connection) runs the guard on the
+-- same lanes right after it when every lane was reserved with a wait under a timer tick
+-- (which the replica does not sleep: it would send at once), and appends the guard's answer,
+-- or -1 when the guard was not run: then the request sends after its own guard call. So a
+-- request that need not wait makes one call, as a turn and a guard made back to back.
+local TICK = 1000
 if op == 'turns' or op == 'guards' then
   local replies, at = {}, 6
   for _ = 1, tonumber(ARGV[5]) do
     local alike = tonumber(ARGV[at])
     at = at + 1
-    local max_wait
+    local max_wait, also_guard
     if op == 'turns' then
-      max_wait, at = tonumber(ARGV[at]), at + 1
+      max_wait, also_guard, at = tonumber(ARGV[at]), ARGV[at + 1] == '1', at + 2
     end
     local lanes = {}
     for j = 1, tonumber(ARGV[at]) do
@@ -364,6 +370,13 @@ if op == 'turns' or op == 'guards' then
         local at = #replies + 1
         replies[at] = 0
         turn(lanes, max_wait, replies)
+        if also_guard then
+          if replies[at + 1] == #lanes and replies[at + 2] < TICK then
+            replies[#replies + 1] = guard(lanes)
+          else
+            replies[#replies + 1] = -1
+          end
+        end
         replies[at] = #replies - at
       else
         replies[#replies + 1] = 1

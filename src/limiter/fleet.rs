@@ -19,6 +19,16 @@
 //! (`batch`): one `turns` or `guards` call runs many asks in order, as that many calls
 //! would at one Redis instant, so under load the script's fixed cost is paid once per batch.
 //!
+//! A request that already holds a ready connection when it asks for its turn (an idle one
+//! was free) asks Redis to guard too: when the turn needs no wait (under a timer tick, which
+//! is not slept), the script runs the guard on the same lanes right after the turn, at the
+//! same Redis time, and the request writes as soon as the answer is back, with nothing but
+//! this replica's own guard in between. That is the order *ready connection → guard →
+//! write* of every other send, made in one call instead of two; the guard's argument does
+//! not change. When the turn must wait, the connection goes back to the pool before the
+//! wait and the send asks the guard itself, as before. Should this replica's own guard then
+//! hold the request back, Redis's admission goes unused: capacity lost, never the limit.
+//!
 //! The local governor guard at L stays in front of both: no replica ever sends more than L
 //! alone. A lane's *capacity* is its limit less the fallback shares of members whose
 //! heartbeat has lapsed.
@@ -112,7 +122,7 @@ use redis::{FromRedisValue, Script};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use self::batch::Kind;
+use self::batch::{Kind, Wait};
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::config;
@@ -465,31 +475,47 @@ impl Fleet {
     }
 
     /// Waits for a shared turn on `asks` (narrowest first). `Ok(None)`: Redis is gone, use
-    /// the fallback.
-    pub(super) async fn turn(
+    /// the fallback. `Ok(Some(true))`: the turn came at once and its send-time guard passed
+    /// in the same call, asked because the request `held` a ready connection; it is to be
+    /// sent at once. Otherwise `held` is dropped before any wait (a connection is not kept
+    /// from others while its request waits) and the send asks the guard itself.
+    pub(super) async fn turn<T>(
         self: &Arc<Self>,
         asks: &[Ask],
         max_wait: Duration,
         closing: &super::Closing,
-    ) -> Result<Option<Vec<Reservation>>, Throttled> {
+        held: &mut Option<T>,
+    ) -> Result<Option<bool>, Throttled> {
         let start = Instant::now();
         let mut reserved = Vec::new();
         let mut from = 0;
+        let mut guarded = false;
         while from < asks.len() {
             let left = &asks[from..];
             let budget = max_wait.saturating_sub(start.elapsed());
             let asked = Instant::now();
             // In whole milliseconds (refusing at most one early), so that the asks of
-            // concurrent requests read alike and go to Redis as one (`batch`).
-            let longest = Some(budget.as_millis() as u64 * 1000);
-            let answer = match self.ask(Kind::Turns, longest, left).await {
+            // concurrent requests read alike and go to Redis as one (`batch`). The guard
+            // goes along only on the first call, which asks every lane.
+            let wait = Wait {
+                longest: budget.as_millis() as u64 * 1000,
+                guard_too: held.is_some() && from == 0,
+            };
+            let answer = self.ask(Kind::Turns, Some(wait), left).await;
+            let answer = match answer {
                 Ok(answer) => answer,
                 Err(why) => {
+                    *held = None;
                     self.lost(&why);
                     return Ok(None);
                 }
             };
             let (&n, rest) = answer.split_first().ok_or_else(unreachable_reply)?;
+            let n_lanes = usize::try_from(n).unwrap_or(0);
+            guarded = wait.guard_too && n >= 0 && rest.get(1 + 2 * n_lanes) == Some(&0);
+            if !guarded {
+                *held = None;
+            }
             let told = rest.first().copied().unwrap_or(0);
             let wait = Duration::from_micros(told.max(0) as u64);
             if n < 0 {
@@ -513,7 +539,10 @@ impl Fleet {
             let reservation = Reservation {
                 fleet: self.clone(),
                 keys: left[..n].iter().map(|a| a.key.clone()).collect(),
-                tats: rest[1..].to_vec(),
+                tats: rest
+                    .get(1..1 + 2 * n)
+                    .ok_or_else(unreachable_reply)?
+                    .to_vec(),
                 used: false,
             };
             // Redis's wait counts from when it ran the script, somewhere in the round trip:
@@ -542,7 +571,7 @@ impl Fleet {
         for reservation in &mut reserved {
             reservation.used = true;
         }
-        Ok(Some(reserved))
+        Ok(Some(guarded))
     }
 
     /// The fleet-wide send-time guard for `asks`. `Ok(false)`: Redis is gone, so nothing may

@@ -131,6 +131,32 @@ impl Pool {
         })
     }
 
+    /// The newest idle connection, if it is ready now and nobody waits for one (closed or
+    /// stale ones are closed on the way).
+    pub(super) fn try_checkout(self: &Arc<Self>, idle_timeout: Duration) -> Option<(Sender, Slot)> {
+        let mut state = self.lock();
+        state.waiters.retain(|waiter| !waiter.is_closed());
+        if !state.waiters.is_empty() {
+            return None;
+        }
+        while let Some(idle) = state.idle.pop() {
+            if idle.sender.is_closed() || idle.since.elapsed() >= idle_timeout {
+                self.gauges.idle.dec();
+                drop(idle.sender);
+                state.forget(self, idle.slot);
+                continue;
+            }
+            if !idle.sender.is_ready() {
+                // Still seeing its last answer through: not ready at once.
+                state.idle.push(idle);
+                return None;
+            }
+            self.gauges.idle.dec();
+            return Some((idle.sender, idle.slot));
+        }
+        None
+    }
+
     /// A connection whose exchange completed: to the first waiter, else kept idle.
     pub(super) fn checkin(self: &Arc<Self>, sender: Sender, slot: Slot) {
         let mut state = self.lock();

@@ -50,9 +50,18 @@ impl Kind {
     }
 }
 
-/// One request's ask: (turns only) its longest wait in µs, and its lanes' keys and specs.
+/// What a turn asks beside its lanes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Wait {
+    /// The longest wait it takes, in µs.
+    pub longest: u64,
+    /// Its request holds a ready connection: guard too when the turn needs no wait.
+    pub guard_too: bool,
+}
+
+/// One request's ask: (turns only) its wait, and its lanes' keys and specs.
 struct Ask {
-    max_wait: Option<u64>,
+    wait: Option<Wait>,
     keys: Vec<String>,
     specs: Vec<String>,
 }
@@ -143,18 +152,18 @@ impl Fleet {
     }
 
     /// Asks Redis about `lanes`, together with the other asks of `kind` made meanwhile: the
-    /// answer a single `turn` (`max_wait` set) or `guard` call would give, a guard's as its
-    /// one element.
+    /// answer a single `turn` (`wait` set; with `guard_too`, the guard's answer or -1
+    /// appended) or `guard` call would give, a guard's as its one element.
     pub(super) async fn ask(
         self: &Arc<Self>,
         kind: Kind,
-        max_wait: Option<u64>,
+        wait: Option<Wait>,
         lanes: &[super::Ask],
     ) -> Result<Vec<i64>, String> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let ask = Ask {
-                max_wait,
+                wait,
                 keys: lanes.iter().map(|lane| lane.key.clone()).collect(),
                 specs: lanes.iter().map(super::Ask::spec).collect(),
             };
@@ -236,21 +245,23 @@ fn give_back(fleet: &Arc<Fleet>, kind: Kind, ask: Ask, answer: &[i64]) {
     let Some(n) = answer.first().and_then(|&n| usize::try_from(n).ok()) else {
         return;
     };
-    if n > 0 && answer.len() == 2 + 2 * n && n <= ask.keys.len() {
+    // A guard run with the turn leaves an admission unused: capacity lost, never the limit.
+    let guarded = usize::from(ask.wait.is_some_and(|wait| wait.guard_too));
+    if n > 0 && answer.len() == 2 + 2 * n + guarded && n <= ask.keys.len() {
         let mut keys = ask.keys;
         keys.truncate(n);
         drop(Reservation {
             fleet: fleet.clone(),
             keys,
-            tats: answer[2..].to_vec(),
+            tats: answer[2..2 + 2 * n].to_vec(),
             used: false,
         });
     }
 }
 
 /// The keys (each lane once) and arguments of one batch call, as `fleet.lua` reads them:
-/// asks alike that follow each other (the same lanes, specs and longest wait: concurrent
-/// requests of one API) are sent once, with how many they are.
+/// asks alike that follow each other (the same lanes, specs and wait: concurrent requests of
+/// one API) are sent once, with how many they are.
 fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
     let mut keys: Vec<String> = Vec::new();
     let mut args = vec![String::new()];
@@ -260,13 +271,14 @@ fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
         let alike = rest
             .iter()
             .take_while(|other| {
-                other.max_wait == ask.max_wait && other.keys == ask.keys && other.specs == ask.specs
+                other.wait == ask.wait && other.keys == ask.keys && other.specs == ask.specs
             })
             .count();
         entries += 1;
         args.push(alike.to_string());
-        if let Some(max_wait) = ask.max_wait {
-            args.push(max_wait.to_string());
+        if let Some(wait) = ask.wait {
+            args.push(wait.longest.to_string());
+            args.push(if wait.guard_too { "1" } else { "0" }.to_owned());
         }
         args.push(ask.keys.len().to_string());
         for (key, spec) in ask.keys.iter().zip(&ask.specs) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use redis::FromRedisValue;
 use tokio::time::Instant;
 
-use super::batch::Kind;
+use super::batch::{Kind, Wait};
 use super::{Ask, EXPIRY, Fleet, Link, MARGIN, NonZeroU32, WINDOW};
 use crate::api::Api;
 use crate::config::Config;
@@ -244,9 +244,13 @@ impl Sim {
                         ticks.tick().await;
                         let (lanes, fleet, record, api) =
                             (lanes.clone(), fleet.clone(), record.clone(), api.clone());
+                        // Every other request holds a connection through its turn, so the
+                        // guard taken with a turn is under every step too.
+                        let held = (requests.len() % 2 == 0).then_some(());
                         requests.push(tokio::spawn(async move {
-                            let sent = match lanes.turn(&api, &[], MAX_WAIT).await {
-                                Ok(turn) => turn.send_now().await.is_ok(),
+                            let turned = lanes.turn_holding(&api, None, &[], MAX_WAIT, held);
+                            let sent = match turned.await {
+                                Ok((turn, _)) => turn.send_now().await.is_ok(),
                                 Err(_) => false,
                             };
                             let mut record = record.lock().unwrap();
@@ -757,9 +761,13 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
         NonZeroU32::new(200).unwrap(),
         Scope::App,
     )];
+    let wait = Wait {
+        longest: 1_000_000,
+        guard_too: false,
+    };
     let ask = |fleet: &Arc<Fleet>| {
         let (fleet, lane) = (fleet.clone(), lane.clone());
-        tokio::spawn(async move { fleet.ask(Kind::Turns, Some(1_000_000), &lane).await })
+        tokio::spawn(async move { fleet.ask(Kind::Turns, Some(wait), &lane).await })
     };
     async fn until(fleet: &Fleet, load: (usize, usize)) {
         while fleet.turns.load() != load {
@@ -789,4 +797,71 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
     leaders[1].abort();
     // Every place came back: none is held by a caller that left.
     until(&fleet, (0, 0)).await;
+}
+
+/// Stands for a ready connection a request holds through its turn; notes when it is let go.
+struct HeldFlag(Arc<Mutex<Option<Instant>>>);
+
+impl HeldFlag {
+    fn new() -> (HeldFlag, Arc<Mutex<Option<Instant>>>) {
+        let at = Arc::new(Mutex::new(None));
+        (HeldFlag(at.clone()), at)
+    }
+}
+
+impl Drop for HeldFlag {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(Instant::now());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let sim = Sim::formed(server).await;
+    let replica = &sim.replicas[0];
+    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+    assert!(replica.lanes.guards_with_turn());
+    let calls = || ops_run(&replica.redis, "turns") + ops_run(&replica.redis, "guards");
+    // A free lane: the turn and the send-time guard in one call; the connection comes back.
+    let before = calls();
+    let (held, let_go) = HeldFlag::new();
+    let (turn, held) = replica
+        .lanes
+        .turn_holding(&api, None, &[], MAX_WAIT, Some(held))
+        .await
+        .unwrap();
+    assert!(held.is_some() && let_go.lock().unwrap().is_none());
+    turn.send_now().await.unwrap();
+    assert_eq!(calls() - before, 1, "one call for the turn and the guard");
+    assert_eq!(ops_run(&replica.redis, "guards"), 0);
+    drop(held);
+    // Requests back to back outrun the lane's pacing (192/s), so turns wait: a turn that
+    // waits lets its connection go before the wait (the paused clock moves only by waits),
+    // and its send asks the guard itself.
+    let mut waited = 0;
+    for _ in 0..20 {
+        let before = calls();
+        let (held, let_go) = HeldFlag::new();
+        let asked = Instant::now();
+        let (turn, held) = replica
+            .lanes
+            .turn_holding(&api, None, &[], MAX_WAIT, Some(held))
+            .await
+            .unwrap();
+        let granted = Instant::now();
+        turn.send_now().await.unwrap();
+        if held.is_some() {
+            assert_eq!(calls() - before, 1);
+            continue;
+        }
+        waited += 1;
+        assert!(granted > asked, "a turn without a wait kept no connection");
+        let at = let_go.lock().unwrap().expect("let go");
+        assert!(at < granted, "the connection was held through the wait");
+        assert_eq!(calls() - before, 2, "a turn, then a guard of its own");
+    }
+    assert!(waited >= 10, "only {waited} of 20 turns waited");
 }
