@@ -7,8 +7,7 @@
 --           longer period than a second still count there)
 -- KEYS[3] epoch   (string: when this Redis state was born)
 -- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until, l = the lowest limit
---           the guard was asked with lately, t = when it was last asked with it, x = when
---           the key expires), narrowest first
+--           the guard was asked with lately, t = when it was last asked with it), narrowest first
 --
 -- ARGV[1] op: turn | guard | turns | guards | release | slow | beat | leave
 -- ARGV[2] now ("" = TIME)
@@ -130,9 +129,9 @@ local function rated(text)
   return r
 end
 
--- A lane's state, read at once: its times p, g, s (0 when unset), and l, t, x.
+-- A lane's state, read at once: its times p, g, s (0 when unset), and l, t.
 local function read(key)
-  local v = redis.call('HMGET', key, 'p', 'g', 's', 'l', 't', 'x')
+  local v = redis.call('HMGET', key, 'p', 'g', 's', 'l', 't')
   return {
     key = key,
     p = tonumber(v[1]) or 0,
@@ -140,7 +139,6 @@ local function read(key)
     s = tonumber(v[3]) or 0,
     l = tonumber(v[4]),
     t = tonumber(v[5]) or 0,
-    x = tonumber(v[6]),
   }
 end
 
@@ -164,9 +162,7 @@ local function mark(lane, period, name)
 end
 
 -- Writes every changed field, and keeps each key alive as long as any of its times is
--- ahead, plus one period (past that its state is a fresh lane's), plus KEEP. The expiry is
--- set KEEP further still and kept in x, so the calls of the next KEEP or so find it far
--- enough already and skip the PEXPIRE (two of a call's nine commands).
+-- ahead, plus one period (past that its state is a fresh lane's), plus KEEP.
 local function save_all()
   for _, lane in ipairs(dirty) do
     local args = {}
@@ -174,17 +170,9 @@ local function save_all()
       args[#args + 1] = name
       args[#args + 1] = lane[name]
     end
+    redis.call('HSET', lane.key, unpack(args))
     local last = math.max(lane.p, lane.g, lane.s, now)
-    local needed = last + lane.period + KEEP * 1000
-    if lane.x and lane.x >= needed then
-      redis.call('HSET', lane.key, unpack(args))
-    else
-      lane.x = needed + KEEP * 1000
-      args[#args + 1] = 'x'
-      args[#args + 1] = lane.x
-      redis.call('HSET', lane.key, unpack(args))
-      redis.call('PEXPIRE', lane.key, math.ceil((lane.x - now) / 1000))
-    end
+    redis.call('PEXPIRE', lane.key, KEEP + math.ceil((last - now + lane.period) / 1000))
   end
 end
 
