@@ -556,12 +556,20 @@ impl Lanes {
         Ok(turn)
     }
 
-    /// In a fleet that reaches Redis now: a turn taken while holding a ready connection may
-    /// pass its send-time guard in the same Redis call ([`Lanes::turn_holding`]).
-    pub fn guards_with_turn(&self) -> bool {
-        self.fleet
-            .as_ref()
-            .is_some_and(|fleet| fleet.fallback_in().is_none())
+    /// In a fleet that reaches Redis now, for an API without lanes kept on this replica only
+    /// (a quota's): a turn of `api` taken while holding a ready connection may pass its
+    /// send-time guard in the same Redis call ([`Lanes::turn_holding`]).
+    pub fn guards_with_turn(&self, api: &Api) -> bool {
+        let local = self.implicit.is_some()
+            || self
+                .apis
+                .get(api.name())
+                .is_some_and(|lanes| !lanes.lanes.is_empty());
+        !local
+            && self
+                .fleet
+                .as_ref()
+                .is_some_and(|fleet| fleet.fallback_in().is_none())
     }
 
     /// `turn_as` for a request that `held` a ready connection already. In a fleet, when the
@@ -788,7 +796,9 @@ async fn pace(
 /// One attempt's turn, granted by `Lanes::turn`: the attempt may go on the wire once it has
 /// a ready connection and `send_now` has passed the send-time guard. Only the limiter makes
 /// one and sending consumes it, so *turn → ready connection → guard → write* is the only
-/// order the types allow:
+/// order the types allow (in a fleet, `Lanes::turn_holding` takes the connection first and
+/// the turn brings the guard's admission along: *ready connection → turn with guard →
+/// write*, with only this replica's own guard between):
 ///
 /// ```compile_fail
 /// # async fn twice(lanes: &timgate::limiter::Lanes, api: &timgate::api::Api) {

@@ -224,7 +224,7 @@ impl Gateway {
             // gives it back before waiting.
             let held = route
                 .lanes
-                .guards_with_turn()
+                .guards_with_turn(api)
                 .then(|| self.upstream.try_connect(&route.endpoint))
                 .flatten();
             let turned = Box::pin(self.turn(route, api, call.caller, measured, deadline, held));
@@ -358,18 +358,24 @@ impl Gateway {
         call: &mut Call<'_>,
         deadline: Instant,
     ) -> Result<(Result<Reply, upstream::Error>, Instant), Throttled> {
-        let connection = match held.and_then(upstream::Held::take) {
-            Some(connection) => connection,
-            None => match self.upstream.connect(&route.endpoint, deadline).await {
-                Ok(connection) => connection,
-                Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
-            },
+        // A connection held through the turn: the turn needed no wait and Redis has passed
+        // the send-time guard with it, so the target signed just before the turn is sent as
+        // it is, and nothing but the write follows that guard.
+        let (connection, target) = match held.and_then(upstream::Held::take) {
+            Some(connection) => (connection, target),
+            None => {
+                let connection = match self.upstream.connect(&route.endpoint, deadline).await {
+                    Ok(connection) => connection,
+                    Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
+                };
+                // Signed again once the turn has come: a key rotated while this request
+                // waited signs it already. Building the target cannot fail where it did not
+                // just before (same API, same kind of credentials); if it did, the one
+                // checked is sent. Done before the send-time guard, so nothing but the write
+                // follows the guard.
+                (connection, route.target(api).unwrap_or(target))
+            }
         };
-        // Signed again once the turn has come: a key rotated while this request waited signs
-        // it already. Building the target cannot fail where it did not just before (same API,
-        // same kind of credentials); if it did, the one checked is sent. Done before the
-        // send-time guard, so nothing but the write follows the guard.
-        let target = route.target(api).unwrap_or(target);
         Box::pin(turn.send_now()).await?;
         let sent = Instant::now();
         let reached_before = call.reached_tencent;

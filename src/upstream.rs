@@ -153,13 +153,17 @@ pub struct Connection {
 }
 
 /// An idle connection taken before a turn ([`Upstream::try_connect`]); it goes back to the
-/// pool, unused, when dropped.
-pub struct Held(Option<Connection>);
+/// pool, unused and as idle as it was, when dropped.
+pub struct Held {
+    connection: Option<Connection>,
+    /// When it was last used.
+    since: Instant,
+}
 
 impl Held {
     /// The connection, to send on now.
     pub fn take(mut self) -> Option<Connection> {
-        self.0.take()
+        self.connection.take()
     }
 }
 
@@ -169,9 +173,9 @@ impl Drop for Held {
             sender,
             slot,
             target,
-        }) = self.0.take()
+        }) = self.connection.take()
         {
-            target.pool.checkin(sender, slot);
+            target.pool.checkin_unused(sender, slot, self.since);
         }
     }
 }
@@ -303,12 +307,15 @@ impl Upstream {
             Some(backup) if endpoint.primary.is_down() => backup,
             _ => &endpoint.primary,
         };
-        let (sender, slot) = target.pool.try_checkout(self.idle_timeout)?;
-        Some(Held(Some(Connection {
-            sender,
-            slot,
-            target: target.clone(),
-        })))
+        let (sender, slot, since) = target.pool.try_checkout(self.idle_timeout)?;
+        Some(Held {
+            connection: Some(Connection {
+                sender,
+                slot,
+                target: target.clone(),
+            }),
+            since,
+        })
     }
 
     async fn checkout(&self, target: &Arc<Target>, until: Instant) -> Result<Connection, Failed> {

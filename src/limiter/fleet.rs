@@ -512,14 +512,21 @@ impl Fleet {
             };
             let (&n, rest) = answer.split_first().ok_or_else(unreachable_reply)?;
             let n_lanes = usize::try_from(n).unwrap_or(0);
-            guarded = wait.guard_too && n >= 0 && rest.get(1 + 2 * n_lanes) == Some(&0);
+            // The guard's answer follows the turn's 1 + 2n cells.
+            let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
+            guarded = wait.guard_too && n >= 0 && guard_answer == Some(&0);
             if !guarded {
                 *held = None;
             }
             let told = rest.first().copied().unwrap_or(0);
             let wait = Duration::from_micros(told.max(0) as u64);
             if n < 0 {
-                let scope = left[(-n - 1) as usize].scope;
+                // A reply naming no lane of this ask is not Redis's script talking.
+                let scope = usize::try_from(n.unsigned_abs() - 1)
+                    .ok()
+                    .and_then(|at| left.get(at))
+                    .ok_or_else(unreachable_reply)?
+                    .scope;
                 // No capacity now: members whose heartbeat lapsed hold all of it (this
                 // replica itself, until its first live beat). That passes with a beat:
                 // ask again after one while the budget allows.
@@ -535,10 +542,14 @@ impl Fleet {
                     retry_after: if told < 0 { WINDOW } else { wait },
                 });
             }
-            let n = n as usize;
+            let n = n_lanes;
+            let reserved_lanes = left
+                .get(..n)
+                .filter(|lanes| !lanes.is_empty())
+                .ok_or_else(unreachable_reply)?;
             let reservation = Reservation {
                 fleet: self.clone(),
-                keys: left[..n].iter().map(|a| a.key.clone()).collect(),
+                keys: reserved_lanes.iter().map(|a| a.key.clone()).collect(),
                 tats: rest
                     .get(1..1 + 2 * n)
                     .ok_or_else(unreachable_reply)?

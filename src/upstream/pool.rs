@@ -132,8 +132,11 @@ impl Pool {
     }
 
     /// The newest idle connection, if it is ready now and nobody waits for one (closed or
-    /// stale ones are closed on the way).
-    pub(super) fn try_checkout(self: &Arc<Self>, idle_timeout: Duration) -> Option<(Sender, Slot)> {
+    /// stale ones are closed on the way), with when it was last used.
+    pub(super) fn try_checkout(
+        self: &Arc<Self>,
+        idle_timeout: Duration,
+    ) -> Option<(Sender, Slot, Instant)> {
         let mut state = self.lock();
         state.waiters.retain(|waiter| !waiter.is_closed());
         if !state.waiters.is_empty() {
@@ -152,13 +155,19 @@ impl Pool {
                 return None;
             }
             self.gauges.idle.dec();
-            return Some((idle.sender, idle.slot));
+            return Some((idle.sender, idle.slot, idle.since));
         }
         None
     }
 
     /// A connection whose exchange completed: to the first waiter, else kept idle.
     pub(super) fn checkin(self: &Arc<Self>, sender: Sender, slot: Slot) {
+        self.checkin_unused(sender, slot, Instant::now());
+    }
+
+    /// `checkin` of a connection last used at `since` (one taken and given back unused keeps
+    /// its idle time, so the idle timeout still closes it).
+    pub(super) fn checkin_unused(self: &Arc<Self>, sender: Sender, slot: Slot, since: Instant) {
         let mut state = self.lock();
         if sender.is_closed() {
             state.forget(self, slot);
@@ -180,7 +189,7 @@ impl Pool {
             state.idle.push(Idle {
                 sender,
                 slot,
-                since: Instant::now(),
+                since,
             });
         }
     }
