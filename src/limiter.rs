@@ -902,11 +902,7 @@ impl Turn<'_> {
             // Redis admitted this send with its turn, a moment ago: only this replica's own
             // guard is left. Should that one make it wait, Redis's admission goes unused
             // (capacity lost, never the limit kept less) and the send asks Redis again after.
-            let now: Vec<(&Lane, NonZeroU32, ())> = lanes
-                .iter()
-                .map(|(lane, cost)| (*lane, *cost, ()))
-                .collect();
-            if lane::try_guard(&now).is_ok() {
+            if lane::try_guard(lanes.iter().copied()).is_ok() {
                 return Ok(());
             }
         }

@@ -650,7 +650,7 @@ impl Fleet {
         if state.mode != Mode::Fallback {
             return Ok(false);
         }
-        super::lane::try_guard(lanes)?;
+        super::lane::try_guard(lanes.iter().map(|(lane, cost, _)| (*lane, *cost)))?;
         let now = Instant::now();
         for (_, _, period) in lanes {
             let until = if *period > WINDOW {

@@ -51,9 +51,11 @@ pub(super) async fn guard(lanes: &[(&Lane, NonZeroU32)]) {
 
 /// Passes every lane's guard now at its cost, or says how long to wait (cells admitted
 /// before a refusal are not reused, as in `guard`).
-pub(super) fn try_guard<T>(lanes: &[(&Lane, NonZeroU32, T)]) -> Result<(), Duration> {
-    for (lane, cost, _) in lanes {
-        lane.newest().admit(*cost)?;
+pub(super) fn try_guard<'a>(
+    lanes: impl IntoIterator<Item = (&'a Lane, NonZeroU32)>,
+) -> Result<(), Duration> {
+    for (lane, cost) in lanes {
+        lane.newest().admit(cost)?;
     }
     Ok(())
 }
