@@ -711,7 +711,8 @@ async fn three_replicas_share_one_limit_of_200() {
     let busiest = support::busiest_second(&times);
     assert!(busiest <= 200, "busiest second at the upstream: {busiest}");
     let served = count_between(&times, start, start + Duration::from_secs(5));
-    assert!(served >= 900, "served {served} in 5 s: under 90% of 200/s");
+    // Paced at 192/s, 960 in 5 s on a quiet machine; slots a starved replica misses are lost.
+    assert!(served >= 800, "served {served} in 5 s: under 80% of 200/s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,8 +732,11 @@ async fn one_busy_replica_of_three_gets_the_whole_limit() {
     let times = arrivals(&upstream);
     assert!(support::busiest_second(&times) <= 200);
     let served = count_between(&times, start, start + Duration::from_secs(4));
-    // A static split would give this replica 66/s; it gets the fleet's 200/s.
-    assert!(served >= 720, "served {served} in 4 s: under 90% of 200/s");
+    // A static split would give this replica 66/s (264 in 4 s); it gets the fleet's 200/s,
+    // paced at 192/s: 768 in 4 s on a quiet machine. A slot the replica cannot use when it
+    // comes (a starved process) is lost, as it must be, so the bound leaves room for a busy
+    // host: 80% of 200/s, still three times the static split.
+    assert!(served >= 640, "served {served} in 4 s: under 80% of 200/s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,9 +94,12 @@ async fn a_burst_of_1000_never_exceeds_the_limit_at_the_upstream() {
     assert_eq!(times.len(), 1000);
     let busiest = support::busiest_second(&times);
     assert!(busiest <= 300, "{busiest} requests within one second");
+    // Paced at 96% of the limit (288/s), so the burst takes ~3.4 s. The bound is not tighter
+    // than 90%: a slot the gateway cannot use when it comes (a starved process on a shared
+    // host) is lost, as it must be, and each lost slot lowers this rate.
     let rate = 999.0 / (times[999] - times[0]).as_secs_f64();
     assert!(
-        rate >= 0.95 * 300.0,
+        rate >= 0.90 * 300.0,
         "the upstream received {rate:.1}/s of 300/s"
     );
 }
