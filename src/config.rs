@@ -360,8 +360,7 @@ pub struct Server {
     /// Connections open at once to one upstream origin (`upstream_max_connections`, default
     /// 64); past it, attempts wait in order for one to come free, within their deadline.
     pub upstream_max_connections: usize,
-    /// Threads that run requests (`worker_threads`, read at start; default the CPUs this
-    /// process may use, as the cgroup's CPU quota says, at most 2).
+    /// Threads that run requests (`worker_threads`, read at start; default 1).
     pub worker_threads: NonZeroUsize,
     /// How long an unused upstream connection is kept (`upstream_idle_timeout_ms`, default
     /// 60000); a sweeper closes it after that.
@@ -803,9 +802,9 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_default_to_at_most_two_and_take_a_setting() {
+    fn worker_threads_default_to_one_and_take_a_setting() {
         let default = Config::from_toml(GOOD).unwrap().server.worker_threads.get();
-        assert!((1..=2).contains(&default), "{default}");
+        assert_eq!(default, 1);
         let set = Config::from_toml(&format!("[server]\nworker_threads = 6\n{GOOD}")).unwrap();
         assert_eq!(set.server.worker_threads.get(), 6);
     }

@@ -789,10 +789,11 @@ fn base_url(text: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// The CPUs this process may use (std reads the cgroup's CPU quota), at most 2: a sidecar
-/// pod without a CPU limit would otherwise start a worker, and a malloc arena, per core of
-/// its node, and 2 serve far more than Tencent's limits let through (see the README).
+/// One: a sidecar's load is what Tencent's limits let through (200/s an app by default),
+/// which one thread serves a hundred times over (about 20,000 requests/s on the development
+/// machine), and a second worker costs cross-thread wake-ups on every request: CPU per
+/// request 78-80 µs with two workers, 40-45 µs with one, in the same rounds (README,
+/// "Benchmarks"). A gateway for many busy apps can set more.
 fn default_worker_threads() -> NonZeroUsize {
-    const MOST: NonZeroUsize = NonZeroUsize::new(2).expect("2 is not zero");
-    std::thread::available_parallelism().map_or(MOST, |n| n.min(MOST))
+    NonZeroUsize::MIN
 }
