@@ -187,6 +187,39 @@ fn strings(value: &Value) -> Option<Vec<String>> {
     })
 }
 
+/// The build stage's stand-in step (`for b in ...; done`) run as written, in a directory
+/// holding only Cargo.toml: it must give every `[[bench]]` a file, or Cargo refuses the
+/// manifest and the image does not build (it once listed four of the six benches by hand).
+#[test]
+fn the_build_stage_gives_every_bench_of_the_manifest_a_stand_in() {
+    let joined = DOCKERFILE.replace("\\\n", " ");
+    let step = joined
+        .split("&&")
+        .map(str::trim)
+        .find(|part| part.starts_with("for b in"))
+        .expect("the Dockerfile's stand-in loop over the benches");
+    let dir = root("benches");
+    std::fs::copy(Path::new(ROOT).join("Cargo.toml"), dir.join("Cargo.toml")).unwrap();
+    std::fs::create_dir(dir.join("benches")).unwrap();
+    let ran = std::process::Command::new("sh")
+        .args(["-c", step])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(ran.success(), "{step}");
+    let manifest: toml::Table = include_str!("../Cargo.toml").parse().unwrap();
+    let benches = manifest["bench"].as_array().expect("[[bench]] targets");
+    assert!(!benches.is_empty());
+    for bench in benches {
+        let name = bench["name"].as_str().unwrap();
+        assert!(
+            dir.join("benches").join(format!("{name}.rs")).is_file(),
+            "no stand-in for bench {name}: {step}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn the_image_runs_as_a_numeric_non_root_user_with_the_binary_as_entrypoint() {
     let image = image();
