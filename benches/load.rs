@@ -51,6 +51,7 @@ fn main() {
     runtime.block_on(async {
         println!("== timgate load bench (same run, loopback, {CONCURRENCY} connections) ==");
         println!("machine: {}", machine());
+        println!("timgate binary: {}", timgate_binary().to_string_lossy());
         let nginx = Nginx::start(upstream);
         if nginx.is_none() {
             let why = "SKIPPED: nginx is not installed (apt-get install nginx-light): no yardstick";
@@ -385,7 +386,7 @@ impl Gateway {
              [apps.api_limits]\n\"openim/query_online_status\" = 1000000\n"
         );
         std::fs::write(&config, text).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_timgate"))
+        let child = Command::new(timgate_binary())
             .arg("--config")
             .arg(&config)
             .stderr(Stdio::null())
@@ -692,6 +693,15 @@ async fn busy_connections_of(addr: SocketAddr, pids: &[u32]) -> u64 {
         worker.await.expect("worker");
     }
     peak
+}
+
+/// The timgate measured: `TIMGATE_BIN` if set (the deployed build:
+/// `cargo build --profile dist`, then `TIMGATE_BIN=target/dist/timgate`), else this
+/// profile's own build.
+fn timgate_binary() -> std::ffi::OsString {
+    std::env::var_os("TIMGATE_BIN")
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_timgate").into())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -67,7 +67,7 @@ fn image() -> Image {
                 let parts: Vec<&str> = rest.split_whitespace().collect();
                 let (to, from) = (parts[parts.len() - 1], parts[parts.len() - 2]);
                 if parts[0].starts_with("--from=") {
-                    assert!(from.ends_with("/target/release/timgate"), "{line}");
+                    assert!(from.ends_with("/target/dist/timgate"), "{line}");
                     image.binary = to.to_owned();
                 } else {
                     image
