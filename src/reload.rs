@@ -63,23 +63,23 @@ pub async fn watch(
         gateway,
         emulator,
     };
-    let mut seen = fingerprint(&source.path, &running.config);
+    let mut seen = fingerprint(&source.path, &running.config).await;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let why = tokio::select! {
             _ = hangup(&mut source) => "SIGHUP",
             _ = tick.tick() => {
-                let now = fingerprint(&source.path, &running.config);
-                if now == seen {
+                let now = fingerprint(&source.path, &running.config).await;
+                if now.is_none() || now == seen {
                     continue;
                 }
                 "a watched file changed"
             }
         };
-        reload(&source, &mut running, why);
+        reload(&source, &mut running, why).await;
         // A refused file is not read again until it (or a key file) changes, or SIGHUP.
-        seen = fingerprint(&source.path, &running.config);
+        seen = fingerprint(&source.path, &running.config).await;
     }
 }
 
@@ -94,8 +94,8 @@ async fn hangup(_: &mut Source) {
 }
 
 /// One reload: load and check, refuse or apply, log and count.
-fn reload(source: &Source, running: &mut Running, why: &'static str) {
-    match attempt(source, running) {
+async fn reload(source: &Source, running: &mut Running, why: &'static str) {
+    match attempt(source, running).await {
         Ok(()) => {
             running.gateway.metrics().reloaded(true);
             info!(
@@ -116,8 +116,15 @@ fn reload(source: &Source, running: &mut Running, why: &'static str) {
     }
 }
 
-fn attempt(source: &Source, running: &mut Running) -> Result<(), ConfigError> {
-    let config = Config::load(&source.path)?;
+async fn attempt(source: &Source, running: &mut Running) -> Result<(), ConfigError> {
+    // Read on the blocking pool, as the watched files are: see `fingerprint`.
+    let path = source.path.clone();
+    let config = tokio::task::spawn_blocking(move || Config::load(&path))
+        .await
+        .map_err(|_| ConfigError {
+            key: "config".into(),
+            message: "reading the configuration stopped before it finished".into(),
+        })??;
     if let Some(key) = fixed(&running.config, &config) {
         return Err(ConfigError {
             key: key.into(),
@@ -220,12 +227,21 @@ pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
 }
 
 /// A hash of every watched file's contents (a missing or unreadable file hashes as such).
-fn fingerprint(path: &std::path::Path, config: &Config) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    for file in watched(path, config) {
-        crate::config::read_bounded(&file).ok().hash(&mut hasher);
-    }
-    hasher.finish()
+/// The files are read on the blocking pool: the runtime has one worker by default, and a
+/// slow or hung read (a network or FUSE secrets mount, a FIFO) must stall only this
+/// watcher, never the requests and probes that worker serves. `None` if the read did not
+/// finish (the runtime is stopping).
+async fn fingerprint(path: &std::path::Path, config: &Config) -> Option<u64> {
+    let files = watched(path, config);
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = DefaultHasher::new();
+        for file in files {
+            crate::config::read_bounded(&file).ok().hash(&mut hasher);
+        }
+        hasher.finish()
+    })
+    .await
+    .ok()
 }
 
 /// The configuration file and every file a key or a caller's token is read from.

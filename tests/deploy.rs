@@ -220,6 +220,26 @@ fn the_build_stage_gives_every_bench_of_the_manifest_a_stand_in() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Both of the build stage's `cargo build`s (the cached dependencies, then timgate) use the
+/// profile whose binary the build strips and the final stage copies (`image` checks the
+/// COPY): a profile changed in one place only would fail the image's build.
+#[test]
+fn the_build_stage_builds_and_strips_the_binary_the_image_copies() {
+    let joined = DOCKERFILE.replace("\\\n", " ");
+    let builds: Vec<&str> = joined
+        .split("&&")
+        .flat_map(|part| part.split("RUN "))
+        .map(str::trim)
+        .filter(|part| part.starts_with("cargo build"))
+        .collect();
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    for build in builds {
+        assert!(build.contains("--profile dist"), "{build}");
+    }
+    assert!(joined.contains("strip target/dist/timgate"));
+    assert!(image().binary.ends_with("/timgate"));
+}
+
 #[test]
 fn the_image_runs_as_a_numeric_non_root_user_with_the_binary_as_entrypoint() {
     let image = image();

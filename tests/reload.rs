@@ -312,6 +312,65 @@ async fn a_secret_swapped_by_symlink_is_picked_up_without_a_signal() {
     assert_eq!(signed_with(&seen[1], APP, &[KEY, NEW_KEY]), Some(NEW_KEY));
 }
 
+/// A watched file whose read hangs (here a FIFO, as a stuck network or FUSE secrets mount
+/// would) stalls only the watcher: the gateway, on its one worker thread (the default),
+/// still answers requests and probes.
+#[tokio::test]
+async fn a_watched_file_whose_read_hangs_stalls_no_request() {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir().join(format!(
+        "timgate-fifo-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, KEY).unwrap();
+    let upstream = Recorder::ok().await;
+    let config = one_app(APP, &upstream.url()).replace(
+        &format!("secret_key = \"{KEY}\""),
+        &format!("secret_key_file = {key:?}"),
+    );
+    let process = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let caller = Caller::default();
+    assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
+
+    // The key file becomes a FIFO: the watcher's next read opens it and waits for a writer.
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::rename(&fifo, &key).unwrap();
+    // A non-blocking open for writing succeeds only once a reader waits: then the watcher is
+    // inside its read. Held open without writing, the read goes on waiting.
+    let mut writer = None;
+    eventually(|| {
+        writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlag::O_NONBLOCK.bits())
+            .open(&key)
+            .ok();
+        std::future::ready(writer.is_some())
+    })
+    .await;
+
+    for _ in 0..3 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            caller.post(process.addr, INFO, ROOM),
+        )
+        .await
+        .expect("a request is answered while the watcher's read hangs");
+        assert_eq!(answer.code(), 0);
+    }
+    let probe = tokio::time::timeout(Duration::from_secs(5), caller.get(process.admin, "/healthz"))
+        .await
+        .expect("the liveness probe is answered while the watcher's read hangs");
+    assert_eq!(probe.status, StatusCode::OK);
+    drop(process);
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_rotated_caller_token_is_picked_up_and_the_old_one_refused() {
     const OLD: &str = "first-token-0123456789";

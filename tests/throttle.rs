@@ -94,7 +94,7 @@ async fn a_burst_of_1000_never_exceeds_the_limit_at_the_upstream() {
     assert_eq!(times.len(), 1000);
     let busiest = support::busiest_second(&times);
     assert!(busiest <= 300, "{busiest} requests within one second");
-    // Paced at 96% of the limit (288/s), so the burst takes ~3.4 s. The bound is not tighter
+    // Paced at 96% of the limit (288/s), so the burst takes ~3.5 s. The bound is not tighter
     // than 90%: a slot the gateway cannot use when it comes (a starved process on a shared
     // host) is lost, as it must be, and each lost slot lowers this rate.
     let rate = 999.0 / (times[999] - times[0]).as_secs_f64();
