@@ -121,7 +121,9 @@ fn tests_run_no_program_but_timgate_and_what_ci_installs() {
         let runs_others = text.match_indices("Command::new(").any(|(at, _)| {
             let program = text[at + "Command::new(".len()..].trim_start();
             !program.starts_with("env!(\"CARGO_BIN_EXE_timgate\")")
-                && !ESSENTIAL.iter().any(|essential| program.starts_with(essential))
+                && !ESSENTIAL
+                    .iter()
+                    .any(|essential| program.starts_with(essential))
         });
         if !runs_others {
             continue;

@@ -362,9 +362,12 @@ async fn a_watched_file_whose_read_hangs_stalls_no_request() {
         .expect("a request is answered while the watcher's read hangs");
         assert_eq!(answer.code(), 0);
     }
-    let probe = tokio::time::timeout(Duration::from_secs(5), caller.get(process.admin, "/healthz"))
-        .await
-        .expect("the liveness probe is answered while the watcher's read hangs");
+    let probe = tokio::time::timeout(
+        Duration::from_secs(5),
+        caller.get(process.admin, "/healthz"),
+    )
+    .await
+    .expect("the liveness probe is answered while the watcher's read hangs");
     assert_eq!(probe.status, StatusCode::OK);
     drop(process);
     drop(writer);
