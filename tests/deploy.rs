@@ -24,6 +24,11 @@ const MANIFEST: &str = include_str!("../deploy/kubernetes/timgate-sidecar.yaml")
 const COMPOSE: &str = include_str!("../deploy/docker-compose.yml");
 const UNIT: &str = include_str!("../deploy/systemd/timgate.service");
 
+/// The Dockerfile with its continued lines joined, as Docker reads each instruction.
+fn dockerfile_lines() -> String {
+    DOCKERFILE.replace("\\\n", " ")
+}
+
 /// The final stage of the Dockerfile, as a container runtime sees it.
 #[derive(Debug, Default)]
 struct Image {
@@ -40,7 +45,7 @@ struct Image {
 /// Parses the instructions the final stage uses; exec (JSON array) forms only, as a shell
 /// form would need a shell the distroless image lacks.
 fn image() -> Image {
-    let joined = DOCKERFILE.replace("\\\n", " ");
+    let joined = dockerfile_lines();
     let mut image = Image::default();
     for line in joined.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
@@ -192,7 +197,7 @@ fn strings(value: &Value) -> Option<Vec<String>> {
 /// manifest and the image does not build (it once listed four of the six benches by hand).
 #[test]
 fn the_build_stage_gives_every_bench_of_the_manifest_a_stand_in() {
-    let joined = DOCKERFILE.replace("\\\n", " ");
+    let joined = dockerfile_lines();
     let step = joined
         .split("&&")
         .map(str::trim)
@@ -225,7 +230,7 @@ fn the_build_stage_gives_every_bench_of_the_manifest_a_stand_in() {
 /// COPY): a profile changed in one place only would fail the image's build.
 #[test]
 fn the_build_stage_builds_and_strips_the_binary_the_image_copies() {
-    let joined = DOCKERFILE.replace("\\\n", " ");
+    let joined = dockerfile_lines();
     let builds: Vec<&str> = joined
         .split("&&")
         .flat_map(|part| part.split("RUN "))
