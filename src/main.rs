@@ -141,6 +141,48 @@ fn one_malloc_arena() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn one_malloc_arena() {}
 
+/// How often the heap's free memory is looked at.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// Free bytes inside the heap past which they are handed back to the system.
+const TRIM_PAST: usize = 1024 * 1024;
+
+/// glibc returns freed memory to the system only from the top of its heap. After a burst of
+/// connections closes, what they held sits free below longer-lived allocations and stays
+/// resident; the next burst is placed partly elsewhere, so the resident size ratchets up
+/// (the load bench measured 25.6, 30.0, 31.1 MiB over three bursts of 1,000 connections,
+/// issue 14). A thread of its own (never a worker) looks every `TRIM_EVERY` and, when more
+/// than `TRIM_PAST` is free, has `malloc_trim` give back the free pages wherever they are.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn return_freed_memory() {
+    let spawned = std::thread::Builder::new()
+        .name("timgate-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: mallinfo2 only reads the allocator's statistics (under its lock).
+                let free = unsafe { libc::mallinfo2() }.fordblks;
+                if free > TRIM_PAST {
+                    // SAFETY: malloc_trim only releases free pages (under the allocator's
+                    // lock); no allocation moves.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                    tracing::debug!(
+                        free_bytes = free,
+                        "freed heap memory returned to the system"
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "freed memory will not be returned to the system");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_memory() {}
+
 type Lines = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Starts the logs in `forced` (`--log-format`) or else `format`, and returns what a reload
@@ -195,6 +237,7 @@ fn sign(sdkappid: u64, identifier: String, expire: u64) -> ExitCode {
 }
 
 fn serve(config: Config, command: Command, path: PathBuf, logs: Option<ApplyLogs>) -> ExitCode {
+    return_freed_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.worker_threads.get())
         .enable_all()
