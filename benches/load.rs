@@ -32,13 +32,21 @@ const CONCURRENCY: usize = 64;
 const FIXED_RATE: u64 = 1000;
 const OPEN_CONNECTIONS: usize = 1000;
 
+/// Set (to `LISTEN,UPSTREAM`) in the child this bench starts as the bare hyper proxy.
+const FLOOR_ROLE: &str = "TIMGATE_LOAD_FLOOR";
+
 fn main() {
+    if let Some(role) = std::env::var_os(FLOOR_ROLE) {
+        bare_hyper_proxy(role.to_str().expect("LISTEN,UPSTREAM"));
+        return;
+    }
     let secs: u64 = std::env::var("LOAD_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let upstream = start_upstream();
     let gateway = Gateway::start(upstream, None);
+    let floor = Floor::start(upstream);
     let redis = Redis::start();
     let shared = redis
         .as_ref()
@@ -66,6 +74,7 @@ fn main() {
         if let Some(nginx) = &nginx {
             throughput(nginx.addr, Duration::from_millis(300)).await;
         }
+        throughput(floor.addr, Duration::from_millis(300)).await;
         if let Some(shared) = &shared {
             // A fresh Redis admits nothing for its first 1.2 s (the fleet's quarantine).
             tokio::time::sleep(timgate::limiter::QUARANTINE + Duration::from_millis(300)).await;
@@ -80,6 +89,7 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut via_cpu, mut proxied_cpu) = (Vec::new(), Vec::new());
         let (mut fleet_cpu, mut redis_cpu) = (Vec::new(), Vec::new());
+        let (mut bare, mut bare_cpu) = (Vec::new(), Vec::new());
         let asks_before = shared
             .as_ref()
             .map(|shared| histogram(shared.admin, "timgate_fleet_redis_batch_asks"));
@@ -93,6 +103,9 @@ fn main() {
                 proxied.push(rate);
                 proxied_cpu.push(cpu);
             }
+            let (rate, cpu) = cpu_per_request(&[floor.child.id()], floor.addr).await;
+            bare.push(rate);
+            bare_cpu.push(cpu);
             if let (Some(shared), Some(redis)) = (&shared, &redis) {
                 let groups: [&[u32]; 2] = [&[shared.pid()], &[redis.child.id()]];
                 let (rate, cpu) = cpu_per_request_of(&groups, shared.addr).await;
@@ -124,6 +137,20 @@ fn main() {
             );
         }
 
+        println!(
+            "floor: a bare hyper proxy (hyper's server and pooled client, bodies streamed, no \
+             checks, no signing, no log line, no metrics, one worker) / direct = {:.2}; \
+             timgate / bare hyper = {:.2}; CPU per request: bare hyper {:.1} µs",
+            per_round(&bare, &direct),
+            per_round(&via, &bare),
+            median(bare_cpu.clone())
+        );
+        if nginx.is_some() {
+            println!(
+                "floor: bare hyper proxy / nginx = {:.2}: what timgate's HTTP stack allows against the target",
+                per_round(&bare, &proxied)
+            );
+        }
         if let Some(shared) = &shared {
             println!(
                 "[fleet] on loopback Redis: {:.0} req/s; with [fleet] / local-only = {:.2} (median of per-round ratios; target >= 0.80)",
@@ -192,6 +219,87 @@ fn main() {
     // The gateways stop before the Redis they use.
     drop((gateway, shared));
     drop(redis);
+}
+
+/// This bench binary run again as a bare hyper proxy: what timgate's HTTP stack costs with
+/// none of timgate's work, measured like timgate (its own process, its own CPU time).
+struct Floor {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Floor {
+    fn start(upstream: SocketAddr) -> Floor {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let child = Command::new(std::env::current_exe().expect("this bench's path"))
+            .env(FLOOR_ROLE, format!("{addr},{upstream}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the bare hyper proxy");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the bare hyper proxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Floor { child, addr }
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bare hyper proxy: one worker thread (as timgate by default), hyper's HTTP/1 server,
+/// hyper-util's pooled client, the caller's body streamed up and the answer streamed back.
+fn bare_hyper_proxy(role: &str) {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let (listen, upstream) = role.split_once(',').expect("LISTEN,UPSTREAM");
+    let (listen, upstream): (SocketAddr, SocketAddr) = (
+        listen.parse().expect("listen"),
+        upstream.parse().expect("upstream"),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let client: Client<_, hyper::body::Incoming> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .build_http();
+        let listener = TcpListener::bind(listen).await.expect("bind");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let client = client.clone();
+                        async move {
+                            let (mut parts, body) = request.into_parts();
+                            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                            parts.uri = format!("http://{upstream}{path}").parse().expect("uri");
+                            client.request(Request::from_parts(parts, body)).await
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
 }
 
 /// A `redis-server` on a free loopback port, without persistence, if it is installed.
