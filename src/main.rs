@@ -141,35 +141,35 @@ fn one_malloc_arena() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn one_malloc_arena() {}
 
-/// How often the heap's free memory is looked at.
-const TRIM_EVERY: Duration = Duration::from_secs(5);
-/// Free bytes inside the heap past which they are handed back to the system.
-const TRIM_PAST: usize = 1024 * 1024;
+/// How often resident memory is compared with what the heap holds.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// Freed but resident bytes past which they are handed back to the system.
+const TRIM_PAST: usize = 2 * 1024 * 1024;
 
 /// glibc returns freed memory to the system only from the top of its heap. After a burst of
 /// connections closes, what they held sits free below longer-lived allocations and stays
 /// resident; the next burst is placed partly elsewhere, so the resident size ratchets up
-/// (the load bench measured 25.6, 30.0, 31.1 MiB over three bursts of 1,000 connections,
-/// issue 14). A thread of its own (never a worker) looks every `TRIM_EVERY` and, when more
-/// than `TRIM_PAST` is free, has `malloc_trim` give back the free pages wherever they are.
+/// (25.6, 30.0, 31.1 MiB over three bursts of 1,000 connections, issue 14). A thread of its
+/// own (never a worker) looks every `TRIM_EVERY`: once the resident memory that the heap's
+/// live allocations do not explain has grown by `TRIM_PAST` since the last trim,
+/// `malloc_trim` gives the free pages back, wherever they are.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
 fn return_freed_memory() {
     let spawned = std::thread::Builder::new()
         .name("timgate-trim".into())
         .spawn(|| {
+            // What a trim cannot give back (thread stacks, the allocator's own pages).
+            let mut settled = 0;
             loop {
                 std::thread::sleep(TRIM_EVERY);
-                // SAFETY: mallinfo2 only reads the allocator's statistics (under its lock).
-                let free = unsafe { libc::mallinfo2() }.fordblks;
-                if free > TRIM_PAST {
-                    // SAFETY: malloc_trim only releases free pages (under the allocator's
-                    // lock); no allocation moves.
-                    unsafe {
-                        libc::malloc_trim(0);
-                    }
+                let unexplained = freed_but_resident();
+                if unexplained > settled + TRIM_PAST {
+                    let started = std::time::Instant::now();
+                    trim();
+                    settled = freed_but_resident();
                     tracing::debug!(
-                        free_bytes = free,
+                        returned_bytes = unexplained.saturating_sub(settled),
+                        took_us = started.elapsed().as_micros(),
                         "freed heap memory returned to the system"
                     );
                 }
@@ -177,6 +177,32 @@ fn return_freed_memory() {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "freed memory will not be returned to the system");
+    }
+}
+
+/// Resident anonymous bytes beyond the heap's live allocations (0 if /proc cannot tell).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn freed_but_resident() -> usize {
+    let resident = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        })
+        .map_or(0, |kib| kib * 1024);
+    // SAFETY: mallinfo2 only reads the allocator's statistics, under its lock.
+    let heap = unsafe { libc::mallinfo2() };
+    resident.saturating_sub(heap.uordblks + heap.hblkhd)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim() {
+    // SAFETY: malloc_trim only releases free pages, under the allocator's lock; no
+    // allocation moves.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
