@@ -195,7 +195,7 @@ pub async fn serve<H: Handler>(
     bounds: Bounds,
 ) -> bool {
     let graceful = GracefulShutdown::new();
-    let http = builder(&bounds);
+    let http = Arc::new(builder(&bounds));
     let open = Arc::new(Semaphore::new(bounds.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let at_cap = AtomicBool::new(false);
@@ -240,23 +240,60 @@ pub async fn serve<H: Handler>(
 /// Serves one accepted connection. Until its first bytes arrive it costs no buffers: hyper
 /// takes over only then. Silent past `header_read_timeout`, or when the drain starts, it is
 /// closed.
-async fn connection<H: Handler>(
+///
+/// An `async` block rather than an `async fn`: an `async fn` keeps a second place for each
+/// argument once it has started, and this future lives as long as its connection (with
+/// 1,000 callers, 1,000 of them); the builder is shared for the same reason.
+fn connection<H: Handler>(
     stream: TcpStream,
     handler: H,
-    http: http1::Builder,
+    http: Arc<http1::Builder>,
     bounds: Bounds,
     watcher: Watcher,
     mut closing: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
-) {
-    tokio::select! {
-        ready = tokio::time::timeout(bounds.header_read_timeout, stream.readable()) => {
-            if !matches!(ready, Ok(Ok(()))) {
-                return;
+) -> impl Future<Output = ()> + Send + 'static {
+    let (read_timeout, write_timeout) = (bounds.header_read_timeout, bounds.write_timeout);
+    async move {
+        tokio::select! {
+            ready = tokio::time::timeout(read_timeout, stream.readable()) => {
+                if !matches!(ready, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            _ = closing.wait_for(|closing| *closing) => return,
+        }
+        let (serving, http2_refused) = serving(stream, &handler, &http, write_timeout, watcher);
+        let served = serving.await;
+        if http2_refused.load(Ordering::Relaxed) {
+            handler.refused(Refusal {
+                outcome: "bad_request",
+                status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                code: Some(60002),
+                error: "an HTTP/2 preface on the HTTP/1.1 port",
+            });
+        } else if let Err(e) = served {
+            match answered_by_hyper(&e) {
+                Some(refusal) => handler.refused(refusal),
+                None => debug!(error = %e, "connection ended with an error"),
             }
         }
-        _ = closing.wait_for(|closing| *closing) => return,
+        drop(permit);
     }
+}
+
+/// hyper serving `stream` for `handler`, watched by the drain; and whether an HTTP/2 preface
+/// was answered, readable once it is done.
+fn serving<H: Handler>(
+    stream: TcpStream,
+    handler: &H,
+    http: &http1::Builder,
+    write_timeout: Duration,
+    watcher: Watcher,
+) -> (
+    impl Future<Output = hyper::Result<()>> + Send + use<H>,
+    Arc<AtomicBool>,
+) {
     // Latency matters more than packet count on loopback.
     let _ = stream.set_nodelay(true);
     let serving = handler.clone();
@@ -264,25 +301,10 @@ async fn connection<H: Handler>(
         let answer = checked(&serving, request);
         async move { Ok::<_, Infallible>(answer.await) }
     });
-    let guarded = Guarded::new(stream, bounds.write_timeout);
+    let guarded = Guarded::new(stream, write_timeout);
     let http2_refused = guarded.http2_refused();
-    let served = watcher
-        .watch(http.serve_connection(TokioIo::new(guarded), service))
-        .await;
-    if http2_refused.load(Ordering::Relaxed) {
-        handler.refused(Refusal {
-            outcome: "bad_request",
-            status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-            code: Some(60002),
-            error: "an HTTP/2 preface on the HTTP/1.1 port",
-        });
-    } else if let Err(e) = served {
-        match answered_by_hyper(&e) {
-            Some(refusal) => handler.refused(refusal),
-            None => debug!(error = %e, "connection ended with an error"),
-        }
-    }
-    drop(permit);
+    let served = watcher.watch(http.serve_connection(TokioIo::new(guarded), service));
+    (served, http2_refused)
 }
 
 /// The answer hyper wrote itself (in the envelope, see `io`), before closing, to a request
