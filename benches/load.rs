@@ -8,6 +8,9 @@
 //! fails with `CI` set); CI only builds it (`cargo bench --no-run`).
 //! Where `redis-server` is installed, a second `timgate` with `[fleet]` on a loopback Redis
 //! is measured in the same rounds: its throughput and added latency against local-only.
+//! A floor is measured in the same rounds too: this bench binary run again as a bare hyper
+//! proxy (hyper's server and pooled client, one worker, nothing of timgate's work), which
+//! tells what timgate's own work costs from what its HTTP stack does.
 //!
 //! Run: `cargo bench --bench load`.
 // Benches may unwrap and print: a panic stops a broken run, stdout is the report.
@@ -238,14 +241,7 @@ impl Floor {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the bare hyper proxy");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the bare hyper proxy did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        listening(addr, "the bare hyper proxy");
         Floor { child, addr }
     }
 }
@@ -267,12 +263,7 @@ fn bare_hyper_proxy(role: &str) {
         listen.parse().expect("listen"),
         upstream.parse().expect("upstream"),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
+    one_worker().block_on(async move {
         let client: Client<_, hyper::body::Incoming> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(64)
             .build_http();
@@ -339,6 +330,27 @@ impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A runtime with one worker thread, as timgate's by default.
+fn one_worker() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Waits until `what`, just started, accepts connections on `addr`; panics after 10 s.
+fn listening(addr: SocketAddr, what: &str) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -426,12 +438,7 @@ fn histogram(admin: SocketAddr, name: &str) -> (f64, f64) {
 fn start_upstream() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
+        one_worker().block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(listener.local_addr().expect("addr"))
                 .expect("send addr");
@@ -500,14 +507,7 @@ impl Gateway {
             .stderr(Stdio::null())
             .spawn()
             .expect("start timgate");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "timgate did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        listening(addr, "timgate");
         Gateway {
             child,
             addr,

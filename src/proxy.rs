@@ -207,6 +207,7 @@ impl Gateway {
     ///
     /// An `async` block rather than an `async fn`, which would keep a second place for each
     /// argument while every request waits (see `attempt`).
+    #[allow(clippy::manual_async_fn)]
     fn deliver(
         &self,
         route: &Route,
@@ -358,7 +359,7 @@ impl Gateway {
     /// An `async` block rather than an `async fn`, which would keep a second place for each
     /// argument: this is what a request waiting for a connection holds (~940 of 1,000
     /// callers over 64 connections).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
     fn attempt(
         &self,
         route: &Route,
