@@ -71,6 +71,7 @@ fn main() {
         }
         let idle = gateway.rss_kib();
         let nginx_idle = nginx.as_ref().map(Nginx::rss_kib);
+        let floor_idle = rss_kib(floor.child.id());
         // Warm all paths so connection set-up is not measured.
         throughput(upstream, Duration::from_millis(300)).await;
         throughput(gateway.addr, Duration::from_millis(300)).await;
@@ -199,21 +200,26 @@ fn main() {
         // Latency at a fixed rate in interleaved one-second phases too, sorted together after.
         let (mut direct_latency, mut via_latency, mut nginx_latency) =
             (Vec::new(), Vec::new(), nginx.as_ref().map(|_| Vec::new()));
+        let mut floor_latency = Vec::new();
         for _ in 0..secs.max(1) {
             direct_latency.extend(latency(upstream, Duration::from_secs(1)).await);
             via_latency.extend(latency(gateway.addr, Duration::from_secs(1)).await);
             if let (Some(nginx), Some(samples)) = (&nginx, &mut nginx_latency) {
                 samples.extend(latency(nginx.addr, Duration::from_secs(1)).await);
             }
+            floor_latency.extend(latency(floor.addr, Duration::from_secs(1)).await);
         }
         direct_latency.sort();
         via_latency.sort();
+        floor_latency.sort();
         if let Some(samples) = &mut nginx_latency {
             samples.sort();
         }
         let connected = open_connections(gateway.addr, gateway.pid()).await;
         let busy = busy_connections(gateway.addr, gateway.pid()).await;
         report(&direct_latency, &via_latency, "timgate", idle, under_load, connected, busy);
+        // The floor's own memory says nothing of timgate's: its pool has no cap.
+        report(&direct_latency, &floor_latency, "bare hyper proxy", floor_idle, 0, 0, 0);
         if let (Some(nginx), Some(nginx_latency), Some(nginx_idle)) = (nginx, nginx_latency, nginx_idle) {
             let busy = busy_connections_of(nginx.addr, &nginx.pids()).await;
             report(&direct_latency, &nginx_latency, "nginx", nginx_idle, 0, 0, busy);
@@ -270,6 +276,8 @@ fn bare_hyper_proxy(role: &str) {
         let listener = TcpListener::bind(listen).await.expect("bind");
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let _ = stream.set_nodelay(true);
