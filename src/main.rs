@@ -151,7 +151,7 @@ const TRIM_GAP: Duration = Duration::from_secs(5);
 /// glibc returns freed memory to the system only from the top of its heap. After a burst of
 /// connections closes, what they held sits free below longer-lived allocations and stays
 /// resident; the next burst is placed partly elsewhere, so the resident size ratchets up
-/// (25.6, 30.0, 31.1 MiB over three bursts of 1,000 connections, issue 14). A thread of its
+/// (25.0, 29.3, 30.3 MiB over three bursts of 1,000 connections, issue 14). A thread of its
 /// own looks every `TRIM_EVERY` and has `malloc_trim` give the free pages back, wherever
 /// they are, once load has fallen: when the resident memory that live allocations do not
 /// explain is more than what they hold, and has grown by `TRIM_PAST` since the last trim.
