@@ -434,16 +434,15 @@ async fn memory_held_by_500_callers_is_handed_back_once_they_leave() {
         "rate_limit = 1000000\n[apps.api_limits]\n\"openim/query_online_status\" = 1000000\n";
     let (gateway, _upstream, idle) = warm_process_with("", unlimited).await;
     let pid = gateway.child.id().unwrap();
-    let request = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}");
-    // 500 keep-alive connections, each answered once and all open together.
+    // 500 keep-alive connections (a client each, which keeps its connection open once
+    // answered), all open together.
     let held = futures_join((0..500).map(|_| {
-        let (request, addr) = (request.clone(), gateway.addr);
+        let addr = gateway.addr;
         async move {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let answer = read_one_answer(&mut stream).await;
-            assert_eq!((status(&answer), error_code(&answer)), (200, 0), "{answer}");
-            stream
+            let caller = Caller::default();
+            let answer = caller.post(addr, PLAIN, "{}").await;
+            assert_eq!((answer.status, answer.code()), (hyper::StatusCode::OK, 0));
+            caller
         }
     }))
     .await;
@@ -465,36 +464,6 @@ async fn memory_held_by_500_callers_is_handed_back_once_they_leave() {
         now = support::rss_mib(pid);
     }
     recovered(&gateway, idle, 16.0).await;
-}
-
-/// One keep-alive answer: its head and its `content-length` bytes of body, within 5 s.
-async fn read_one_answer(stream: &mut TcpStream) -> String {
-    let reading = async {
-        let mut answer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&answer));
-            answer.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&answer);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .expect("a content-length");
-                if body.len() >= length {
-                    return text.into_owned();
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), reading)
-        .await
-        .expect("an answer within 5 s")
 }
 
 #[tokio::test]
