@@ -8,14 +8,15 @@
 //! queued or retrying — is made on the successor, so exactly one guard admits sends at any
 //! time: the old one up to T, the new one after. Queued requests keep their place in line: the
 //! successor's pacing starts at the old lane's theoretical arrival time. For one second after
-//! T (the *transition*) the successor admits a send only if:
-//! - the limit was **raised** (L' ≥ L): the old guard admits it too. A closed one-second
-//!   window that ends within the transition holds only admissions of the old guard (before T,
-//!   and during the transition, which passed it as well): at most L ≤ L'. A window ending
-//!   after the transition starts after T and holds only the new guard's admissions: at most
-//!   L', the new guard's own guarantee.
+//! T (the *transition*, one second and `SPREAD`: the guards' window) the successor admits a
+//! send only if:
+//! - the limit was **raised** (L' ≥ L): the old guard admits it too. A closed window that
+//!   ends within the transition holds only admissions of the old guard (before T, and during
+//!   the transition, which passed it as well): at most L ≤ L'. A window ending after the
+//!   transition starts after T and holds only the new guard's admissions: at most L', the
+//!   new guard's own guarantee.
 //! - the limit was **lowered** (L' < L): never; the first send waits until strictly after
-//!   T + 1 s. No closed one-second window then holds sends of both guards, and windows with the
+//!   the transition. No closed window then holds sends of both guards, and windows with the
 //!   new guard's sends hold at most L'.
 //!
 //! A successor that is itself replaced within its transition keeps applying its own rule, so
@@ -32,7 +33,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
-use super::{GUARD, PACE, SLOWDOWN, Scope, Throttled};
+use super::{GUARD, PACE, SLOWDOWN, SPREAD, Scope, Throttled};
 
 /// Passes every lane's send-time guard at one instant; any refusal waits and starts over.
 /// A cell a guard admitted for a send that then waited is never reused, so real sends are
@@ -85,14 +86,14 @@ pub(super) struct Lane {
 struct Transition {
     /// The lane replaced.
     from: Arc<Lane>,
-    /// The end of the transition: the switch plus one second.
+    /// The end of the transition: the switch plus `TRANSITION`.
     until: Instant,
     /// Whether the limit was raised (or kept), rather than lowered.
     raised: bool,
 }
 
-/// How long the transition after a changed limit lasts: the window the limits are kept in.
-const TRANSITION: Duration = Duration::from_secs(1);
+/// How long the transition after a changed limit lasts: the guards' window.
+const TRANSITION: Duration = Duration::from_secs(1).checked_add(SPREAD).unwrap();
 
 /// GCRA virtual-scheduling state: the theoretical arrival time of the next request.
 struct Pace {
@@ -136,28 +137,42 @@ impl Lane {
 
     /// A lane of `limit` units per `period`, for requests of at most `largest` units.
     ///
-    /// The guard is GCRA with burst b = max(L − floor(0.97 L), largest) and refill L − b per
-    /// period: at most b + (L − b) = L units in any closed window of one period. With unit
-    /// costs that is the rate 0.97 L; a larger b (a request may cost up to `largest`) lowers
-    /// the refill, and pacing follows it at 0.96 / 0.97 of it, so the guard only bites on
-    /// jitter. `largest` must be under L / 2 (the configuration sees to it).
+    /// The guard is GCRA with burst b = max(L − floor(0.97 L × W / P), largest) over the
+    /// window W = P + `SPREAD` of period P, refilling L − b per W: at most b + (L − b) = L
+    /// units in any closed window W. With unit costs that is the rate 0.97 L per P; a larger
+    /// b (a request may cost up to `largest`) lowers the refill, and pacing follows it at
+    /// 0.96 / 0.97 of it, so the guard only bites on jitter. `largest` must be under L / 2
+    /// (the configuration sees to it). `fleet.lua`'s `shape` is the same.
     pub(super) fn of(
         scope: Scope,
         limit: NonZeroU32,
         period: Duration,
         largest: NonZeroU32,
     ) -> Lane {
-        let units = f64::from(limit.get());
-        let unit_burst = limit.get() - (units * GUARD).floor() as u32;
-        let burst = NonZeroU32::new(unit_burst.max(largest.get()).min(limit.get() - 1).max(1))
-            .unwrap_or(NonZeroU32::MIN);
-        let (guard_rate, pace_rate) = if burst.get() == unit_burst {
-            (units * GUARD, units * PACE)
-        } else {
-            let rate = f64::from(limit.get() - burst.get());
-            (rate, rate * PACE / GUARD)
+        let window = period + SPREAD;
+        // How many cells a refill of one per `refill` adds within a closed window.
+        let refilled = |refill: Duration| {
+            u32::try_from(window.as_nanos() / refill.as_nanos().max(1)).unwrap_or(u32::MAX)
         };
-        let refill = period.div_f64(guard_rate);
+        let units = f64::from(limit.get());
+        let unit_refill = period.div_f64(units * GUARD);
+        let unit_burst = limit.get().saturating_sub(refilled(unit_refill));
+        // A burst of 2 tolerates a send one refill early: timers wake on whole milliseconds,
+        // so without it the guard would hold back paced sends, out of order. A lane whose
+        // one-period burst is 2 or more keeps that (L ≥ 34 a second), paying with its refill.
+        let tolerant = (limit.get() - (units * GUARD).floor() as u32).min(2);
+        let burst = unit_burst.max(tolerant).max(largest.get());
+        let burst = NonZeroU32::new(burst.min(limit.get() - 1).max(1)).unwrap_or(NonZeroU32::MIN);
+        let refill = if burst.get() <= unit_burst {
+            unit_refill
+        } else {
+            // L − b cells per window, rounded up to whole nanoseconds so no more fit.
+            let nanos = window
+                .as_nanos()
+                .div_ceil(u128::from(limit.get() - burst.get()));
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        };
+        debug_assert!(burst.get() + refilled(refill) <= limit.get());
         let quota = Quota::with_period(refill)
             .expect("a positive limit gives a positive period")
             .allow_burst(burst);
@@ -165,7 +180,7 @@ impl Lane {
         Lane {
             scope,
             limit,
-            interval: period.div_f64(pace_rate),
+            interval: refill.mul_f64(GUARD / PACE),
             refill,
             largest: burst,
             pace: Mutex::new(Pace {
@@ -438,8 +453,10 @@ mod tests {
                 .iter()
                 .filter(|t| **t + Duration::from_secs(1) > *settled.last().unwrap())
                 .count();
+            // The guard refills at 0.97 L, or a little less where its window and its
+            // burst of 2 take more (0.956 L at 100/s).
             assert!(
-                last_second >= (to as usize * 96) / 100,
+                last_second >= (to as usize * 93) / 100,
                 "{from} -> {to}: {last_second}"
             );
         }

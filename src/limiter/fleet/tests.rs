@@ -19,7 +19,7 @@ use super::batch::{Kind, Wait};
 use super::{Ask, EXPIRY, Fleet, Link, MARGIN, NonZeroU32, WINDOW};
 use crate::api::Api;
 use crate::config::Config;
-use crate::limiter::{Lanes, Limiter, Scope};
+use crate::limiter::{GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
 use crate::metrics::Metrics;
 
 const SCRIPT: &str = include_str!("../fleet.lua");
@@ -869,4 +869,24 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
         assert_eq!(calls() - before, 2, "a turn, then a guard of its own");
     }
     assert!(waited >= 10, "only {waited} of 20 turns waited");
+}
+
+#[test]
+fn the_script_shapes_its_lanes_with_the_local_lanes_constants() {
+    let line = SCRIPT
+        .lines()
+        .find(|line| line.starts_with("local PACE, GUARD, SPREAD, MILLION, SLOWDOWN"))
+        .expect("the script's constants");
+    let values: Vec<f64> = line
+        .split_once('=')
+        .unwrap()
+        .1
+        .split(',')
+        .map(|value| value.trim().parse().unwrap())
+        .collect();
+    let micros = |duration: Duration| duration.as_micros() as f64;
+    assert_eq!(
+        values[..5],
+        [PACE, GUARD, SPREAD.as_secs_f64(), 1e6, micros(SLOWDOWN)]
+    );
 }
