@@ -766,8 +766,10 @@ fn async_channel(
 }
 
 /// Opens `OPEN_CONNECTIONS` keep-alive connections, each having made one request, and
-/// returns the resident memory of `pid` (0: none) while they are all open.
+/// returns the resident memory of `pid` (0: none) while they are all open. Returns once
+/// `pid` has closed them too, so the next phase measures its own connections only.
 async fn open_connections(addr: SocketAddr, pid: u32) -> u64 {
+    let before = open_files(pid);
     let mut senders = Vec::with_capacity(OPEN_CONNECTIONS);
     for _ in 0..OPEN_CONNECTIONS {
         let mut sender = connect(addr).await;
@@ -776,7 +778,16 @@ async fn open_connections(addr: SocketAddr, pid: u32) -> u64 {
     }
     let rss = if pid == 0 { 0 } else { rss_kib(pid) };
     drop(senders);
+    let until = Instant::now() + Duration::from_secs(10);
+    while open_files(pid) > before && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     rss
+}
+
+/// How many files (sockets among them) `pid` holds open; 0 for none.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 async fn busy_connections(addr: SocketAddr, pid: u32) -> u64 {
