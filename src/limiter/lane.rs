@@ -137,12 +137,14 @@ impl Lane {
 
     /// A lane of `limit` units per `period`, for requests of at most `largest` units.
     ///
-    /// The guard is GCRA with burst b = max(L − floor(0.97 L × W / P), largest) over the
-    /// window W = P + `SPREAD` of period P, refilling L − b per W: at most b + (L − b) = L
-    /// units in any closed window W. With unit costs that is the rate 0.97 L per P; a larger
-    /// b (a request may cost up to `largest`) lowers the refill, and pacing follows it at
+    /// The guard is GCRA over the window W = P + `SPREAD` of period P, with burst
+    /// b = max(L − floor(0.97 L × W / P), min(2, L − floor(0.97 L)), largest), refilling
+    /// L − b per W: at most b + (L − b) = L units in any closed window W. With unit costs
+    /// that is the rate 0.97 L per P; a larger b (kept at 2 where a window of P would give
+    /// 2, or a request may cost up to `largest`) lowers the refill, and pacing follows it at
     /// 0.96 / 0.97 of it, so the guard only bites on jitter. `largest` must be under L / 2
-    /// (the configuration sees to it). `fleet.lua`'s `shape` is the same.
+    /// (the configuration sees to it). `fleet.lua`'s `shape` is the same, except that it does
+    /// not keep b at 2: there a lane of 34–173 units a second has b = 1.
     pub(super) fn of(
         scope: Scope,
         limit: NonZeroU32,
