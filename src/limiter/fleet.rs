@@ -10,10 +10,9 @@
 //!   a wait known to be too long (429, `Retry-After`, 60011/60007) and giving a slot back
 //!   when a caller leaves all work as in one process.
 //! - **guard**: right before the write, a GCRA check at 0.97 × capacity with burst
-//!   capacity − floor(0.97 × capacity × (1 s + SPREAD)): at most
-//!   `capacity` admissions in any closed window of 1 s + SPREAD of Redis time, fleet-wide,
-//!   however late replicas wake up or connect. A lane asked
-//!   with a limit below the lowest it was asked with lately (a reload lowered it) admits
+//!   capacity − floor(0.97 × capacity × (1 s + SPREAD)): at most `capacity` admissions in
+//!   any closed window of 1 s + SPREAD of Redis time, fleet-wide, however late replicas
+//!   wake up or connect. A lane asked with a limit below the lowest it was asked with lately (a reload lowered it) admits
 //!   nothing for 1 + SPREAD seconds, once, so no second holds sends under both limits.
 //!
 //! A replica's concurrent turns go to Redis together, and so do its send-time guards
