@@ -14,11 +14,11 @@
 //!   leave 1 but a one-second window leaves 2, b is 2 and r gives way) must admit the attempt.
 //!   Late timer wake-ups can bunch paced requests; the guard cannot be fooled by that. GCRA
 //!   admits at most b + floor(r × window) ≤ L cells in any closed window of 1 s + `SPREAD`,
-//!   so sends that reach Tencent up to `SPREAD` later than their admission (a write that
+//!   so sends whose delays from admission to Tencent differ by up to `SPREAD` (a write that
 //!   waited for the worker, a reader that took a batch at once) still make at most the limit
 //!   in any sliding second there, the first second after idle included. Pacing runs a
-//!   little slower than the guard, so the guard only bites on jitter and the flow keeps a
-//!   margin of about 4% for network jitter between here and Tencent.
+//!   little slower than the guard (0.96 / 0.97 of its refill), so the guard only bites on
+//!   jitter and the flow keeps a margin of 4–9% for network jitter between here and Tencent.
 //!
 //! A request waits for its API's lanes first (its quotas from `table`, then its calls lane:
 //! an `api_limits` entry or the implicit `DEFAULT_API_RATE` lane), then for the app lane, so
@@ -72,8 +72,8 @@ pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 pub const PACE: f64 = 0.96;
 /// Share of the limit the send-time guard refills at; its burst makes up the rest of L.
 pub const GUARD: f64 = 0.97;
-/// How much later than its guard admitted it a send may reach Tencent and still count in
-/// the guard's window: every guard (a local lane's, the fleet's in `fleet.lua`) admits at
+/// How much the delays from admission to Tencent of a lane's sends may differ with the limit
+/// still kept there: every guard (a local lane's, the fleet's in `fleet.lua`) admits at
 /// most L units in any window of its period + `SPREAD`.
 pub const SPREAD: Duration = Duration::from_millis(25);
 /// How long a lane runs at half pace after Tencent said it was too fast.

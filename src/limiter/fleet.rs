@@ -13,8 +13,8 @@
 //!   capacity − floor(0.97 × capacity × (1 s + SPREAD)): at most `capacity` admissions in
 //!   any closed window of 1 s + SPREAD of Redis time, fleet-wide, however late replicas
 //!   wake up or connect. A lane asked with a limit below the lowest it was asked with
-//!   lately (a reload lowered it) admits nothing for 1 + SPREAD seconds, once, so no second
-//!   holds sends under both limits.
+//!   lately (a reload lowered it) admits nothing for 1 + SPREAD seconds, once, so no window
+//!   of 1 s + SPREAD holds sends under both limits.
 //!
 //! A replica's concurrent turns go to Redis together, and so do its send-time guards
 //! (`batch`): one `turns` or `guards` call runs many asks in order, as that many calls

@@ -7,9 +7,9 @@
 //! reservation and every send on the old lane — requests of the old configuration still
 //! queued or retrying — is made on the successor, so exactly one guard admits sends at any
 //! time: the old one up to T, the new one after. Queued requests keep their place in line: the
-//! successor's pacing starts at the old lane's theoretical arrival time. For one second after
-//! T (the *transition*, one second and `SPREAD`: the guards' window) the successor admits a
-//! send only if:
+//! successor's pacing starts at the old lane's theoretical arrival time. For the guards'
+//! window after T (the *transition*: one second and `SPREAD`) the successor admits a send
+//! only if:
 //! - the limit was **raised** (L' ≥ L): the old guard admits it too. A closed window that
 //!   ends within the transition holds only admissions of the old guard (before T, and during
 //!   the transition, which passed it as well): at most L ≤ L'. A window ending after the
@@ -78,11 +78,11 @@ pub(super) struct Lane {
     guard: Guard,
     /// The lane that replaced this one when a reload changed its limit.
     successor: OnceLock<Arc<Lane>>,
-    /// The lane this one replaced, during the second after the switch.
+    /// The lane this one replaced, during the transition after the switch.
     transition: Mutex<Option<Transition>>,
 }
 
-/// The second after a reload changed a lane's limit (see the module's documentation).
+/// The guards' window after a reload changed a lane's limit (see the module's documentation).
 struct Transition {
     /// The lane replaced.
     from: Arc<Lane>,
@@ -397,13 +397,40 @@ mod tests {
         NonZeroU32::new(n).unwrap()
     }
 
-    /// Whether every closed one-second window holding a send of `after` holds at most `most`
-    /// sends of `before` and `after` together.
+    #[test]
+    fn every_shape_holds_its_limit_in_its_window_and_paces_under_its_guard() {
+        let (second, minute) = (Duration::from_secs(1), Duration::from_secs(60));
+        for (period, largest) in [(second, 1), (minute, 1), (minute, 100), (minute, 500)] {
+            for units in (2 * largest + 1).max(1)..=2_500 {
+                let lane = Lane::of(Scope::App, limit(units), period, limit(largest));
+                let window = (period + SPREAD).as_nanos();
+                let refilled = window / lane.refill.as_nanos();
+                let burst = u128::from(lane.largest.get());
+                let at = format!("{units} per {period:?}, largest {largest}");
+                assert!(burst + refilled <= u128::from(units), "{at}");
+                assert!(lane.largest.get() >= largest.min(units - 1).max(1), "{at}");
+                assert!(
+                    lane.interval > lane.refill,
+                    "{at}: pacing outruns the guard"
+                );
+                // The rate given up for the window and the burst: 0.96 L paced, 0.909 L at
+                // worst (34 a second, where the burst of 2 is kept).
+                let paced = period.as_secs_f64() / lane.interval.as_secs_f64();
+                assert!(
+                    paced >= 0.9 * f64::from(units - lane.largest.get()),
+                    "{at}: {paced}"
+                );
+            }
+        }
+    }
+
+    /// Whether every closed window of one second and `SPREAD` (the guards' window) holding a
+    /// send of `after` holds at most `most` sends of `before` and `after` together.
     fn windows_with_new_sends_hold(before: &[Instant], after: &[Instant], most: usize) -> bool {
         let all: Vec<Instant> = before.iter().chain(after).copied().collect();
         let count =
             |from: Instant, to: Instant| all.iter().filter(move |t| from <= **t && **t <= to);
-        let second = Duration::from_secs(1);
+        let second = Duration::from_secs(1) + SPREAD;
         let ending = after.iter().map(|t| (*t - second, *t));
         let starting = all.iter().map(|t| (*t, *t + second));
         ending
