@@ -19,6 +19,7 @@
 //! - [`rules`]: the documented request limits, checked before any quota is spent.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the health, readiness and metrics listener.
 //! - [`reload`]: changing the configuration while it runs (SIGHUP, a changed file).
+//! - [`logfmt`]: the text log line's fields, written without painting when colours are off.
 
 pub mod admin;
 pub mod api;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod limiter;
+pub mod logfmt;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -261,7 +261,7 @@ fn lines(format: LogFormat) -> Lines {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => Box::new(lines.json()),
-        LogFormat::Text => Box::new(lines),
+        LogFormat::Text => Box::new(lines.fmt_fields(timgate::logfmt::PlainFields)),
     }
 }
 
