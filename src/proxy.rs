@@ -38,7 +38,7 @@ use crate::metrics::{AppSeries, Metrics};
 use crate::retry::{self, Verdict};
 use crate::server;
 use crate::upstream::{self, Endpoint, Reply, Upstream};
-use crate::usersig::{self, Signer};
+use crate::usersig::{self, Signer, UserSig};
 
 use call::Call;
 use drain::Drain;
@@ -382,11 +382,9 @@ impl Gateway {
                         Err(unreachable) => return Ok((Err(unreachable), Instant::now())),
                     };
                     // Signed again once the turn has come: a key rotated while this request
-                    // waited signs it already. Building the target cannot fail where it did not
-                    // just before (same API, same kind of credentials); if it did, the one
-                    // checked is sent. Done before the send-time guard, so nothing but the write
-                    // follows the guard.
-                    (connection, route.target(api).unwrap_or(target))
+                    // waited signs it already. Done before the send-time guard, so nothing but
+                    // the write follows the guard.
+                    (connection, route.signed_again(api, target))
                 }
             };
             Box::pin(turn.send_now()).await?;
@@ -591,23 +589,53 @@ impl Route {
     /// but a caller's path must never reach a panic.
     fn target(&self, api: &Api) -> Result<Uri, Error> {
         let credentials = self.credentials.newest();
+        let sig = self.usersig(credentials);
+        target(api, credentials, &sig)
+    }
+
+    /// The target once the turn has come: `first` (checked before the turn) when it already
+    /// carries the credentials and UserSig that signing now would use, else one signed anew
+    /// (a key rotated, or a UserSig renewed, while the request waited). `first`'s `random`
+    /// was never sent, so it is as new as another.
+    fn signed_again(&self, api: &Api, first: Uri) -> Uri {
+        let credentials = self.credentials.newest();
+        let sig = self.usersig(credentials);
+        let current = first
+            .query()
+            .and_then(|query| query.strip_prefix(credentials.query.trim_start_matches('?')))
+            .and_then(|rest| rest.strip_prefix(sig.as_str()))
+            .is_some_and(|rest| rest.starts_with("&random="));
+        if current {
+            return first;
+        }
+        // Building cannot fail where it did not just before (same API, same kind of
+        // credentials); if it did, the one checked is sent.
+        target(api, credentials, &sig).unwrap_or(first)
+    }
+
+    /// A current UserSig of `credentials`, counted when newly signed.
+    fn usersig(&self, credentials: &Credentials) -> UserSig {
         let (sig, minted) = credentials.signer.usersig(usersig::unix_now());
         if minted {
             self.series.signed();
         }
-        // Built twice a request (checked before the turn, signed after it): appended into one
-        // buffer, which `Uri` takes without a copy, rather than through `format!` and `parse`.
-        let (name, sig) = (api.name(), sig.as_str());
-        let mut target = String::with_capacity(
-            "/v4/".len() + name.len() + credentials.query.len() + sig.len() + RANDOM_AND_TYPE,
-        );
-        for part in ["/v4/", name, &credentials.query, sig, "&random="] {
-            target.push_str(part);
-        }
-        let _ = write!(target, "{}", rand::random::<u32>());
-        target.push_str("&contenttype=json");
-        Uri::try_from(target).map_err(|_| Error::Unforwardable)
+        sig
     }
+}
+
+/// `api`'s upstream path and query, signed with `sig` of `credentials`, with a new `random`:
+/// appended into one buffer, which `Uri` takes without a copy.
+fn target(api: &Api, credentials: &Credentials, sig: &UserSig) -> Result<Uri, Error> {
+    let (name, sig) = (api.name(), sig.as_str());
+    let mut target = String::with_capacity(
+        "/v4/".len() + name.len() + credentials.query.len() + sig.len() + RANDOM_AND_TYPE,
+    );
+    for part in ["/v4/", name, &credentials.query, sig, "&random="] {
+        target.push_str(part);
+    }
+    let _ = write!(target, "{}", rand::random::<u32>());
+    target.push_str("&contenttype=json");
+    Uri::try_from(target).map_err(|_| Error::Unforwardable)
 }
 
 /// `&random=` with the longest `u32`, then `&contenttype=json`.
