@@ -600,12 +600,7 @@ impl Route {
     fn signed_again(&self, api: &Api, first: Uri) -> Uri {
         let credentials = self.credentials.newest();
         let sig = self.usersig(credentials);
-        let current = first
-            .query()
-            .and_then(|query| query.strip_prefix(credentials.query.trim_start_matches('?')))
-            .and_then(|rest| rest.strip_prefix(sig.as_str()))
-            .is_some_and(|rest| rest.starts_with("&random="));
-        if current {
+        if carries(&first, credentials, &sig) {
             return first;
         }
         // Building cannot fail where it did not just before (same API, same kind of
@@ -621,6 +616,16 @@ impl Route {
         }
         sig
     }
+}
+
+/// Whether `target` is signed as `credentials` with `sig`: its query is theirs up to its
+/// `random`. Neither the (percent-encoded) identifier nor a UserSig holds a `&`.
+fn carries(target: &Uri, credentials: &Credentials, sig: &UserSig) -> bool {
+    target
+        .query()
+        .and_then(|query| query.strip_prefix(credentials.query.trim_start_matches('?')))
+        .and_then(|rest| rest.strip_prefix(sig.as_str()))
+        .is_some_and(|rest| rest.starts_with("&random="))
 }
 
 /// `api`'s upstream path and query, signed with `sig` of `credentials`, with a new `random`:
@@ -647,4 +652,44 @@ fn same_signer(a: &App, b: &App) -> bool {
         && a.sdkappid == b.sdkappid
         && a.identifier == b.identifier
         && a.usersig_ttl == b.usersig_ttl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Api, Credentials, carries, target};
+    use crate::config::Config;
+    use crate::usersig::unix_now;
+
+    fn credentials(identifier: &str, key: &str) -> Credentials {
+        let config = Config::from_toml(&format!(
+            "[[apps]]\nsdkappid = 1400000001\nidentifier = {identifier:?}\nsecret_key = {key:?}\nregion = \"singapore\"\n"
+        ))
+        .unwrap();
+        Credentials::new(&config.apps[0])
+    }
+
+    #[test]
+    fn a_target_is_sent_again_only_while_its_credentials_and_usersig_are_current() {
+        let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+        let now = unix_now();
+        let signed = credentials("admin", "key-1");
+        let (sig, _) = signed.signer.usersig(now);
+        let first = target(&api, &signed, &sig).unwrap();
+        assert!(carries(&first, &signed, &sig));
+        assert!(carries(&first, &signed, &signed.signer.usersig(now).0));
+        // A key rotated while the request waited: new credentials, a UserSig of the new key.
+        let rotated = credentials("admin", "key-2");
+        assert!(!carries(&first, &rotated, &rotated.signer.usersig(now).0));
+        // The UserSig renewed (half its lifetime passed) while the request waited.
+        let renewed = signed.signer.usersig(now + 600).0;
+        assert_ne!(renewed, sig);
+        assert!(!carries(&first, &signed, &renewed));
+        // Another identifier, even one the first begins with, with the same UserSig text.
+        for identifier in ["admin2", "adm", "admin&usersig="] {
+            assert!(
+                !carries(&first, &credentials(identifier, "key-1"), &sig),
+                "{identifier}"
+            );
+        }
+    }
 }
