@@ -3,7 +3,9 @@
 //! on, as timgate writes its line per request), in the same run, on loopback. Prints, for timgate and nginx side by side: throughput as a ratio to direct and
 //! to each other (medians of interleaved one-second rounds), CPU time per request (from
 //! /proc/PID/stat over those rounds), p50/p99 added at a fixed rate, and resident memory
-//! idle, under load, and with 1,000 busy connections. Stops by itself; `LOAD_SECS` sets each
+//! idle, under load, and with 1,000 busy connections (timgate's right after 1,000 idle
+//! connections closed, and again once it has handed back what they left, with the private
+//! part). Stops by itself; `LOAD_SECS` sets each
 //! phase's length in one-second rounds (default 5). Without nginx it says SKIPPED loudly for the yardstick (and
 //! fails with `CI` set); CI only builds it (`cargo bench --no-run`).
 //! Where `redis-server` is installed, a second `timgate` with `[fleet]` on a loopback Redis
@@ -215,13 +217,38 @@ fn main() {
         if let Some(samples) = &mut nginx_latency {
             samples.sort();
         }
+        let before = gateway.rss_kib();
         let connected = open_connections(gateway.addr, gateway.pid()).await;
-        let busy = busy_connections(gateway.addr, gateway.pid()).await;
+        // Right after the idle connections closed, before timgate has handed back what they
+        // held: the next burst lands on pages they already made resident.
+        let (at_once, _) = busy_connections(gateway.addr, gateway.pid()).await;
+        let handed_back = settle(gateway.pid(), before, at_once).await;
+        let (busy, private) = busy_connections(gateway.addr, gateway.pid()).await;
         report(&direct_latency, &via_latency, "timgate", idle, under_load, connected, busy);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "timgate: of the {OPEN_CONNECTIONS} busy connections' {:.1} MiB, {:.1} MiB private (RssAnon; \
+             the rest is the binary's and shared libraries' mapped pages); {OPEN_CONNECTIONS} busy \
+             connections right after the idle ones closed: {:.1} MiB, half of it over the {:.1} MiB \
+             before handed back {} (the busy figure is taken after that, as nginx's is on a \
+             process that had no idle phase)",
+            mib(busy),
+            mib(private),
+            mib(at_once),
+            mib(before),
+            handed_back.map_or_else(
+                || format!("NOT within {} s", SETTLE_WAIT.as_secs()),
+                |(took, resident)| format!(
+                    "{:.1} s after those closed (at {:.1} MiB)",
+                    took.as_secs_f64(),
+                    mib(resident)
+                )
+            ),
+        );
         // The floor's own memory says nothing of timgate's: its pool has no cap.
         report(&direct_latency, &floor_latency, "bare hyper proxy", floor_idle, 0, 0, 0);
         if let (Some(nginx), Some(nginx_latency), Some(nginx_idle)) = (nginx, nginx_latency, nginx_idle) {
-            let busy = busy_connections_of(nginx.addr, &nginx.pids()).await;
+            let (busy, _) = busy_connections_of(nginx.addr, &nginx.pids()).await;
             report(&direct_latency, &nginx_latency, "nginx", nginx_idle, 0, 0, busy);
         }
     });
@@ -638,13 +665,43 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Resident memory of `pid` that is its own: anonymous pages (heap, stacks), not the mapped
+/// files that other processes mapping them share.
+fn private_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+/// A field of `/proc/PID/status` in KiB; 0 if it cannot be read.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let line = s.lines().find(|l| l.starts_with(field))?;
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// Longest wait for a process to hand back memory after a burst.
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until `pid` has handed back at least half of what a burst took its resident memory
+/// to (`peak`) from `before` it; how long that took and the resident memory then, or `None`
+/// if not within `SETTLE_WAIT`.
+async fn settle(pid: u32, before: u64, peak: u64) -> Option<(Duration, u64)> {
+    let started = Instant::now();
+    let settled = before + peak.saturating_sub(before) / 2;
+    while started.elapsed() < SETTLE_WAIT {
+        let resident = rss_kib(pid);
+        if resident <= settled {
+            return Some((started.elapsed(), resident));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// Samples a process's resident memory every 50 ms and keeps the peak.
@@ -790,13 +847,14 @@ fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
-async fn busy_connections(addr: SocketAddr, pid: u32) -> u64 {
+async fn busy_connections(addr: SocketAddr, pid: u32) -> (u64, u64) {
     busy_connections_of(addr, &[pid]).await
 }
 
 /// `OPEN_CONNECTIONS` connections each sending requests back to back for two seconds (as
-/// `wrk -c1000` does); the peak resident memory of `pids` together meanwhile.
-async fn busy_connections_of(addr: SocketAddr, pids: &[u32]) -> u64 {
+/// `wrk -c1000` does); the peak resident memory of `pids` together meanwhile, and the
+/// private part of it at that peak.
+async fn busy_connections_of(addr: SocketAddr, pids: &[u32]) -> (u64, u64) {
     let running = Arc::new(AtomicBool::new(true));
     let workers: Vec<_> = (0..OPEN_CONNECTIONS)
         .map(|_| {
@@ -809,17 +867,21 @@ async fn busy_connections_of(addr: SocketAddr, pids: &[u32]) -> u64 {
             })
         })
         .collect();
-    let mut peak = 0;
+    let (mut peak, mut private) = (0, 0);
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        peak = peak.max(pids.iter().map(|pid| rss_kib(*pid)).sum());
+        let resident = pids.iter().map(|pid| rss_kib(*pid)).sum();
+        if resident > peak {
+            peak = resident;
+            private = pids.iter().map(|pid| private_kib(*pid)).sum();
+        }
     }
     running.store(false, Ordering::Relaxed);
     for worker in workers {
         worker.await.expect("worker");
     }
-    peak
+    (peak, private)
 }
 
 /// The timgate measured: `TIMGATE_BIN` if set (the deployed build:
