@@ -3,9 +3,9 @@
 //! on, as timgate writes its line per request), in the same run, on loopback. Prints, for timgate and nginx side by side: throughput as a ratio to direct and
 //! to each other (medians of interleaved one-second rounds), CPU time per request (from
 //! /proc/PID/stat over those rounds), p50/p99 added at a fixed rate, and resident memory
-//! idle, under load, and with 1,000 busy connections (timgate's right after 1,000 idle
-//! connections closed, and again once it has handed back what they left, with the private
-//! part). Stops by itself; `LOAD_SECS` sets each
+//! idle, under load, and with 1,000 busy connections (timgate's first right after 1,000
+//! idle connections closed, then again once it has handed back at least half of what those
+//! bursts added, with the private part). Stops by itself; `LOAD_SECS` sets each
 //! phase's length in one-second rounds (default 5). Without nginx it says SKIPPED loudly for the yardstick (and
 //! fails with `CI` set); CI only builds it (`cargo bench --no-run`).
 //! Where `redis-server` is installed, a second `timgate` with `[fleet]` on a loopback Redis
@@ -222,6 +222,8 @@ fn main() {
         // Right after the idle connections closed, before timgate has handed back what they
         // held: the next burst lands on pages they already made resident.
         let (at_once, _) = busy_connections(gateway.addr, gateway.pid()).await;
+        // Then once it has handed back at least half of what those two bursts added: the
+        // figure compared with the target.
         let handed_back = settle(gateway.pid(), before, at_once).await;
         let (busy, private) = busy_connections(gateway.addr, gateway.pid()).await;
         report(&direct_latency, &via_latency, "timgate", idle, under_load, connected, busy);
@@ -229,9 +231,9 @@ fn main() {
         println!(
             "timgate: of the {OPEN_CONNECTIONS} busy connections' {:.1} MiB, {:.1} MiB private (RssAnon; \
              the rest is the binary's and shared libraries' mapped pages); {OPEN_CONNECTIONS} busy \
-             connections right after the idle ones closed: {:.1} MiB, half of it over the {:.1} MiB \
-             before handed back {} (the busy figure is taken after that, as nginx's is on a \
-             process that had no idle phase)",
+             connections right after the idle ones closed: {:.1} MiB; half of that over the {:.1} MiB \
+             before the idle ones handed back {} (the busy figure above is taken after that, \
+             as nginx's is on a process that had no idle phase)",
             mib(busy),
             mib(private),
             mib(at_once),
@@ -239,7 +241,7 @@ fn main() {
             handed_back.map_or_else(
                 || format!("NOT within {} s", SETTLE_WAIT.as_secs()),
                 |(took, resident)| format!(
-                    "{:.1} s after those closed (at {:.1} MiB)",
+                    "{:.1} s after the busy ones closed (at {:.1} MiB)",
                     took.as_secs_f64(),
                     mib(resident)
                 )
@@ -695,8 +697,9 @@ async fn settle(pid: u32, before: u64, peak: u64) -> Option<(Duration, u64)> {
     let started = Instant::now();
     let settled = before + peak.saturating_sub(before) / 2;
     while started.elapsed() < SETTLE_WAIT {
+        // 0: /proc could not tell, which is not settled.
         let resident = rss_kib(pid);
-        if resident <= settled {
+        if resident > 0 && resident <= settled {
             return Some((started.elapsed(), resident));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
