@@ -16,6 +16,17 @@
 //!   lately (a reload lowered it) admits nothing for 1 + SPREAD seconds, once, so no window
 //!   of 1 s + SPREAD holds sends under both limits.
 //!
+//! An admission is sent on only while fresh: answered within `FRESH` (20 ms) of its ask,
+//! time in the batch queue included. Redis ran the guard somewhere in that time, so the
+//! send follows it by less than `SPREAD`, which the guard's window allows for, with 5 ms
+//! left for the write (assumed, as the whole of `SPREAD` was before). A later answer is not
+//! used (capacity lost, never the limit): a turn's guard is then asked again on its own, and
+//! a send-time guard asked once more; two late answers in a row to one guard count as
+//! losing Redis. Away from Redis, a heartbeat answered in more than `BACK` (10 ms) does not
+//! bring a replica back, nor change its claim. A Redis whose round trip is over 20 ms (over
+//! about 10 ms under load, queue included) sends replicas to their fallback shares, and a
+//! replica away from Redis comes back only once the round trip is under 10 ms.
+//!
 //! A replica's concurrent turns go to Redis together, and so do its send-time guards
 //! (`batch`): one `turns` or `guards` call runs many asks in order, as that many calls
 //! would at one Redis instant, so under load the script's fixed cost is paid once per batch.
@@ -72,9 +83,10 @@
 //!   was still counted as Redis's. (Pacing reservations made before do not matter: they are
 //!   only admitted by the guard.)
 //! - *Coming back*: the first successful call registers the replica as lapsed (its claim
-//!   still subtracted) and it goes back to Redis at once; its first live beat — which gives
-//!   its share back to C — waits until 1 s + `MARGIN` after its last fallback send, and a
-//!   fallback send is only made while the mode (under one lock with that check) is fallback.
+//!   still subtracted) and the first heartbeat answered within `BACK` takes it back to
+//!   Redis; its first live beat — which gives its share back to C — waits until 1 s +
+//!   `MARGIN` after its last fallback send, and a fallback send is only made while the mode
+//!   (under one lock with that check) is fallback.
 //! - *Partial partition*: the two cases above are per replica; the others keep reserving in
 //!   Redis at the reduced C.
 //! - *Redis lost its state* (restarted without persistence): the script notices a new
@@ -143,6 +155,18 @@ pub const MARGIN: Duration = Duration::from_millis(100);
 const WINDOW: Duration = Duration::from_secs(1);
 /// tokio's timer resolution: a shorter wait is not slept (see `Fleet::turn`).
 const TICK: Duration = Duration::from_millis(1);
+/// The oldest a guard's admission may be when its answer arrives (the write follows at
+/// once): asked at most this long ago. Redis admitted it somewhere between the ask and the answer, and the guard's window
+/// allows sends up to `SPREAD` apart from their admissions; the rest of `SPREAD` is room for
+/// the write itself. A slower answer is not sent on (see `Fleet::guard`). The time an ask
+/// waits in its batch's queue counts (`batch`): under load a guard waits up to about two
+/// round trips, so the fleet needs Redis within about half of this.
+pub(super) const FRESH: Duration = Duration::from_millis(20);
+/// The slowest heartbeat that brings a replica back to Redis: a round trip that leaves its
+/// guards, queue included, within `FRESH`. Between the two a replica stays where it is,
+/// rather than flap.
+pub(super) const BACK: Duration = Duration::from_millis(10);
+const _: () = assert!(FRESH.as_nanos() + 5_000_000 <= super::SPREAD.as_nanos());
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
 
@@ -515,7 +539,10 @@ impl Fleet {
             let n_lanes = usize::try_from(n).unwrap_or(0);
             // The guard's answer follows the turn's 1 + 2n cells.
             let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
-            guarded = wait.guard_too && n >= 0 && guard_answer == Some(&0);
+            // An admission answered too late to send on is not used: the send asks the
+            // guard itself.
+            guarded =
+                wait.guard_too && n >= 0 && guard_answer == Some(&0) && asked.elapsed() <= FRESH;
             if !guarded {
                 *held = None;
             }
@@ -588,13 +615,20 @@ impl Fleet {
 
     /// The fleet-wide send-time guard for `asks`. `Ok(false)`: Redis is gone, so nothing may
     /// be sent on this turn.
+    ///
+    /// An admission answered more than `FRESH` after the ask is not sent on: the send could
+    /// reach Tencent later after its admission than `SPREAD` allows against others'. It is
+    /// asked again; a second such answer in a row counts as losing Redis, since a Redis that
+    /// slow cannot keep the limit at the wire (capacity lost, never the limit).
     pub(super) async fn guard(
         self: &Arc<Self>,
         asks: &[Ask],
         max_wait: Duration,
     ) -> Result<bool, Throttled> {
         let start = Instant::now();
+        let mut stale = false;
         loop {
+            let asked = Instant::now();
             let wait = match self.ask(Kind::Guards, None, asks).await {
                 Ok(wait) => Duration::from_micros(wait.first().copied().unwrap_or(0).max(0) as u64),
                 Err(why) => {
@@ -602,8 +636,20 @@ impl Fleet {
                     return Ok(false);
                 }
             };
+            let late = asked.elapsed() > FRESH;
+            if late && stale {
+                self.lost(&format!(
+                    "two send-time guards in a row answered after more than {} ms",
+                    FRESH.as_millis()
+                ));
+                return Ok(false);
+            }
+            stale = late;
             if wait.is_zero() {
-                return Ok(true);
+                if !late {
+                    return Ok(true);
+                }
+                continue;
             }
             if start.elapsed() + wait > max_wait {
                 return Err(Throttled {
@@ -740,13 +786,26 @@ impl Fleet {
         }
     }
 
+    /// A heartbeat's answer. Away from Redis, one slower than `BACK` does not bring the
+    /// replica back (its guards would come back too late to be sent on), and leaves its claim
+    /// and the member count alone: the claim it spends stays the one Redis accounts for it
+    /// until it is back (Redis may have granted more, which only takes more off the shared
+    /// lanes). The clock offset (still an upper bound, however slow the answer) and the last
+    /// contact are kept current, so its beats keep reaching Redis before their deadlines.
     fn answered(&self, reply: &[i64], sent: Instant, received: Instant) {
         let mut state = self.lock();
-        state.claim = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
-        state.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
         state.offset = Some(reply[3] - self.micros(sent));
         state.round_trip = received - sent;
         state.contact = Some(sent);
+        if state.mode != Mode::Shared && state.round_trip > BACK {
+            tracing::debug!(
+                round_trip_ms = state.round_trip.as_millis() as u64,
+                "fleet: Redis answered, too slowly to go back to it"
+            );
+            return;
+        }
+        state.claim = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
+        state.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
         self.series.members.set(reply[1]);
         if state.mode != Mode::Shared {
             state.mode = Mode::Shared;

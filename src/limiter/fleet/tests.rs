@@ -88,11 +88,13 @@ impl Drop for Server {
 
 /// One replica's way to Redis: the real script on a real server, at Redis time
 /// `REDIS_EPOCH` + the paused clock's progress, run on a blocking thread (which keeps a
-/// paused clock from moving). While cut, a call never answers.
+/// paused clock from moving). While cut, a call never answers; while `late` is set, its
+/// answer comes that long after the script ran (a slow way back).
 pub(super) struct FixedRedis {
     connection: Arc<Mutex<redis::Connection>>,
     start: Instant,
     cut: AtomicBool,
+    late: Mutex<Duration>,
     /// Every call Redis ran: when, and its arguments.
     calls: Mutex<Vec<(Instant, Vec<String>)>>,
 }
@@ -127,6 +129,10 @@ impl FixedRedis {
         .await
         .unwrap()
         .map_err(|e| e.to_string())?;
+        let late = *self.late.lock().unwrap();
+        if !late.is_zero() {
+            tokio::time::sleep(late).await;
+        }
         T::from_redis_value(value).map_err(|e| e.to_string())
     }
 
@@ -185,6 +191,7 @@ impl Sim {
                     connection: Arc::new(Mutex::new(server.connection())),
                     start,
                     cut: AtomicBool::new(false),
+                    late: Mutex::default(),
                     calls: Mutex::default(),
                 });
                 let fleet = Fleet::with_link(
@@ -371,6 +378,79 @@ fn assert_the_argument(sim: &Sim, replica: usize, cut: Instant, back: Instant, s
     // Until then every shared send ran without that share: no second holds a fallback
     // send together with a send made on the share given back.
     assert!(rejoined >= back);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_whose_answers_come_back_late_sends_on_none_of_them() {
+    // Past the pacing rate: every turn waits, and each send asks the guard itself.
+    late_answers(150, 100, 100).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_whose_answers_come_back_late_sends_on_none_of_its_turns_guards() {
+    // Well under it: turns need no wait, and a request holding a connection gets its guard
+    // with its turn.
+    late_answers(20, 30, 30).await;
+}
+
+/// Three replicas offered `rate` each; replica 0's answers come back 30 ms after Redis ran
+/// them from 2 s to 7 s. It must send on none of those admissions, serve at least `own` on
+/// its fallback share meanwhile, beat as lapsed until Redis is fast again, and send at least
+/// `again` on the shared lanes from 3 s after that.
+async fn late_answers(rate: u32, own: usize, again: usize) {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let sim = Sim::formed(server).await;
+    let t0 = Instant::now();
+    let (slow, fast, end) = (
+        t0 + Duration::from_secs(2),
+        t0 + Duration::from_secs(7),
+        t0 + Duration::from_secs(12),
+    );
+    // Later than FRESH and BACK, sooner than timeout_ms: nothing times out.
+    let late = Duration::from_millis(30);
+    assert!(late > super::FRESH && late > super::BACK && late < TIMEOUT);
+    let load = sim.offer(rate, end);
+    let link = &sim.replicas[0].redis;
+    tokio::time::sleep_until(slow).await;
+    *link.late.lock().unwrap() = late;
+    tokio::time::sleep_until(fast).await;
+    *link.late.lock().unwrap() = Duration::ZERO;
+    load.await.unwrap();
+    let sends = sim.sends();
+
+    let busiest = busiest_second(&sends);
+    assert!(busiest <= LIMIT, "busiest second {busiest}");
+    let ours = |fallback: bool, from: Instant, to: Instant| {
+        sends
+            .iter()
+            .filter(|s| s.replica == 0 && s.fallback == fallback && s.at > from && s.at <= to)
+            .count()
+    };
+    // Every admission Redis gave it from `slow` on came back 30 ms late: none was sent on.
+    // (Answers to calls Redis ran before `slow` came back at once.)
+    assert_eq!(ours(false, slow, fast), 0, "shared sends on late answers");
+    // Two late answers to one guard lose Redis; after the pause that takes, it serves on
+    // its own share (66 × 0.96 ≈ 63/s).
+    let served = ours(true, slow, fast);
+    assert!(
+        served >= own,
+        "{served} sends on its own share while Redis answered late"
+    );
+    // A late heartbeat does not bring it back: it beats as lapsed until Redis is fast again.
+    let live_while_late = link
+        .beats()
+        .iter()
+        .filter(|(at, live)| *live && *at > slow + Duration::from_millis(500) && *at <= fast)
+        .count();
+    assert_eq!(live_while_late, 0, "live beats while Redis answered late");
+    // Fast again: back to the shared lanes.
+    let shared = ours(false, fast + Duration::from_secs(3), end);
+    assert!(
+        shared >= again,
+        "{shared} shared sends once Redis was fast again"
+    );
 }
 
 /// Waits until `at`, then cuts (or restores) the links of `replicas`.
