@@ -165,6 +165,10 @@ pub struct FleetSeries {
     pub to_fallback: Counter,
     /// Switches back from the fallback to Redis.
     pub to_shared: Counter,
+    /// Send checks answered too late to be sent on.
+    pub late_checks: Counter,
+    /// Heartbeats answered too late to go back to Redis.
+    pub late_beats: Counter,
     /// Time of one Redis call, timeouts included.
     pub latency: Histogram,
     /// Requests' asks carried by one turn or send-check call.
@@ -178,6 +182,8 @@ impl FleetSeries {
             members: Gauge::default(),
             to_fallback: Counter::default(),
             to_shared: Counter::default(),
+            late_checks: Counter::default(),
+            late_beats: Counter::default(),
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
             batch: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
         }
@@ -192,6 +198,11 @@ struct ReloadLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LateLabels {
+    call: &'static str,
 }
 
 impl Metrics {
@@ -222,6 +233,16 @@ impl Metrics {
             "fleet_fallback_transitions",
             "Switches between shared lanes in Redis and the local fallback",
             transitions,
+        );
+        let late = Family::<LateLabels, Counter>::default();
+        let call = |call| late.get_or_create(&LateLabels { call }).clone();
+        self.fleet.late_checks = call("send_check");
+        self.fleet.late_beats = call("heartbeat");
+        r.register(
+            "fleet_late_answers",
+            "Redis answers too late to use: send checks over 20 ms after their ask (not sent on), \
+             heartbeats over 10 ms while on the fallback (no way back yet)",
+            late,
         );
         r.register_with_unit(
             "fleet_redis_call",

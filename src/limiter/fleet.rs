@@ -541,8 +541,12 @@ impl Fleet {
             let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
             // An admission answered too late to send on is not used: the send asks the
             // guard itself.
-            guarded =
-                wait.guard_too && n >= 0 && guard_answer == Some(&0) && asked.elapsed() <= FRESH;
+            let admitted = wait.guard_too && n >= 0 && guard_answer == Some(&0);
+            let late = asked.elapsed() > FRESH;
+            if admitted && late {
+                self.series.late_checks.inc();
+            }
+            guarded = admitted && !late;
             if !guarded {
                 *held = None;
             }
@@ -637,6 +641,9 @@ impl Fleet {
                 }
             };
             let late = asked.elapsed() > FRESH;
+            if late {
+                self.series.late_checks.inc();
+            }
             if late && stale {
                 self.lost(&format!(
                     "two send-time guards in a row answered after more than {} ms",
@@ -798,6 +805,7 @@ impl Fleet {
         state.round_trip = received - sent;
         state.contact = Some(sent);
         if state.mode != Mode::Shared && state.round_trip > BACK {
+            self.series.late_beats.inc();
             tracing::debug!(
                 round_trip_ms = state.round_trip.as_millis() as u64,
                 "fleet: Redis answered, too slowly to go back to it"

@@ -445,6 +445,10 @@ async fn late_answers(rate: u32, own: usize, again: usize) {
         .filter(|(at, live)| *live && *at > slow + Duration::from_millis(500) && *at <= fast)
         .count();
     assert_eq!(live_while_late, 0, "live beats while Redis answered late");
+    // Operators see why (`timgate_fleet_late_answers_total`); the others saw nothing late.
+    let series = |replica: usize| &sim.replicas[replica].fleet.series;
+    assert!(series(0).late_checks.get() >= 2 && series(0).late_beats.get() >= 1);
+    assert_eq!(series(1).late_checks.get() + series(1).late_beats.get(), 0);
     // Fast again: back to the shared lanes.
     let shared = ours(false, fast + Duration::from_secs(3), end);
     assert!(
