@@ -156,9 +156,9 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// tokio's timer resolution: a shorter wait is not slept (see `Fleet::turn`).
 const TICK: Duration = Duration::from_millis(1);
 /// The oldest a guard's admission may be when its answer arrives (the write follows at
-/// once): asked at most this long ago. Redis admitted it somewhere between the ask and the answer, and the guard's window
-/// allows sends up to `SPREAD` apart from their admissions; the rest of `SPREAD` is room for
-/// the write itself. A slower answer is not sent on (see `Fleet::guard`). The time an ask
+/// once): asked at most this long ago. Redis admitted it somewhere between the ask and the
+/// answer, and the guard's window allows sends up to `SPREAD` apart from their admissions;
+/// the rest of `SPREAD` is room for the write itself. A slower answer is not sent on (see `Fleet::guard`). The time an ask
 /// waits in its batch's queue counts (`batch`): under load a guard waits up to about two
 /// round trips, so the fleet needs Redis within about half of this.
 pub(super) const FRESH: Duration = Duration::from_millis(20);
@@ -541,12 +541,7 @@ impl Fleet {
             let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
             // An admission answered too late to send on is not used: the send asks the
             // guard itself.
-            let admitted = wait.guard_too && n >= 0 && guard_answer == Some(&0);
-            let late = asked.elapsed() > FRESH;
-            if admitted && late {
-                self.series.late_checks.inc();
-            }
-            guarded = admitted && !late;
+            guarded = wait.guard_too && n >= 0 && guard_answer == Some(&0) && !self.late(asked);
             if !guarded {
                 *held = None;
             }
@@ -640,10 +635,7 @@ impl Fleet {
                     return Ok(false);
                 }
             };
-            let late = asked.elapsed() > FRESH;
-            if late {
-                self.series.late_checks.inc();
-            }
+            let late = self.late(asked);
             if late && stale {
                 self.lost(&format!(
                     "two send-time guards in a row answered after more than {} ms",
@@ -666,6 +658,16 @@ impl Fleet {
             }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Whether a guard's answer to an ask made at `asked` came too late to be sent on
+    /// (counted when it did).
+    fn late(&self, asked: Instant) -> bool {
+        let late = asked.elapsed() > FRESH;
+        if late {
+            self.series.late_checks.inc();
+        }
+        late
     }
 
     /// Where turns are taken now: `None` for Redis, else how long until the fallback share
