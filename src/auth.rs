@@ -51,6 +51,10 @@ pub enum Denied {
     /// No `Authorization: Bearer` header, while callers are configured.
     #[error("this gateway needs Authorization: Bearer <token> of a configured caller")]
     Missing,
+    /// More than one `Authorization` header: which caller is meant is not for timgate to
+    /// guess, so none is chosen.
+    #[error("the request carries more than one Authorization header; send exactly one")]
+    Ambiguous,
     /// A bearer token that is no configured caller's (the token is never repeated).
     #[error("the bearer token is not one of this gateway's callers")]
     Unknown,
@@ -83,7 +87,7 @@ pub enum Denied {
 impl Denied {
     /// 401 (who are you?) or 403 (known, not allowed).
     pub fn is_unauthenticated(&self) -> bool {
-        matches!(self, Denied::Missing | Denied::Unknown)
+        matches!(self, Denied::Missing | Denied::Ambiguous | Denied::Unknown)
     }
 }
 
@@ -123,7 +127,7 @@ impl Callers {
         if !self.required() {
             return Ok(None);
         }
-        let token = bearer(headers).ok_or(Denied::Missing)?;
+        let token = bearer(headers)?.ok_or(Denied::Missing)?;
         let presented = digest(token);
         let found = self
             .by_digest
@@ -187,15 +191,22 @@ fn listed(patterns: Option<&[Pattern]>, api: &Api) -> bool {
     patterns.is_none_or(|patterns| patterns.iter().any(|p| p.matches(api)))
 }
 
-/// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(AUTHORIZATION)?.as_bytes();
-    let (scheme, token) = value.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
+/// The token of the one `Authorization: Bearer <token>` header (the scheme in any case);
+/// `Err` when there are two or more.
+fn bearer(headers: &HeaderMap) -> Result<Option<&[u8]>, Denied> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (all.next(), all.next()) else {
+        return if headers.contains_key(AUTHORIZATION) {
+            Err(Denied::Ambiguous)
+        } else {
+            Ok(None)
+        };
+    };
+    let Some((scheme, token)) = value.as_bytes().split_at_checked(7) else {
+        return Ok(None);
+    };
     let token = token.trim_ascii();
-    (!token.is_empty()).then_some(token)
+    Ok((scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token))
 }
 
 fn digest(token: &[u8]) -> Digest32 {
@@ -255,6 +266,29 @@ mod tests {
             format!("Bearer {}", &token[1..]),
         ] {
             assert!(callers.identify(&headers(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn two_authorization_headers_choose_no_caller() {
+        let callers = callers();
+        let token = std::env::var("PATH").unwrap();
+        for (first, second) in [
+            (
+                format!("Bearer {token}"),
+                "Bearer wrong-token-0123456789".to_owned(),
+            ),
+            (
+                "Bearer wrong-token-0123456789".to_owned(),
+                format!("Bearer {token}"),
+            ),
+            (format!("Bearer {token}"), format!("Bearer {token}")),
+        ] {
+            let mut headers = headers(&first);
+            headers.append(AUTHORIZATION, HeaderValue::from_str(&second).unwrap());
+            let denied = callers.identify(&headers).unwrap_err();
+            assert_eq!(denied, Denied::Ambiguous);
+            assert!(denied.is_unauthenticated());
         }
     }
 

@@ -28,6 +28,7 @@ use crate::api::Api;
 use crate::body::{self, Budget, Held};
 use crate::config::{App, SecretKey};
 use crate::error::json_response;
+use crate::json;
 use crate::limiter;
 use crate::rules::{self, Refusal};
 use crate::usersig::{self, VerifyError};
@@ -55,7 +56,7 @@ pub struct Emulator {
     limits: Limits,
     rooms: Rooms,
     messages: Messages,
-    faults: Mutex<HashMap<String, Fault>>,
+    faults: Mutex<HashMap<Api, Fault>>,
     seq: AtomicU64,
     bodies: Budget,
 }
@@ -77,6 +78,10 @@ pub struct Fault {
 
 /// The path of the emulator's fault-injection endpoint.
 pub const FAULTS_PATH: &str = "/_emulator/faults";
+
+/// The most APIs with a pending fault at once; a spent fault gives its place up. Each `Api`
+/// names a valid `service/command` of at most `api::MAX_NAME_BYTES`.
+pub const MAX_FAULTS: usize = 64;
 
 /// A validated request's coordinates.
 struct Caller {
@@ -153,16 +158,28 @@ impl Emulator {
         Ok(Caller { sdkappid })
     }
 
-    /// Makes the next `fault.times` requests for `api` (`service/command`) answer `fault.code`.
-    pub fn inject(&self, api: String, fault: Fault) {
-        self.lock_faults().insert(api, fault);
+    /// Makes the next `fault.times` requests for `api` answer `fault.code`; refused when
+    /// `MAX_FAULTS` other APIs still have faults pending.
+    pub fn inject(&self, api: Api, fault: Fault) -> Result<(), Refusal> {
+        let mut faults = self.lock_faults();
+        if faults.len() >= MAX_FAULTS && !faults.contains_key(&api) {
+            faults.retain(|_, pending| pending.times > 0);
+        }
+        if faults.len() >= MAX_FAULTS && !faults.contains_key(&api) {
+            return Err(Refusal::new(
+                60002,
+                format!("the emulator holds faults for at most {MAX_FAULTS} APIs at once"),
+            ));
+        }
+        faults.insert(api, fault);
+        Ok(())
     }
 
     /// Answers with an injected fault for `api`, if one is pending; or says how long to
     /// hold the answer of a request carried out.
     fn fault(&self, api: &Api) -> Result<Duration, Refusal> {
         let mut faults = self.lock_faults();
-        let Some(fault) = faults.get_mut(&api.to_string()).filter(|f| f.times > 0) else {
+        let Some(fault) = faults.get_mut(api).filter(|f| f.times > 0) else {
             return Ok(Duration::ZERO);
         };
         fault.times -= 1;
@@ -177,7 +194,7 @@ impl Emulator {
         self.messages.stored()
     }
 
-    fn lock_faults(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fault>> {
+    fn lock_faults(&self) -> std::sync::MutexGuard<'_, HashMap<Api, Fault>> {
         self.faults
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -186,7 +203,7 @@ impl Emulator {
     /// Carries out an authenticated request's `body`: the API's rules (the same table the
     /// gateway checks), then the store. Returns the API's `Response`, if it has one.
     pub fn execute(&self, sdkappid: u64, api: &Api, body: &[u8]) -> Result<Value, Refusal> {
-        let parsed: serde_json_borrow::Value = serde_json::from_slice(body).map_err(not_json)?;
+        let parsed = json::parse(body).map_err(not_json)?;
         self.carry_out(sdkappid, api, &parsed, Instant::now())
     }
 
@@ -265,7 +282,7 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
     }
     let caller = emulator.authenticate(request.uri().query(), usersig::unix_now())?;
     let (bytes, _held) = read_bytes(emulator, request).await?;
-    let parsed: serde_json_borrow::Value = serde_json::from_slice(&bytes).map_err(not_json)?;
+    let parsed = json::parse(&bytes).map_err(not_json)?;
     let quotas = emulator.limits.quotas(caller.sdkappid, &api);
     let measured = limiter::measure(&quotas, &parsed).map_err(|e| Refusal::new(e.code, e.info))?;
     emulator
@@ -290,8 +307,22 @@ async fn inject(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
         fault: Fault,
     }
     let (bytes, _held) = read_bytes(emulator, request).await?;
-    let Injection { api, fault } = serde_json::from_slice(&bytes).map_err(not_json)?;
-    emulator.inject(api, fault);
+    let Injection { api, fault } = serde_json::from_slice(&bytes).map_err(|e| {
+        Refusal::new(
+            60003,
+            format!("a fault is {{\"Api\", \"ErrorCode\", \"Times\"}}: {e}"),
+        )
+    })?;
+    let named = Api::from_path(&format!("/v4/{api}")).ok_or_else(|| {
+        Refusal::new(
+            60002,
+            format!(
+                "Api must be service/command of at most {} bytes",
+                crate::api::MAX_NAME_BYTES
+            ),
+        )
+    })?;
+    emulator.inject(named, fault)?;
     Ok(Value::Null)
 }
 
@@ -305,6 +336,6 @@ async fn read_bytes(
         .map_err(|e| Refusal::new(60002, format!("request body could not be read: {e}")))
 }
 
-fn not_json(e: serde_json::Error) -> Refusal {
-    Refusal::new(60003, format!("request JSON is invalid: {e}"))
+fn not_json(e: json::Unreadable) -> Refusal {
+    Refusal::new(60003, e.to_string())
 }

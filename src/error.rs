@@ -13,6 +13,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::auth::Denied;
+use crate::json;
 use crate::limiter::{Scope, Throttled};
 use crate::rules::Refusal;
 use crate::upstream;
@@ -57,9 +58,9 @@ pub enum Error {
     /// The body breaks a documented rule of its API: Tencent's code, no quota spent.
     #[error("{}", .0.info)]
     Rejected(Refusal),
-    /// The body is not JSON: Tencent would answer 60003.
-    #[error("request body is not valid JSON: {0}")]
-    NotJson(#[source] serde_json::Error),
+    /// The body is not JSON, or names a key twice in one object: 60003.
+    #[error(transparent)]
+    NotJson(#[from] json::Unreadable),
     /// The last attempt got no answer from Tencent.
     #[error(transparent)]
     Upstream(#[from] upstream::Error),

@@ -9,6 +9,7 @@
 //! - [`usersig`]: UserSig v2 signing and verification, and the per-app re-signing `Signer`.
 //! - [`auth`]: who may call what: `[[callers]]` tokens and the app and API allow-lists.
 //! - [`api`]: which API a request path names; [`body`]: reading a request body within budget.
+//! - [`json`]: one reading of every body: JSON, and no object that names a key twice.
 //! - [`upstream`]: the pooled client to Tencent and one upstream attempt.
 //! - [`proxy`]: the request path that ties them together.
 //! - [`error`]: the errors timgate answers itself, in Tencent's envelope.
@@ -28,6 +29,7 @@ pub mod body;
 pub mod config;
 pub mod emulator;
 pub mod error;
+pub mod json;
 pub mod limiter;
 pub mod logfmt;
 pub mod metrics;

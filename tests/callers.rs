@@ -324,3 +324,64 @@ async fn a_flooding_caller_is_held_to_its_share_and_the_other_gets_through() {
     let info = refusal["ErrorInfo"].as_str().unwrap();
     assert!(info.contains("caller batch's rate_limit of 50/s"), "{info}");
 }
+
+/// Two `Authorization` headers, in either order and whichever tokens they carry: refused with
+/// 401, no caller chosen (no caller's series moves), nothing sent to Tencent.
+#[tokio::test]
+async fn two_authorization_headers_choose_no_caller() {
+    logs();
+    let upstream = Recorder::ok().await;
+    let text = format!(
+        "{}{}{}",
+        app_entry(1, "administrator", &upstream.url()),
+        caller_entry("live", LIVE_TOKEN, ""),
+        caller_entry("batch", OPS_TOKEN, ""),
+    );
+    let gw = gateway(Config::from_toml(&text).unwrap()).await;
+    let caller = Caller::default();
+    let body = r#"{"RoomId":"r"}"#;
+    let wrong = "live-token-3f9a1c77e2b54d09";
+    for (first, second) in [
+        (LIVE_TOKEN, wrong),
+        (wrong, LIVE_TOKEN),
+        (OPS_TOKEN, LIVE_TOKEN),
+        (LIVE_TOKEN, LIVE_TOKEN),
+    ] {
+        let (first, second) = (bearer(first), bearer(second));
+        let headers = [
+            ("authorization", first.as_str()),
+            ("authorization", second.as_str()),
+        ];
+        let answer = caller
+            .send_with("POST", gw.addr, ROOM, &headers, body)
+            .await;
+        assert_eq!(answer.status.as_u16(), 401, "{:?}", answer.json());
+        assert_eq!(answer.code(), 60005);
+        let info = answer.json()["ErrorInfo"].as_str().unwrap().to_owned();
+        assert!(
+            info.contains("more than one Authorization header"),
+            "{info}"
+        );
+        assert_eq!(answer.headers["x-timgate-attempts"], "0");
+    }
+    assert_eq!(upstream.seen().len(), 0);
+    let metrics = caller.get(gw.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for name in ["live", "batch"] {
+        let label = format!("caller=\"{name}\"");
+        let counted = sample(&text, "timgate_caller_requests_total", &[&label]);
+        assert_eq!(counted, 0.0, "{name}");
+    }
+    // The control: one header with the same token is served as that caller.
+    let one = caller
+        .send_with(
+            "POST",
+            gw.addr,
+            ROOM,
+            &[("authorization", &bearer(OPS_TOKEN))],
+            body,
+        )
+        .await;
+    assert_eq!(one.code(), 0, "{:?}", one.json());
+    assert_eq!(upstream.seen().len(), 1);
+}

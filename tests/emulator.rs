@@ -124,3 +124,77 @@ async fn refuses_bad_bodies_and_methods() {
         100002
     );
 }
+
+#[tokio::test]
+async fn the_fault_table_is_bounded_in_entries_and_names() {
+    use timgate::emulator::{FAULTS_PATH, MAX_FAULTS};
+    let config = Config::from_toml(&one_app(APP, "http://127.0.0.1:1")).unwrap();
+    let emu = emulator(&config).await;
+    let caller = Caller::default();
+    let fault = |api: &str| format!(r#"{{"Api":"{api}","ErrorCode":100001,"Times":1}}"#);
+    for bad in [
+        "x".repeat(129),
+        "x".repeat(100_000),
+        "a/b/c".into(),
+        "nocommand".into(),
+    ] {
+        let answer = caller.post(emu.addr, FAULTS_PATH, fault(&bad)).await;
+        assert_eq!(answer.code(), 60002, "{}", answer.json());
+    }
+    for i in 0..MAX_FAULTS {
+        let answer = caller
+            .post(emu.addr, FAULTS_PATH, fault(&format!("svc/cmd{i}")))
+            .await;
+        assert_eq!(answer.code(), 0, "{}", answer.json());
+    }
+    // Full: a new API is refused, one already listed may be set again.
+    let full = caller
+        .post(emu.addr, FAULTS_PATH, fault("svc/another"))
+        .await;
+    assert_eq!(full.code(), 60002);
+    let info = full.json()["ErrorInfo"].as_str().unwrap().to_owned();
+    assert!(info.contains(&MAX_FAULTS.to_string()), "{info}");
+    assert_eq!(
+        caller
+            .post(emu.addr, FAULTS_PATH, fault("svc/cmd0"))
+            .await
+            .code(),
+        0
+    );
+    // A spent fault gives its place up.
+    let q = query(
+        APP,
+        "administrator",
+        &token(KEY, APP, "administrator", usersig::unix_now(), 600),
+    );
+    let spent = caller
+        .post(emu.addr, &format!("/v4/svc/cmd0?{q}"), "{}")
+        .await;
+    assert_eq!(spent.code(), 100001);
+    assert_eq!(
+        caller
+            .post(emu.addr, FAULTS_PATH, fault("svc/another"))
+            .await
+            .code(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_key_is_refused_as_the_gateway_refuses_it() {
+    let config = Config::from_toml(&one_app(APP, "http://127.0.0.1:1")).unwrap();
+    let emu = emulator(&config).await;
+    let caller = Caller::default();
+    let q = query(
+        APP,
+        "administrator",
+        &token(KEY, APP, "administrator", usersig::unix_now(), 600),
+    );
+    let path = format!("/v4/group_open_http_svc/send_group_msg?{q}");
+    let answer = caller
+        .post(emu.addr, &path, r#"{"GroupId":"a","GroupId":"b"}"#)
+        .await;
+    assert_eq!(answer.code(), 60003, "{}", answer.json());
+    let info = answer.json()["ErrorInfo"].as_str().unwrap().to_owned();
+    assert!(info.contains(r#"the key "GroupId" twice"#), "{info}");
+}

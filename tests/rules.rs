@@ -222,7 +222,7 @@ async fn malformed_bodies_never_reach_tencent() {
         ),
         (
             br#"{"RoomId":"r","RoomId":"s","Metadata":[{"Key":"k","Value":"v"}]}"#.to_vec(),
-            100002,
+            60003,
         ),
         (
             br#"{"RoomId":null,"Metadata":[{"Key":"k","Value":"v"}]}"#.to_vec(),
@@ -255,6 +255,72 @@ async fn malformed_bodies_never_reach_tencent() {
         passed += usize::from(code == 0);
     }
     assert_eq!(upstream.seen().len(), passed);
+}
+
+/// A JSON body with a repeated member name is refused on every API (60003, naming the key and
+/// its object), before any quota is spent: Tencent and timgate could read different copies.
+#[tokio::test]
+async fn a_repeated_key_is_refused_on_every_api_before_any_quota() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(Config::from_toml(&one_app(1, &upstream.url())).unwrap()).await;
+    let caller = Caller::default();
+    let ids = |n: usize| json!((0..n).map(|i| format!("u{i}")).collect::<Vec<_>>()).to_string();
+    let batch = "/v4/openim/batchsendmsg";
+    let group = "/v4/group_open_http_svc/send_group_msg";
+    let text = r#""MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]"#;
+    let refused = [
+        (batch, format!(r#"{{"To_Account":["x"],"To_Account":{},{text}}}"#, ids(500)), "To_Account", "its top-level object"),
+        (batch, format!(r#"{{"To_Account":{},"To_Account":["x"],{text}}}"#, ids(500)), "To_Account", "its top-level object"),
+        (batch, format!(r#"{{"To_Account":["x"],"To_Account":{},{text}}}"#, ids(501)), "To_Account", "its top-level object"),
+        (
+            batch,
+            r#"{"To_Account":["x"],"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"a","Text":"b"}}]}"#.into(),
+            "Text",
+            "the object at MsgBody[0].MsgContent",
+        ),
+        (group, format!(r#"{{"GroupId":"decoy","GroupId":"victim",{text}}}"#), "GroupId", "its top-level object"),
+        (group, format!(r#"{{"GroupId":"victim","\u0047roupId":"decoy",{text}}}"#), "GroupId", "its top-level object"),
+        ("/v4/profile/portrait_get", r#"{"To_Account":["a"],"TagList":["x"],"TagList":[]}"#.into(), "TagList", "its top-level object"),
+        (
+            "/v4/live_engine_http_srv/set_room_metadata",
+            r#"{"RoomId":"r","Metadata":[{"Key":"k","Key":"j","Value":"v"}]}"#.into(),
+            "Key",
+            "the object at Metadata[0]",
+        ),
+    ];
+    for (path, body, key, place) in &refused {
+        let answer = caller.post(gw.addr, path, body.clone()).await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(answer.json()["ActionStatus"], "FAIL");
+        assert_eq!(answer.code(), 60003, "{path}: {}", answer.json());
+        let info = answer.json()["ErrorInfo"].as_str().unwrap().to_owned();
+        assert!(
+            info.contains(&format!("the key \"{key}\" twice in {place}:")),
+            "{info}"
+        );
+        assert_eq!(answer.headers["x-timgate-attempts"], "0");
+    }
+    assert_eq!(upstream.seen().len(), 0, "a refused body reached Tencent");
+    // The controls: the same bodies with each key once pass, or meet the documented check.
+    let controls = [
+        (batch, format!(r#"{{"To_Account":{},{text}}}"#, ids(500)), 0),
+        (
+            batch,
+            format!(r#"{{"To_Account":{},{text}}}"#, ids(501)),
+            90018,
+        ),
+        (group, format!(r#"{{"GroupId":"victim",{text}}}"#), 0),
+        (
+            "/v4/profile/portrait_get",
+            r#"{"To_Account":["a"],"TagList":["x"]}"#.into(),
+            0,
+        ),
+    ];
+    for (path, body, code) in &controls {
+        let answer = caller.post(gw.addr, path, body.clone()).await;
+        assert_eq!(answer.code(), *code, "{path}: {}", answer.json());
+    }
+    assert_eq!(upstream.seen().len(), 3);
 }
 
 fn emulator() -> Emulator {

@@ -1,18 +1,10 @@
-//! One parse of a request body: JSON by the same rules on every API (else 60003), then the
-//! API's documented rules, if it has any.
-//!
-//! "JSON" means what serde_json's full parse accepts: UTF-8 throughout (no lone surrogate in
-//! a `\u` escape either), fewer than 128 levels of nesting, numbers that fit an `f64`, nothing
-//! after the value. A checked API gets this from the parse its rules need anyway; an
-//! unchecked one from `Json`, which walks the same parse without building anything. Strings
-//! are borrowed from the body, which goes upstream unchanged.
-
-use std::fmt;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+//! One parse of a request body: JSON with no repeated key, by the same rules on every API
+//! (else 60003, see `json`), then the API's documented rules, if it has any, and its quotas'
+//! costs and keys, all read from that one parse.
 
 use crate::api::Api;
 use crate::error::Error;
+use crate::json;
 use crate::limiter::{self, Measured, Quota};
 use crate::rules;
 
@@ -21,69 +13,15 @@ use crate::rules;
 pub fn inspect(api: &Api, body: &[u8], quotas: &[Quota]) -> Result<Vec<Measured>, Error> {
     let rules = rules::for_api(api.name());
     if rules.is_none() && quotas.is_empty() {
-        return serde_json::from_slice::<Json>(body)
-            .map(|_| Vec::new())
-            .map_err(Error::NotJson);
+        json::validate(body)?;
+        return Ok(Vec::new());
     }
-    let value: serde_json_borrow::Value = serde_json::from_slice(body).map_err(Error::NotJson)?;
+    let value = json::parse(body)?;
     if let Some(rules) = rules {
         rules::check(rules, &value).map_err(Error::Rejected)?;
     }
     limiter::measure(quotas, &value)
         .map_err(|too| Error::Rejected(rules::Refusal::new(too.code, too.info)))
-}
-
-/// Any JSON value, validated and then forgotten. Unlike `IgnoredAny`, which skips strings and
-/// nested values without looking, it asks for every value, so the parser checks each string's
-/// UTF-8 and escapes, counts nesting against its limit, and reads each number.
-struct Json;
-
-impl<'de> Deserialize<'de> for Json {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
-        deserializer.deserialize_any(Json)
-    }
-}
-
-impl<'de> Visitor<'de> for Json {
-    type Value = Json;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Json, E> {
-        Ok(Json)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Json, E> {
-        Ok(Json)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Json, E> {
-        Ok(Json)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Json, E> {
-        Ok(Json)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Json, E> {
-        Ok(Json)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
-        Ok(Json)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Json, A::Error> {
-        while items.next_element::<Json>()?.is_some() {}
-        Ok(Json)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Json, A::Error> {
-        while entries.next_entry::<Json, Json>()?.is_some() {}
-        Ok(Json)
-    }
 }
 
 #[cfg(test)]
