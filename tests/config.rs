@@ -247,8 +247,8 @@ async fn an_apps_secret_key_can_come_from_the_environment_alone() {
     assert_eq!(gateway.stop().await, Some(0));
 }
 
-/// The README's recipe, with the committed configuration: faults posted to
-/// `emulator.listen` make the gateway's next request retry.
+/// The recipe of docs/operating.md (`timgate emulate`), with the committed configuration:
+/// faults posted to `emulator.listen` make the gateway's next request retry.
 #[tokio::test]
 async fn the_in_process_emulator_listens_on_emulator_listen_for_fault_injection() {
     let port = support::free_port();

@@ -792,8 +792,8 @@ fn base_url(text: &str) -> Result<Uri, String> {
 /// One: a sidecar's load is what Tencent's limits let through (200/s an app by default),
 /// which one thread serves a hundred times over (about 20,000 requests/s on the development
 /// machine), and a second worker costs cross-thread wake-ups on every request: CPU per
-/// request 78-80 µs with two workers, 40-45 µs with one, in the same rounds (README,
-/// "Benchmarks"). A gateway for many busy apps can set more.
+/// request 78-80 µs with two workers, 40-45 µs with one, in the same rounds
+/// (benches/README.md). A gateway for many busy apps can set more.
 fn default_worker_threads() -> NonZeroUsize {
     NonZeroUsize::MIN
 }
