@@ -13,8 +13,10 @@ use std::hash::Hasher;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The largest configuration file read: twenty times a configuration with a hundred apps,
-/// each with its API limits and quotas, and far below what would strain a 64 MiB pod.
+/// The largest configuration file read. An app takes some 140 bytes (the committed example,
+/// with its comments, is 1.5 KB), so this holds about 7,000: `timgate check` of such a file
+/// (7,489 apps) took 0.4 s with a 37 MiB peak; of 1 MiB of comments, 9 MiB (a small file,
+/// 6 MiB). A larger file is refused unread.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// The largest key or token file read: far above any real key (Tencent's are 64 hex
