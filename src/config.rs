@@ -6,14 +6,18 @@
 //! the gateway can run with) or into a `ConfigError` that names the offending key, and the
 //! environment variable when one set it. The secret key is a `SecretKey`, whose `Debug`
 //! prints `***`, so a whole `Config` can be logged; `Config::to_toml` prints the effective
-//! configuration, secrets masked, in the file's own format.
+//! configuration, secrets masked, in the file's own format. The files it comes from (the
+//! configuration itself, key and token files) are read by `file`: regular files only, each
+//! within its cap, so no path can make a start or a reload wait or swell.
 
 mod callers;
 mod egress;
 mod env;
+pub(crate) mod file;
 mod print;
 mod raw;
 
+pub use file::{MAX_CONFIG_BYTES, MAX_KEY_FILE_BYTES};
 pub use raw::{MAX_MS, MAX_RATE};
 
 use std::collections::BTreeMap;
@@ -494,31 +498,19 @@ pub enum SecretSource {
 /// Tencent's documented per-API limits below 200/s (TENCENT.md §6, §7), from the limits table.
 pub const DEFAULT_API_LIMITS: &[(&str, u32)] = crate::limiter::table::CALLS;
 
-/// The largest key or token file read: far above any real key (Tencent's are 64 hex
-/// characters), so a path such as `/dev/zero` is refused instead of read forever.
-pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
-
 /// Reads a key or token file of at most `MAX_KEY_FILE_BYTES`, less its trailing newline.
 pub(crate) fn read_key_file(path: &str) -> Result<String, String> {
-    let bytes = read_bounded(Path::new(path)).map_err(|e| format!("cannot read {path}: {e}"))?;
-    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(format!(
-            "{path} is larger than {} KiB: not a key",
-            MAX_KEY_FILE_BYTES / 1024
-        ));
-    }
+    let bytes = file::read(Path::new(path), file::KEY).map_err(|e| e.to_string())?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-/// At most `MAX_KEY_FILE_BYTES` + 1 bytes of `path`: one more than a key file may hold.
-pub(crate) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_KEY_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
+/// Reads the configuration file: a regular file of at most `MAX_CONFIG_BYTES`, in UTF-8.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    let bytes =
+        file::read(path, file::CONFIG).map_err(|e| ConfigError::new("config", e.to_string()))?;
+    String::from_utf8(bytes)
+        .map_err(|_| ConfigError::new("config", format!("{} is not UTF-8 text", path.display())))
 }
 
 /// A configuration with every app's upstream known: `endpoint = "emulator"` resolved to the
@@ -587,14 +579,13 @@ impl Config {
         Self::load_with(path, std::env::vars_os())
     }
 
-    /// Reads `path` (TOML), layers the `TIMGATE__*` variables among `vars` over it, and
-    /// validates.
+    /// Reads `path` (TOML: a regular file of at most `MAX_CONFIG_BYTES`), layers the
+    /// `TIMGATE__*` variables among `vars` over it, and validates.
     pub fn load_with(
         path: &Path,
         vars: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Config, ConfigError> {
-        let file = config::File::from(path).format(config::FileFormat::Toml);
-        Self::build(config::Config::builder().add_source(file), vars)
+        Self::from_toml_with(&read_config(path)?, vars)
     }
 
     /// Validates a TOML document alone, without the environment (for tests and tools).

@@ -7,12 +7,20 @@
 //! refused with a log line naming the key, and the running configuration stays whole. A good
 //! one is swapped in for the requests that start after it ([`Gateway::reload`]).
 //!
-//! Files are watched by reading them once a second and comparing a hash of their contents,
-//! not with inotify: Kubernetes updates a mounted Secret or ConfigMap by swapping a symlink
-//! (`..data`) in the parent directory, which an inotify watch on the file itself never sees,
-//! and the handful of small files a gateway names cost nothing to read. Polling also follows
-//! a path through any number of symlinks, sees an edit that keeps the modification time, and
-//! needs no dependency.
+//! Files are watched by reading them once a second and comparing a hash of their whole
+//! contents, not with inotify: Kubernetes updates a mounted Secret or ConfigMap by swapping a
+//! symlink (`..data`) in the parent directory, which an inotify watch on the file itself
+//! never sees, and the handful of small files a gateway names cost nothing to read (each is
+//! capped, the configuration at 1 MiB). Polling also follows a path through any number of
+//! symlinks, sees an edit that keeps the modification time, and needs no dependency.
+//!
+//! Nothing at a watched path can stop the watcher: only regular files within their cap are
+//! read (`config::file`), so a FIFO, a device, a folder or an oversized file is a
+//! refused reload like any bad file; and each read has a deadline (`disk`), so one that
+//! hangs (a stuck network mount) is a refused reload too, logged and counted once, while
+//! SIGHUP and the polls that follow are still answered.
+
+mod disk;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -23,8 +31,10 @@ use std::time::Duration;
 
 use tracing::{error, info};
 
+use crate::config::file::{self, Cap};
 use crate::config::{Config, ConfigError, Endpoint, Log, Resolved, SecretSource, TokenSource};
 use crate::proxy::Gateway;
+use disk::{Disk, Stalled};
 
 /// How often watched files are read.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -49,6 +59,8 @@ struct Running {
     gateway: Arc<Gateway>,
     /// The in-process emulator's address, when one was started.
     emulator: Option<SocketAddr>,
+    /// Where the watched files are read.
+    disk: Disk,
 }
 
 /// Reloads on SIGHUP and on a change of a watched file, until the task is dropped.
@@ -62,16 +74,16 @@ pub async fn watch(
         config,
         gateway,
         emulator,
+        disk: Disk::new(disk::DEADLINE),
     };
-    let mut seen = fingerprint(&source.path, &running.config).await;
+    let mut seen = fingerprint(&source.path, &mut running).await.ok();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let why = tokio::select! {
             _ = hangup(&mut source) => "SIGHUP",
             _ = tick.tick() => {
-                let now = fingerprint(&source.path, &running.config).await;
-                if now.is_none() || now == seen {
+                if !changed(&source, &mut running, seen).await {
                     continue;
                 }
                 "a watched file changed"
@@ -79,7 +91,21 @@ pub async fn watch(
         };
         reload(&source, &mut running, why).await;
         // A refused file is not read again until it (or a key file) changes, or SIGHUP.
-        seen = fingerprint(&source.path, &running.config).await;
+        seen = fingerprint(&source.path, &mut running).await.ok();
+    }
+}
+
+/// Whether the watched files hash differently from `seen` (`None`: not known). A read that
+/// does not finish in time is a refused reload, logged and counted once: the polls after it
+/// find it still going and wait for the next.
+async fn changed(source: &Source, running: &mut Running, seen: Option<u64>) -> bool {
+    match fingerprint(&source.path, running).await {
+        Ok(now) => Some(now) != seen,
+        Err(stalled @ Stalled::TimedOut(_)) => {
+            refused(running, "polling the watched files", &unread(stalled));
+            false
+        }
+        Err(Stalled::Busy(_) | Stalled::Stopped) => false,
     }
 }
 
@@ -104,27 +130,36 @@ async fn reload(source: &Source, running: &mut Running, why: &'static str) {
                 "configuration reloaded"
             );
         }
-        Err(e) => {
-            running.gateway.metrics().reloaded(false);
-            error!(
-                why,
-                key = %e.key,
-                error = %e.message,
-                "configuration reload refused; the running configuration stays"
-            );
-        }
+        Err(e) => refused(running, why, &e),
+    }
+}
+
+/// Logs and counts a refused reload.
+fn refused(running: &Running, why: &'static str, e: &ConfigError) {
+    running.gateway.metrics().reloaded(false);
+    error!(
+        why,
+        key = %e.key,
+        error = %e.message,
+        "configuration reload refused; the running configuration stays"
+    );
+}
+
+/// A read that gave no answer, as the reason a reload is refused.
+fn unread(stalled: Stalled) -> ConfigError {
+    ConfigError {
+        key: "config".into(),
+        message: stalled.to_string(),
     }
 }
 
 async fn attempt(source: &Source, running: &mut Running) -> Result<(), ConfigError> {
-    // Read on the blocking pool, as the watched files are: see `fingerprint`.
     let path = source.path.clone();
-    let config = tokio::task::spawn_blocking(move || Config::load(&path))
+    let config = running
+        .disk
+        .run(move || Config::load(&path))
         .await
-        .map_err(|_| ConfigError {
-            key: "config".into(),
-            message: "reading the configuration stopped before it finished".into(),
-        })??;
+        .map_err(unread)??;
     if let Some(key) = fixed(&running.config, &config) {
         return Err(ConfigError {
             key: key.into(),
@@ -226,26 +261,29 @@ pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
         .find_map(|(key, same)| (!same).then_some(key))
 }
 
-/// A hash of every watched file's contents (a missing or unreadable file hashes as such).
-/// The files are read on the blocking pool: the runtime has one worker by default, and a
-/// slow or hung read (a network or FUSE secrets mount, a FIFO) must stall only this
-/// watcher, never the requests and probes that worker serves. `None` if the read did not
-/// finish (the runtime is stopping).
-async fn fingerprint(path: &std::path::Path, config: &Config) -> Option<u64> {
-    let files = watched(path, config);
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = DefaultHasher::new();
-        for file in files {
-            crate::config::read_bounded(&file).ok().hash(&mut hasher);
-        }
-        hasher.finish()
-    })
-    .await
-    .ok()
+/// A hash of every watched file's whole contents, or of why it could not be read (missing,
+/// not a regular file, over its cap).
+async fn fingerprint(path: &std::path::Path, running: &mut Running) -> Result<u64, Stalled> {
+    let files = watched(path, &running.config);
+    running
+        .disk
+        .run(move || {
+            let mut hasher = DefaultHasher::new();
+            for (file, cap) in files {
+                match file::hash(&file, cap, &mut hasher) {
+                    // Where one file ends and the next begins.
+                    Ok(len) => len.hash(&mut hasher),
+                    Err(e) => e.to_string().hash(&mut hasher),
+                }
+            }
+            hasher.finish()
+        })
+        .await
 }
 
-/// The configuration file and every file a key or a caller's token is read from.
-fn watched(path: &std::path::Path, config: &Config) -> Vec<PathBuf> {
+/// The configuration file and every file a key or a caller's token is read from, each with
+/// its cap.
+fn watched(path: &std::path::Path, config: &Config) -> Vec<(PathBuf, Cap)> {
     let keys = config
         .apps
         .iter()
@@ -260,9 +298,8 @@ fn watched(path: &std::path::Path, config: &Config) -> Vec<PathBuf> {
             TokenSource::File(file) => Some(PathBuf::from(file)),
             TokenSource::Env(_) => None,
         });
-    std::iter::once(path.to_owned())
-        .chain(keys)
-        .chain(tokens)
+    std::iter::once((path.to_owned(), file::CONFIG))
+        .chain(keys.chain(tokens).map(|file| (file, file::KEY)))
         .collect()
 }
 

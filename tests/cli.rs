@@ -98,6 +98,21 @@ fn an_unset_key_variable_is_refused_without_printing_anything_secret() {
 }
 
 #[test]
+fn a_configuration_file_over_its_cap_is_refused_before_binding() {
+    // Valid TOML, were it read: 1 MiB of comments after a good app.
+    let line = "# a comment line of sixty-four bytes, repeated past the file cap\n";
+    let padding = line.repeat(1024 * 1024 / line.len() + 1);
+    let err = refused(&format!("{APP}secret_key = \"a\"\n{padding}"));
+    assert!(
+        err.contains(": config: ")
+            && err.contains(
+                ".toml is larger than 1 MiB, the most timgate reads of a configuration file"
+            ),
+        "{err}"
+    );
+}
+
+#[test]
 fn sign_prints_a_token_that_verifies() {
     let out = timgate()
         .args([

@@ -247,6 +247,34 @@ async fn an_apps_secret_key_can_come_from_the_environment_alone() {
     assert_eq!(gateway.stop().await, Some(0));
 }
 
+/// A FIFO as the configuration is refused at once (exit 64, naming what it is), by `check`
+/// and by `run`, instead of waiting for a writer that never comes.
+#[tokio::test]
+async fn a_fifo_as_the_configuration_is_refused_at_start_not_waited_on() {
+    let config = TempFile::new("");
+    std::fs::remove_file(&config.0).unwrap();
+    nix::unistd::mkfifo(&config.0, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let checked = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        timgate(&["check"], &config).output(),
+    )
+    .await
+    .expect("check answers without waiting on the FIFO")
+    .unwrap();
+    assert_eq!(checked.status.code(), Some(64));
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        said.contains(&format!(
+            "config: {} is a FIFO, not a regular file",
+            config.0.display()
+        )),
+        "{said}"
+    );
+    let exited = Launched::start(timgate(&[], &config)).await.err().unwrap();
+    assert_eq!(exited.code, Some(64));
+    assert!(exited.stderr.contains(said.trim()), "{}", exited.stderr);
+}
+
 /// The recipe of docs/operating.md (`timgate emulate`), with the committed configuration:
 /// faults posted to `emulator.listen` make the gateway's next request retry.
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Changing it while it runs (issue 13, item 1): a reload on SIGHUP or a changed file, under
 //! load, with a raised limit, a rotated key and a new app; a bad file refused; a Kubernetes
-//! Secret's symlink swap picked up on its own. Each test runs a real `timgate` process in
+//! Secret's symlink swap picked up on its own; a FIFO, a device or an oversized file at a
+//! watched path refused without stopping later reloads, and a change anywhere in the file
+//! seen (issue 27, item 5). Each test runs a real `timgate` process in
 //! front of a recording upstream that checks every UserSig against the keys.
 // Tests may unwrap: a panic is how a test fails.
 #![allow(clippy::unwrap_used)]
@@ -314,66 +316,193 @@ async fn a_secret_swapped_by_symlink_is_picked_up_without_a_signal() {
     assert_eq!(signed_with(&seen[1], APP, &[KEY, NEW_KEY]), Some(NEW_KEY));
 }
 
-/// A watched file whose read hangs (here a FIFO, as a stuck network or FUSE secrets mount
-/// would) stalls only the watcher: the gateway, on its one worker thread (the default),
-/// still answers requests and probes.
+/// A fresh folder for one test's files, removed when dropped.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!(
+            "timgate-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Puts a FIFO at `path` in one rename, as a careless operator or a broken mount might.
+fn fifo_at(path: &std::path::Path) {
+    let fifo = path.with_extension("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::rename(&fifo, path).unwrap();
+}
+
+/// Waits until a refused reload's log line names `key` with an error that contains `error`.
+async fn refused_saying(logs: &Logs, key: &str, error: &str) {
+    eventually(|| async move {
+        logs.lines().iter().any(|line: &Value| {
+            let fields = &line["fields"];
+            fields["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("configuration reload refused"))
+                && fields["key"] == key
+                && fields["error"].as_str().is_some_and(|e| e.contains(error))
+        })
+    })
+    .await;
+}
+
+/// `timgate_app_limit_per_second{app}` now.
+async fn limit_shown(caller: &Caller, process: &Process, app: u64) -> f64 {
+    let text = caller.get(process.admin, "/metrics").await.body;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let label = format!("app=\"{app}\"");
+    sample(&text, "timgate_app_limit_per_second", &[&label])
+}
+
+/// A FIFO at a watched key file is a refused reload (counted, logged, naming the key and
+/// what is there), not a read that waits for a writer: requests and probes are answered
+/// meanwhile, and once a real file is back, the next reload applies it.
 #[tokio::test]
-async fn a_watched_file_whose_read_hangs_stalls_no_request() {
-    use nix::fcntl::OFlag;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::env::temp_dir().join(format!(
-        "timgate-fifo-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("key");
+async fn a_fifo_at_a_key_file_is_a_refused_reload_and_later_reloads_work() {
+    let dir = Dir::new("fifo-key");
+    let key = dir.0.join("key");
     std::fs::write(&key, KEY).unwrap();
     let upstream = Recorder::ok().await;
     let config = one_app(APP, &upstream.url()).replace(
         &format!("secret_key = \"{KEY}\""),
         &format!("secret_key_file = {key:?}"),
     );
-    let process = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let (process, logs) = Process::logged(&config).await;
     let caller = Caller::default();
     assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
 
-    // The key file becomes a FIFO: the watcher's next read opens it and waits for a writer.
-    let fifo = dir.join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    std::fs::rename(&fifo, &key).unwrap();
-    // A non-blocking open for writing succeeds only once a reader waits: then the watcher is
-    // inside its read. Held open without writing, the read goes on waiting.
-    let mut writer = None;
-    eventually(|| {
-        writer = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(OFlag::O_NONBLOCK.bits())
-            .open(&key)
-            .ok();
-        std::future::ready(writer.is_some())
-    })
+    fifo_at(&key);
+    hangup(&process);
+    reloads_reach(&caller, &process, "error", 1.0).await;
+    refused_saying(
+        &logs,
+        "apps[0].secret_key_file",
+        "is a FIFO, not a regular file",
+    )
     .await;
-
     for _ in 0..3 {
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
             caller.post(process.addr, INFO, ROOM),
         )
         .await
-        .expect("a request is answered while the watcher's read hangs");
+        .expect("a request is answered while a FIFO is at the key's path");
         assert_eq!(answer.code(), 0);
     }
-    let probe = tokio::time::timeout(
-        Duration::from_secs(5),
-        caller.get(process.admin, "/healthz"),
-    )
-    .await
-    .expect("the liveness probe is answered while the watcher's read hangs");
+    let probe = caller.get(process.admin, "/healthz").await;
     assert_eq!(probe.status, StatusCode::OK);
-    drop(process);
-    drop(writer);
-    let _ = std::fs::remove_dir_all(&dir);
+
+    // The real file back, with a rotated key: applied, and the next UserSig is signed with it.
+    let next = dir.0.join("key.next");
+    std::fs::write(&next, NEW_KEY).unwrap();
+    std::fs::rename(&next, &key).unwrap();
+    hangup(&process);
+    reloads_reach(&caller, &process, "ok", 1.0).await;
+    assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
+    let seen = upstream.seen();
+    assert_eq!(signed_with(&seen[0], APP, &[KEY, NEW_KEY]), Some(KEY));
+    let last = seen.last().unwrap();
+    assert_eq!(signed_with(last, APP, &[KEY, NEW_KEY]), Some(NEW_KEY));
+}
+
+/// A FIFO, then a device, at the configuration file's own path: each a refused reload naming
+/// what is there; the running limits stay, and the real file back is applied.
+#[tokio::test]
+async fn a_fifo_or_a_device_as_the_configuration_is_refused_and_later_reloads_work() {
+    let upstream = Recorder::ok().await;
+    let config = format!("{}rate_limit = 50\n", one_app(APP, &upstream.url()));
+    let (process, logs) = Process::logged(&config).await;
+    let caller = Caller::default();
+    let path = process.config_path().to_owned();
+    let text = std::fs::read_to_string(&path).unwrap();
+
+    fifo_at(&path);
+    hangup(&process);
+    refused_saying(&logs, "config", "is a FIFO, not a regular file").await;
+    let zero = path.with_extension("zero");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    std::fs::rename(&zero, &path).unwrap();
+    hangup(&process);
+    refused_saying(&logs, "config", "is a character device, not a regular file").await;
+    assert_eq!(limit_shown(&caller, &process, APP).await, 50.0);
+    assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
+    assert_eq!(reloads(&caller, &process, "ok").await, 0.0);
+
+    let next = path.with_extension("next");
+    std::fs::write(&next, text.replace("rate_limit = 50", "rate_limit = 70")).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+    hangup(&process);
+    reloads_reach(&caller, &process, "ok", 1.0).await;
+    assert_eq!(limit_shown(&caller, &process, APP).await, 70.0);
+    assert!(reloads(&caller, &process, "error").await >= 2.0);
+}
+
+/// A configuration file over its cap (1 MiB) on reload is refused naming the cap, without
+/// being read: the running limits stay, and the process's peak memory does not move by the
+/// file's size.
+#[tokio::test]
+async fn an_oversized_configuration_on_reload_is_refused_without_being_held() {
+    const PADDING: usize = 40 * 1024 * 1024;
+    let upstream = Recorder::ok().await;
+    let config = format!("{}rate_limit = 50\n", one_app(APP, &upstream.url()));
+    let (process, logs) = Process::logged(&config).await;
+    let caller = Caller::default();
+    let pid = process.child.id().unwrap();
+    let peak = support::peak_rss_mib(pid);
+
+    // Valid TOML that would raise the limit, were it read.
+    rewrite(&process, |text| {
+        let line = "# padding padding padding padding padding padding padding padding\n";
+        format!(
+            "{}{}",
+            text.replace("rate_limit = 50", "rate_limit = 70"),
+            line.repeat(PADDING / line.len())
+        )
+    });
+    hangup(&process);
+    reloads_reach(&caller, &process, "error", 1.0).await;
+    refused_saying(&logs, "config", "is larger than 1 MiB").await;
+    assert_eq!(limit_shown(&caller, &process, APP).await, 50.0);
+    assert_eq!(caller.post(process.addr, INFO, ROOM).await.code(), 0);
+    let grown = support::peak_rss_mib(pid) - peak;
+    assert!(grown < 8.0, "peak resident memory grew by {grown:.1} MiB");
+}
+
+/// The watcher hashes the whole configuration file: a change past its first 64 KiB is seen
+/// and applied without a signal.
+#[tokio::test]
+async fn a_change_past_the_first_64_kib_of_the_configuration_is_reloaded() {
+    let upstream = Recorder::ok().await;
+    let line = "# a long comment, as a configuration with many apps has many lines\n";
+    let config = format!(
+        "{}{}rate_limit = 50\n",
+        line.repeat(70 * 1024 / line.len()),
+        one_app(APP, &upstream.url())
+    );
+    let process = Process::start(&config, &[], std::process::Stdio::null()).await;
+    let caller = Caller::default();
+    let text = std::fs::read_to_string(process.config_path()).unwrap();
+    assert!(text.find("rate_limit = 50").unwrap() > 64 * 1024);
+    assert_eq!(limit_shown(&caller, &process, APP).await, 50.0);
+
+    rewrite(&process, |text| {
+        text.replace("rate_limit = 50", "rate_limit = 60")
+    });
+    reloads_reach(&caller, &process, "ok", 1.0).await;
+    assert_eq!(limit_shown(&caller, &process, APP).await, 60.0);
 }
 
 #[tokio::test]
