@@ -177,6 +177,8 @@ pub struct Seen {
     pub at: tokio::time::Instant,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// The query as it arrived, percent-encoding and all.
+    pub raw_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -356,7 +358,8 @@ impl Recorder {
 async fn record(request: Request<Incoming>) -> Seen {
     let at = tokio::time::Instant::now();
     let path = request.uri().path().to_owned();
-    let query = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+    let raw_query = request.uri().query().unwrap_or("").to_owned();
+    let query = form_urlencoded::parse(raw_query.as_bytes())
         .into_owned()
         .collect();
     let headers = request.headers().clone();
@@ -365,6 +368,7 @@ async fn record(request: Request<Incoming>) -> Seen {
         at,
         path,
         query,
+        raw_query,
         headers,
         body,
     }
