@@ -16,6 +16,7 @@
 //! on reload.
 
 pub mod forward;
+mod record;
 pub mod route;
 pub mod verify;
 
@@ -28,19 +29,17 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response};
 use tokio::time::Instant;
-use tracing::info;
 
 use crate::body::{self, Budget};
 use crate::config::Config;
-use crate::error::{envelope, json_response};
-use crate::metrics::{CallbackMetrics, OTHER};
+use crate::metrics::CallbackMetrics;
 use crate::server;
-use crate::upstream::Envelope;
 use crate::usersig::unix_now;
 use forward::{Callback, Sent, Services};
+use record::{Record, Refusal, Reply};
 use route::Table;
 use verify::Refused;
 
@@ -96,12 +95,7 @@ impl server::Handler for Edge {
             "overloaded" => "refused_overloaded",
             _ => "refused_bad_request",
         };
-        Record::new(&self.0).finish(&Summary {
-            outcome,
-            status: Some(refusal.status),
-            error_code: refusal.code.map(i64::from),
-            error: Some(refusal.error.to_owned()),
-        });
+        Record::new(&self.0.metrics).refused(outcome, refusal);
     }
 }
 
@@ -111,54 +105,9 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let table = callbacks.table.load_full();
-    let mut record = Record::new(&callbacks);
+    let mut record = Record::new(&callbacks.metrics);
     let result = take(&callbacks, &table, request, &mut record).await;
     record.answer(result)
-}
-
-/// The answer Tencent gets for a callback that was taken.
-struct Reply {
-    status: StatusCode,
-    content_type: Option<HeaderValue>,
-    body: Bytes,
-    outcome: &'static str,
-    error: Option<String>,
-}
-
-/// A callback refused before the service saw it.
-struct Refusal {
-    status: StatusCode,
-    code: u32,
-    outcome: &'static str,
-    error: String,
-}
-
-impl From<Refused> for Refusal {
-    fn from(refused: Refused) -> Refusal {
-        let (status, code) = refused.status_and_code();
-        Refusal {
-            status,
-            code,
-            outcome: refused.outcome(),
-            error: refused.to_string(),
-        }
-    }
-}
-
-impl From<crate::error::Error> for Refusal {
-    fn from(error: crate::error::Error) -> Refusal {
-        let (status, code) = error.status_and_code();
-        let outcome = match error {
-            crate::error::Error::Overloaded(_) => "refused_overloaded",
-            _ => "refused_body",
-        };
-        Refusal {
-            status,
-            code,
-            outcome,
-            error: error.to_string(),
-        }
-    }
 }
 
 /// The steps, in the order the spec gives them: method, query, app, sign and time, body,
@@ -191,149 +140,46 @@ async fn take(
     )
     .await?;
     let Some(found) = entry.route(&params.command) else {
-        return Ok(Reply {
-            status: StatusCode::OK,
-            content_type: None,
-            body: Bytes::from_static(route::ALLOW),
-            outcome: "unrouted",
-            error: None,
-        });
+        return Ok(Reply::unrouted());
     };
     let callback = Callback {
         body,
         content_type,
         verified: if tokens.is_empty() { "app" } else { "sign" },
     };
-    let timeout = found.route.timeout(&params.command);
-    let started = Instant::now();
-    let sent = callbacks
-        .services
-        .send(found.route, &query, callback, timeout)
-        .await;
-    let took = started.elapsed();
-    record.service = Some(took);
-    callbacks
-        .metrics
-        .served(params.sdkappid, found.label, took.as_secs_f64());
-    Ok(match sent {
-        Sent::Answered {
-            status,
-            content_type,
-            body,
-        } => Reply {
-            status,
-            content_type,
-            body,
-            outcome: "forwarded",
-            error: None,
-        },
-        Sent::Failed { outcome, error } => Reply {
-            status: StatusCode::OK,
-            content_type: None,
-            body: found.route.default_answer(),
-            outcome,
-            error: Some(error),
-        },
-    })
+    Ok(callbacks
+        .deliver(&params, found, &query, callback, record)
+        .await)
 }
 
-/// What is known about one callback so far; it writes the one log line and count, when it
-/// answers or, if Tencent hung up first, when it is dropped.
-struct Record<'c> {
-    callbacks: &'c Callbacks,
-    started: Instant,
-    app: Option<u64>,
-    /// `CallbackCommand`, once read (letters, digits, `.` and `_`: safe to log).
-    command: Option<String>,
-    /// The `command` label: the pattern that routes it, or `other`.
-    label: String,
-    /// How long the service took, when it was asked.
-    service: Option<Duration>,
-    recorded: bool,
-}
-
-/// How a callback ended: what its log line and count are written from.
-struct Summary {
-    outcome: &'static str,
-    status: Option<StatusCode>,
-    error_code: Option<i64>,
-    error: Option<String>,
-}
-
-impl<'c> Record<'c> {
-    fn new(callbacks: &'c Callbacks) -> Record<'c> {
-        Record {
-            callbacks,
-            started: Instant::now(),
-            app: None,
-            command: None,
-            label: OTHER.to_owned(),
-            service: None,
-            recorded: false,
-        }
-    }
-
-    /// Tencent's answer to `result`, recorded.
-    fn answer(mut self, result: Result<Reply, Refusal>) -> Response<Full<Bytes>> {
-        match result {
-            Ok(reply) => {
-                let error_code = serde_json::from_slice::<Envelope>(&reply.body)
-                    .ok()
-                    .and_then(|e| e.error_code);
-                self.finish(&Summary {
-                    outcome: reply.outcome,
-                    status: Some(reply.status),
-                    error_code,
-                    error: reply.error,
-                });
-                let mut response = json_response(reply.status, reply.body);
-                if let Some(content_type) = reply.content_type {
-                    response.headers_mut().insert(CONTENT_TYPE, content_type);
-                }
-                response
-            }
-            Err(refusal) => {
-                self.finish(&Summary {
-                    outcome: refusal.outcome,
-                    status: Some(refusal.status),
-                    error_code: Some(i64::from(refusal.code)),
-                    error: Some(refusal.error.clone()),
-                });
-                envelope(refusal.status, refusal.code, &refusal.error)
-            }
-        }
-    }
-
-    fn finish(&mut self, summary: &Summary) {
-        self.recorded = true;
-        self.callbacks
-            .metrics
-            .counted(self.app, &self.label, summary.outcome);
-        info!(
-            app = self.app,
-            command = self.command.as_deref(),
-            route = self.label.as_str(),
-            outcome = summary.outcome,
-            status = summary.status.map(|s| s.as_u16()),
-            error_code = summary.error_code,
-            service_ms = self.service.map(|d| d.as_secs_f64() * 1000.0),
-            latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            error = summary.error.as_deref(),
-            "callback"
-        );
-    }
-}
-
-impl Drop for Record<'_> {
-    /// Tencent hung up before its answer.
-    fn drop(&mut self) {
-        if !self.recorded {
-            self.finish(&Summary {
-                outcome: "tencent_gone",
-                status: None,
-                error_code: None,
-                error: None,
-            });
+impl Callbacks {
+    /// Forwards a verified `callback` along the route `found`, within the route's timeout;
+    /// Tencent's answer: the service's, or the route's default.
+    async fn deliver(
+        &self,
+        params: &verify::Params,
+        found: route::Found<'_>,
+        query: &str,
+        callback: Callback,
+        record: &mut Record<'_>,
+    ) -> Reply {
+        let timeout = found.route.timeout(&params.command);
+        let started = Instant::now();
+        let sent = self
+            .services
+            .send(found.route, query, callback, timeout)
+            .await;
+        let took = started.elapsed();
+        record.service = Some(took);
+        self.metrics
+            .served(params.sdkappid, found.label, took.as_secs_f64());
+        match sent {
+            Sent::Answered {
+                status,
+                content_type,
+                body,
+            } => Reply::forwarded(status, content_type, body),
+            Sent::Failed { outcome, error } => Reply::fallback(found.route, outcome, error),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! a service behind them.
 
 mod callbacks;
+mod events;
 mod limits;
 mod messages;
 mod rooms;

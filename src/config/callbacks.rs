@@ -151,18 +151,7 @@ impl RawAppCallbacks {
                 "an app with a callback token takes signed callbacks only: remove one of the two",
             ));
         }
-        if self.routes.len() > MAX_PATTERNS {
-            return Err(ConfigError::new(
-                format!("{at}.callbacks"),
-                format!("at most {MAX_PATTERNS} routes"),
-            ));
-        }
-        let routes = self
-            .routes
-            .into_iter()
-            .enumerate()
-            .map(|(i, route)| route.validate(&format!("{at}.callbacks[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let routes = routes(at, self.routes)?;
         if !routes.is_empty() && token.is_none() && !self.allow_unsigned {
             return Err(ConfigError::new(
                 format!("{at}.callback_token_env"),
@@ -178,6 +167,20 @@ impl RawAppCallbacks {
             routes,
         })
     }
+}
+
+/// An app's `[[apps.callbacks]]`, in order.
+fn routes(at: &str, raw: Vec<RawRoute>) -> Result<Vec<CallbackRoute>, ConfigError> {
+    if raw.len() > MAX_PATTERNS {
+        return Err(ConfigError::new(
+            format!("{at}.callbacks"),
+            format!("at most {MAX_PATTERNS} routes"),
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, route)| route.validate(&format!("{at}.callbacks[{i}]")))
+        .collect()
 }
 
 /// A token when either key is set: the caller tokens' rules, and Tencent's length limit.
@@ -207,29 +210,7 @@ fn optional_token(
 impl RawRoute {
     fn validate(self, at: &str) -> Result<CallbackRoute, ConfigError> {
         let key = |name: &str| format!("{at}.{name}");
-        let commands = self.commands.unwrap_or_default();
-        if commands.is_empty() || commands.len() > MAX_PATTERNS {
-            return Err(ConfigError::new(
-                key("commands"),
-                format!(
-                    "required: 1 to {MAX_PATTERNS} CallbackCommand patterns, e.g. \"C2C.CallbackBeforeSendMsg\" or \"Group.*\""
-                ),
-            ));
-        }
-        for (i, pattern) in commands.iter().enumerate() {
-            let plain = pattern
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'*'));
-            if pattern.is_empty() || pattern.len() > MAX_PATTERN_BYTES || !plain {
-                return Err(ConfigError::new(
-                    format!("{at}.commands[{i}]"),
-                    format!(
-                        "{pattern:?} must be 1 to {MAX_PATTERN_BYTES} letters, digits, '.', '_' \
-                         and '*' (any run of characters)"
-                    ),
-                ));
-            }
-        }
+        let commands = commands(at, self.commands.unwrap_or_default())?;
         let forward = self.forward.ok_or_else(|| {
             ConfigError::new(key("forward"), "required: the service's http:// URL")
         })?;
@@ -255,6 +236,33 @@ impl RawRoute {
             on_timeout: self.on_timeout.unwrap_or(OnTimeout::Allow),
         })
     }
+}
+
+/// A route's patterns: 1 to `MAX_PATTERNS`, each a short glob of command characters.
+fn commands(at: &str, commands: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if commands.is_empty() || commands.len() > MAX_PATTERNS {
+        return Err(ConfigError::new(
+            format!("{at}.commands"),
+            format!(
+                "required: 1 to {MAX_PATTERNS} CallbackCommand patterns, e.g. \"C2C.CallbackBeforeSendMsg\" or \"Group.*\""
+            ),
+        ));
+    }
+    for (i, pattern) in commands.iter().enumerate() {
+        let plain = pattern
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'*'));
+        if pattern.is_empty() || pattern.len() > MAX_PATTERN_BYTES || !plain {
+            return Err(ConfigError::new(
+                format!("{at}.commands[{i}]"),
+                format!(
+                    "{pattern:?} must be 1 to {MAX_PATTERN_BYTES} letters, digits, '.', '_' \
+                     and '*' (any run of characters)"
+                ),
+            ));
+        }
+    }
+    Ok(commands)
 }
 
 /// `http://host:port/path` of the service: plain HTTP (it runs beside timgate), no query

@@ -26,10 +26,11 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
+use super::events;
 use crate::api::glob;
 use crate::callback::verify;
 use crate::config::App;
@@ -123,10 +124,10 @@ impl Notifier {
         let wanted = |command: &str| subscriber.patterns.iter().any(|p| glob(p, command));
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let (before, after) = match api {
-            "openim/sendmsg" => c2c(body, operator, seq),
-            "group_open_http_svc/send_group_msg" => group(body, operator, seq),
-            "live_engine_http_srv/create_room" => (None, created(body, operator)),
-            "live_engine_http_srv/destroy_room" => (None, destroyed(body, operator)),
+            "openim/sendmsg" => events::c2c(body, operator, seq),
+            "group_open_http_svc/send_group_msg" => events::group(body, operator, seq),
+            "live_engine_http_srv/create_room" => (None, events::created(body, operator)),
+            "live_engine_http_srv/destroy_room" => (None, events::destroyed(body, operator)),
             _ => return None,
         };
         let before = before.filter(|(b, _)| wanted(command(b)));
@@ -236,103 +237,6 @@ fn verdict(answer: &[u8], refused_with: u32) -> Verdict {
             Verdict::Go(answer)
         }
     }
-}
-
-/// `body`'s field `name`, or `fallback`.
-fn field(body: &Map<String, Value>, name: &str, fallback: Value) -> Value {
-    body.get(name).cloned().unwrap_or(fallback)
-}
-
-/// Copies `CloudCustomData` into `event` when the request has it.
-fn with_custom_data(mut event: Value, body: &Map<String, Value>) -> Value {
-    if let (Some(data), Some(fields)) = (body.get("CloudCustomData"), event.as_object_mut()) {
-        fields.insert("CloudCustomData".into(), data.clone());
-    }
-    event
-}
-
-/// `openim/sendmsg`: the C2C pair; a refusal answers 20006.
-fn c2c(body: &Map<String, Value>, operator: &str, seq: u64) -> (Option<(Value, u32)>, Value) {
-    let seq = body.get("MsgSeq").and_then(Value::as_u64).unwrap_or(seq);
-    let random = body.get("MsgRandom").and_then(Value::as_u64).unwrap_or(0);
-    let time = unix_now();
-    let online_only = body.get("MsgLifeTime").and_then(Value::as_u64) == Some(0);
-    let event = |command: &str| {
-        let event = json!({
-            "CallbackCommand": command,
-            "From_Account": field(body, "From_Account", json!(operator)),
-            "To_Account": field(body, "To_Account", Value::Null),
-            "MsgSeq": seq,
-            "MsgRandom": random,
-            "MsgTime": time,
-            "MsgKey": format!("{seq}_{random}_{time}"),
-            "OnlineOnlyFlag": u8::from(online_only),
-            "MsgBody": field(body, "MsgBody", json!([])),
-        });
-        with_custom_data(event, body)
-    };
-    let mut after = event("C2C.CallbackAfterSendMsg");
-    if let Some(fields) = after.as_object_mut() {
-        fields.insert("SendMsgResult".into(), json!(0));
-        fields.insert("ErrorInfo".into(), json!(""));
-        fields.insert("UnreadMsgNum".into(), json!(0));
-    }
-    (Some((event("C2C.CallbackBeforeSendMsg"), 20006)), after)
-}
-
-/// `group_open_http_svc/send_group_msg`: the Group pair; a refusal answers 10016.
-fn group(body: &Map<String, Value>, operator: &str, seq: u64) -> (Option<(Value, u32)>, Value) {
-    let event = |command: &str| {
-        let event = json!({
-            "CallbackCommand": command,
-            "GroupId": field(body, "GroupId", Value::Null),
-            "Type": "Public",
-            "From_Account": field(body, "From_Account", json!(operator)),
-            "Operator_Account": operator,
-            "Random": field(body, "Random", json!(0)),
-            "OnlineOnlyFlag": field(body, "OnlineOnlyFlag", json!(0)),
-            "MsgBody": field(body, "MsgBody", json!([])),
-            "EventTime": event_time(),
-        });
-        with_custom_data(event, body)
-    };
-    let mut after = event("Group.CallbackAfterSendMsg");
-    if let Some(fields) = after.as_object_mut() {
-        fields.insert("MsgSeq".into(), json!(seq));
-        fields.insert("MsgTime".into(), json!(unix_now()));
-    }
-    (Some((event("Group.CallbackBeforeSendMsg"), 10016)), after)
-}
-
-/// `live_engine_http_srv/create_room`: `Live.CallbackAfterCreateRoom`.
-fn created(body: &Map<String, Value>, operator: &str) -> Value {
-    let mut room = field(body, "RoomInfo", json!({}));
-    if let Some(room) = room.as_object_mut() {
-        room.insert("CreateTime".into(), json!(unix_now()));
-    }
-    json!({
-        "CallbackCommand": "Live.CallbackAfterCreateRoom",
-        "Operator_Account": operator,
-        "RoomInfo": room,
-    })
-}
-
-/// `live_engine_http_srv/destroy_room`: `Live.CallbackAfterDestroyRoom`.
-fn destroyed(body: &Map<String, Value>, operator: &str) -> Value {
-    json!({
-        "CallbackCommand": "Live.CallbackAfterDestroyRoom",
-        "Operator_Account": operator,
-        "RoomId": field(body, "RoomId", Value::Null),
-        "EventType": "DestroyByUser",
-        "EventTime": event_time(),
-    })
-}
-
-/// Milliseconds since the Unix epoch.
-fn event_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
