@@ -165,7 +165,7 @@ impl Pattern {
 
 /// Whether `name` matches `pattern`, where `*` matches any run of bytes. Linear in practice:
 /// on a mismatch it retries from the last `*` only, one byte further on.
-fn glob(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

@@ -10,6 +10,7 @@
 //! configuration itself, key and token files) are read by `file`: regular files only, each
 //! within its cap, so no path can make a start or a reload wait or swell.
 
+mod callbacks;
 mod callers;
 mod egress;
 mod env;
@@ -17,6 +18,7 @@ pub(crate) mod file;
 mod print;
 mod raw;
 
+pub use callbacks::{AppCallbacks, CallbackRoute, CallbackToken, Callbacks, OnTimeout};
 pub use file::{MAX_CONFIG_BYTES, MAX_KEY_FILE_BYTES};
 pub use raw::{MAX_MS, MAX_RATE};
 
@@ -171,6 +173,8 @@ pub struct Config {
     pub fleet: Option<Fleet>,
     /// `[[callers]]`: who may call, with which token; empty = anyone who reaches the port.
     pub callers: Vec<Caller>,
+    /// `[callbacks]`: the listener for Tencent's callbacks, if any.
+    pub callbacks: Callbacks,
 }
 
 /// One `[[callers]]` entry: a service that calls timgate with its own bearer token.
@@ -482,6 +486,8 @@ pub struct App {
     pub retry_cap: Duration,
     /// No attempt starts later than this after the request arrived (`deadline_ms`, default 10000).
     pub deadline: Duration,
+    /// Its callback token and `[[apps.callbacks]]` routes.
+    pub callbacks: AppCallbacks,
 }
 
 /// Where an app's SecretKey came from.

@@ -6,12 +6,19 @@
 //! and answers Tencent's codes when something is wrong. The room metadata APIs work on an
 //! in-memory store; every other API answers OK. Like Tencent, it answers HTTP 200 with the
 //! envelope for every API-level outcome, each with a fresh `RequestId`.
+//!
+//! With a callback listener to post to, it sends the callbacks Tencent would send for the
+//! apps that have callback routes ([`callbacks`]), and `/_emulator/moderate` stands in for
+//! a service behind them.
 
+mod callbacks;
+mod events;
 mod limits;
 mod messages;
 mod rooms;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +40,7 @@ use crate::limiter;
 use crate::rules::{self, Refusal};
 use crate::usersig::{self, VerifyError};
 
+pub use callbacks::{BEFORE_DEADLINE, Notifier};
 pub use limits::Limits;
 pub use messages::Messages;
 pub use rooms::Rooms;
@@ -59,6 +67,8 @@ pub struct Emulator {
     faults: Mutex<HashMap<Api, Fault>>,
     seq: AtomicU64,
     bodies: Budget,
+    /// Posts the callbacks of apps with routes, when there is a listener to post to.
+    notifier: Option<Arc<Notifier>>,
 }
 
 /// An injected failure: the next `times` requests for an API answer `code`; with code 0,
@@ -86,6 +96,8 @@ pub const MAX_FAULTS: usize = 64;
 /// A validated request's coordinates.
 struct Caller {
     sdkappid: u64,
+    /// The admin account it was signed as.
+    identifier: String,
 }
 
 impl Emulator {
@@ -107,7 +119,17 @@ impl Emulator {
             faults: Mutex::default(),
             seq: AtomicU64::new(1),
             bodies: Budget::new(MAX_BODY_BYTES_IN_FLIGHT),
+            notifier: None,
         }
+    }
+
+    /// The same emulator, posting the callbacks of `apps` that have routes to the callback
+    /// listener at `target`, if any.
+    pub fn with_callbacks(self, apps: &[App], target: Option<SocketAddr>) -> Emulator {
+        let notifier = target
+            .and_then(|target| Notifier::new(apps, target))
+            .map(Arc::new);
+        Emulator { notifier, ..self }
     }
 
     fn request_id(&self) -> String {
@@ -155,7 +177,10 @@ impl Emulator {
                 format!("{identifier} is not an App admin"),
             ));
         }
-        Ok(Caller { sdkappid })
+        Ok(Caller {
+            sdkappid,
+            identifier: identifier.clone(),
+        })
     }
 
     /// Makes the next `fault.times` requests for `api` answer `fault.code`; refused when
@@ -246,6 +271,9 @@ fn refusal_for(error: VerifyError) -> Refusal {
 
 /// Answers one request as Tencent would.
 pub async fn handle(emulator: Arc<Emulator>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.uri().path() == MODERATE_PATH {
+        return moderate(&emulator, request).await;
+    }
     let answered = answer(&emulator, request).await;
     let mut doc = json!({
         "ActionStatus": if answered.is_ok() { "OK" } else { "FAIL" },
@@ -289,9 +317,67 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
         .limits
         .admit(caller.sdkappid, &api, &measured, arrived)?;
     let delay = emulator.fault(&api)?;
-    let answered = emulator.carry_out(caller.sdkappid, &api, &parsed, Instant::now());
+    let answered = emulator.carry_out_notified(&caller, &api, &parsed).await;
     tokio::time::sleep(delay).await;
     answered
+}
+
+impl Emulator {
+    /// `carry_out`, between the callbacks Tencent posts for it: a before-event callback
+    /// that refuses (or drops) the request stops it; the after-event one follows success.
+    async fn carry_out_notified(
+        &self,
+        caller: &Caller,
+        api: &Api,
+        parsed: &serde_json_borrow::Value<'_>,
+    ) -> Result<Value, Refusal> {
+        let notifier = self.notifier.as_ref();
+        let event = notifier
+            .zip(parsed.as_object())
+            .and_then(|(notifier, object)| {
+                let body = Map::from(object);
+                notifier.event(caller.sdkappid, api.name(), &body, &caller.identifier)
+            });
+        let (Some(notifier), Some(event)) = (notifier, event) else {
+            return self.carry_out(caller.sdkappid, api, parsed, Instant::now());
+        };
+        let changes = match notifier.before(&event).await {
+            callbacks::Verdict::Go(changes) => changes,
+            callbacks::Verdict::Deny(refusal) => return Err(refusal),
+            callbacks::Verdict::Discard => return Ok(Value::Null),
+        };
+        let answered = self.carry_out(caller.sdkappid, api, parsed, Instant::now());
+        if answered.is_ok() {
+            notifier.after(event, changes);
+        }
+        answered
+    }
+}
+
+/// A stand-in for the service behind the callback listener, for the demo: it refuses a
+/// message whose text holds the word `forbidden` (`ErrorCode` 1) and lets everything else
+/// go on (`ErrorCode` 0), answering as Tencent documents a callback's answer.
+pub const MODERATE_PATH: &str = "/_emulator/moderate";
+
+async fn moderate(emulator: &Emulator, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::callback::route::{ALLOW, DENY};
+    let Ok((bytes, _held)) = read_bytes(emulator, request).await else {
+        return json_response(StatusCode::BAD_REQUEST, Bytes::from_static(ALLOW));
+    };
+    let texts = serde_json::from_slice::<Value>(&bytes).ok().map(|event| {
+        event["MsgBody"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|element| element["MsgContent"]["Text"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    });
+    let refused = texts
+        .unwrap_or_default()
+        .iter()
+        .any(|text| text.to_lowercase().contains("forbidden"));
+    let answer = if refused { DENY } else { ALLOW };
+    json_response(StatusCode::OK, Bytes::from_static(answer))
 }
 
 /// `POST /v4/_emulator/stats`: what the emulator stored, `{"Messages": N}`.

@@ -21,11 +21,14 @@
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the health, readiness and metrics listener.
 //! - [`reload`]: changing the configuration while it runs (SIGHUP, a changed file).
 //! - [`logfmt`]: the text log line's fields, written without painting when colours are off.
+//! - [`callback`]: Tencent's callbacks in: verified, routed by command, forwarded to the
+//!   service and answered inside Tencent's deadline.
 
 pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod callback;
 pub mod config;
 pub mod emulator;
 pub mod error;
@@ -50,6 +53,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::admin::Admin;
+use crate::callback::Callbacks;
 use crate::config::{Config, Endpoint, Resolved};
 use crate::emulator::Emulator;
 use crate::proxy::Gateway;
@@ -63,6 +67,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// The in-process emulator (`emulator.listen`), when an app's endpoint is `"emulator"`.
     pub emulator: Option<TcpListener>,
+    /// Tencent's callbacks (`callbacks.listen`), when configured.
+    pub callbacks: Option<TcpListener>,
 }
 
 /// A port that could not be bound, naming the listener's key and its address, e.g.
@@ -102,10 +108,15 @@ pub async fn bind(config: Config) -> Result<(Resolved, Listeners), BindError> {
     } else {
         (None, None)
     };
+    let callbacks = match config.callbacks.listen {
+        Some(addr) => Some(one("callbacks.listen", addr).await?),
+        None => None,
+    };
     let listeners = Listeners {
         proxy,
         admin,
         emulator,
+        callbacks,
     };
     Ok((Resolved::new(config, emulator_addr), listeners))
 }
@@ -139,15 +150,23 @@ pub async fn run_reloading(
         .emulator
         .as_ref()
         .and_then(|listener| listener.local_addr().ok());
+    let callbacks_addr = listeners
+        .callbacks
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
     let embedded = listeners.emulator.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "in-process emulator listening");
         }
-        spawn_emulator(config, listener)
+        spawn_emulator(config, listener, callbacks_addr)
     });
     let gateway = Arc::new(Gateway::new(&resolved));
+    let callbacks = listeners
+        .callbacks
+        .map(|listener| serve_callbacks(config, &gateway, listener));
     let reloading = reload.map(|source| {
-        let watch = reload::watch(source, config.clone(), gateway.clone(), emulator_addr);
+        let hub = callbacks.as_ref().map(|(hub, _, _)| hub.clone());
+        let watch = reload::watch(source, config.clone(), gateway.clone(), emulator_addr, hub);
         tokio::spawn(watch)
     });
     let admin = Arc::new(Admin::new(gateway.clone()));
@@ -167,20 +186,33 @@ pub async fn run_reloading(
     info!(
         addr = %listeners.proxy.local_addr()?,
         admin = %admin_addr,
+        callbacks = callbacks_addr.map(tracing::field::display),
         apps = config.apps.len(),
         "gateway listening"
     );
     let draining_gateway = gateway.clone();
     let leaving = gateway.clone();
     let handler = proxy::Edge(gateway);
+    let (callbacks_stop, callbacks_task) = match callbacks {
+        Some((_, stop, task)) => (Some(stop), Some(task)),
+        None => (None, None),
+    };
     let draining = async {
         shutdown.await;
         draining_gateway.drain(tokio::time::Instant::now() + config.server.drain_timeout);
+        if let Some(stop) = callbacks_stop {
+            let _ = stop.send(());
+        }
         admin.drain();
         info!(deadline = ?config.server.drain_timeout, "draining");
     };
     let bounds = Bounds::from_config(&config.server);
     let closed = server::serve(listeners.proxy, handler, draining, bounds).await;
+    if let Some(task) = callbacks_task
+        && !matches!(task.await, Ok(true))
+    {
+        tracing::warn!("the callback listener's drain closed connections still open");
+    }
     leaving.leave_fleet().await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
@@ -195,9 +227,41 @@ pub async fn run_reloading(
     Ok(cut == 0)
 }
 
-/// Runs the emulator for `config`'s apps on `listener` until `shutdown` resolves.
+/// Serves Tencent's callbacks on `listener` with the proxy port's bounds, until the returned
+/// sender fires (the drain), counting into `gateway`'s metrics.
+fn serve_callbacks(
+    config: &Config,
+    gateway: &Gateway,
+    listener: TcpListener,
+) -> (
+    Arc<Callbacks>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<bool>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "callback listener listening");
+    }
+    let hub = Arc::new(Callbacks::new(config, gateway.metrics().callbacks()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let handler = callback::Edge(hub.clone());
+    let bounds = Bounds::from_config(&config.server);
+    let task = tokio::spawn(server::serve(listener, handler, stopped, bounds));
+    (hub, stop, task)
+}
+
+/// Runs the emulator for `config`'s apps on `listener` until `shutdown` resolves. Apps with
+/// callback routes get the callbacks Tencent would send, at `callbacks.listen` (its port
+/// must be a real one).
 pub async fn emulate(config: &Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let emulator = Arc::new(Emulator::new(&config.apps));
+    let target = config
+        .callbacks
+        .listen
+        .filter(|addr| addr.port() != 0)
+        .map(callback::reachable);
+    let emulator = Arc::new(Emulator::new(&config.apps).with_callbacks(&config.apps, target));
     let handler = move |request| emulator::handle(emulator.clone(), request);
     server::serve(
         listener,
@@ -208,7 +272,13 @@ pub async fn emulate(config: &Config, listener: TcpListener, shutdown: impl Futu
     .await;
 }
 
-fn spawn_emulator(config: &Config, listener: TcpListener) -> tokio::task::JoinHandle<()> {
-    let config = config.clone();
+/// The in-process emulator, posting callbacks to the callback listener bound at `callbacks`.
+fn spawn_emulator(
+    config: &Config,
+    listener: TcpListener,
+    callbacks: Option<SocketAddr>,
+) -> tokio::task::JoinHandle<()> {
+    let mut config = config.clone();
+    config.callbacks.listen = callbacks;
     tokio::spawn(async move { emulate(&config, listener, std::future::pending()).await })
 }

@@ -1,5 +1,5 @@
-//! The `timgate` command: run the gateway, run the emulator, check a configuration, or sign
-//! a UserSig.
+//! The `timgate` command: run the gateway, run the emulator, check a configuration, sign
+//! a UserSig, or sign a callback's query.
 //!
 //! Configuration is loaded and validated before any port is bound; a bad one exits with
 //! code 64 and a message naming the key at fault. A port that cannot be bound exits 1,
@@ -76,6 +76,20 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         expire: u64,
     },
+    /// Print the query string a Tencent callback would carry, for trying the callback
+    /// listener with curl; the token comes from the TIMGATE_CALLBACK_TOKEN environment
+    /// variable (unset: an unsigned query).
+    CallbackSign {
+        /// The SDKAppID.
+        #[arg(long)]
+        sdkappid: u64,
+        /// The CallbackCommand, e.g. C2C.CallbackBeforeSendMsg.
+        #[arg(long)]
+        command: String,
+        /// RequestTime, Unix seconds; default now.
+        #[arg(long)]
+        time: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +103,14 @@ fn main() -> ExitCode {
     } = command
     {
         return sign(sdkappid, identifier, expire);
+    }
+    if let Command::CallbackSign {
+        sdkappid,
+        command,
+        time,
+    } = command
+    {
+        return callback_sign(sdkappid, &command, time);
     }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -282,6 +304,19 @@ fn sign(sdkappid: u64, identifier: String, expire: u64) -> ExitCode {
         "{}",
         usersig::sign(&SecretKey::new(&key), &claims).as_str()
     );
+    ExitCode::SUCCESS
+}
+
+fn callback_sign(sdkappid: u64, command: &str, time: Option<u64>) -> ExitCode {
+    let token = std::env::var("TIMGATE_CALLBACK_TOKEN").ok();
+    if token.is_none() {
+        eprintln!(
+            "timgate callback-sign: TIMGATE_CALLBACK_TOKEN is not set: the query is unsigned"
+        );
+    }
+    let time = time.unwrap_or_else(usersig::unix_now);
+    let query = timgate::callback::verify::query(sdkappid, command, token.as_deref(), time);
+    let _ = writeln!(std::io::stdout(), "{query}");
     ExitCode::SUCCESS
 }
 

@@ -13,6 +13,8 @@
 //! The per-lane series (`api` on the configured limits, Tencent's `code` from a fixed table)
 //! are created up front from the configuration, so a first 60011 shows as an increase from 0.
 
+mod callbacks;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -30,6 +32,8 @@ use crate::api::Api;
 use crate::config::App;
 use crate::limiter::Scope;
 use crate::rules;
+
+pub use callbacks::{CallbackMetrics, OTHER, OUTCOMES};
 
 /// The content type of `Metrics::render`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -143,6 +147,8 @@ pub struct Metrics {
     apis: HashSet<String>,
     apps: HashMap<u64, Arc<AppSeries>>,
     fleet: FleetSeries,
+    /// The callback listener's series (`[callbacks]`).
+    callbacks: CallbackMetrics,
 }
 
 /// The configured limits, as gauges.
@@ -206,6 +212,11 @@ struct LateLabels {
 }
 
 impl Metrics {
+    /// The callback listener's series.
+    pub fn callbacks(&self) -> CallbackMetrics {
+        self.callbacks.clone()
+    }
+
     /// The fleet's series, for the limiter to update.
     pub fn fleet(&self) -> FleetSeries {
         self.fleet.clone()
@@ -290,6 +301,7 @@ impl Metrics {
                 .collect(),
             apps: HashMap::new(),
             fleet: FleetSeries::new(),
+            callbacks: CallbackMetrics::new(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -345,6 +357,7 @@ impl Metrics {
             metrics.inflight.clone(),
         );
         metrics.register_upstream();
+        metrics.callbacks.register(&mut metrics.registry);
         metrics.register_operators_view(apps);
         let reloads = Family::<ReloadLabels, Counter>::default();
         for (i, result) in ["ok", "error"].into_iter().enumerate() {

@@ -1,5 +1,6 @@
 //! Changing the configuration while it runs: on SIGHUP, and when the configuration file, any
-//! `secret_key_file` or any caller's `token_file` changes on disk.
+//! `secret_key_file`, any caller's `token_file` or any app's callback token file changes on
+//! disk.
 //!
 //! A reload reads the file exactly as `timgate check` does ([`Config::load`]: the file, the
 //! `TIMGATE__*` variables the process started with, every check). It is all or nothing: a
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use tracing::{error, info};
 
+use crate::callback::Callbacks;
 use crate::config::file::{self, Cap};
 use crate::config::{Config, ConfigError, Endpoint, Log, Resolved, SecretSource, TokenSource};
 use crate::proxy::Gateway;
@@ -61,6 +63,8 @@ struct Running {
     emulator: Option<SocketAddr>,
     /// Where the watched files are read.
     disk: Disk,
+    /// The callback listener's routes and tokens, when it was started.
+    callbacks: Option<Arc<Callbacks>>,
 }
 
 /// Reloads on SIGHUP and on a change of a watched file, until the task is dropped.
@@ -69,12 +73,14 @@ pub async fn watch(
     config: Config,
     gateway: Arc<Gateway>,
     emulator: Option<SocketAddr>,
+    callbacks: Option<Arc<Callbacks>>,
 ) {
     let mut running = Running {
         config,
         gateway,
         emulator,
         disk: Disk::new(disk::DEADLINE),
+        callbacks,
     };
     let mut seen = fingerprint(&source.path, &mut running).await.ok();
     let mut tick = tokio::time::interval(POLL);
@@ -188,13 +194,16 @@ async fn attempt(source: &Source, running: &mut Running) -> Result<(), ConfigErr
     running
         .gateway
         .reload(&Resolved::new(config.clone(), running.emulator));
+    if let Some(callbacks) = &running.callbacks {
+        callbacks.reload(&config);
+    }
     running.config = config;
     Ok(())
 }
 
 /// The first key that differs between `running` and `new` among those a reload cannot
 /// change: every key of `[server]` (listeners, connection and body bounds, timeouts, the
-/// trusted CAs, the drain), `[emulator]` and `[fleet]`.
+/// trusted CAs, the drain), `[emulator]`, `[fleet]` and `callbacks.listen`.
 pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
     let (a, b) = (&running.server, &new.server);
     let server = [
@@ -255,6 +264,10 @@ pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
             "fleet",
             format!("{:?}", running.fleet) == format!("{:?}", new.fleet),
         ),
+        (
+            "callbacks.listen",
+            running.callbacks.listen == new.callbacks.listen,
+        ),
     ];
     server
         .into_iter()
@@ -281,8 +294,8 @@ async fn fingerprint(path: &std::path::Path, running: &mut Running) -> Result<u6
         .await
 }
 
-/// The configuration file and every file a key or a caller's token is read from, each with
-/// its cap.
+/// The configuration file and every file a key, a caller's token or a callback token is
+/// read from, each with its cap.
 fn watched(path: &std::path::Path, config: &Config) -> Vec<(PathBuf, Cap)> {
     let keys = config
         .apps
@@ -298,8 +311,19 @@ fn watched(path: &std::path::Path, config: &Config) -> Vec<(PathBuf, Cap)> {
             TokenSource::File(file) => Some(PathBuf::from(file)),
             TokenSource::Env(_) => None,
         });
+    let callback_tokens = config.apps.iter().flat_map(|app| {
+        let callbacks = &app.callbacks;
+        [&callbacks.token, &callbacks.previous]
+            .into_iter()
+            .flatten()
+            .filter_map(|token| match &token.source {
+                TokenSource::File(file) => Some(PathBuf::from(file)),
+                TokenSource::Env(_) => None,
+            })
+    });
+    let files = keys.chain(tokens).chain(callback_tokens);
     std::iter::once((path.to_owned(), file::CONFIG))
-        .chain(keys.chain(tokens).map(|file| (file, file::KEY)))
+        .chain(files.map(|file| (file, file::KEY)))
         .collect()
 }
 

@@ -286,6 +286,7 @@ async fn the_in_process_emulator_listens_on_emulator_listen_for_fault_injection(
         .env("TIMGATE__LOG__FORMAT", "json")
         .env("TIMGATE__SERVER__LISTEN", "127.0.0.1:0")
         .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TIMGATE__CALLBACKS__LISTEN", "127.0.0.1:0")
         .env("TIMGATE__EMULATOR__LISTEN", format!("127.0.0.1:{port}"));
     let gateway = Launched::start(run).await.unwrap();
     let emulator = gateway

@@ -540,6 +540,7 @@ async fn demo_process() -> support::Launched {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/timgate.toml"))
         .env("TIMGATE__SERVER__LISTEN", "127.0.0.1:0")
         .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TIMGATE__CALLBACKS__LISTEN", "127.0.0.1:0")
         .env("TIMGATE__EMULATOR__LISTEN", "127.0.0.1:0")
         .env("TIMGATE__SERVER__MAX_BODY_BYTES", "1100000")
         .env("TIMGATE__LOG__FORMAT", "json")

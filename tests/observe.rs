@@ -1,8 +1,9 @@
 //! The operators' view holds against a real Prometheus: with real traffic through a gateway
-//! (OK, a 100001 retried, a 60011 from the emulator, 429s), every query of the shipped
-//! dashboard returns series, the shipped alert rules pass `promtool check rules`, and the
-//! Tencent-rate-limit and 429 alerts fire under the traffic that should trigger them and stay
-//! quiet under the traffic that should not.
+//! (OK, a 100001 retried, a 60011 from the emulator, 429s, Tencent's callbacks forwarded and
+//! one refused), every query of the shipped dashboard returns series, the shipped alert rules
+//! pass `promtool check rules`, and the Tencent-rate-limit, 429 and refused-callback alerts
+//! fire under the traffic that should trigger them and stay quiet under the traffic that
+//! should not.
 //!
 //! Prometheus is started by the test on a free port with its storage in a temp dir, scraping
 //! the gateway's admin port every second, with a copy of the shipped rules whose `for:`
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::{Value, json};
-use support::{Caller, emulator, free_port, gateway, one_app};
+use support::{Caller, Recorder, emulator, free_port, gateway, one_app};
 use timgate::config::Config;
 
 const DASHBOARD: &str = include_str!("../deploy/grafana/timgate.json");
@@ -39,6 +40,9 @@ const ROOM: &str = r#"{"RoomId":"r"}"#;
 /// The alerts this test drives; the others must stay quiet throughout.
 const RATE_LIMITED: &str = "TimgateTencentRateLimited";
 const SUSTAINED_429S: &str = "TimgateSustained429s";
+const CALLBACKS_REFUSED: &str = "TimgateCallbacksRefused";
+/// The callback token of the gateway's app.
+const CALLBACK_TOKEN: &str = "observe-callback-token-0123";
 
 /// `prometheus` and `promtool` on PATH; outside CI, `None` after saying so loudly.
 fn programs() -> Option<(PathBuf, PathBuf)> {
@@ -89,8 +93,11 @@ fn every_metric_the_dashboard_and_rules_name_is_exported() {
     let mut metrics = timgate::metrics::Metrics::new(&config.apps);
     metrics.register_fleet();
     // The series a family of each `# TYPE` yields, whether or not it has any yet.
-    // Requests have no series before the first one.
+    // Requests have no series before the first one; nor have callbacks without [callbacks].
     metrics.request(None, None, "ok");
+    let callbacks = metrics.callbacks();
+    callbacks.counted(None, timgate::metrics::OTHER, "refused_sign");
+    callbacks.served(APP, timgate::metrics::OTHER, 0.001);
     let exported: Vec<String> = metrics
         .render(0)
         .lines()
@@ -410,6 +417,18 @@ async fn driven_alerts(prometheus: &Prometheus, may_fire: &[&str]) -> (String, S
     )
 }
 
+/// Posts a `C2C.CallbackAfterSendMsg` callback signed with `token` to the callback listener
+/// at `addr`, as Tencent would; the answer's ErrorCode.
+async fn callback(caller: &Caller, addr: SocketAddr, token: &str) -> i64 {
+    let query = timgate::callback::verify::query(
+        APP,
+        "C2C.CallbackAfterSendMsg",
+        Some(token),
+        timgate::usersig::unix_now(),
+    );
+    caller.post(addr, &format!("/?{query}"), "{}").await.code()
+}
+
 async fn inject(caller: &Caller, emulator: SocketAddr, code: u32) {
     let fault = json!({"Api": "live_engine_http_srv/get_room_info", "ErrorCode": code, "Times": 1});
     let injected = caller
@@ -426,9 +445,16 @@ async fn dashboard_queries_and_alerts_hold_against_a_real_prometheus() {
     // get_room_list keeps its documented 10/s; with 100 ms of waiting allowed, a burst of
     // 40 gets a few through and the rest 429 (60007).
     let emu = emulator(&Config::from_toml(&one_app(APP, "http://127.0.0.1:1")).unwrap()).await;
+    let service = Recorder::ok().await;
+    let token = std::env::temp_dir().join(format!("timgate-observe-token-{}", std::process::id()));
+    std::fs::write(&token, CALLBACK_TOKEN).unwrap();
     let text = format!(
-        "{}max_queue_wait_ms = 100\nretry_base_ms = 1\nretry_cap_ms = 5\n",
-        one_app(APP, &format!("http://{}", emu.addr))
+        "[callbacks]\nlisten = \"127.0.0.1:0\"\n{}max_queue_wait_ms = 100\nretry_base_ms = 1\n\
+         retry_cap_ms = 5\ncallback_token_file = {:?}\n[[apps.callbacks]]\ncommands = [\"C2C.*\"]\n\
+         forward = \"{}\"\n",
+        one_app(APP, &format!("http://{}", emu.addr)),
+        token.display().to_string(),
+        service.url()
     );
     let gw = gateway(Config::from_toml(&text).unwrap()).await;
     let prometheus = Prometheus::start(&binary, gw.admin.unwrap(), &rules_with_short_for()).await;
@@ -448,6 +474,13 @@ async fn dashboard_queries_and_alerts_hold_against_a_real_prometheus() {
     );
     for _ in 0..19 {
         assert_eq!(caller.post(gw.addr, INFO, ROOM).await.code(), 0);
+    }
+    // Tencent's callbacks, signed: forwarded to the service.
+    for _ in 0..2 {
+        assert_eq!(
+            callback(&caller, gw.callbacks.unwrap(), CALLBACK_TOKEN).await,
+            0
+        );
     }
     assert_eq!(
         caller
@@ -471,7 +504,10 @@ async fn dashboard_queries_and_alerts_hold_against_a_real_prometheus() {
         "OK traffic and a retried 100001 must not alert"
     );
 
-    // Traffic that should alert: Tencent answers 60011 once, and a burst gets 429s.
+    // Traffic that should alert: a callback with a forged sign, Tencent answers 60011 once,
+    // and a burst gets 429s.
+    let forged = callback(&caller, gw.callbacks.unwrap(), "forged-token-0123456789").await;
+    assert_eq!(forged, 60005);
     inject(&caller, emu.addr, 60011).await;
     let slowed = caller.post(gw.addr, INFO, ROOM).await;
     assert_eq!(
@@ -495,9 +531,11 @@ async fn dashboard_queries_and_alerts_hold_against_a_real_prometheus() {
     }
     assert!(refused >= 20, "only {refused} of 40 got 429");
     prometheus
-        .until("both alerts firing", || async {
-            let may_fire = ["TimgateQueueWaitNearMax"];
-            driven_alerts(&prometheus, &may_fire).await == ("firing".into(), "firing".into())
+        .until("the three alerts firing", || async {
+            let may_fire = ["TimgateQueueWaitNearMax", CALLBACKS_REFUSED];
+            let driven = driven_alerts(&prometheus, &may_fire).await;
+            let refused = &prometheus.rules().await[CALLBACKS_REFUSED].0;
+            driven == ("firing".into(), "firing".into()) && refused == "firing"
         })
         .await;
 

@@ -120,7 +120,7 @@ impl RawCaller {
                 "a token is never written in the file: use token_env or token_file",
             ));
         }
-        let (token, token_source) = token(at, self.token_env, self.token_file)?;
+        let (token, token_source) = token(at, "token", self.token_env, self.token_file)?;
         let known = apps.iter().map(|a| a.sdkappid).collect::<HashSet<_>>();
         if let Some(list) = &self.apps {
             if list.is_empty() {
@@ -151,36 +151,37 @@ impl RawCaller {
     }
 }
 
-/// Reads exactly one of `token_env` and `token_file`: visible ASCII, at least
-/// `MIN_TOKEN_BYTES` long.
-fn token(
+/// Reads exactly one of `<name>_env` and `<name>_file` (`token_env` and `token_file` for a
+/// caller): visible ASCII, at least `MIN_TOKEN_BYTES` long.
+pub(super) fn token(
     at: &str,
+    name: &str,
     env: Option<String>,
     file: Option<String>,
 ) -> Result<(Token, TokenSource), ConfigError> {
     let (value, source, key) = match (env, file) {
         (Some(var), None) => {
-            let key = format!("{at}.token_env");
+            let key = format!("{at}.{name}_env");
             let value = std::env::var(&var).map_err(|_| {
                 ConfigError::new(&key, format!("environment variable {var} is not set"))
             })?;
             (value, TokenSource::Env(var), key)
         }
         (None, Some(path)) => {
-            let key = format!("{at}.token_file");
+            let key = format!("{at}.{name}_file");
             let value = super::read_key_file(&path).map_err(|e| ConfigError::new(&key, e))?;
             (value, TokenSource::File(path), key)
         }
         (None, None) => {
             return Err(ConfigError::new(
-                format!("{at}.token_env"),
-                "missing: set one of token_env, token_file",
+                format!("{at}.{name}_env"),
+                format!("missing: set one of {name}_env, {name}_file"),
             ));
         }
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
-                format!("{at}.token_env"),
-                "set exactly one of token_env, token_file",
+                format!("{at}.{name}_env"),
+                format!("set exactly one of {name}_env, {name}_file"),
             ));
         }
     };

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{App, Caller, Config, Endpoint, LogFormat, SecretSource, TokenSource};
+use super::{
+    App, AppCallbacks, CallbackToken, Caller, Config, Endpoint, LogFormat, SecretSource,
+    TokenSource,
+};
 
 #[derive(Serialize)]
 struct File {
@@ -19,6 +22,24 @@ struct File {
     apps: Vec<AppEntry>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     callers: Vec<CallerEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callbacks: Option<CallbacksSection>,
+}
+
+/// `[callbacks]`, when it names a listener.
+#[derive(Serialize)]
+struct CallbacksSection {
+    listen: String,
+}
+
+/// One `[[apps.callbacks]]` route.
+#[derive(Serialize)]
+struct RouteEntry {
+    commands: Vec<String>,
+    forward: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    on_timeout: &'static str,
 }
 
 /// A caller as written: its token's source, never the token.
@@ -105,8 +126,21 @@ struct AppEntry {
     deadline_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     apis: Option<Vec<String>>,
+    // A callback token's source, never the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_token_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_token_previous_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_token_previous_file: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_unsigned_callbacks: bool,
     api_limits: BTreeMap<String, u32>,
     api_quotas: Vec<QuotaEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    callbacks: Vec<RouteEntry>,
 }
 
 /// One `[[apps.api_quotas]]` entry (the built-in ones are printed too: they read back as
@@ -173,6 +207,9 @@ pub(super) fn to_toml(config: &Config) -> String {
         }),
         apps: config.apps.iter().map(entry).collect(),
         callers: config.callers.iter().map(caller).collect(),
+        callbacks: config.callbacks.listen.map(|addr| CallbacksSection {
+            listen: addr.to_string(),
+        }),
     };
     toml::to_string(&file).expect("plain strings, numbers and tables always serialize")
 }
@@ -183,6 +220,10 @@ fn entry(app: &App) -> AppEntry {
         SecretSource::Env(var) => (None, Some(var.clone()), None),
         SecretSource::File(path) => (None, None, Some(path.clone())),
     };
+    let callbacks = &app.callbacks;
+    let (callback_token_env, callback_token_file) = source(callbacks.token.as_ref());
+    let (callback_token_previous_env, callback_token_previous_file) =
+        source(callbacks.previous.as_ref());
     AppEntry {
         sdkappid: app.sdkappid,
         identifier: app.identifier.clone(),
@@ -207,6 +248,12 @@ fn entry(app: &App) -> AppEntry {
         retry_cap_ms: ms(app.retry_cap),
         deadline_ms: ms(app.deadline),
         apis: patterns(app.apis.as_deref()),
+        callback_token_env,
+        callback_token_file,
+        callback_token_previous_env,
+        callback_token_previous_file,
+        allow_unsigned_callbacks: callbacks.allow_unsigned,
+        callbacks: routes(callbacks),
         api_limits: app
             .api_limits
             .iter()
@@ -224,6 +271,28 @@ fn entry(app: &App) -> AppEntry {
             })
             .collect(),
     }
+}
+
+/// Where a callback token came from: (`_env`, `_file`).
+fn source(token: Option<&CallbackToken>) -> (Option<String>, Option<String>) {
+    match token.map(|t| &t.source) {
+        None => (None, None),
+        Some(TokenSource::Env(var)) => (Some(var.clone()), None),
+        Some(TokenSource::File(path)) => (None, Some(path.clone())),
+    }
+}
+
+fn routes(callbacks: &AppCallbacks) -> Vec<RouteEntry> {
+    callbacks
+        .routes
+        .iter()
+        .map(|route| RouteEntry {
+            commands: route.commands.clone(),
+            forward: route.forward.to_string(),
+            timeout_ms: route.timeout.map(ms),
+            on_timeout: route.on_timeout.name(),
+        })
+        .collect()
 }
 
 fn patterns(list: Option<&[crate::api::Pattern]>) -> Option<Vec<String>> {

@@ -42,6 +42,8 @@ pub(super) struct RawConfig {
     fleet: RawFleet,
     #[serde(default)]
     callers: Vec<super::callers::RawCaller>,
+    #[serde(default)]
+    callbacks: super::callbacks::RawCallbacks,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +223,16 @@ struct RawApp {
     retry_cap_ms: u64,
     #[serde(default = "default_deadline_ms")]
     deadline_ms: u64,
+    /// Only here to be refused with a useful message: a token never sits in the file.
+    callback_token: Option<serde::de::IgnoredAny>,
+    callback_token_env: Option<String>,
+    callback_token_file: Option<String>,
+    callback_token_previous_env: Option<String>,
+    callback_token_previous_file: Option<String>,
+    #[serde(default)]
+    allow_unsigned_callbacks: bool,
+    #[serde(default)]
+    callbacks: Vec<super::callbacks::RawRoute>,
 }
 
 /// One `[[apps.api_quotas]]` entry: a quota beyond calls a second.
@@ -295,6 +307,14 @@ impl RawConfig {
         if let Some(fleet) = &fleet {
             quotas_fit_replicas(&apps, fleet.replicas)?;
         }
+        let mut taken = vec![
+            ("server.listen", server.listen),
+            ("server.admin_listen", server.admin_listen),
+        ];
+        if embedded {
+            taken.push(("emulator.listen", emulator));
+        }
+        let callbacks = super::callbacks::validate(self.callbacks, &apps, &taken)?;
         Ok(Config {
             server,
             emulator: Emulator { listen: emulator },
@@ -304,6 +324,7 @@ impl RawConfig {
             apps,
             fleet,
             callers,
+            callbacks,
         })
     }
 }
@@ -489,6 +510,16 @@ impl RawApp {
             self.secret_key_env,
             self.secret_key_file,
         )?;
+        let callbacks = super::callbacks::RawAppCallbacks {
+            inline: self.callback_token.is_some(),
+            token_env: self.callback_token_env,
+            token_file: self.callback_token_file,
+            previous_env: self.callback_token_previous_env,
+            previous_file: self.callback_token_previous_file,
+            allow_unsigned: self.allow_unsigned_callbacks,
+            routes: self.callbacks,
+        }
+        .validate(at)?;
         Ok(App {
             sdkappid,
             identifier,
@@ -507,6 +538,7 @@ impl RawApp {
             retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
             retry_cap: millis(&key("retry_cap_ms"), self.retry_cap_ms)?,
             deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
+            callbacks,
         })
     }
 }

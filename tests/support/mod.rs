@@ -44,6 +44,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin listener's address (the gateway only).
     pub admin: Option<SocketAddr>,
+    /// The callback listener's address (a gateway with `[callbacks] listen`).
+    pub callbacks: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<bool>,
 }
@@ -83,21 +85,30 @@ where
     Running {
         addr,
         admin: None,
+        callbacks: None,
         stop: Some(stop),
         task,
     }
 }
 
 /// Starts the gateway for `config` as `timgate run` does (`timgate::bind`, then
-/// `timgate::run`), with its listeners (and the in-process emulator's) on free ports.
+/// `timgate::run`), with its listeners (and the in-process emulator's, and the callback
+/// listener when configured) on free ports.
 pub async fn gateway(mut config: Config) -> Running {
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     config.server.listen = loopback;
     config.server.admin_listen = loopback;
     config.emulator.listen = loopback;
+    if config.callbacks.listen.is_some() {
+        config.callbacks.listen = Some(loopback);
+    }
     let (resolved, listeners) = timgate::bind(config).await.unwrap();
     let addr = listeners.proxy.local_addr().unwrap();
     let admin = listeners.admin.local_addr().unwrap();
+    let callbacks = listeners
+        .callbacks
+        .as_ref()
+        .map(|l| l.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         timgate::run(resolved, listeners, async {
@@ -109,6 +120,7 @@ pub async fn gateway(mut config: Config) -> Running {
     Running {
         addr,
         admin: Some(admin),
+        callbacks,
         stop: Some(stop),
         task,
     }
@@ -153,6 +165,7 @@ pub async fn emulator_apart(config: &Config) -> Running {
     Running {
         addr,
         admin: None,
+        callbacks: None,
         stop: Some(stop),
         task: tokio::task::spawn_blocking(move || thread.join().unwrap()),
     }
@@ -164,6 +177,8 @@ pub struct Seen {
     pub at: tokio::time::Instant,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// The query as it arrived, percent-encoding and all.
+    pub raw_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -343,7 +358,8 @@ impl Recorder {
 async fn record(request: Request<Incoming>) -> Seen {
     let at = tokio::time::Instant::now();
     let path = request.uri().path().to_owned();
-    let query = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+    let raw_query = request.uri().query().unwrap_or("").to_owned();
+    let query = form_urlencoded::parse(raw_query.as_bytes())
         .into_owned()
         .collect();
     let headers = request.headers().clone();
@@ -352,6 +368,7 @@ async fn record(request: Request<Incoming>) -> Seen {
         at,
         path,
         query,
+        raw_query,
         headers,
         body,
     }
@@ -750,6 +767,8 @@ pub struct Launched {
     pub admin: Option<SocketAddr>,
     /// The in-process emulator's address, when it started one.
     pub emulator: Option<SocketAddr>,
+    /// `callbacks.listen` as bound, when configured.
+    pub callbacks: Option<SocketAddr>,
 }
 
 /// How a process that never got to listening ended: its exit code and its stderr.
@@ -784,8 +803,10 @@ impl Launched {
                 let addr = |name: &str| fields[name].as_str().and_then(|a| a.parse().ok());
                 match fields["message"].as_str() {
                     Some("in-process emulator listening") => emulator = addr("addr"),
-                    Some("gateway listening") => return Some((addr("addr"), addr("admin"))),
-                    Some("emulator listening") => return Some((addr("addr"), None)),
+                    Some("gateway listening") => {
+                        return Some((addr("addr"), addr("admin"), addr("callbacks")));
+                    }
+                    Some("emulator listening") => return Some((addr("addr"), None, None)),
                     _ => {}
                 }
             }
@@ -794,7 +815,7 @@ impl Launched {
         let found = tokio::time::timeout(std::time::Duration::from_secs(20), reading)
             .await
             .expect("timgate neither listened nor exited within 20 s");
-        if let Some((Some(addr), admin)) = found {
+        if let Some((Some(addr), admin, callbacks)) = found {
             // Keep draining stderr so the process never blocks on a full pipe.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
             return Ok(Launched {
@@ -802,6 +823,7 @@ impl Launched {
                 addr,
                 admin,
                 emulator,
+                callbacks,
             });
         }
         let status = child.wait().await.unwrap();
