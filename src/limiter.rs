@@ -828,6 +828,9 @@ pub struct Turn<'a> {
     api: Option<Arc<Limit>>,
     app: &'a Limit,
     fleet: Option<&'a Arc<Fleet>>,
+    /// The longest the turn could wait; the send-time guard waits no longer, in any mode
+    /// (a send that would wait longer is refused), so a request's waits for the limit add
+    /// up to at most twice it, which the proxy keeps within its queue wait and deadline.
     max_wait: Duration,
 }
 
@@ -901,9 +904,12 @@ impl Turn<'_> {
     }
 
     /// Waits until a request sent now keeps every limit, and counts it as sent: call it with
-    /// the connection ready, right before writing the request. In a fleet, `Throttled` when
-    /// Redis went away since the turn and this replica may not spend its share yet.
+    /// the connection ready, right before writing the request. Sends that wait here go in the
+    /// order they came, and none waits longer than its turn could (`max_wait`): `Throttled`
+    /// then, as when, in a fleet, Redis went away since the turn and this replica may not
+    /// spend its share yet.
     pub async fn send_now(self) -> Result<(), Throttled> {
+        let by = Instant::now() + self.max_wait;
         let lanes: Vec<(&Lane, NonZeroU32)> = self.lanes().collect();
         if self.guarded {
             // Redis admitted this send with its turn, a moment ago: only this replica's own
@@ -913,14 +919,20 @@ impl Turn<'_> {
                 return Ok(());
             }
         }
-        guard(&lanes).await;
-        let Some(fleet) = self.fleet else {
-            return Ok(());
-        };
+        guard(&lanes, by).await?;
+        match self.fleet {
+            Some(fleet) => self.send_in(fleet, by).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The fleet's send-time guard, by `by`: Redis's, or this replica's share's while Redis
+    /// is gone.
+    async fn send_in(&self, fleet: &Arc<Fleet>, by: Instant) -> Result<(), Throttled> {
         loop {
             match fleet.fallback_in() {
                 None => {
-                    if fleet.guard(&self.asks(), self.max_wait).await? {
+                    if fleet.guard(&self.asks(), by).await? {
                         return Ok(());
                     }
                 }
@@ -934,10 +946,8 @@ impl Turn<'_> {
                     let lanes = self.fallback_lanes(fleet)?;
                     let lanes: Vec<(&Lane, NonZeroU32, Duration)> =
                         lanes.iter().map(|(l, c, p)| (&**l, *c, *p)).collect();
-                    match fleet.fallback_send(&lanes) {
-                        Ok(true) => return Ok(()),
-                        Ok(false) => {}
-                        Err(wait) => tokio::time::sleep(wait).await,
+                    if fleet.fallback_send(&lanes, by).await? {
+                        return Ok(());
                     }
                 }
             }
@@ -1121,7 +1131,9 @@ mod tests {
             let end = Instant::now() + Duration::from_secs(3);
             let mut times = Vec::new();
             while Instant::now() < end {
-                guard(&[(&lane, NonZeroU32::MIN)]).await;
+                guard(&[(&lane, NonZeroU32::MIN)], end + Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 times.push(Instant::now());
             }
             let spread = busiest_within(&times, Duration::from_secs(1) + SPREAD);
@@ -1145,7 +1157,9 @@ mod tests {
         let end = Instant::now() + Duration::from_secs(150);
         let mut sent = Vec::new();
         while Instant::now() < end {
-            guard(&[(&lane, largest)]).await;
+            guard(&[(&lane, largest)], end + Duration::from_secs(60))
+                .await
+                .unwrap();
             sent.push((Instant::now(), largest.get()));
         }
         assert!(busiest_window(&sent, minute + SPREAD) <= limit.get());

@@ -136,6 +136,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use self::batch::{Kind, Wait};
+use self::cause::Cause;
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::config;
@@ -208,6 +209,21 @@ struct State {
     contact: Option<Instant>,
 }
 
+impl State {
+    /// A send on the fallback share at `now` over lanes of these periods: it counts until a
+    /// period after it (see `rejoin_after` and `long_until`).
+    fn sent_on_fallback(&mut self, lanes: &[(&Lane, NonZeroU32, Duration)], now: Instant) {
+        for (_, _, period) in lanes {
+            let until = if *period > WINDOW {
+                &mut self.long_until
+            } else {
+                &mut self.rejoin_after
+            };
+            *until = (*until).max(Some(now + *period));
+        }
+    }
+}
+
 /// How the script reaches Redis.
 enum Link {
     /// The real connection; the script reads Redis's own clock.
@@ -220,7 +236,9 @@ enum Link {
 /// The shared backend: one Redis connection, the script, this replica's state.
 pub struct Fleet {
     link: Link,
-    script: Script,
+    script: Arc<Script>,
+    /// Why calls fail, logged once per change.
+    causes: Arc<cause::Causes>,
     /// `{key_prefix}`: every key starts with it, so all keys one script call touches hash
     /// to one Redis Cluster slot.
     tag: String,
@@ -341,7 +359,8 @@ impl Fleet {
         let tag = format!("{{{prefix}}}");
         let fleet = Arc::new(Fleet {
             link,
-            script: Script::new(include_str!("fleet.lua")),
+            script: Arc::new(Script::new(include_str!("fleet.lua"))),
+            causes: Arc::default(),
             common: ["members", "claims", "epoch"].map(|name| format!("{tag}:{name}")),
             tag,
             id: format!("{:016x}", rand::random::<u64>()),
@@ -451,8 +470,9 @@ impl Fleet {
         );
     }
 
-    /// One script call within `timeout_ms`, with its latency recorded.
-    async fn call<T: FromRedisValue>(
+    /// One script call within `timeout_ms`, with its latency recorded, and its failure's
+    /// cause logged when it changes (`cause`).
+    async fn call<T: FromRedisValue + Send + 'static>(
         &self,
         op: &str,
         keys: &[String],
@@ -460,24 +480,7 @@ impl Fleet {
     ) -> Result<T, String> {
         let started = Instant::now();
         let answer = match &self.link {
-            Link::Redis(redis) => {
-                let mut invocation = self.script.prepare_invoke();
-                for key in self.common.iter().chain(keys) {
-                    invocation.key(key);
-                }
-                invocation
-                    .arg(op)
-                    .arg("")
-                    .arg(EXPIRY.as_micros() as u64)
-                    .arg(QUARANTINE.as_micros() as u64);
-                for arg in args {
-                    invocation.arg(arg);
-                }
-                let mut redis = redis.clone();
-                tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut redis))
-                    .await
-                    .map(|answer| answer.map_err(|e| e.to_string()))
-            }
+            Link::Redis(redis) => self.invoke(redis, op, keys, args).await,
             #[cfg(test)]
             Link::Fixed(redis) => {
                 let keys = self.common.iter().chain(keys).cloned().collect();
@@ -488,14 +491,57 @@ impl Fleet {
                     QUARANTINE.as_micros().to_string(),
                 ];
                 all.extend_from_slice(args);
-                tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await
+                match tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+                }
             }
         };
         self.series.latency.observe(started.elapsed().as_secs_f64());
-        match answer {
+        answer
+    }
+
+    /// The script run by EVALSHA on the real connection, within `timeout_ms`. A call cut
+    /// off before it could fail on its own is let run on to learn why (`cause`).
+    async fn invoke<T: FromRedisValue + Send + 'static>(
+        &self,
+        redis: &ConnectionManager,
+        op: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, String> {
+        let (script, mut redis) = (self.script.clone(), redis.clone());
+        let keys: Vec<String> = self.common.iter().chain(keys).cloned().collect();
+        let mut all = vec![
+            op.to_owned(),
+            String::new(),
+            EXPIRY.as_micros().to_string(),
+            QUARANTINE.as_micros().to_string(),
+        ];
+        all.extend_from_slice(args);
+        let mut call = Box::pin(async move {
+            let mut invocation = script.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            for arg in &all {
+                invocation.arg(arg);
+            }
+            invocation.invoke_async::<T>(&mut redis).await
+        });
+        match tokio::time::timeout(self.timeout, &mut call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+            Ok(Err(error)) => {
+                self.causes.failed(Cause::of(&error), &error.to_string());
+                Err(error.to_string())
+            }
+            Err(_) => {
+                if self.causes.may_follow() {
+                    let causes = self.causes.clone();
+                    tokio::spawn(async move { causes.followed(call).await });
+                }
+                Err(format!("no answer within {} ms", self.timeout.as_millis()))
+            }
         }
     }
 
@@ -612,8 +658,8 @@ impl Fleet {
         Ok(Some(guarded))
     }
 
-    /// The fleet-wide send-time guard for `asks`. `Ok(false)`: Redis is gone, so nothing may
-    /// be sent on this turn.
+    /// The fleet-wide send-time guard for `asks`, admitting no later than `by`. `Ok(false)`:
+    /// Redis is gone, so nothing may be sent on this turn.
     ///
     /// An admission answered more than `FRESH` after the ask is not sent on: the send could
     /// reach Tencent later after its admission than `SPREAD` allows against others'. It is
@@ -622,9 +668,8 @@ impl Fleet {
     pub(super) async fn guard(
         self: &Arc<Self>,
         asks: &[Ask],
-        max_wait: Duration,
+        by: Instant,
     ) -> Result<bool, Throttled> {
-        let start = Instant::now();
         let mut stale = false;
         loop {
             let asked = Instant::now();
@@ -650,7 +695,7 @@ impl Fleet {
                 }
                 continue;
             }
-            if start.elapsed() + wait > max_wait {
+            if Instant::now() + wait > by {
                 return Err(Throttled {
                     scope: Scope::App,
                     retry_after: wait,
@@ -695,28 +740,34 @@ impl Fleet {
         )
     }
 
-    /// Passes the fallback lanes' send-time guard (lane, cost, period) if the replica is
-    /// still in fallback, and records the send. `Err(wait)`: not yet; `Ok(false)`: no longer
-    /// in fallback.
-    pub(super) fn fallback_send(
+    /// Passes the fallback lanes' send-time guard (lane, cost, period) while the replica is
+    /// still in fallback, and records the send. Sends wait at each lane's gate in the order
+    /// they came, and none past `by`: `Throttled` then. `Ok(false)`: no longer in fallback.
+    pub(super) async fn fallback_send(
         &self,
         lanes: &[(&Lane, NonZeroU32, Duration)],
-    ) -> Result<bool, Duration> {
-        let mut state = self.lock();
-        if state.mode != Mode::Fallback {
-            return Ok(false);
+        by: Instant,
+    ) -> Result<bool, Throttled> {
+        let mut gates = Vec::with_capacity(lanes.len());
+        for (lane, _, _) in lanes {
+            gates.push(lane.gate(by).await?);
         }
-        super::lane::try_guard(lanes.iter().map(|(lane, cost, _)| (*lane, *cost)))?;
-        let now = Instant::now();
-        for (_, _, period) in lanes {
-            let until = if *period > WINDOW {
-                &mut state.long_until
-            } else {
-                &mut state.rejoin_after
+        loop {
+            let wait = {
+                let mut state = self.lock();
+                if state.mode != Mode::Fallback {
+                    return Ok(false);
+                }
+                match super::lane::admit_all(lanes.iter().map(|(lane, cost, _)| (*lane, *cost))) {
+                    Ok(()) => {
+                        state.sent_on_fallback(lanes, Instant::now());
+                        return Ok(true);
+                    }
+                    Err(refused) => refused,
+                }
             };
-            *until = (*until).max(Some(now + *period));
+            super::lane::wait_until_by(wait.0, wait.1, by).await?;
         }
-        Ok(true)
     }
 
     /// Tencent said too fast: slow the shared lane for every replica.
@@ -788,9 +839,18 @@ impl Fleet {
         let received = Instant::now();
         match answer {
             Ok(reply) if reply.len() == 4 && reply[0] >= 0 => {
+                self.causes.answered();
                 self.answered(&reply, sent, received);
             }
-            Ok(_) => self.lost("a heartbeat reached Redis after its deadline"),
+            Ok(reply) if reply.len() == 4 => {
+                self.causes.answered();
+                self.lost("a heartbeat reached Redis after its deadline");
+            }
+            Ok(_) => {
+                let why = "a heartbeat's answer is not the script's";
+                self.causes.failed(Cause::Protocol, why);
+                self.lost(why);
+            }
             Err(why) => self.lost(&why),
         }
     }
@@ -854,5 +914,6 @@ async fn heartbeat(fleet: Weak<Fleet>) {
 }
 
 mod batch;
+mod cause;
 #[cfg(test)]
 mod tests;

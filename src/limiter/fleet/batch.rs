@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
+use super::cause::Cause;
 use super::{Fleet, Reservation};
 
 /// The most asks one script call carries: Redis runs nothing else while a script runs.
@@ -221,9 +222,14 @@ impl Leading {
         let answers = fleet
             .call::<Vec<i64>>(kind.op(), &keys, &args)
             .await
-            .and_then(|flat| split(&flat, asks));
+            .and_then(|flat| {
+                split(&flat, asks).inspect_err(|why| fleet.causes.failed(Cause::Protocol, why))
+            });
         let mut answers = match answers {
-            Ok(answers) => answers.into_iter(),
+            Ok(answers) => {
+                fleet.causes.answered();
+                answers.into_iter()
+            }
             Err(why) => {
                 for job in jobs {
                     let _ = job.reply.send(Reply::Answer(Err(why.clone())));
