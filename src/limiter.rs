@@ -65,7 +65,7 @@ pub use table::{DEFAULT_API_RATE, Per, Quota};
 use crate::api::Api;
 use crate::config::{self, App};
 use crate::metrics::FleetSeries;
-use fleet::{Ask, Fleet};
+use fleet::{Ask, Fleet, Group};
 pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 
 /// Share of the limit that pacing releases: the margin absorbs network jitter at Tencent.
@@ -244,7 +244,7 @@ impl Limiter {
             implicit,
             shared_implicit,
             waiting: self.waiting.clone(),
-            fleet: self.fleet.clone(),
+            fleet: self.fleet.as_ref().map(|fleet| fleet.group(app.sdkappid)),
             closing: Closing(self.closing.subscribe()),
         }
     }
@@ -283,7 +283,7 @@ impl Limit {
     }
 
     /// The lane at this replica's share now; `Throttled` when the share is nothing.
-    fn fallback(&self, fleet: &Fleet) -> Result<Arc<Lane>, Throttled> {
+    fn fallback(&self, fleet: &Group) -> Result<Arc<Lane>, Throttled> {
         let share = fleet.share(self.limit()).ok_or(Throttled {
             scope: self.lane.scope,
             retry_after: Duration::from_secs(1),
@@ -323,7 +323,8 @@ pub struct Lanes {
     /// above `DEFAULT_API_RATE`).
     shared_implicit: Option<Arc<SharedImplicit>>,
     waiting: Arc<AtomicUsize>,
-    fleet: Option<Arc<Fleet>>,
+    /// In a fleet, this app's part of it.
+    fleet: Option<Arc<Group>>,
     closing: Closing,
 }
 
@@ -347,7 +348,7 @@ impl SharedImplicit {
         }
     }
 
-    fn limit(&self, fleet: &Fleet, api: &str, now: Instant) -> Result<Arc<Limit>, Throttled> {
+    fn limit(&self, fleet: &Group, api: &str, now: Instant) -> Result<Arc<Limit>, Throttled> {
         let mut limits = self
             .limits
             .lock()
@@ -421,7 +422,7 @@ impl ApiLanes {
 
     /// The quotas' lanes at this replica's share for the loss of Redis `generation`;
     /// `Throttled` when the share of one is nothing.
-    fn fallback(&self, fleet: &Fleet, generation: u64) -> Result<Vec<Arc<QuotaLanes>>, Throttled> {
+    fn fallback(&self, fleet: &Group, generation: u64) -> Result<Vec<Arc<QuotaLanes>>, Throttled> {
         let mut fallback = self
             .fallback
             .lock()
@@ -671,7 +672,7 @@ impl Lanes {
     /// its send-time guard too, and `held` is still held (see `turn_holding`).
     async fn shared<T>(
         &self,
-        fleet: &Arc<Fleet>,
+        fleet: &Arc<Group>,
         turn: &Turn<'_>,
         max_wait: Duration,
         held: &mut Option<T>,
@@ -827,7 +828,7 @@ pub struct Turn<'a> {
     entry: Option<&'a ApiLanes>,
     api: Option<Arc<Limit>>,
     app: &'a Limit,
-    fleet: Option<&'a Arc<Fleet>>,
+    fleet: Option<&'a Arc<Group>>,
     /// The longest the turn could wait; the send-time guard waits no longer, in any mode
     /// (a send that would wait longer is refused), so a request's waits for the limit add
     /// up to at most twice it, which the proxy keeps within its queue wait and deadline.
@@ -861,7 +862,7 @@ impl Turn<'_> {
     /// and each lane's window; `Throttled` when a share is nothing or may not be spent yet.
     fn fallback_lanes(
         &self,
-        fleet: &Fleet,
+        fleet: &Group,
     ) -> Result<Vec<(Arc<Lane>, NonZeroU32, Duration)>, Throttled> {
         let second = Duration::from_secs(1);
         let mut lanes = Vec::new();
@@ -928,7 +929,7 @@ impl Turn<'_> {
 
     /// The fleet's send-time guard, by `by`: Redis's, or this replica's share's while Redis
     /// is gone.
-    async fn send_in(&self, fleet: &Arc<Fleet>, by: Instant) -> Result<(), Throttled> {
+    async fn send_in(&self, fleet: &Arc<Group>, by: Instant) -> Result<(), Throttled> {
         loop {
             match fleet.fallback_in() {
                 None => {

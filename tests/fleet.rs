@@ -1605,3 +1605,57 @@ async fn a_server_answering_garbage_leaves_every_wait_bounded_in_order_and_is_lo
 async fn a_redis_gone_leaves_every_wait_bounded_in_order_and_is_logged_once() {
     misbehaving(Fault::Gone, "refused").await;
 }
+
+// ---- Deployments that share a Redis ----------------------------------------------------
+
+/// Two deployments on one Redis, both with the default `key_prefix`, serving different
+/// apps: a replica of the other one dies (killed, so its heartbeat lapses and Redis keeps
+/// its claim for `RETAIN`), and this one still sends its whole limit. Membership and claims
+/// are the app's: the dead replica served another app, so nothing of its claim is taken off
+/// this app's lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_keeps_its_whole_limit_when_a_replica_of_another_apps_dies() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let (ours, theirs) = (Recorder::ok().await, Recorder::ok().await);
+    let deployment = |app: u64, upstream: &Recorder, replicas: u32| {
+        format!(
+            "[fleet]\nredis_url = \"{}\"\nreplicas = {replicas}\ntimeout_ms = 50\n{}\
+             rate_limit = 100\nmax_queue_wait_ms = 1000\n",
+            redis.url(),
+            support::one_app(app, &upstream.url()),
+        )
+    };
+    let quiet = || std::process::Stdio::null();
+    let ours_config = deployment(1, &ours, 1);
+    let a = Process::start(&ours_config, &[], quiet()).await;
+    let theirs_config = deployment(2, &theirs, 2);
+    let mut b = [
+        Process::start(&theirs_config, &[], quiet()).await,
+        Process::start(&theirs_config, &[], quiet()).await,
+    ];
+    let caller = Caller::default();
+    fleet_formed(std::slice::from_ref(&a), &caller).await;
+    fleet_formed(&b, &caller).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let start = Instant::now();
+    let load = tokio::spawn(offer(a.addr, 150, 7.0, tally.clone()));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b[1].child.start_kill().unwrap();
+    let killed = Instant::now();
+    load.await.unwrap();
+    assert!(tally.lock().unwrap().other.is_empty());
+    // Its heartbeat lapses within EXPIRY (1 s); from then on, for RETAIN, a claim shared
+    // across deployments would hold a third of every lane: two thirds of the rate before.
+    let rate = |from: Instant, to: Instant| {
+        count_between(&arrivals(&ours), from, to) as f64 / (to - from).as_secs_f64()
+    };
+    let before = rate(start + Duration::from_millis(500), killed);
+    let from = killed + Duration::from_secs(2);
+    let after = rate(from, from + Duration::from_millis(2500));
+    assert!(
+        after >= 0.9 * before && after >= 70.0,
+        "{after:.1}/s after the other app's replica died, {before:.1}/s before (of 100/s)"
+    );
+    assert!(support::busiest_second(&arrivals(&ours)) <= 100);
+}

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 
 use super::cause::Cause;
-use super::{Fleet, Reservation};
+use super::{Group, Reservation};
 
 /// The most asks one script call carries: Redis runs nothing else while a script runs.
 const MOST: usize = 32;
@@ -110,7 +110,7 @@ impl Batches {
 /// A call's place. Dropped (its call came back, or whoever held it left), it passes to the
 /// first queued ask still waiting, or is given up.
 struct Leading {
-    fleet: Arc<Fleet>,
+    group: Arc<Group>,
     kind: Kind,
     armed: bool,
 }
@@ -122,7 +122,7 @@ impl Drop for Leading {
         }
         loop {
             let job = {
-                let mut queue = self.fleet.batches(self.kind).lock();
+                let mut queue = self.group.batches(self.kind).lock();
                 match queue.jobs.pop_front() {
                     Some(job) => job,
                     None => {
@@ -132,7 +132,7 @@ impl Drop for Leading {
                 }
             };
             let lead = Leading {
-                fleet: self.fleet.clone(),
+                group: self.group.clone(),
                 kind: self.kind,
                 armed: true,
             };
@@ -146,7 +146,7 @@ impl Drop for Leading {
     }
 }
 
-impl Fleet {
+impl Group {
     fn batches(&self, kind: Kind) -> &Batches {
         match kind {
             Kind::Turns => &self.turns,
@@ -163,7 +163,8 @@ impl Fleet {
         wait: Option<Wait>,
         lanes: &[super::Ask],
     ) -> Result<Vec<i64>, String> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timeout = self.fleet.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let ask = Ask {
                 wait,
@@ -185,7 +186,7 @@ impl Fleet {
                 Ok(replied) => replied,
                 Err(ask) => {
                     let lead = Leading {
-                        fleet: self.clone(),
+                        group: self.clone(),
                         kind,
                         armed: true,
                     };
@@ -197,7 +198,7 @@ impl Fleet {
                 Ok(Ok(Reply::Lead(ask, lead))) => return lead.run(ask).await,
                 // The call it was in was dropped with its leader: ask again.
                 Ok(Err(_)) => continue,
-                Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
+                Err(_) => return Err(format!("no answer within {} ms", timeout.as_millis())),
             }
         }
     }
@@ -207,9 +208,10 @@ impl Leading {
     /// Makes one call in this place: `own` first, then the asks queued meanwhile. Answers
     /// them, and returns `own`'s answer; the place passes on when this returns.
     async fn run(self, own: Ask) -> Result<Vec<i64>, String> {
-        let (fleet, kind) = (&self.fleet, self.kind);
+        let (group, kind) = (&self.group, self.kind);
+        let fleet = &group.fleet;
         let jobs: Vec<Job> = {
-            let mut queue = fleet.batches(kind).lock();
+            let mut queue = group.batches(kind).lock();
             let n = queue.jobs.len().min(MOST - 1);
             queue.jobs.drain(..n).collect()
         };
@@ -219,7 +221,7 @@ impl Leading {
             .chain(jobs.iter().map(|job| &job.ask))
             .collect();
         let (keys, args) = encode(&all);
-        let answers = fleet
+        let answers = group
             .call::<Vec<i64>>(kind.op(), &keys, &args)
             .await
             .and_then(|flat| {
@@ -240,7 +242,7 @@ impl Leading {
         let mine = answers.next().unwrap_or_default();
         for (job, answer) in jobs.into_iter().zip(answers) {
             if let Err(Reply::Answer(Ok(unused))) = job.reply.send(Reply::Answer(Ok(answer))) {
-                give_back(fleet, kind, job.ask, &unused);
+                give_back(group, kind, job.ask, &unused);
             }
         }
         Ok(mine)
@@ -248,7 +250,7 @@ impl Leading {
 }
 
 /// A turn's answer whose request left (or gave up waiting): its slots go back.
-fn give_back(fleet: &Arc<Fleet>, kind: Kind, ask: Ask, answer: &[i64]) {
+fn give_back(group: &Arc<Group>, kind: Kind, ask: Ask, answer: &[i64]) {
     let Kind::Turns = kind else { return };
     let Some(n) = answer.first().and_then(|&n| usize::try_from(n).ok()) else {
         return;
@@ -259,7 +261,7 @@ fn give_back(fleet: &Arc<Fleet>, kind: Kind, ask: Ask, answer: &[i64]) {
         let mut keys = ask.keys;
         keys.truncate(n);
         drop(Reservation {
-            fleet: fleet.clone(),
+            group: group.clone(),
             keys,
             tats: answer[2..2 + 2 * n].to_vec(),
             used: false,
