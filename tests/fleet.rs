@@ -1308,6 +1308,8 @@ enum Fault {
     /// A loopback TCP server that answers whatever it is sent with bytes that are not
     /// Redis's protocol.
     Garbage,
+    /// A loopback TCP server that takes connections and reads, and never answers.
+    Hanging,
     /// Nothing listens at the port: every connection is refused.
     Gone,
 }
@@ -1324,14 +1326,15 @@ const STALL: Duration = Duration::from_millis(500);
 const PASSWORD: &str = "redis-password-0123456789";
 const NOT_THE_PASSWORD: &str = "not-the-password-0123456789";
 
-/// A loopback server that answers every read with garbage, keeping the connection open.
+/// A loopback server that answers every read with garbage (or, `silent`, with nothing),
+/// keeping the connection open.
 struct Garbage {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Garbage {
-    async fn start() -> Garbage {
+    async fn start(silent: bool) -> Garbage {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1339,9 +1342,8 @@ impl Garbage {
             while let Ok((mut socket, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let mut chunk = [0u8; 4096];
-                    while let Ok(n @ 1..) = socket.read(&mut chunk).await {
-                        let _ = n;
-                        if socket.write_all(b"@not redis at all\r\n").await.is_err() {
+                    while let Ok(1..) = socket.read(&mut chunk).await {
+                        if !silent && socket.write_all(b"@not redis at all\r\n").await.is_err() {
                             return;
                         }
                     }
@@ -1424,8 +1426,8 @@ fn failures(logs: &support::Logs) -> Vec<(String, String)> {
 
 /// A replica (the fleet planned at one, app 1 at 200/s, a 1 s queue wait, a 3 s deadline)
 /// whose Redis does `fault`, offered 250 requests a second for 7 s, stopped for `STALL`
-/// once it spends its fallback share. Checks every bound of the module's header, and that
-/// the log names `cause` once; returns the answers and the log.
+/// once it spends its fallback share. Checks every bound of the section's header, and that
+/// the log names `cause` once.
 async fn misbehaving(fault: Fault, cause: &str) {
     let _alone = ONE_AT_A_TIME.lock().await;
     let password = vec!["--requirepass".to_owned(), PASSWORD.to_owned()];
@@ -1437,7 +1439,8 @@ async fn misbehaving(fault: Fault, cause: &str) {
     let Some(redis) = Redis::start_with(args) else {
         return;
     };
-    let garbage = Garbage::start().await;
+    let garbage = Garbage::start(false).await;
+    let hanging = Garbage::start(true).await;
     let (_held, refusing) = support::refusing_port();
     let url = match fault {
         Fault::Paused | Fault::Full => redis.url(),
@@ -1445,6 +1448,7 @@ async fn misbehaving(fault: Fault, cause: &str) {
             format!("redis://:{NOT_THE_PASSWORD}@127.0.0.1:{}/0", redis.port)
         }
         Fault::Garbage => format!("redis://{}/0", garbage.addr),
+        Fault::Hanging => format!("redis://{}/0", hanging.addr),
         Fault::Gone => format!("redis://{refusing}/0"),
     };
     let upstream = Recorder::ok().await;
@@ -1599,6 +1603,11 @@ async fn a_wrong_redis_password_leaves_every_wait_bounded_in_order_and_is_logged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_answering_garbage_leaves_every_wait_bounded_in_order_and_is_logged_once() {
     misbehaving(Fault::Garbage, "protocol").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::Hanging, "timeout").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -575,4 +575,40 @@ mod tests {
             "the old lane's turns are made on the new one"
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_held_back_by_the_guard_go_in_arrival_order_and_none_past_its_bound() {
+        // Twenty sends reach a guard of 10/s at once, as paced sends do after the process
+        // was stopped for a while; each may wait 500 ms at most.
+        let lane = Arc::new(Lane::new(Scope::App, limit(10)));
+        let start = Instant::now();
+        let by = start + Duration::from_millis(500);
+        let mut sends = Vec::new();
+        for i in 0..20 {
+            let lane = lane.clone();
+            sends.push(tokio::spawn(async move {
+                let answer = guard(&[(&lane, NonZeroU32::MIN)], by).await;
+                (i, answer, Instant::now())
+            }));
+            tokio::task::yield_now().await;
+        }
+        let mut admitted = Vec::new();
+        let mut refused = Vec::new();
+        for send in sends {
+            let (i, answer, at) = send.await.unwrap();
+            assert!(at <= by, "send {i} answered {:?} after its bound", at - by);
+            match answer {
+                Ok(()) => admitted.push((at, i)),
+                Err(throttled) => refused.push((i, throttled)),
+            }
+        }
+        // Those admitted went in the order they came, and were the first to come; the
+        // others were refused, saying when the guard has room.
+        admitted.sort();
+        let order: Vec<usize> = admitted.iter().map(|(_, i)| *i).collect();
+        assert_eq!(order, (0..admitted.len()).collect::<Vec<_>>());
+        assert!((4..=8).contains(&admitted.len()), "{order:?}");
+        assert_eq!(admitted.len() + refused.len(), 20);
+        assert!(refused.iter().all(|(_, t)| t.retry_after > Duration::ZERO));
+    }
 }
