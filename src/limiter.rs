@@ -700,8 +700,7 @@ impl Lanes {
                         retry_after: wait,
                     });
                 }
-                Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-                Some(_) => {
+                Some(wait) => {
                     let lanes = match turn.fallback_lanes(fleet) {
                         Ok(lanes) => lanes,
                         // A quota over a longer window may not be spent yet.
@@ -713,7 +712,11 @@ impl Lanes {
                     };
                     let lanes: Vec<(&Lane, NonZeroU32)> =
                         lanes.iter().map(|(l, c, _)| (&**l, *c)).collect();
-                    pace(&lanes, budget, &AtomicUsize::new(0), &self.closing).await?;
+                    // In line from when the share may be spent: the requests that wait for
+                    // it keep their order, and do not all wake at that moment.
+                    let from = Instant::now() + wait;
+                    let waiting = AtomicUsize::new(0);
+                    pace_from(&lanes, from, budget, &waiting, &self.closing).await?;
                     return Ok(false);
                 }
             }
@@ -767,23 +770,43 @@ async fn pace(
     waiting: &AtomicUsize,
     closing: &Closing,
 ) -> Result<(), Throttled> {
+    pace_from(lanes, Instant::now(), max_wait, waiting, closing).await
+}
+
+/// `pace`, with no slot before `from` (now or later): those who wait for `from` take their
+/// places in line, in the order they came, before it.
+async fn pace_from(
+    lanes: &[(&Lane, NonZeroU32)],
+    from: Instant,
+    max_wait: Duration,
+    waiting: &AtomicUsize,
+    closing: &Closing,
+) -> Result<(), Throttled> {
     let start = Instant::now();
     let budget = closing.budget(start, max_wait);
+    let ahead = from.saturating_duration_since(start);
+    let later = |throttled: Throttled, by: Duration| Throttled {
+        retry_after: throttled.retry_after + by,
+        ..throttled
+    };
     // Of the lanes already too far behind, the one furthest behind answers: its wait is the
     // one a retry must sit out (a caller told to come back when the API's own lane frees
     // would meet the app lane still full).
     let refused = lanes
         .iter()
-        .filter_map(|(lane, _)| lane.predict(start, budget).err())
+        .filter_map(|(lane, _)| lane.predict(from, budget.saturating_sub(ahead)).err())
         .max_by_key(|throttled| throttled.retry_after);
     if let Some(refused) = refused {
-        return Err(refused);
+        return Err(later(refused, ahead));
     }
     let _waiting = Queued::enter(waiting);
     for (lane, cost) in lanes {
         let now = Instant::now();
+        let at = now.max(from);
         let budget = closing.budget(now, max_wait.saturating_sub(now - start));
-        let ticket = lane.reserve(now, budget, *cost)?;
+        let ticket = lane
+            .reserve(at, budget.saturating_sub(at - now), *cost)
+            .map_err(|throttled| later(throttled, at - now))?;
         // A timer, even one already due, costs a tick (~1 ms): sleep only when waiting.
         if ticket.slot > now {
             tokio::select! {

@@ -1489,6 +1489,8 @@ async fn misbehaving(fault: Fault, cause: &str) {
     };
     support::eventually(|| spending(logs.clone())).await;
     let fallback = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled = Instant::now();
     stall(&gateway, STALL).await;
     let asked = load.await.unwrap();
     if fault == Fault::Paused {
@@ -1496,7 +1498,7 @@ async fn misbehaving(fault: Fault, cause: &str) {
     }
     answers_in_bounds(&asked);
     logged_in_bounds(&logs, asked.len()).await;
-    sent_first_in_first_out(&upstream, &asked, fallback);
+    sent_first_in_first_out(&upstream, &asked, fallback, stalled);
     assert!(support::busiest_second(&arrivals(&upstream)) <= 200);
     // The cause, once: not once per request, nor per heartbeat.
     let failed = failures(&logs);
@@ -1547,12 +1549,18 @@ async fn logged_in_bounds(logs: &support::Logs, load: usize) {
     }
 }
 
-/// From `fallback` on (the replica spending its share), the upstream saw the requests in
-/// the order they were asked: none asked 100 ms or more after another went before it. Those
-/// asked while the replica was stopped, or queued through it, are left out: their order is
-/// the order the kernel handed them over in.
-fn sent_first_in_first_out(upstream: &Recorder, asked: &[Asked], fallback: Instant) {
-    let stalled = (fallback - QUEUE_WAIT - MARGIN)..(fallback + STALL + MARGIN);
+/// From a queue wait before `fallback` on (the replica spending its share; those asked
+/// then waited for it), the upstream saw the requests in the order they were asked: none
+/// asked 100 ms or more after another went before it. Those asked while the replica was
+/// stopped (at `stalled`), or queued through it, are left out: their order is the order
+/// the kernel handed them over in.
+fn sent_first_in_first_out(
+    upstream: &Recorder,
+    asked: &[Asked],
+    fallback: Instant,
+    stalled: Instant,
+) {
+    let stalled = (stalled - QUEUE_WAIT - MARGIN)..(stalled + STALL + MARGIN);
     let arrived: std::collections::HashMap<i64, Instant> = upstream
         .seen()
         .iter()
