@@ -158,12 +158,12 @@ pub const RETAIN: Duration = Duration::from_secs(600);
 pub const MARGIN: Duration = Duration::from_millis(100);
 /// One second: the window every limit is counted over.
 const WINDOW: Duration = Duration::from_secs(1);
-/// tokio's timer resolution: a shorter wait is not slept (see `Fleet::turn`).
+/// tokio's timer resolution: a shorter wait is not slept (see `Group::turn`).
 const TICK: Duration = Duration::from_millis(1);
 /// The oldest a guard's admission may be when its answer arrives (the write follows at
 /// once): asked at most this long ago. Redis admitted it somewhere between the ask and the
 /// answer, and the guard's window allows sends up to `SPREAD` apart from their admissions;
-/// the rest of `SPREAD` is room for the write itself. A slower answer is not sent on (see `Fleet::guard`). The time an ask
+/// the rest of `SPREAD` is room for the write itself. A slower answer is not sent on (see `Group::guard`). The time an ask
 /// waits in its batch's queue counts (`batch`): under load a guard waits up to about two
 /// round trips, so the fleet needs Redis within about half of this.
 pub(super) const FRESH: Duration = Duration::from_millis(20);

@@ -15,7 +15,7 @@
 //! hand-off (a task wake-up), a delay of the same kind as the reply's own way back, which
 //! the guard's SPREAD (25 ms between admission and arrival at Tencent) already allows for.
 //! Its time in the queue counts against `FRESH`: an admission is sent on only if answered
-//! within 20 ms of the ask, queue included (`Fleet::guard`).
+//! within 20 ms of the ask, queue included (`Group::guard`).
 //! The queue holds at most one ask per request in flight, which the server already bounds.
 //! An ask waits at most `timeout_ms` in the queue for its answer or the lead, and a call it
 //! leads at most `timeout_ms` again; past either, the replica falls back as after any slow
