@@ -236,8 +236,9 @@ pub struct Fleet {
     /// The variable the Redis password was read from (`redis_password_env`), if any: a name,
     /// not a secret.
     pub redis_password_env: Option<String>,
-    /// Prefix of every key, so several fleets can share one Redis (`key_prefix`, default
-    /// `timgate`).
+    /// Prefix of every key, and their Redis Cluster hash tag (`key_prefix`, default
+    /// `timgate`). Fleets of different apps are apart without it: membership, claims and
+    /// lanes are per SDKAppID.
     pub key_prefix: String,
     /// Planned replica count, the fallback share's divisor until Redis has told us the live
     /// size (`replicas`, default 1).

@@ -65,7 +65,7 @@ pub use table::{DEFAULT_API_RATE, Per, Quota};
 use crate::api::Api;
 use crate::config::{self, App};
 use crate::metrics::FleetSeries;
-use fleet::{Ask, Fleet};
+use fleet::{Ask, Fleet, Group};
 pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 
 /// Share of the limit that pacing releases: the margin absorbs network jitter at Tencent.
@@ -244,7 +244,7 @@ impl Limiter {
             implicit,
             shared_implicit,
             waiting: self.waiting.clone(),
-            fleet: self.fleet.clone(),
+            fleet: self.fleet.as_ref().map(|fleet| fleet.group(app.sdkappid)),
             closing: Closing(self.closing.subscribe()),
         }
     }
@@ -283,7 +283,7 @@ impl Limit {
     }
 
     /// The lane at this replica's share now; `Throttled` when the share is nothing.
-    fn fallback(&self, fleet: &Fleet) -> Result<Arc<Lane>, Throttled> {
+    fn fallback(&self, fleet: &Group) -> Result<Arc<Lane>, Throttled> {
         let share = fleet.share(self.limit()).ok_or(Throttled {
             scope: self.lane.scope,
             retry_after: Duration::from_secs(1),
@@ -323,7 +323,8 @@ pub struct Lanes {
     /// above `DEFAULT_API_RATE`).
     shared_implicit: Option<Arc<SharedImplicit>>,
     waiting: Arc<AtomicUsize>,
-    fleet: Option<Arc<Fleet>>,
+    /// In a fleet, this app's part of it.
+    fleet: Option<Arc<Group>>,
     closing: Closing,
 }
 
@@ -347,7 +348,7 @@ impl SharedImplicit {
         }
     }
 
-    fn limit(&self, fleet: &Fleet, api: &str, now: Instant) -> Result<Arc<Limit>, Throttled> {
+    fn limit(&self, fleet: &Group, api: &str, now: Instant) -> Result<Arc<Limit>, Throttled> {
         let mut limits = self
             .limits
             .lock()
@@ -421,7 +422,7 @@ impl ApiLanes {
 
     /// The quotas' lanes at this replica's share for the loss of Redis `generation`;
     /// `Throttled` when the share of one is nothing.
-    fn fallback(&self, fleet: &Fleet, generation: u64) -> Result<Vec<Arc<QuotaLanes>>, Throttled> {
+    fn fallback(&self, fleet: &Group, generation: u64) -> Result<Vec<Arc<QuotaLanes>>, Throttled> {
         let mut fallback = self
             .fallback
             .lock()
@@ -671,7 +672,7 @@ impl Lanes {
     /// its send-time guard too, and `held` is still held (see `turn_holding`).
     async fn shared<T>(
         &self,
-        fleet: &Arc<Fleet>,
+        fleet: &Arc<Group>,
         turn: &Turn<'_>,
         max_wait: Duration,
         held: &mut Option<T>,
@@ -699,8 +700,7 @@ impl Lanes {
                         retry_after: wait,
                     });
                 }
-                Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-                Some(_) => {
+                Some(wait) => {
                     let lanes = match turn.fallback_lanes(fleet) {
                         Ok(lanes) => lanes,
                         // A quota over a longer window may not be spent yet.
@@ -712,7 +712,11 @@ impl Lanes {
                     };
                     let lanes: Vec<(&Lane, NonZeroU32)> =
                         lanes.iter().map(|(l, c, _)| (&**l, *c)).collect();
-                    pace(&lanes, budget, &AtomicUsize::new(0), &self.closing).await?;
+                    // In line from when the share may be spent: the requests that wait for
+                    // it keep their order, and do not all wake at that moment.
+                    let from = Instant::now() + wait;
+                    let waiting = AtomicUsize::new(0);
+                    pace_from(&lanes, from, budget, &waiting, &self.closing).await?;
                     return Ok(false);
                 }
             }
@@ -766,23 +770,43 @@ async fn pace(
     waiting: &AtomicUsize,
     closing: &Closing,
 ) -> Result<(), Throttled> {
+    pace_from(lanes, Instant::now(), max_wait, waiting, closing).await
+}
+
+/// `pace`, with no slot before `from` (now or later): those who wait for `from` take their
+/// places in line, in the order they came, before it.
+async fn pace_from(
+    lanes: &[(&Lane, NonZeroU32)],
+    from: Instant,
+    max_wait: Duration,
+    waiting: &AtomicUsize,
+    closing: &Closing,
+) -> Result<(), Throttled> {
     let start = Instant::now();
     let budget = closing.budget(start, max_wait);
+    let ahead = from.saturating_duration_since(start);
+    let later = |throttled: Throttled, by: Duration| Throttled {
+        retry_after: throttled.retry_after + by,
+        ..throttled
+    };
     // Of the lanes already too far behind, the one furthest behind answers: its wait is the
     // one a retry must sit out (a caller told to come back when the API's own lane frees
     // would meet the app lane still full).
     let refused = lanes
         .iter()
-        .filter_map(|(lane, _)| lane.predict(start, budget).err())
+        .filter_map(|(lane, _)| lane.predict(from, budget.saturating_sub(ahead)).err())
         .max_by_key(|throttled| throttled.retry_after);
     if let Some(refused) = refused {
-        return Err(refused);
+        return Err(later(refused, ahead));
     }
     let _waiting = Queued::enter(waiting);
     for (lane, cost) in lanes {
         let now = Instant::now();
+        let at = now.max(from);
         let budget = closing.budget(now, max_wait.saturating_sub(now - start));
-        let ticket = lane.reserve(now, budget, *cost)?;
+        let ticket = lane
+            .reserve(at, budget.saturating_sub(at - now), *cost)
+            .map_err(|throttled| later(throttled, at - now))?;
         // A timer, even one already due, costs a tick (~1 ms): sleep only when waiting.
         if ticket.slot > now {
             tokio::select! {
@@ -827,7 +851,10 @@ pub struct Turn<'a> {
     entry: Option<&'a ApiLanes>,
     api: Option<Arc<Limit>>,
     app: &'a Limit,
-    fleet: Option<&'a Arc<Fleet>>,
+    fleet: Option<&'a Arc<Group>>,
+    /// The longest the turn could wait; the send-time guard waits no longer, in any mode
+    /// (a send that would wait longer is refused), so a request's waits for the limit add
+    /// up to at most twice it, which the proxy keeps within its queue wait and deadline.
     max_wait: Duration,
 }
 
@@ -858,7 +885,7 @@ impl Turn<'_> {
     /// and each lane's window; `Throttled` when a share is nothing or may not be spent yet.
     fn fallback_lanes(
         &self,
-        fleet: &Fleet,
+        fleet: &Group,
     ) -> Result<Vec<(Arc<Lane>, NonZeroU32, Duration)>, Throttled> {
         let second = Duration::from_secs(1);
         let mut lanes = Vec::new();
@@ -901,9 +928,12 @@ impl Turn<'_> {
     }
 
     /// Waits until a request sent now keeps every limit, and counts it as sent: call it with
-    /// the connection ready, right before writing the request. In a fleet, `Throttled` when
-    /// Redis went away since the turn and this replica may not spend its share yet.
+    /// the connection ready, right before writing the request. Sends that wait here go in the
+    /// order they came, and none waits longer than its turn could (`max_wait`): `Throttled`
+    /// then, as when, in a fleet, Redis went away since the turn and this replica may not
+    /// spend its share yet.
     pub async fn send_now(self) -> Result<(), Throttled> {
+        let by = Instant::now() + self.max_wait;
         let lanes: Vec<(&Lane, NonZeroU32)> = self.lanes().collect();
         if self.guarded {
             // Redis admitted this send with its turn, a moment ago: only this replica's own
@@ -913,14 +943,20 @@ impl Turn<'_> {
                 return Ok(());
             }
         }
-        guard(&lanes).await;
-        let Some(fleet) = self.fleet else {
-            return Ok(());
-        };
+        guard(&lanes, by).await?;
+        match self.fleet {
+            Some(fleet) => self.send_in(fleet, by).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The fleet's send-time guard, by `by`: Redis's, or this replica's share's while Redis
+    /// is gone.
+    async fn send_in(&self, fleet: &Arc<Group>, by: Instant) -> Result<(), Throttled> {
         loop {
             match fleet.fallback_in() {
                 None => {
-                    if fleet.guard(&self.asks(), self.max_wait).await? {
+                    if fleet.guard(&self.asks(), by).await? {
                         return Ok(());
                     }
                 }
@@ -934,10 +970,8 @@ impl Turn<'_> {
                     let lanes = self.fallback_lanes(fleet)?;
                     let lanes: Vec<(&Lane, NonZeroU32, Duration)> =
                         lanes.iter().map(|(l, c, p)| (&**l, *c, *p)).collect();
-                    match fleet.fallback_send(&lanes) {
-                        Ok(true) => return Ok(()),
-                        Ok(false) => {}
-                        Err(wait) => tokio::time::sleep(wait).await,
+                    if fleet.fallback_send(&lanes, by).await? {
+                        return Ok(());
                     }
                 }
             }
@@ -1121,7 +1155,9 @@ mod tests {
             let end = Instant::now() + Duration::from_secs(3);
             let mut times = Vec::new();
             while Instant::now() < end {
-                guard(&[(&lane, NonZeroU32::MIN)]).await;
+                guard(&[(&lane, NonZeroU32::MIN)], end + Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 times.push(Instant::now());
             }
             let spread = busiest_within(&times, Duration::from_secs(1) + SPREAD);
@@ -1145,7 +1181,9 @@ mod tests {
         let end = Instant::now() + Duration::from_secs(150);
         let mut sent = Vec::new();
         while Instant::now() < end {
-            guard(&[(&lane, largest)]).await;
+            guard(&[(&lane, largest)], end + Duration::from_secs(60))
+                .await
+                .unwrap();
             sent.push((Instant::now(), largest.get()));
         }
         assert!(busiest_window(&sent, minute + SPREAD) <= limit.get());

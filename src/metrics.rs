@@ -165,7 +165,8 @@ struct LimitGauges {
 pub struct FleetSeries {
     /// 1 while lanes are shared in Redis, 0 in fallback.
     pub redis_up: Gauge,
-    /// Live members of the fleet, as Redis last said.
+    /// Live members of the fleet, as Redis last said: of each app this replica serves,
+    /// the fewest.
     pub members: Gauge,
     /// Switches from Redis to the local fallback.
     pub to_fallback: Counter,
@@ -233,7 +234,7 @@ impl Metrics {
         );
         r.register(
             "fleet_members",
-            "Live timgate replicas sharing the limits, as Redis last said",
+            "Live timgate replicas sharing the limits, as Redis last said (the fewest of any app this replica serves)",
             self.fleet.members.clone(),
         );
         let transitions = Family::<TransitionLabels, Counter>::default();

@@ -1287,3 +1287,392 @@ async fn a_request_that_finds_its_lanes_free_makes_one_redis_call() {
         "{made} script calls for 40 requests"
     );
 }
+
+// ---- A Redis that misbehaves ---------------------------------------------------------------
+//
+// Whatever Redis does — paused, full, a password the gateway lacks, garbage on the wire,
+// gone — every request is answered within its max_queue_wait_ms for the turn plus its
+// deadline_ms, in Tencent's envelope; the replica's fallback sends go first in, first out;
+// and the log names the cause once, not once per request.
+
+/// What the Redis of `misbehaving` does wrong.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    /// Stopped with SIGSTOP a second into the load: connections stay open, nothing answers.
+    Paused,
+    /// Set to `maxmemory` 1 with `noeviction` a second into the load: every write is
+    /// refused (OOM).
+    Full,
+    /// It requires a password, and the gateway has another (WRONGPASS).
+    WrongPassword,
+    /// A loopback TCP server that answers whatever it is sent with bytes that are not
+    /// Redis's protocol.
+    Garbage,
+    /// A loopback TCP server that takes connections and reads, and never answers.
+    Hanging,
+    /// Nothing listens at the port: every connection is refused.
+    Gone,
+}
+
+/// The queue wait and the deadline of the app in `misbehaving`: every answer within their
+/// sum (and `MARGIN`).
+const QUEUE_WAIT: Duration = Duration::from_millis(1000);
+const DEADLINE: Duration = Duration::from_millis(3000);
+/// Room for the test's own client and the loaded machine.
+const MARGIN: Duration = Duration::from_millis(200);
+/// How long the replica is stopped while it spends its fallback share.
+const STALL: Duration = Duration::from_millis(500);
+/// The password the Redis of `Fault::WrongPassword` requires, and the one the gateway has.
+const PASSWORD: &str = "redis-password-0123456789";
+const NOT_THE_PASSWORD: &str = "not-the-password-0123456789";
+
+/// A loopback server that answers every read with garbage (or, `silent`, with nothing),
+/// keeping the connection open.
+struct Garbage {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Garbage {
+    async fn start(silent: bool) -> Garbage {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(1..) = socket.read(&mut chunk).await {
+                        if !silent && socket.write_all(b"@not redis at all\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Garbage { addr, task }
+    }
+}
+
+impl Drop for Garbage {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request of the load: its number, when it was asked, how long its answer took, and
+/// the answer.
+struct Asked {
+    seq: usize,
+    at: Instant,
+    took: Duration,
+    answer: support::Answer,
+}
+
+/// Offers sendmsg to `addr` at `rate` a second for `seconds`, each request numbered in its
+/// body (`MsgRandom`), on a fixed schedule; waits for every answer.
+async fn numbered_load(addr: SocketAddr, rate: u32, seconds: f64) -> Vec<Asked> {
+    let caller = Caller::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut requests = Vec::new();
+    for seq in 0.. {
+        if Instant::now() >= end {
+            break;
+        }
+        ticks.tick().await;
+        let caller = caller.clone();
+        requests.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let body = serde_json::json!({ "MsgRandom": seq }).to_string();
+            let answer = caller.post(addr, SEND, body).await;
+            Asked {
+                seq,
+                at,
+                took: at.elapsed(),
+                answer,
+            }
+        }));
+    }
+    let mut asked = Vec::new();
+    for request in requests {
+        asked.push(request.await.expect("every request is answered"));
+    }
+    asked
+}
+
+/// Stops the process `process` for `how_long`, as a CPU quota throttles a pod: every timer
+/// due meanwhile fires at once when it runs again.
+async fn stall(process: &Process, how_long: Duration) {
+    let pid = i32::try_from(process.child.id().unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    tokio::time::sleep(how_long).await;
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+}
+
+/// The fleet's "Redis call failed" log lines so far: each one's cause and error.
+fn failures(logs: &support::Logs) -> Vec<(String, String)> {
+    logs.lines()
+        .iter()
+        .filter(|l| l["fields"]["message"] == "fleet: Redis call failed")
+        .map(|l| {
+            let text = |f: &str| l["fields"][f].as_str().unwrap_or_default().to_owned();
+            (text("cause"), text("error"))
+        })
+        .collect()
+}
+
+/// A replica (the fleet planned at one, app 1 at 200/s, a 1 s queue wait, a 3 s deadline)
+/// whose Redis does `fault`, offered 250 requests a second for 7 s, stopped for `STALL`
+/// once it spends its fallback share. Checks every bound of the section's header, and that
+/// the log names `cause` once.
+async fn misbehaving(fault: Fault, cause: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let password = vec!["--requirepass".to_owned(), PASSWORD.to_owned()];
+    let args = if fault == Fault::WrongPassword {
+        password
+    } else {
+        Vec::new()
+    };
+    let Some(redis) = Redis::start_with(args) else {
+        return;
+    };
+    let garbage = Garbage::start(false).await;
+    let hanging = Garbage::start(true).await;
+    let (_held, refusing) = support::refusing_port();
+    let url = match fault {
+        Fault::Paused | Fault::Full => redis.url(),
+        Fault::WrongPassword => {
+            format!("redis://:{NOT_THE_PASSWORD}@127.0.0.1:{}/0", redis.port)
+        }
+        Fault::Garbage => format!("redis://{}/0", garbage.addr),
+        Fault::Hanging => format!("redis://{}/0", hanging.addr),
+        Fault::Gone => format!("redis://{refusing}/0"),
+    };
+    let upstream = Recorder::ok().await;
+    let config = format!(
+        "[fleet]\nredis_url = \"{url}\"\nreplicas = 1\ntimeout_ms = 50\n{}rate_limit = 200\n\
+         max_queue_wait_ms = {}\ndeadline_ms = {}\n",
+        support::one_app(1, &upstream.url()),
+        QUEUE_WAIT.as_millis(),
+        DEADLINE.as_millis(),
+    );
+    let (gateway, logs) = Process::logged(&config).await;
+    let caller = Caller::default();
+    if matches!(fault, Fault::Paused | Fault::Full) {
+        fleet_formed(std::slice::from_ref(&gateway), &caller).await;
+    }
+    let load = tokio::spawn(numbered_load(gateway.addr, 250, 7.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match fault {
+        Fault::Paused => redis.signal(rustix::process::Signal::STOP),
+        Fault::Full => {
+            let mut client = redis.client().await;
+            for (key, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+                let () = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg(key)
+                    .arg(value)
+                    .query_async(&mut client)
+                    .await
+                    .unwrap();
+            }
+        }
+        _ => {}
+    }
+    let spending = |logs: support::Logs| async move {
+        logs.lines()
+            .iter()
+            .any(|l| l["fields"]["message"] == "fleet: spending this replica's fallback share")
+    };
+    support::eventually(|| spending(logs.clone())).await;
+    let fallback = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled = Instant::now();
+    stall(&gateway, STALL).await;
+    let asked = load.await.unwrap();
+    if fault == Fault::Paused {
+        redis.signal(rustix::process::Signal::CONT);
+    }
+    answers_in_bounds(&asked);
+    logged_in_bounds(&logs, asked.len()).await;
+    sent_first_in_first_out(&upstream, &asked, fallback, stalled);
+    assert!(support::busiest_second(&arrivals(&upstream)) <= 200);
+    // The cause, once: not once per request, nor per heartbeat.
+    let failed = failures(&logs);
+    let named = failed.iter().filter(|(c, _)| c == cause).count();
+    assert_eq!(named, 1, "{fault:?}: {failed:?}");
+    assert!(failed.len() <= 3, "{fault:?}: {failed:?}");
+    let text: String = logs.lines().iter().map(ToString::to_string).collect();
+    assert!(!text.contains(NOT_THE_PASSWORD) && !text.contains(PASSWORD));
+}
+
+/// Every answer came within the queue wait and the deadline, as 200, or as 429 or 504 in
+/// Tencent's envelope (a 429 with Retry-After); and some were served.
+fn answers_in_bounds(asked: &[Asked]) {
+    let bound = QUEUE_WAIT + DEADLINE + MARGIN;
+    let slowest = asked.iter().map(|a| a.took).max().unwrap();
+    assert!(slowest <= bound, "an answer took {slowest:?}");
+    for a in asked {
+        match a.answer.status.as_u16() {
+            200 => {}
+            429 | 504 => {
+                let envelope = a.answer.json();
+                assert_eq!(envelope["ActionStatus"], "FAIL", "{envelope}");
+                assert!(envelope["ErrorCode"].as_i64().is_some_and(|c| c > 0));
+                let retry = a.answer.headers.contains_key("retry-after");
+                assert!(retry || a.answer.status == 504, "{envelope}");
+            }
+            status => panic!("answered {status}"),
+        }
+    }
+    let served = asked.iter().filter(|a| a.answer.status == 200).count();
+    assert!(served >= 400, "{served} of {} served", asked.len());
+}
+
+/// No request was logged `ok` after waiting past its bound; each refusal was logged as one.
+async fn logged_in_bounds(logs: &support::Logs, load: usize) {
+    let requests = logs.requests_reach(load).await;
+    let bound = (QUEUE_WAIT + DEADLINE).as_secs_f64() * 1000.0;
+    for request in &requests {
+        let latency = request["latency_ms"].as_f64().unwrap();
+        let outcome = request["outcome"].as_str().unwrap();
+        assert!(
+            latency <= bound || outcome != "ok",
+            "logged ok after {latency} ms"
+        );
+        if request["status"] == 429 {
+            assert_eq!(outcome, "throttled");
+        }
+    }
+}
+
+/// From a queue wait before `fallback` on (the replica spending its share; those asked
+/// then waited for it), the upstream saw the requests in the order they were asked: none
+/// asked 100 ms or more after another went before it. Those asked while the replica was
+/// stopped (at `stalled`), or queued through it, are left out: their order is the order
+/// the kernel handed them over in.
+fn sent_first_in_first_out(
+    upstream: &Recorder,
+    asked: &[Asked],
+    fallback: Instant,
+    stalled: Instant,
+) {
+    let stalled = (stalled - QUEUE_WAIT - MARGIN)..(stalled + STALL + MARGIN);
+    let arrived: std::collections::HashMap<i64, Instant> = upstream
+        .seen()
+        .iter()
+        .filter_map(|s| {
+            let body: serde_json::Value = serde_json::from_slice(&s.body).ok()?;
+            Some((body["MsgRandom"].as_i64()?, s.at))
+        })
+        .collect();
+    let mut sent: Vec<(Instant, Instant, usize)> = asked
+        .iter()
+        .filter(|a| a.at >= fallback - QUEUE_WAIT && !stalled.contains(&a.at))
+        .filter_map(|a| Some((a.at, *arrived.get(&(a.seq as i64))?, a.seq)))
+        .collect();
+    sent.sort();
+    assert!(sent.len() >= 200, "{} sent in fallback", sent.len());
+    let (mut earlier, mut latest) = (0, None::<(Instant, usize)>);
+    for &(at, arrival, seq) in &sent {
+        while sent[earlier].0 + Duration::from_millis(100) <= at {
+            let (_, before, seq) = sent[earlier];
+            latest = latest.max(Some((before, seq)));
+            earlier += 1;
+        }
+        if let Some((before, first)) = latest {
+            assert!(
+                before < arrival,
+                "request {seq} went {:?} before request {first}, asked 100 ms or more before it",
+                before - arrival
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::Paused, "timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::Full, "oom").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_redis_password_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::WrongPassword, "auth").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_garbage_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::Garbage, "protocol").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::Hanging, "timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_gone_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::Gone, "refused").await;
+}
+
+// ---- Deployments that share a Redis ----------------------------------------------------
+
+/// Two deployments on one Redis, both with the default `key_prefix`, serving different
+/// apps: a replica of the other one dies (killed, so its heartbeat lapses and Redis keeps
+/// its claim for `RETAIN`), and this one still sends its whole limit. Membership and claims
+/// are the app's: the dead replica served another app, so nothing of its claim is taken off
+/// this app's lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_keeps_its_whole_limit_when_a_replica_of_another_apps_dies() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let (ours, theirs) = (Recorder::ok().await, Recorder::ok().await);
+    let deployment = |app: u64, upstream: &Recorder, replicas: u32| {
+        format!(
+            "[fleet]\nredis_url = \"{}\"\nreplicas = {replicas}\ntimeout_ms = 50\n{}\
+             rate_limit = 100\nmax_queue_wait_ms = 1000\n",
+            redis.url(),
+            support::one_app(app, &upstream.url()),
+        )
+    };
+    let quiet = || std::process::Stdio::null();
+    let ours_config = deployment(1, &ours, 1);
+    let a = Process::start(&ours_config, &[], quiet()).await;
+    let theirs_config = deployment(2, &theirs, 2);
+    let mut b = [
+        Process::start(&theirs_config, &[], quiet()).await,
+        Process::start(&theirs_config, &[], quiet()).await,
+    ];
+    let caller = Caller::default();
+    fleet_formed(std::slice::from_ref(&a), &caller).await;
+    fleet_formed(&b, &caller).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let start = Instant::now();
+    let load = tokio::spawn(offer(a.addr, 150, 7.0, tally.clone()));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b[1].child.start_kill().unwrap();
+    let killed = Instant::now();
+    load.await.unwrap();
+    assert!(tally.lock().unwrap().other.is_empty());
+    // Its heartbeat lapses within EXPIRY (1 s); from then on, for RETAIN, a claim shared
+    // across deployments would hold a third of every lane: two thirds of the rate before.
+    let rate = |from: Instant, to: Instant| {
+        count_between(&arrivals(&ours), from, to) as f64 / (to - from).as_secs_f64()
+    };
+    let before = rate(start + Duration::from_millis(500), killed);
+    let from = killed + Duration::from_secs(2);
+    let after = rate(from, from + Duration::from_millis(2500));
+    assert!(
+        after >= 0.9 * before && after >= 70.0,
+        "{after:.1}/s after the other app's replica died, {before:.1}/s before (of 100/s)"
+    );
+    assert!(support::busiest_second(&arrivals(&ours)) <= 100);
+}

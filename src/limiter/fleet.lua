@@ -1,8 +1,9 @@
 -- timgate's shared lanes: one script, loaded once, run by EVALSHA. Times are microseconds of
 -- Redis's own clock (TIME), never a replica's; ARGV[2] may fix "now" for tests.
 --
--- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat)
--- KEYS[2] claims  (hash: replica id -> fallback claim, millionths of every limit; and
+-- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat), of the one app
+--           whose lanes the call touches: the replicas that serve it
+-- KEYS[2] claims  (hash: replica id -> fallback claim, millionths of each of that app's limits; and
 --           "~" .. id -> until when (Redis time) that replica's own sends on lanes of a
 --           longer period than a second still count there)
 -- KEYS[3] epoch   (string: when this Redis state was born)

@@ -2,7 +2,8 @@
 //! is slow or gone.
 //!
 //! # Shared mode
-//! Every timgate on the same Redis and `key_prefix` shares each app lane and API lane. The
+//! Every timgate on the same Redis and `key_prefix` that serves an app shares its app lane and
+//! API lanes, and only those timgates: membership and claims are the app's too. The
 //! two layers of a local lane move into Redis, each one atomic call of one Lua script
 //! (`fleet.lua`, loaded once, run by EVALSHA, on Redis's own clock):
 //! - **turn**: the pacing reservation (GCRA, burst 1, at 0.96 × capacity), API lane and app
@@ -46,13 +47,15 @@
 //! heartbeat has lapsed.
 //!
 //! # Keys
-//! Every key is `{key_prefix}:…`: `members`, `claims`, `epoch` and `lane:<sdkappid>[:<api>]`.
-//! The braces make `key_prefix` the Redis Cluster hash tag of every key, so all keys of one
-//! fleet live in one slot and a script call (the membership keys and up to two lanes) never
-//! spans slots.
+//! Every key is `{key_prefix}:…`: `members:<sdkappid>`, `claims:<sdkappid>`, `epoch` and
+//! `lane:<sdkappid>[:<api>]`. The braces make `key_prefix` the Redis Cluster hash tag of
+//! every key, so all keys of one fleet live in one slot and a script call (one app's
+//! membership keys and its lanes) never spans slots.
 //!
 //! # Membership and claims
-//! Every replica beats every `BEAT` into a sorted set scored by Redis time; a member whose
+//! Membership is per app (`group`): the members of an app are the replicas that serve it,
+//! whatever their deployment, and what follows holds for each app on its own. Every replica
+//! beats every `BEAT` into each of its apps' sorted sets, scored by Redis time; a member whose
 //! last live beat is older than `EXPIRY` has *lapsed* and is counted as possibly sending on
 //! its own. Each member holds a *claim* c (millionths): its fallback share of a limit L is
 //! floor(L × c / 10⁶). Claims are granted by the beat script so that they never sum above
@@ -126,6 +129,7 @@
 //! Redis time and checks each step above on every send (switch, partial partition, switch
 //! back, lost state), and that no closed second holds more than L.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -135,7 +139,8 @@ use redis::{FromRedisValue, Script};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use self::batch::{Kind, Wait};
+use self::cause::Cause;
+pub use self::group::Group;
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::config;
@@ -153,12 +158,12 @@ pub const RETAIN: Duration = Duration::from_secs(600);
 pub const MARGIN: Duration = Duration::from_millis(100);
 /// One second: the window every limit is counted over.
 const WINDOW: Duration = Duration::from_secs(1);
-/// tokio's timer resolution: a shorter wait is not slept (see `Fleet::turn`).
+/// tokio's timer resolution: a shorter wait is not slept (see `Group::turn`).
 const TICK: Duration = Duration::from_millis(1);
 /// The oldest a guard's admission may be when its answer arrives (the write follows at
 /// once): asked at most this long ago. Redis admitted it somewhere between the ask and the
 /// answer, and the guard's window allows sends up to `SPREAD` apart from their admissions;
-/// the rest of `SPREAD` is room for the write itself. A slower answer is not sent on (see `Fleet::guard`). The time an ask
+/// the rest of `SPREAD` is room for the write itself. A slower answer is not sent on (see `Group::guard`). The time an ask
 /// waits in its batch's queue counts (`batch`): under load a guard waits up to about two
 /// round trips, so the fleet needs Redis within about half of this.
 pub(super) const FRESH: Duration = Duration::from_millis(20);
@@ -183,10 +188,6 @@ enum Mode {
 
 struct State {
     mode: Mode,
-    /// The claim this replica may spend in fallback (millionths).
-    claim: u32,
-    /// How many members Redis last reported (lapsed included).
-    members: u32,
     /// Upper bound of (Redis clock − our clock), µs, from the last beat.
     offset: Option<i64>,
     /// The last beat's round trip.
@@ -208,6 +209,21 @@ struct State {
     contact: Option<Instant>,
 }
 
+impl State {
+    /// A send on the fallback share at `now` over lanes of these periods: it counts until a
+    /// period after it (see `rejoin_after` and `long_until`).
+    fn sent_on_fallback(&mut self, lanes: &[(&Lane, NonZeroU32, Duration)], now: Instant) {
+        for (_, _, period) in lanes {
+            let until = if *period > WINDOW {
+                &mut self.long_until
+            } else {
+                &mut self.rejoin_after
+            };
+            *until = (*until).max(Some(now + *period));
+        }
+    }
+}
+
 /// How the script reaches Redis.
 enum Link {
     /// The real connection; the script reads Redis's own clock.
@@ -220,25 +236,27 @@ enum Link {
 /// The shared backend: one Redis connection, the script, this replica's state.
 pub struct Fleet {
     link: Link,
-    script: Script,
+    script: Arc<Script>,
+    /// Why calls fail, logged once per change.
+    causes: Arc<cause::Causes>,
     /// `{key_prefix}`: every key starts with it, so all keys one script call touches hash
     /// to one Redis Cluster slot.
     tag: String,
-    /// The members, claims and epoch keys, passed first to every call.
-    common: [String; 3],
     id: String,
     timeout: Duration,
     anchor: Instant,
     state: Mutex<State>,
     series: FleetSeries,
-    /// Turns and guards waiting to go to Redis together.
-    turns: batch::Batches,
-    guards: batch::Batches,
+    /// The fleet size planned (`replicas`): a new app's first claim is 1/`replicas`.
+    replicas: NonZeroU32,
+    /// The groups of the apps this replica serves, by SDKAppID, each alive while some
+    /// app's lanes hold it.
+    groups: Mutex<HashMap<u64, Weak<Group>>>,
 }
 
 /// A pacing reservation in Redis, given back if dropped unused.
 pub(super) struct Reservation {
-    fleet: Arc<Fleet>,
+    group: Arc<Group>,
     keys: Vec<String>,
     /// `before`, `after` per reserved lane, as Redis stored them.
     tats: Vec<i64>,
@@ -250,14 +268,14 @@ impl Drop for Reservation {
         if self.used {
             return;
         }
-        let (fleet, keys, tats) = (
-            self.fleet.clone(),
+        let (group, keys, tats) = (
+            self.group.clone(),
             std::mem::take(&mut self.keys),
             std::mem::take(&mut self.tats),
         );
         // Best effort: a caller who left does not wait for Redis.
         tokio::spawn(async move {
-            let _ = fleet
+            let _ = group
                 .call::<i64>(
                     "release",
                     &keys,
@@ -341,16 +359,14 @@ impl Fleet {
         let tag = format!("{{{prefix}}}");
         let fleet = Arc::new(Fleet {
             link,
-            script: Script::new(include_str!("fleet.lua")),
-            common: ["members", "claims", "epoch"].map(|name| format!("{tag}:{name}")),
+            script: Arc::new(Script::new(include_str!("fleet.lua"))),
+            causes: Arc::default(),
             tag,
             id: format!("{:016x}", rand::random::<u64>()),
             timeout,
             anchor: Instant::now(),
             state: Mutex::new(State {
                 mode: Mode::Shared,
-                claim: MILLION / replicas.get(),
-                members: replicas.get(),
                 offset: None,
                 round_trip: Duration::ZERO,
                 live_until: None,
@@ -361,12 +377,36 @@ impl Fleet {
                 contact: None,
             }),
             series,
-            turns: batch::Batches::default(),
-            guards: batch::Batches::default(),
+            replicas,
+            groups: Mutex::default(),
         });
         fleet.series.redis_up.set(1);
         tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
         fleet
+    }
+
+    /// The group of app `sdkappid`: the one its lanes hold already, or a new one.
+    pub fn group(self: &Arc<Self>, sdkappid: u64) -> Arc<Group> {
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(group) = groups.get(&sdkappid).and_then(Weak::upgrade) {
+            return group;
+        }
+        groups.retain(|_, group| group.strong_count() > 0);
+        let group = Arc::new(Group::new(self.clone(), sdkappid, self.replicas));
+        groups.insert(sdkappid, Arc::downgrade(&group));
+        group
+    }
+
+    /// The groups alive now.
+    fn groups(&self) -> Vec<Arc<Group>> {
+        let groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        groups.values().filter_map(Weak::upgrade).collect()
     }
 
     /// The Redis key of one lane.
@@ -417,16 +457,6 @@ impl Fleet {
         state.mode
     }
 
-    /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
-    pub(super) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
-        let state = self.lock();
-        let retained = state
-            .contact
-            .is_none_or(|at| at.elapsed() + EXPIRY + MARGIN < RETAIN);
-        let share = u64::from(limit.get()) * u64::from(state.claim) / u64::from(MILLION);
-        NonZeroU32::new(u32::try_from(share).unwrap_or(0)).filter(|_| retained)
-    }
-
     /// A call failed or timed out: stop using Redis, and wait before spending the share.
     fn lost(&self, why: &str) {
         let mut state = self.lock();
@@ -451,36 +481,21 @@ impl Fleet {
         );
     }
 
-    /// One script call within `timeout_ms`, with its latency recorded.
-    async fn call<T: FromRedisValue>(
+    /// One script call within `timeout_ms`, with its latency recorded, and its failure's
+    /// cause logged when it changes (`cause`).
+    async fn call<T: FromRedisValue + Send + 'static>(
         &self,
+        common: &[String; 3],
         op: &str,
         keys: &[String],
         args: &[String],
     ) -> Result<T, String> {
         let started = Instant::now();
         let answer = match &self.link {
-            Link::Redis(redis) => {
-                let mut invocation = self.script.prepare_invoke();
-                for key in self.common.iter().chain(keys) {
-                    invocation.key(key);
-                }
-                invocation
-                    .arg(op)
-                    .arg("")
-                    .arg(EXPIRY.as_micros() as u64)
-                    .arg(QUARANTINE.as_micros() as u64);
-                for arg in args {
-                    invocation.arg(arg);
-                }
-                let mut redis = redis.clone();
-                tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut redis))
-                    .await
-                    .map(|answer| answer.map_err(|e| e.to_string()))
-            }
+            Link::Redis(redis) => self.invoke(redis, common, op, keys, args).await,
             #[cfg(test)]
             Link::Fixed(redis) => {
-                let keys = self.common.iter().chain(keys).cloned().collect();
+                let keys = common.iter().chain(keys).cloned().collect();
                 let mut all = vec![
                     op.to_owned(),
                     redis.now().to_string(),
@@ -488,175 +503,58 @@ impl Fleet {
                     QUARANTINE.as_micros().to_string(),
                 ];
                 all.extend_from_slice(args);
-                tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await
+                match tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+                }
             }
         };
         self.series.latency.observe(started.elapsed().as_secs_f64());
-        match answer {
+        answer
+    }
+
+    /// The script run by EVALSHA on the real connection, within `timeout_ms`. A call cut
+    /// off before it could fail on its own is let run on to learn why (`cause`).
+    async fn invoke<T: FromRedisValue + Send + 'static>(
+        &self,
+        redis: &ConnectionManager,
+        common: &[String; 3],
+        op: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, String> {
+        let (script, mut redis) = (self.script.clone(), redis.clone());
+        let keys: Vec<String> = common.iter().chain(keys).cloned().collect();
+        let mut all = vec![
+            op.to_owned(),
+            String::new(),
+            EXPIRY.as_micros().to_string(),
+            QUARANTINE.as_micros().to_string(),
+        ];
+        all.extend_from_slice(args);
+        let mut call = Box::pin(async move {
+            let mut invocation = script.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            for arg in &all {
+                invocation.arg(arg);
+            }
+            invocation.invoke_async::<T>(&mut redis).await
+        });
+        match tokio::time::timeout(self.timeout, &mut call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-        }
-    }
-
-    /// Waits for a shared turn on `asks` (narrowest first). `Ok(None)`: Redis is gone, use
-    /// the fallback. `Ok(Some(true))`: the turn came at once and its send-time guard passed
-    /// in the same call, asked because the request `held` a ready connection; it is to be
-    /// sent at once. Otherwise `held` is dropped before any wait (a connection is not kept
-    /// from others while its request waits) and the send asks the guard itself.
-    pub(super) async fn turn<T>(
-        self: &Arc<Self>,
-        asks: &[Ask],
-        max_wait: Duration,
-        closing: &super::Closing,
-        held: &mut Option<T>,
-    ) -> Result<Option<bool>, Throttled> {
-        let start = Instant::now();
-        let mut reserved = Vec::new();
-        let mut from = 0;
-        let mut guarded = false;
-        while from < asks.len() {
-            let left = &asks[from..];
-            let budget = max_wait.saturating_sub(start.elapsed());
-            let asked = Instant::now();
-            // In whole milliseconds (refusing at most one early), so that the asks of
-            // concurrent requests read alike and go to Redis as one (`batch`). The guard
-            // goes along only on the first call, which asks every lane.
-            let wait = Wait {
-                longest: budget.as_millis() as u64 * 1000,
-                guard_too: held.is_some() && from == 0,
-            };
-            let answer = self.ask(Kind::Turns, Some(wait), left).await;
-            let answer = match answer {
-                Ok(answer) => answer,
-                Err(why) => {
-                    *held = None;
-                    self.lost(&why);
-                    return Ok(None);
+            Ok(Err(error)) => {
+                self.causes.failed(Cause::of(&error), &error.to_string());
+                Err(error.to_string())
+            }
+            Err(_) => {
+                if self.causes.may_follow() {
+                    let causes = self.causes.clone();
+                    tokio::spawn(async move { causes.followed(call).await });
                 }
-            };
-            let (&n, rest) = answer.split_first().ok_or_else(unreachable_reply)?;
-            let n_lanes = usize::try_from(n).unwrap_or(0);
-            // The guard's answer follows the turn's 1 + 2n cells.
-            let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
-            // An admission answered too late to send on is not used: the send asks the
-            // guard itself.
-            guarded = wait.guard_too && n >= 0 && guard_answer == Some(&0) && !self.late(asked);
-            if !guarded {
-                *held = None;
+                Err(format!("no answer within {} ms", self.timeout.as_millis()))
             }
-            let told = rest.first().copied().unwrap_or(0);
-            let wait = Duration::from_micros(told.max(0) as u64);
-            if n < 0 {
-                // A reply naming no lane of this ask is not Redis's script talking.
-                let scope = usize::try_from(n.unsigned_abs() - 1)
-                    .ok()
-                    .and_then(|at| left.get(at))
-                    .ok_or_else(unreachable_reply)?
-                    .scope;
-                // No capacity now: members whose heartbeat lapsed hold all of it (this
-                // replica itself, until its first live beat). That passes with a beat:
-                // ask again after one while the budget allows.
-                if told < 0 && BEAT < max_wait.saturating_sub(start.elapsed()) {
-                    let again = Instant::now() + BEAT;
-                    tokio::select! {
-                        () = tokio::time::sleep_until(again) => continue,
-                        () = closing.before(again) => {}
-                    }
-                }
-                return Err(Throttled {
-                    scope,
-                    retry_after: if told < 0 { WINDOW } else { wait },
-                });
-            }
-            let n = n_lanes;
-            let reserved_lanes = left
-                .get(..n)
-                .filter(|lanes| !lanes.is_empty())
-                .ok_or_else(unreachable_reply)?;
-            let reservation = Reservation {
-                fleet: self.clone(),
-                keys: reserved_lanes.iter().map(|a| a.key.clone()).collect(),
-                tats: rest
-                    .get(1..1 + 2 * n)
-                    .ok_or_else(unreachable_reply)?
-                    .to_vec(),
-                used: false,
-            };
-            // Redis's wait counts from when it ran the script, somewhere in the round trip:
-            // counted from the ask, the slot comes at most one round trip early. A wait under
-            // a timer tick is not slept: tokio's timer would make it a whole tick (1 ms or
-            // more) on every turn that was merely behind another by microseconds. Early is
-            // safe: the send-time guard in Redis, not pacing, keeps the limit.
-            // A drain that closes the limiter before the slot refuses the wait at once, as
-            // a local lane does (the reservation is given back).
-            let wait = wait.saturating_sub(asked.elapsed());
-            if wait >= TICK {
-                let slot = Instant::now() + wait;
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = closing.before(slot) => {
-                        return Err(Throttled {
-                            scope: left[0].scope,
-                            retry_after: wait,
-                        });
-                    }
-                }
-            }
-            reserved.push(reservation);
-            from += n;
-        }
-        for reservation in &mut reserved {
-            reservation.used = true;
-        }
-        Ok(Some(guarded))
-    }
-
-    /// The fleet-wide send-time guard for `asks`. `Ok(false)`: Redis is gone, so nothing may
-    /// be sent on this turn.
-    ///
-    /// An admission answered more than `FRESH` after the ask is not sent on: the send could
-    /// reach Tencent later after its admission than `SPREAD` allows against others'. It is
-    /// asked again; a second such answer in a row counts as losing Redis, since a Redis that
-    /// slow cannot keep the limit at the wire (capacity lost, never the limit).
-    pub(super) async fn guard(
-        self: &Arc<Self>,
-        asks: &[Ask],
-        max_wait: Duration,
-    ) -> Result<bool, Throttled> {
-        let start = Instant::now();
-        let mut stale = false;
-        loop {
-            let asked = Instant::now();
-            let wait = match self.ask(Kind::Guards, None, asks).await {
-                Ok(wait) => Duration::from_micros(wait.first().copied().unwrap_or(0).max(0) as u64),
-                Err(why) => {
-                    self.lost(&why);
-                    return Ok(false);
-                }
-            };
-            let late = self.late(asked);
-            if late && stale {
-                self.lost(&format!(
-                    "two send-time guards in a row answered after more than {} ms",
-                    FRESH.as_millis()
-                ));
-                return Ok(false);
-            }
-            stale = late;
-            if wait.is_zero() {
-                if !late {
-                    return Ok(true);
-                }
-                continue;
-            }
-            if start.elapsed() + wait > max_wait {
-                return Err(Throttled {
-                    scope: Scope::App,
-                    retry_after: wait,
-                });
-            }
-            tokio::time::sleep(wait).await;
         }
     }
 
@@ -695,64 +593,71 @@ impl Fleet {
         )
     }
 
-    /// Passes the fallback lanes' send-time guard (lane, cost, period) if the replica is
-    /// still in fallback, and records the send. `Err(wait)`: not yet; `Ok(false)`: no longer
-    /// in fallback.
-    pub(super) fn fallback_send(
+    /// Passes the fallback lanes' send-time guard (lane, cost, period) while the replica is
+    /// still in fallback, and records the send. Sends wait at each lane's gate in the order
+    /// they came, and none past `by`: `Throttled` then. `Ok(false)`: no longer in fallback.
+    pub(super) async fn fallback_send(
         &self,
         lanes: &[(&Lane, NonZeroU32, Duration)],
-    ) -> Result<bool, Duration> {
-        let mut state = self.lock();
-        if state.mode != Mode::Fallback {
-            return Ok(false);
+        by: Instant,
+    ) -> Result<bool, Throttled> {
+        let mut gates = Vec::with_capacity(lanes.len());
+        for (lane, _, _) in lanes {
+            gates.push(lane.gate(by).await?);
         }
-        super::lane::try_guard(lanes.iter().map(|(lane, cost, _)| (*lane, *cost)))?;
-        let now = Instant::now();
-        for (_, _, period) in lanes {
-            let until = if *period > WINDOW {
-                &mut state.long_until
-            } else {
-                &mut state.rejoin_after
+        loop {
+            let wait = {
+                let mut state = self.lock();
+                if state.mode != Mode::Fallback {
+                    return Ok(false);
+                }
+                match super::lane::admit_all(lanes.iter().map(|(lane, cost, _)| (*lane, *cost))) {
+                    Ok(()) => {
+                        state.sent_on_fallback(lanes, Instant::now());
+                        return Ok(true);
+                    }
+                    Err(refused) => refused,
+                }
             };
-            *until = (*until).max(Some(now + *period));
+            super::lane::wait_until_by(wait.0, wait.1, by).await?;
         }
-        Ok(true)
-    }
-
-    /// Tencent said too fast: slow the shared lane for every replica.
-    pub(super) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
-        let fleet = self.clone();
-        tokio::spawn(async move {
-            if let Err(why) = fleet
-                .call::<i64>("slow", &[key], &[limit.get().to_string()])
-                .await
-            {
-                fleet.lost(&why);
-            }
-        });
     }
 
     /// Gives this replica's claim back (on shutdown).
     pub async fn leave(&self) {
-        let _ = self
-            .call::<i64>("leave", &[], std::slice::from_ref(&self.id))
-            .await;
+        for group in self.groups() {
+            let _ = group
+                .call::<i64>("leave", &[], std::slice::from_ref(&self.id))
+                .await;
+        }
     }
 
     fn micros(&self, at: Instant) -> i64 {
         at.saturating_duration_since(self.anchor).as_micros() as i64
     }
 
-    /// One heartbeat: live while in Redis and past any fallback send's second; otherwise a
-    /// probe that registers this replica's claim as possibly in use.
+    /// One heartbeat, for each app this replica serves: live while in Redis and past any
+    /// fallback send's second; otherwise a probe that registers this replica's claim as
+    /// possibly in use. The members gauge shows the fewest live members of its apps.
     async fn beat(&self) {
+        let mut fewest = None::<i64>;
+        for group in self.groups() {
+            if let Some(live) = self.beat_for(&group).await {
+                fewest = Some(fewest.map_or(live, |f| f.min(live)));
+            }
+        }
+        if let Some(fewest) = fewest {
+            self.series.members.set(fewest);
+        }
+    }
+
+    /// One app's heartbeat; its live members when Redis answered in time to count.
+    async fn beat_for(&self, group: &Group) -> Option<i64> {
         let sent = Instant::now();
-        let (live, held, wanted, not_after, long_until) = {
+        let (live, not_after, long_until) = {
             let mut state = self.lock();
             let rejoin = state.rejoin_after.is_none_or(|at| sent >= at + MARGIN);
             let live = state.mode == Mode::Shared && rejoin && state.offset.is_some();
-            let wanted = MILLION / state.members.max(1);
-            state.claim = state.claim.min(wanted);
             let not_after = state
                 .offset
                 .map(|offset| (self.micros(sent + self.timeout) + offset).to_string());
@@ -767,13 +672,13 @@ impl Fleet {
                 let until = sent + self.timeout + state.round_trip + EXPIRY;
                 state.live_until = Some(state.live_until.map_or(until, |u| u.max(until)));
             }
-            (
-                live,
-                state.claim,
-                wanted,
-                not_after.unwrap_or_default(),
-                long_until,
-            )
+            (live, not_after.unwrap_or_default(), long_until)
+        };
+        let (held, wanted) = {
+            let mut claim = group.claim();
+            let wanted = MILLION / claim.members.max(1);
+            claim.held = claim.held.min(wanted);
+            (claim.held, wanted)
         };
         let args = [
             self.id.clone(),
@@ -784,15 +689,25 @@ impl Fleet {
             RETAIN.as_micros().to_string(),
             long_until,
         ];
-        let answer = self.call::<Vec<i64>>("beat", &[], &args).await;
+        let answer = group.call::<Vec<i64>>("beat", &[], &args).await;
         let received = Instant::now();
         match answer {
             Ok(reply) if reply.len() == 4 && reply[0] >= 0 => {
-                self.answered(&reply, sent, received);
+                self.causes.answered();
+                return self.answered(group, &reply, sent, received);
             }
-            Ok(_) => self.lost("a heartbeat reached Redis after its deadline"),
+            Ok(reply) if reply.len() == 4 => {
+                self.causes.answered();
+                self.lost("a heartbeat reached Redis after its deadline");
+            }
+            Ok(_) => {
+                let why = "a heartbeat's answer is not the script's";
+                self.causes.failed(Cause::Protocol, why);
+                self.lost(why);
+            }
             Err(why) => self.lost(&why),
         }
+        None
     }
 
     /// A heartbeat's answer. Away from Redis, one slower than `BACK` does not bring the
@@ -801,7 +716,13 @@ impl Fleet {
     /// until it is back (Redis may have granted more, which only takes more off the shared
     /// lanes). The clock offset (still an upper bound, however slow the answer) and the last
     /// contact are kept current, so its beats keep reaching Redis before their deadlines.
-    fn answered(&self, reply: &[i64], sent: Instant, received: Instant) {
+    fn answered(
+        &self,
+        group: &Group,
+        reply: &[i64],
+        sent: Instant,
+        received: Instant,
+    ) -> Option<i64> {
         let mut state = self.lock();
         state.offset = Some(reply[3] - self.micros(sent));
         state.round_trip = received - sent;
@@ -812,11 +733,13 @@ impl Fleet {
                 round_trip_ms = state.round_trip.as_millis() as u64,
                 "fleet: Redis answered, too slowly to go back to it"
             );
-            return;
+            return None;
         }
-        state.claim = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
-        state.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
-        self.series.members.set(reply[1]);
+        {
+            let mut claim = group.claim();
+            claim.held = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
+            claim.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
+        }
         if state.mode != Mode::Shared {
             state.mode = Mode::Shared;
             drop(state);
@@ -824,9 +747,9 @@ impl Fleet {
             self.series.to_shared.inc();
             info!("fleet: Redis is back; shared lanes again");
         }
+        Some(reply[1])
     }
 }
-
 fn unreachable_reply() -> Throttled {
     Throttled {
         scope: Scope::App,
@@ -854,5 +777,7 @@ async fn heartbeat(fleet: Weak<Fleet>) {
 }
 
 mod batch;
+mod cause;
+mod group;
 #[cfg(test)]
 mod tests;

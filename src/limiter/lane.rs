@@ -35,28 +35,58 @@ use tokio::time::Instant;
 
 use super::{GUARD, PACE, SLOWDOWN, SPREAD, Scope, Throttled};
 
-/// Passes every lane's send-time guard at one instant; any refusal waits and starts over.
-/// A cell a guard admitted for a send that then waited is never reused, so real sends are
-/// always a subset of what each guard admitted.
-pub(super) async fn guard(lanes: &[(&Lane, NonZeroU32)]) {
-    'again: loop {
-        for (lane, cost) in lanes {
-            if let Err(wait) = lane.newest().admit(*cost) {
-                tokio::time::sleep(wait).await;
-                continue 'again;
-            }
+/// Passes every lane's send-time guard at one instant, in arrival order, by `by` at the
+/// latest: each lane's gate is taken first (a fair queue, so the sends that wait behind a
+/// guard go in the order they came), then any refusal waits and starts over. A send whose
+/// wait would end after `by` is refused at once (`Throttled`, with the wait), so no request
+/// waits at the guard longer than its turn allowed. A cell a guard admitted for a send that
+/// then waited is never reused, so real sends are always a subset of what each guard admitted.
+pub(super) async fn guard(lanes: &[(&Lane, NonZeroU32)], by: Instant) -> Result<(), Throttled> {
+    let mut gates = Vec::with_capacity(lanes.len());
+    for (lane, _) in lanes {
+        gates.push(lane.gate(by).await?);
+    }
+    loop {
+        match admit_all(lanes.iter().copied()) {
+            Ok(()) => return Ok(()),
+            Err((lane, wait)) => wait_until_by(lane, wait, by).await?,
         }
-        return;
     }
 }
 
-/// Passes every lane's guard now at its cost, or says how long to wait (cells admitted
-/// before a refusal are not reused, as in `guard`).
+/// Sleeps `wait` for `lane`'s guard, or refuses at once when that would end after `by`.
+pub(super) async fn wait_until_by(
+    lane: &Lane,
+    wait: Duration,
+    by: Instant,
+) -> Result<(), Throttled> {
+    if Instant::now() + wait > by {
+        return Err(lane.refusal(wait));
+    }
+    tokio::time::sleep(wait).await;
+    Ok(())
+}
+
+/// Passes every lane's guard now at its cost, or says how long to wait; also refused while
+/// another send waits at a lane's gate, which goes first (cells admitted before a refusal
+/// are not reused, as in `guard`).
 pub(super) fn try_guard<'a>(
-    lanes: impl IntoIterator<Item = (&'a Lane, NonZeroU32)>,
+    lanes: impl IntoIterator<Item = (&'a Lane, NonZeroU32)> + Clone,
 ) -> Result<(), Duration> {
+    let mut gates = Vec::new();
+    for (lane, _) in lanes.clone() {
+        let lane = lane.newest();
+        gates.push(lane.gate.try_lock().map_err(|_| lane.refill)?);
+    }
+    admit_all(lanes).map_err(|(_, wait)| wait)
+}
+
+/// Passes every lane's guard now at its cost, or names the lane that refused and its wait.
+pub(super) fn admit_all<'a>(
+    lanes: impl IntoIterator<Item = (&'a Lane, NonZeroU32)>,
+) -> Result<(), (&'a Lane, Duration)> {
     for (lane, cost) in lanes {
-        lane.newest().admit(cost)?;
+        lane.newest().admit(cost).map_err(|wait| (lane, wait))?;
     }
     Ok(())
 }
@@ -76,6 +106,8 @@ pub(super) struct Lane {
     largest: NonZeroU32,
     pace: Mutex<Pace>,
     guard: Guard,
+    /// Taken by a send for as long as it waits at the guard: sends wait in a fair queue.
+    gate: tokio::sync::Mutex<()>,
     /// The lane that replaced this one when a reload changed its limit.
     successor: OnceLock<Arc<Lane>>,
     /// The lane this one replaced, during the transition after the switch.
@@ -191,6 +223,7 @@ impl Lane {
                 guard_full: now,
             }),
             guard: RateLimiter::direct_with_clock(quota, TokioClock),
+            gate: tokio::sync::Mutex::new(()),
             successor: OnceLock::new(),
             transition: Mutex::new(None),
         }
@@ -300,6 +333,25 @@ impl Lane {
         let lane = self.newest();
         let wait = lane.lock().tat.saturating_duration_since(now);
         lane.check(wait, max_wait)
+    }
+
+    /// Takes this lane's gate (see `guard`), waiting in line no later than `by`.
+    pub(super) async fn gate(
+        &self,
+        by: Instant,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, Throttled> {
+        let lane = self.newest();
+        tokio::time::timeout_at(by, lane.gate.lock())
+            .await
+            .map_err(|_| lane.refusal(lane.refill))
+    }
+
+    /// A refusal by this lane, whose room comes in `wait`.
+    pub(super) fn refusal(&self, wait: Duration) -> Throttled {
+        Throttled {
+            scope: self.scope,
+            retry_after: wait,
+        }
     }
 
     fn check(&self, wait: Duration, max_wait: Duration) -> Result<(), Throttled> {
@@ -447,7 +499,12 @@ mod tests {
             if Instant::now() >= end {
                 break;
             }
-            guard(&[(lanes[i % lanes.len()], NonZeroU32::MIN)]).await;
+            guard(
+                &[(lanes[i % lanes.len()], NonZeroU32::MIN)],
+                end + Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
             times.push(Instant::now());
         }
         times
@@ -517,5 +574,41 @@ mod tests {
             via_old.slot > next.slot,
             "the old lane's turns are made on the new one"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_held_back_by_the_guard_go_in_arrival_order_and_none_past_its_bound() {
+        // Twenty sends reach a guard of 10/s at once, as paced sends do after the process
+        // was stopped for a while; each may wait 500 ms at most.
+        let lane = Arc::new(Lane::new(Scope::App, limit(10)));
+        let start = Instant::now();
+        let by = start + Duration::from_millis(500);
+        let mut sends = Vec::new();
+        for i in 0..20 {
+            let lane = lane.clone();
+            sends.push(tokio::spawn(async move {
+                let answer = guard(&[(&lane, NonZeroU32::MIN)], by).await;
+                (i, answer, Instant::now())
+            }));
+            tokio::task::yield_now().await;
+        }
+        let mut admitted = Vec::new();
+        let mut refused = Vec::new();
+        for send in sends {
+            let (i, answer, at) = send.await.unwrap();
+            assert!(at <= by, "send {i} answered {:?} after its bound", at - by);
+            match answer {
+                Ok(()) => admitted.push((at, i)),
+                Err(throttled) => refused.push((i, throttled)),
+            }
+        }
+        // Those admitted went in the order they came, and were the first to come; the
+        // others were refused, saying when the guard has room.
+        admitted.sort();
+        let order: Vec<usize> = admitted.iter().map(|(_, i)| *i).collect();
+        assert_eq!(order, (0..admitted.len()).collect::<Vec<_>>());
+        assert!((4..=8).contains(&admitted.len()), "{order:?}");
+        assert_eq!(admitted.len() + refused.len(), 20);
+        assert!(refused.iter().all(|(_, t)| t.retry_after > Duration::ZERO));
     }
 }

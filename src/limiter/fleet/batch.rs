@@ -15,7 +15,7 @@
 //! hand-off (a task wake-up), a delay of the same kind as the reply's own way back, which
 //! the guard's SPREAD (25 ms between admission and arrival at Tencent) already allows for.
 //! Its time in the queue counts against `FRESH`: an admission is sent on only if answered
-//! within 20 ms of the ask, queue included (`Fleet::guard`).
+//! within 20 ms of the ask, queue included (`Group::guard`).
 //! The queue holds at most one ask per request in flight, which the server already bounds.
 //! An ask waits at most `timeout_ms` in the queue for its answer or the lead, and a call it
 //! leads at most `timeout_ms` again; past either, the replica falls back as after any slow
@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use super::{Fleet, Reservation};
+use super::cause::Cause;
+use super::{Group, Reservation};
 
 /// The most asks one script call carries: Redis runs nothing else while a script runs.
 const MOST: usize = 32;
@@ -109,7 +110,7 @@ impl Batches {
 /// A call's place. Dropped (its call came back, or whoever held it left), it passes to the
 /// first queued ask still waiting, or is given up.
 struct Leading {
-    fleet: Arc<Fleet>,
+    group: Arc<Group>,
     kind: Kind,
     armed: bool,
 }
@@ -121,7 +122,7 @@ impl Drop for Leading {
         }
         loop {
             let job = {
-                let mut queue = self.fleet.batches(self.kind).lock();
+                let mut queue = self.group.batches(self.kind).lock();
                 match queue.jobs.pop_front() {
                     Some(job) => job,
                     None => {
@@ -131,7 +132,7 @@ impl Drop for Leading {
                 }
             };
             let lead = Leading {
-                fleet: self.fleet.clone(),
+                group: self.group.clone(),
                 kind: self.kind,
                 armed: true,
             };
@@ -145,7 +146,7 @@ impl Drop for Leading {
     }
 }
 
-impl Fleet {
+impl Group {
     fn batches(&self, kind: Kind) -> &Batches {
         match kind {
             Kind::Turns => &self.turns,
@@ -162,7 +163,8 @@ impl Fleet {
         wait: Option<Wait>,
         lanes: &[super::Ask],
     ) -> Result<Vec<i64>, String> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timeout = self.fleet.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let ask = Ask {
                 wait,
@@ -184,7 +186,7 @@ impl Fleet {
                 Ok(replied) => replied,
                 Err(ask) => {
                     let lead = Leading {
-                        fleet: self.clone(),
+                        group: self.clone(),
                         kind,
                         armed: true,
                     };
@@ -196,7 +198,7 @@ impl Fleet {
                 Ok(Ok(Reply::Lead(ask, lead))) => return lead.run(ask).await,
                 // The call it was in was dropped with its leader: ask again.
                 Ok(Err(_)) => continue,
-                Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
+                Err(_) => return Err(format!("no answer within {} ms", timeout.as_millis())),
             }
         }
     }
@@ -206,9 +208,10 @@ impl Leading {
     /// Makes one call in this place: `own` first, then the asks queued meanwhile. Answers
     /// them, and returns `own`'s answer; the place passes on when this returns.
     async fn run(self, own: Ask) -> Result<Vec<i64>, String> {
-        let (fleet, kind) = (&self.fleet, self.kind);
+        let (group, kind) = (&self.group, self.kind);
+        let fleet = &group.fleet;
         let jobs: Vec<Job> = {
-            let mut queue = fleet.batches(kind).lock();
+            let mut queue = group.batches(kind).lock();
             let n = queue.jobs.len().min(MOST - 1);
             queue.jobs.drain(..n).collect()
         };
@@ -218,12 +221,17 @@ impl Leading {
             .chain(jobs.iter().map(|job| &job.ask))
             .collect();
         let (keys, args) = encode(&all);
-        let answers = fleet
+        let answers = group
             .call::<Vec<i64>>(kind.op(), &keys, &args)
             .await
-            .and_then(|flat| split(&flat, asks));
+            .and_then(|flat| {
+                split(&flat, asks).inspect_err(|why| fleet.causes.failed(Cause::Protocol, why))
+            });
         let mut answers = match answers {
-            Ok(answers) => answers.into_iter(),
+            Ok(answers) => {
+                fleet.causes.answered();
+                answers.into_iter()
+            }
             Err(why) => {
                 for job in jobs {
                     let _ = job.reply.send(Reply::Answer(Err(why.clone())));
@@ -234,7 +242,7 @@ impl Leading {
         let mine = answers.next().unwrap_or_default();
         for (job, answer) in jobs.into_iter().zip(answers) {
             if let Err(Reply::Answer(Ok(unused))) = job.reply.send(Reply::Answer(Ok(answer))) {
-                give_back(fleet, kind, job.ask, &unused);
+                give_back(group, kind, job.ask, &unused);
             }
         }
         Ok(mine)
@@ -242,7 +250,7 @@ impl Leading {
 }
 
 /// A turn's answer whose request left (or gave up waiting): its slots go back.
-fn give_back(fleet: &Arc<Fleet>, kind: Kind, ask: Ask, answer: &[i64]) {
+fn give_back(group: &Arc<Group>, kind: Kind, ask: Ask, answer: &[i64]) {
     let Kind::Turns = kind else { return };
     let Some(n) = answer.first().and_then(|&n| usize::try_from(n).ok()) else {
         return;
@@ -253,7 +261,7 @@ fn give_back(fleet: &Arc<Fleet>, kind: Kind, ask: Ask, answer: &[i64]) {
         let mut keys = ask.keys;
         keys.truncate(n);
         drop(Reservation {
-            fleet: fleet.clone(),
+            group: group.clone(),
             keys,
             tats: answer[2..2 + 2 * n].to_vec(),
             used: false,

@@ -16,7 +16,7 @@ use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::batch::{Kind, Wait};
-use super::{Ask, EXPIRY, Fleet, Link, MARGIN, NonZeroU32, WINDOW};
+use super::{Ask, EXPIRY, Fleet, Group, Link, MARGIN, NonZeroU32, WINDOW};
 use crate::api::Api;
 use crate::config::Config;
 use crate::limiter::{GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
@@ -844,7 +844,8 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
         return;
     };
     let sim = Sim::formed(server).await;
-    let fleet = sim.replicas[0].fleet.clone();
+    // The group app 1's lanes hold: the one whose calls they make.
+    let fleet = sim.replicas[0].fleet.group(1);
     let lane = [Ask::calls(
         fleet.key(1, None),
         NonZeroU32::new(200).unwrap(),
@@ -854,11 +855,11 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
         longest: 1_000_000,
         guard_too: false,
     };
-    let ask = |fleet: &Arc<Fleet>| {
+    let ask = |fleet: &Arc<Group>| {
         let (fleet, lane) = (fleet.clone(), lane.clone());
         tokio::spawn(async move { fleet.ask(Kind::Turns, Some(wait), &lane).await })
     };
-    async fn until(fleet: &Fleet, load: (usize, usize)) {
+    async fn until(fleet: &Group, load: (usize, usize)) {
         while fleet.turns.load() != load {
             tokio::task::yield_now().await;
         }
