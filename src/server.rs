@@ -9,7 +9,9 @@
 //! Requests that break HTTP/1.1's Host rules (RFC 9112 §3.2) get 400 before any handler runs.
 //! Those, an HTTP/2 preface (505), and heads hyper answers itself (431 past the head bound,
 //! 400 for a head it cannot parse) are handed to the listener's [`Handler::refused`], so that
-//! every request leaves its one log line (and, on the gateway, its one outcome metric).
+//! every request leaves its one log line (and, on the gateway, its one outcome metric). Every
+//! answer made here carries `x-timgate-attempts: 0`, as the gateway's own answers carry the
+//! attempts they took.
 
 mod io;
 
@@ -38,6 +40,9 @@ use crate::error::envelope;
 use io::Guarded;
 
 pub use io::LINGER;
+
+/// The header on every answer timgate gives: the upstream attempts it took (0: none was sent).
+pub const ATTEMPTS: &str = "x-timgate-attempts";
 
 /// Connections the admin listener serves at once: probes and scrapes, never a crowd.
 pub const ADMIN_MAX_CONNECTIONS: usize = 32;
@@ -376,9 +381,9 @@ fn refused_host<H: Handler>(handler: &H, error: &'static str) -> Response<Full<B
         error,
     });
     let mut response = envelope(StatusCode::BAD_REQUEST, 60002, error);
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(ATTEMPTS, HeaderValue::from_static("0"));
     response
 }
 
@@ -463,7 +468,8 @@ async fn read_head(io: &mut Guarded, max: usize) -> std::io::Result<bool> {
 
 /// The answer to a connection past the cap.
 const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 109\r\n\r\n\
+content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\n\
+x-timgate-attempts: 0\r\ncontent-length: 109\r\n\r\n\
 {\"ActionStatus\":\"FAIL\",\"ErrorCode\":60008,\"ErrorInfo\":\"the gateway is at its connection limit; retry shortly\"}";
 
 #[cfg(test)]
@@ -480,6 +486,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(declared, body.len(), "{text}");
+        assert!(head.contains("\r\nx-timgate-attempts: 0\r\n"), "{head}");
         serde_json::from_str::<serde_json::Value>(body).unwrap();
     }
 

@@ -72,6 +72,18 @@ fn error_code(answer: &str) -> i64 {
         .unwrap()
 }
 
+/// The value of a raw answer's `x-timgate-attempts` header, if it has one.
+fn attempts(answer: &str) -> Option<&str> {
+    let head = answer
+        .split_once("\r\n\r\n")
+        .map_or(answer, |(head, _)| head);
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-timgate-attempts")
+            .then_some(value.trim())
+    })
+}
+
 #[tokio::test]
 async fn host_rules_and_an_http2_preface_get_clear_answers() {
     let upstream = Recorder::ok().await;
@@ -201,6 +213,7 @@ async fn past_the_connection_cap_callers_get_503_and_healthz_still_answers() {
         "{refused}"
     );
     assert!(refused.contains("retry-after: 1"), "{refused}");
+    assert_eq!(attempts(&refused), Some("0"), "{refused}");
 
     let caller = Caller::default();
     let health = caller.get(gw.admin.unwrap(), "/healthz").await;
@@ -236,6 +249,34 @@ async fn an_http_client_past_the_connection_cap_reads_the_503_rather_than_a_brok
         assert_eq!(answer.json()["ErrorCode"], 60008, "{answer:?}");
     }
     assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn every_answer_the_http_layer_makes_itself_says_no_attempt_was_made() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(Config::from_toml(&one_app(1, &upstream.url())).unwrap()).await;
+    let post = |head: &str| format!("POST {PLAIN} {head}\r\ncontent-length: 2\r\n\r\n{{}}");
+    let big = format!(
+        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\nx-a: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answers = [
+        (post("HTTP/1.1"), 400),
+        (post("HTTP/1.1\r\nhost: a\r\nhost: b"), 400),
+        (post("HTTP/1.1\r\nhost: t\r\nno colon here"), 400),
+        (post("HTTP/9.9\r\nhost: t"), 400),
+        (post("HTTP/2.0\r\nhost: t"), 400),
+        ("\x01\x02 junk\r\n\r\n".to_owned(), 400),
+        (big, 431),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(), 505),
+    ];
+    for (request, expected) in answers {
+        let answer = exchange(gw.addr, request.as_bytes()).await;
+        assert_eq!(status(&answer), expected, "{answer}");
+        assert_eq!(error_code(&answer), 60002, "{answer}");
+        assert_eq!(attempts(&answer), Some("0"), "{answer}");
+    }
+    assert!(upstream.seen().is_empty());
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@
 //!   without a word, so the first bytes are looked at here, and `PRI ` gets a 505.
 //! - **hyper's own answers carry the envelope**: to a head it cannot read, hyper writes a
 //!   bare 400, 414 or 431 with no body. Such an answer (a 4xx without `content-type`, which
-//!   every answer timgate makes has) is written as the same status in Tencent's envelope.
+//!   every answer timgate makes has) is written as the same status in Tencent's envelope,
+//!   with `x-timgate-attempts: 0` like every answer timgate gives.
 
 use std::io;
 use std::pin::Pin;
@@ -35,7 +36,8 @@ const LINGER_READS_PER_POLL: usize = 16;
 
 /// The answer to an HTTP/2 preface, written before the connection closes.
 pub(super) const HTTP2_REFUSAL: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
-content-type: application/json\r\nconnection: close\r\ncontent-length: 93\r\n\r\n\
+content-type: application/json\r\nconnection: close\r\nx-timgate-attempts: 0\r\n\
+content-length: 93\r\n\r\n\
 {\"ActionStatus\":\"FAIL\",\"ErrorCode\":60002,\"ErrorInfo\":\"HTTP/2 is not supported: use HTTP/1.1\"}";
 
 /// What the envelope says for each answer hyper writes itself.
@@ -221,7 +223,7 @@ fn enveloped(written: &[u8]) -> Option<Vec<u8>> {
     Some(
         format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n\
-             content-length: {}\r\n\r\n{body}",
+             x-timgate-attempts: 0\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes(),
@@ -350,6 +352,7 @@ mod tests {
             head.contains(&format!("content-length: {}", body.len())),
             "{head}"
         );
+        assert!(head.contains("\r\nx-timgate-attempts: 0\r\n"), "{head}");
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(body["ErrorCode"], 60002);
         assert_eq!(body["ErrorInfo"], HEAD_TOO_LARGE);
