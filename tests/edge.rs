@@ -371,6 +371,40 @@ async fn a_next_request_that_has_begun_keeps_its_connection_from_being_closed() 
 }
 
 #[tokio::test]
+async fn an_answer_still_being_written_keeps_its_connection_from_being_closed() {
+    // Larger than what the sockets between the gateway and a caller that reads nothing hold.
+    const LARGE: usize = 6 << 20;
+    let upstream = Recorder::answering(Duration::ZERO, |_| {
+        let mut body = br#"{"ActionStatus":"OK","ErrorCode":0,"Pad":""#.to_vec();
+        body.resize(LARGE - 2, b'a');
+        body.extend_from_slice(br#""}"#);
+        (hyper::StatusCode::OK, body.into())
+    })
+    .await;
+    let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
+    config.server.max_connections = 1;
+    let gw = gateway(config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(gw.addr).await.unwrap();
+    slow.write_all(keep_alive("{}").as_bytes()).await.unwrap();
+    // Its answer has begun; the rest waits for it to read.
+    let mut first = [0u8; 1];
+    slow.read_exact(&mut first).await.unwrap();
+
+    let refused = exchange(gw.addr, last("{}").as_bytes()).await;
+    assert_eq!(status(&refused), 503, "{refused}");
+    // The answer arrives whole (`read_one` reads what its head declares, from the second
+    // byte on), and the connection stays open for the next request.
+    let answer = read_one(&mut slow).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(answer.split_once("\r\n\r\n").unwrap().1.len(), LARGE);
+    slow.write_all(keep_alive("{}").as_bytes()).await.unwrap();
+    let again = read_one(&mut slow).await;
+    assert_eq!(status(&again), 200, "{again}");
+}
+
+#[tokio::test]
 async fn an_http_client_past_the_connection_cap_reads_the_503_rather_than_a_broken_connection() {
     let upstream = Held::start().await;
     let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();

@@ -19,6 +19,7 @@ use hyper::StatusCode;
 use hyper::server::conn::http1::{Connection, Parts};
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::debug;
@@ -43,6 +44,18 @@ enum Driven {
     Closed(hyper::Result<()>),
     /// An ask found the connection idle, and hyper was asked to shut down gracefully.
     Asked(Ask),
+}
+
+/// How a gracefully shut down connection let go.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once from a boxed future, never kept"
+)]
+enum Stopped<S> {
+    /// At once: it was idle. Its socket, what hyper had read of a next request, and the ask.
+    Idle(Parts<TokioIo<Guarded>, S>, Ask),
+    /// After finishing an exchange (its socket shut down), or with an error.
+    Finished(hyper::Result<()>),
 }
 
 /// Serves one accepted connection that holds `permit`, one of the cap's places.
@@ -159,15 +172,15 @@ fn served<'a, H: Handler>(
                 Driven::Asked(ask) => ask,
             };
             // Boxed: rarely needed, and as large as the connection it holds.
-            let (stopped, ask) = Box::pin(stopped(http, ask)).await;
-            let parts = stopped?;
+            let (parts, ask) = match Box::pin(stopped(http, ask)).await {
+                Stopped::Idle(parts, ask) => (parts, ask),
+                Stopped::Finished(ended) => return ended,
+            };
             let mut guarded = parts.io.into_inner();
             if parts.read_buf.is_empty() && !guarded.unread() {
                 // Nothing unread: a plain close sends FIN, no reset; no lingering needed.
                 drop(guarded);
-                if let Some(ask) = ask {
-                    let _ = ask.send(Some(permit));
-                }
+                let _ = ask.send(Some(permit));
                 return Ok(());
             }
             // A next request had begun: not idle after all (the ask goes unanswered).
@@ -210,22 +223,28 @@ where
 }
 
 /// A connection whose graceful shutdown was asked for, run until hyper has let go of it,
-/// without shutting its socket down. The ask is answered "busy" at once unless hyper let go
-/// at its first poll: then nothing was in flight, and the ask is handed back to be answered.
-async fn stopped<S>(
-    http: Connection<TokioIo<Guarded>, S>,
-    ask: Ask,
-) -> (hyper::Result<Parts<TokioIo<Guarded>, S>>, Option<Ask>)
+/// without shutting its socket down. hyper lets go at its first poll when nothing was in
+/// flight: the ask is then handed back to be answered. Otherwise (an exchange that the
+/// connection's activity did not show) the ask is declined at once, and hyper finishes the
+/// exchange, which keeps nothing open after it.
+async fn stopped<S>(http: Connection<TokioIo<Guarded>, S>, ask: Ask) -> Stopped<S>
 where
     S: HttpService<hyper::body::Incoming, ResBody = Answered, Error = Infallible>,
 {
     let mut stopping = pin!(http.without_shutdown());
     let first = std::future::poll_fn(|cx| Poll::Ready(stopping.as_mut().poll(cx))).await;
     match first {
-        Poll::Ready(ended) => (ended, Some(ask)),
+        Poll::Ready(Ok(parts)) => Stopped::Idle(parts, ask),
+        Poll::Ready(Err(e)) => Stopped::Finished(Err(e)),
         Poll::Pending => {
             let _ = ask.send(None);
-            (stopping.await, None)
+            let parts = match stopping.await {
+                Ok(parts) => parts,
+                Err(e) => return Stopped::Finished(Err(e)),
+            };
+            // Closed as hyper would have, with its lingering close.
+            let _ = parts.io.into_inner().shutdown().await;
+            Stopped::Finished(Ok(()))
         }
     }
 }

@@ -71,13 +71,16 @@ impl Idle {
     }
 }
 
-/// Whether a connection has something to answer: set when bytes arrive and when a request
-/// reaches the handler, cleared when its answer has been handed whole to hyper (the answer's
-/// body is dropped). A pipelined request whose first bytes came before the answer is not
-/// seen here; hyper's own state is the final word (see `connection`).
+/// Whether a connection has anything in flight. Busy from the moment bytes arrive or a
+/// request reaches the handler until its answer has been handed whole to hyper (the
+/// answer's body is dropped) and written out (a flush completed). Idle then means hyper has
+/// finished the exchange: with keep-alive it waits for a next head, without it, it has
+/// closed the connection in the same poll. A pipelined request whose first bytes came with
+/// the previous one is not seen here; hyper's read buffer tells (see `connection`).
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     busy: AtomicBool,
+    writing: AtomicBool,
 }
 
 impl Activity {
@@ -91,9 +94,19 @@ impl Activity {
         self.busy.store(false, Ordering::Relaxed);
     }
 
-    /// Nothing in flight and nothing arriving, as far as this connection has seen.
+    /// Bytes were written (or are waiting to be): not idle until they are flushed.
+    pub(super) fn wrote(&self) {
+        self.writing.store(true, Ordering::Relaxed);
+    }
+
+    /// A flush completed: everything written is out.
+    pub(super) fn flushed(&self) {
+        self.writing.store(false, Ordering::Relaxed);
+    }
+
+    /// Nothing in flight, arriving or being written, as far as this connection has seen.
     pub(super) fn is_idle(&self) -> bool {
-        !self.busy.load(Ordering::Relaxed)
+        !self.busy.load(Ordering::Relaxed) && !self.writing.load(Ordering::Relaxed)
     }
 }
 
@@ -222,6 +235,17 @@ mod tests {
         assert_eq!(idle.len(), 1);
         drop(a);
         assert_eq!(idle.len(), 0);
+    }
+
+    #[test]
+    fn an_answer_is_not_idle_until_it_is_written_out() {
+        let activity = Activity::default();
+        activity.arrived();
+        activity.wrote();
+        activity.answered();
+        assert!(!activity.is_idle(), "a write still waits for its flush");
+        activity.flushed();
+        assert!(activity.is_idle());
     }
 
     #[test]

@@ -13,10 +13,10 @@
 //!   bare 400, 414 or 431 with no body. Such an answer (a 4xx without `content-type`, which
 //!   every answer timgate makes has) is written as the same status in Tencent's envelope,
 //!   with `x-timgate-attempts: 0` like every answer timgate gives.
-//! - **What arrives is seen**: each read that hands hyper bytes marks the connection busy
-//!   ([`Activity`]), and bytes hyper read but did not use can be handed back to be read
-//!   again ([`Guarded::replay`]), so that an idle connection asked for its place is closed
-//!   only when nothing of a next request has come.
+//! - **What arrives and leaves is seen**: each read that hands hyper bytes, and each write
+//!   until its flush, marks the connection busy ([`Activity`]), and bytes hyper read but
+//!   did not use can be handed back to be read again ([`Guarded::replay`]), so that an idle
+//!   connection asked for its place is closed only when nothing of a next request has come.
 
 use std::io;
 use std::pin::Pin;
@@ -225,6 +225,13 @@ impl Guarded {
         Poll::Pending
     }
 
+    /// Tells the activity, if any, that bytes are being written.
+    fn wrote(&self) {
+        if let Some(activity) = &self.activity {
+            activity.wrote();
+        }
+    }
+
     /// Reads what is to be handed to hyper next: bytes to replay, then the sniffed ones,
     /// then the socket's.
     fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -331,6 +338,7 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.wrote();
         if this.replacing.is_none() {
             this.replacing = enveloped(buf).map(|answer| (answer, 0));
         }
@@ -347,6 +355,7 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.wrote();
         if this.replacing.is_none()
             && let Some(first) = bufs.iter().find(|b| !b.is_empty())
         {
@@ -366,7 +375,11 @@ impl AsyncWrite for Guarded {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_flush(cx);
-        this.watch(cx, poll)
+        let flushed = this.watch(cx, poll);
+        if let (Poll::Ready(Ok(())), Some(activity)) = (&flushed, &this.activity) {
+            activity.flushed();
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
