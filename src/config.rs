@@ -338,8 +338,9 @@ pub struct Server {
     /// Request body bytes held at once across all connections (`max_body_bytes_in_flight`,
     /// default 8 MiB); a body that finds it spent is answered 503.
     pub max_body_bytes_in_flight: usize,
-    /// Proxy connections served at once (`max_connections`, default 1024); past it a
-    /// connection is answered 503 and closed. Lowered at start to fit the open-file limit.
+    /// Proxy connections served at once (`max_connections`, default 1024); past it a new
+    /// connection takes the place of the longest-idle one, which is closed, or is answered
+    /// 503 and closed when none is idle. Lowered at start to fit the open-file limit.
     pub max_connections: usize,
     /// Bytes of a request line and headers together (`max_header_bytes`, default 16384);
     /// a longer head, a long path included, is answered 431.

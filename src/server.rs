@@ -2,18 +2,23 @@
 //!
 //! Accepts until `shutdown` resolves, then stops accepting and lets every connection finish
 //! its in-flight request (idle keep-alive connections close at once), for at most the drain.
-//! What one connection can hold is bounded ([`Bounds`]): open connections (past the cap a
-//! connection is answered 503 and closed, never left waiting unaccepted), header bytes (431
+//! What one connection can hold is bounded ([`Bounds`]): open connections, header bytes (431
 //! past `max_header_bytes`), the time to send a request head (also the idle keep-alive
 //! timeout), and the time a write may stall on a caller that does not read ([`io`]).
+//! At the connection cap a new caller takes the place of the longest-idle connection, which
+//! is closed ([`idle`]); only when every connection has a request in flight is it answered
+//! 503 and closed, never left waiting unaccepted.
 //! Requests that break HTTP/1.1's Host rules (RFC 9112 §3.2) get 400 before any handler runs.
 //! Those, an HTTP/2 preface (505), and heads hyper answers itself (431 past the head bound,
 //! 400 for a head it cannot parse) are handed to the listener's [`Handler::refused`], so that
-//! every request leaves its one log line (and, on the gateway, its one outcome metric).
+//! every request leaves its one log line (and, on the gateway, its one outcome metric). Every
+//! answer made here carries `x-timgate-attempts: 0`, as the gateway's own answers carry the
+//! attempts they took.
 
+mod connection;
+mod idle;
 mod io;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,25 +29,34 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderValue};
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::TokioTimer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::config;
 use crate::error::envelope;
+use connection::connection;
+use idle::Idle;
 use io::Guarded;
 
 pub use io::LINGER;
 
+/// The header on every answer timgate gives: the upstream attempts it took (0: none was sent).
+pub const ATTEMPTS: &str = "x-timgate-attempts";
+
 /// Connections the admin listener serves at once: probes and scrapes, never a crowd.
 pub const ADMIN_MAX_CONNECTIONS: usize = 32;
-/// Connections past the cap that are answered 503 at once; beyond these, closed unanswered.
-const MAX_REFUSING: usize = 32;
+/// Connections past the cap being placed (in an idle connection's place) or answered 503
+/// at once; beyond these, closed unanswered.
+const MAX_PAST_CAP: usize = 32;
+/// Idle connections a caller past the cap asks for their place before it is answered 503:
+/// each that declines has just received a request.
+const MAX_ASKS: usize = 8;
+/// How long an idle connection may take to answer an ask; it answers on its next poll.
+const ASK_WAIT: Duration = Duration::from_millis(100);
 /// Descriptors kept for everything but proxy connections: the listeners, the admin
 /// connections, the refusals, the runtime, log and configuration files.
 const RESERVED_FDS: u64 = 128;
@@ -53,7 +67,8 @@ const FDS_PER_CONNECTION: u64 = 3;
 /// What one listener's connections may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
-    /// Connections served at once; past it, 503 and close.
+    /// Connections served at once; past it, the longest-idle is closed for a new one, or,
+    /// with none idle, the new one is answered 503 and closed.
     pub max_connections: usize,
     /// Bytes of a request head (request line and headers); past it, 431.
     pub max_header_bytes: usize,
@@ -186,6 +201,21 @@ fn connection_cap(configured: usize) -> usize {
     configured.min(room)
 }
 
+/// What one listener's connections share.
+struct Listener<H> {
+    handler: H,
+    http: http1::Builder,
+    bounds: Bounds,
+    /// One permit for each connection served: the cap.
+    open: Arc<Semaphore>,
+    /// The connections that are idle now, whose places a caller past the cap may take.
+    idle: Arc<Idle>,
+    /// One permit for each caller past the cap being placed or refused.
+    past_cap: Arc<Semaphore>,
+    /// Whether 503s are being answered, so that it is logged once, not per caller.
+    refusing: AtomicBool,
+}
+
 /// Serves `handler` on `listener` within `bounds` until `shutdown`, then drains for at most
 /// `bounds.drain`. Returns whether every connection finished within the drain.
 pub async fn serve<H: Handler>(
@@ -194,28 +224,28 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
     bounds: Bounds,
 ) -> bool {
-    let graceful = GracefulShutdown::new();
-    let http = Arc::new(builder(&bounds));
-    let open = Arc::new(Semaphore::new(bounds.max_connections));
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let at_cap = AtomicBool::new(false);
+    let shared = Arc::new(Listener {
+        handler,
+        http: builder(&bounds),
+        bounds,
+        open: Arc::new(Semaphore::new(bounds.max_connections)),
+        idle: Arc::default(),
+        past_cap: Arc::new(Semaphore::new(MAX_PAST_CAP)),
+        refusing: AtomicBool::new(false),
+    });
+    // Every connection holds a receiver until it is closed: the drain waits for them all.
     let (closing, _) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let Ok(permit) = open.clone().try_acquire_owned() else {
-                        if !at_cap.swap(true, Ordering::Relaxed) {
-                            warn!(max = bounds.max_connections, "at the connection cap: answering 503");
-                        }
-                        refuse(stream, handler.clone(), &refusing, bounds);
+                    let Ok(permit) = shared.open.clone().try_acquire_owned() else {
+                        past_cap(stream, &shared, closing.subscribe());
                         continue;
                     };
-                    at_cap.store(false, Ordering::Relaxed);
-                    let watcher = graceful.watcher();
-                    let closing = closing.subscribe();
-                    tokio::spawn(connection(stream, handler.clone(), http.clone(), bounds, watcher, closing, permit));
+                    shared.refusing.store(false, Ordering::Relaxed);
+                    tokio::spawn(connection(stream, shared.clone(), closing.subscribe(), permit));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -229,7 +259,7 @@ pub async fn serve<H: Handler>(
     drop(listener);
     closing.send_replace(true);
     tokio::select! {
-        () = graceful.shutdown() => true,
+        () = closing.closed() => true,
         () = tokio::time::sleep(bounds.drain) => {
             warn!(drain = ?bounds.drain, "drain deadline passed with connections still open");
             false
@@ -237,105 +267,54 @@ pub async fn serve<H: Handler>(
     }
 }
 
-/// Serves one accepted connection. Until its first bytes arrive it costs no buffers: hyper
-/// takes over only then. Silent past `header_read_timeout`, or when the drain starts, it is
-/// closed.
-///
-/// An `async` block rather than an `async fn`: an `async fn` keeps a second place for each
-/// argument once it has started, and this future lives as long as its connection (with
-/// 1,000 callers, 1,000 of them); the builder is shared for the same reason.
-fn connection<H: Handler>(
+/// A connection past the cap: served in the place of the longest-idle connection that is
+/// still idle when asked; answered 503 when every connection is busy.
+fn past_cap<H: Handler>(
     stream: TcpStream,
-    handler: H,
-    http: Arc<http1::Builder>,
-    bounds: Bounds,
-    watcher: Watcher,
-    mut closing: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
-) -> impl Future<Output = ()> + Send + 'static {
-    let (read_timeout, write_timeout) = (bounds.header_read_timeout, bounds.write_timeout);
-    async move {
-        tokio::select! {
-            ready = tokio::time::timeout(read_timeout, stream.readable()) => {
-                if !matches!(ready, Ok(Ok(()))) {
-                    return;
-                }
-            }
-            _ = closing.wait_for(|closing| *closing) => return,
-        }
-        let (serving, http2_refused) = serving(stream, &handler, &http, write_timeout, watcher);
-        let served = serving.await;
-        if http2_refused.load(Ordering::Relaxed) {
-            handler.refused(Refusal {
-                outcome: "bad_request",
-                status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                code: Some(60002),
-                error: "an HTTP/2 preface on the HTTP/1.1 port",
-            });
-        } else if let Err(e) = served {
-            match answered_by_hyper(&e) {
-                Some(refusal) => handler.refused(refusal),
-                None => debug!(error = %e, "connection ended with an error"),
-            }
-        }
-        drop(permit);
-    }
-}
-
-/// hyper serving `stream` for `handler`, watched by the drain; and whether an HTTP/2 preface
-/// was answered, readable once it is done.
-fn serving<H: Handler>(
-    stream: TcpStream,
-    handler: &H,
-    http: &http1::Builder,
-    write_timeout: Duration,
-    watcher: Watcher,
-) -> (
-    impl Future<Output = hyper::Result<()>> + Send + use<H>,
-    Arc<AtomicBool>,
+    shared: &Arc<Listener<H>>,
+    closing: watch::Receiver<bool>,
 ) {
-    // Latency matters more than packet count on loopback.
-    let _ = stream.set_nodelay(true);
-    let serving = handler.clone();
-    let service = service_fn(move |request| {
-        let answer = checked(&serving, request);
-        async move { Ok::<_, Infallible>(answer.await) }
+    let Ok(placing) = shared.past_cap.clone().try_acquire_owned() else {
+        debug!("closing a connection unanswered: too many past the cap at once");
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Some(permit) = take_place(&shared).await {
+            debug!("closed the longest-idle connection for a new caller");
+            drop(placing);
+            connection(stream, shared, closing, permit).await;
+            return;
+        }
+        drop(closing);
+        if !shared.refusing.swap(true, Ordering::Relaxed) {
+            warn!(
+                max = shared.bounds.max_connections,
+                "at the connection cap with every connection busy: answering 503"
+            );
+        }
+        refuse(stream, &shared.handler, shared.bounds).await;
+        drop(placing);
     });
-    let guarded = Guarded::new(stream, write_timeout);
-    let http2_refused = guarded.http2_refused();
-    let served = watcher.watch(http.serve_connection(TokioIo::new(guarded), service));
-    (served, http2_refused)
 }
 
-/// The answer hyper wrote itself (in the envelope, see `io`), before closing, to a request
-/// head it could not read.
-fn answered_by_hyper(e: &hyper::Error) -> Option<Refusal> {
-    if !e.is_parse() {
-        return None;
+/// A place for a caller past the cap: one freed meanwhile, or one an idle connection hands
+/// over as it closes. `None` when every connection asked was busy.
+async fn take_place<H>(shared: &Listener<H>) -> Option<OwnedSemaphorePermit> {
+    for _ in 0..MAX_ASKS {
+        if let Ok(permit) = shared.open.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let asks = shared.idle.longest()?;
+        let (ask, answer) = oneshot::channel();
+        if asks.send(ask).is_err() {
+            continue;
+        }
+        if let Ok(Ok(Some(permit))) = tokio::time::timeout(ASK_WAIT, answer).await {
+            return Some(permit);
+        }
     }
-    let refusal = if !e.is_parse_too_large() {
-        Refusal {
-            outcome: "bad_request",
-            status: StatusCode::BAD_REQUEST,
-            code: Some(60002),
-            error: io::BAD_HEAD,
-        }
-    } else if e.to_string().contains("URI") {
-        Refusal {
-            outcome: "header_too_large",
-            status: StatusCode::URI_TOO_LONG,
-            code: Some(60002),
-            error: io::TARGET_TOO_LONG,
-        }
-    } else {
-        Refusal {
-            outcome: "header_too_large",
-            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            code: Some(60002),
-            error: io::HEAD_TOO_LARGE,
-        }
-    };
-    Some(refusal)
+    None
 }
 
 fn builder(bounds: &Bounds) -> http1::Builder {
@@ -376,9 +355,9 @@ fn refused_host<H: Handler>(handler: &H, error: &'static str) -> Response<Full<B
         error,
     });
     let mut response = envelope(StatusCode::BAD_REQUEST, 60002, error);
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(ATTEMPTS, HeaderValue::from_static("0"));
     response
 }
 
@@ -393,40 +372,33 @@ fn host_refusal(request: &Request<Incoming>) -> Option<&'static str> {
     }
 }
 
-/// A connection past the cap: its request head is read, then answered 503 and closed with
-/// a lingering close, while few are being refused; beyond that, closed at once. The head is
-/// read first because a client answered before it has written its request takes the answer
-/// for a broken connection (hyper's client reports an unexpected message), not for a 503.
-fn refuse<H: Handler>(stream: TcpStream, handler: H, refusing: &Arc<Semaphore>, bounds: Bounds) {
-    let Ok(permit) = refusing.clone().try_acquire_owned() else {
-        debug!("refusing a connection unanswered: too many refusals in progress");
+/// A connection past the cap with every connection busy: its request head is read, then
+/// answered 503 and closed with a lingering close. The head is read first because a client
+/// answered before it has written its request takes the answer for a broken connection
+/// (hyper's client reports an unexpected message), not for a 503.
+async fn refuse<H: Handler>(stream: TcpStream, handler: &H, bounds: Bounds) {
+    let mut io = Guarded::new(stream, bounds.write_timeout);
+    let wait = bounds.header_read_timeout.min(REFUSAL_WAIT);
+    let head = tokio::time::timeout(wait, read_head(&mut io, bounds.max_header_bytes)).await;
+    if !matches!(head, Ok(Ok(true))) {
+        // Silent, closed, or a head past the bound: no request to answer.
         return;
-    };
-    tokio::spawn(async move {
-        let mut io = Guarded::new(stream, bounds.write_timeout);
-        let wait = bounds.header_read_timeout.min(REFUSAL_WAIT);
-        let head = tokio::time::timeout(wait, read_head(&mut io, bounds.max_header_bytes)).await;
-        if !matches!(head, Ok(Ok(true))) {
-            // Silent, closed, or a head past the bound: no request to answer.
-            return;
-        }
-        handler.refused(Refusal {
-            outcome: "overloaded",
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: Some(60008),
-            error: "the gateway is at its connection limit",
-        });
-        if io.write_all(AT_CAPACITY).await.is_ok() && io.shutdown().await.is_ok() {
-            // Whatever body the caller is still sending is read and dropped, so that the
-            // close does not become a reset that destroys the answer before it is read.
-            let _ = tokio::time::timeout(
-                REFUSAL_WAIT,
-                tokio::io::copy(&mut io, &mut tokio::io::sink()),
-            )
-            .await;
-        }
-        drop(permit);
+    }
+    handler.refused(Refusal {
+        outcome: "overloaded",
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: Some(60008),
+        error: "the gateway is at its connection limit",
     });
+    if io.write_all(AT_CAPACITY).await.is_ok() && io.shutdown().await.is_ok() {
+        // Whatever body the caller is still sending is read and dropped, so that the
+        // close does not become a reset that destroys the answer before it is read.
+        let _ = tokio::time::timeout(
+            REFUSAL_WAIT,
+            tokio::io::copy(&mut io, &mut tokio::io::sink()),
+        )
+        .await;
+    }
 }
 
 /// How long a refused connection may take to send its head, and to finish sending after
@@ -463,7 +435,8 @@ async fn read_head(io: &mut Guarded, max: usize) -> std::io::Result<bool> {
 
 /// The answer to a connection past the cap.
 const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 109\r\n\r\n\
+content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\n\
+x-timgate-attempts: 0\r\ncontent-length: 109\r\n\r\n\
 {\"ActionStatus\":\"FAIL\",\"ErrorCode\":60008,\"ErrorInfo\":\"the gateway is at its connection limit; retry shortly\"}";
 
 #[cfg(test)]
@@ -480,6 +453,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(declared, body.len(), "{text}");
+        assert!(head.contains("\r\nx-timgate-attempts: 0\r\n"), "{head}");
         serde_json::from_str::<serde_json::Value>(body).unwrap();
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use support::net::Held;
 use support::{Caller, Process, Recorder, gateway, one_app};
 use timgate::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,6 +71,76 @@ fn error_code(answer: &str) -> i64 {
     serde_json::from_str::<serde_json::Value>(body).unwrap()["ErrorCode"]
         .as_i64()
         .unwrap()
+}
+
+/// The value of a raw answer's `x-timgate-attempts` header, if it has one.
+fn attempts(answer: &str) -> Option<&str> {
+    let head = answer
+        .split_once("\r\n\r\n")
+        .map_or(answer, |(head, _)| head);
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-timgate-attempts")
+            .then_some(value.trim())
+    })
+}
+
+/// A keep-alive request for `PLAIN` with `body`.
+fn keep_alive(body: &str) -> String {
+    format!(
+        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A request for `PLAIN` after which the connection closes.
+fn last(body: &str) -> String {
+    keep_alive(body).replacen("\r\n\r\n", "\r\nconnection: close\r\n\r\n", 1)
+}
+
+/// Reads one answer (head and `content-length` body) from a connection left open, within
+/// five seconds.
+async fn read_one(stream: &mut TcpStream) -> String {
+    let reading = async {
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+            answer.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&answer).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let at = answer.len();
+        answer.resize(at + length, 0);
+        stream.read_exact(&mut answer[at..]).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    tokio::time::timeout(Duration::from_secs(5), reading)
+        .await
+        .expect("an answer within 5 s")
+}
+
+/// A new connection, answered 200 once and left open (idle).
+async fn answered_and_idle(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(keep_alive("{}").as_bytes()).await.unwrap();
+    let answer = read_one(&mut stream).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    stream
+}
+
+/// Whether the server closes `stream` (an end of stream or a reset) within five seconds,
+/// without having sent anything more on it.
+async fn closed(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await {
+        Ok(Ok(_)) => rest.is_empty(),
+        Ok(Err(_)) => true,
+        Err(_) => false,
+    }
 }
 
 #[tokio::test]
@@ -175,58 +246,174 @@ async fn a_head_that_is_not_http_gets_the_envelope() {
 }
 
 #[tokio::test]
-async fn past_the_connection_cap_callers_get_503_and_healthz_still_answers() {
+async fn at_the_cap_a_new_caller_takes_the_place_of_the_longest_idle_connection() {
     let upstream = Recorder::ok().await;
     let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
-    config.server.max_connections = 20;
+    config.server.max_connections = 4;
     let gw = gateway(config).await;
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        // A request answered proves the connection was accepted and is being served.
-        let request = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut first = [0u8; 12];
-        stream.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"HTTP/1.1 200");
-        held.push(stream);
+    // Six keep-alive connections, each answered once and then idle: the fifth and the sixth
+    // are served in the places of the two that were idle longest.
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(answered_and_idle(gw.addr).await);
     }
-    let request = format!(
-        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{{}}"
-    );
-    let refused = exchange(gw.addr, request.as_bytes()).await;
+    let answer = exchange(gw.addr, last("{}").as_bytes()).await;
+    assert_eq!((status(&answer), error_code(&answer)), (200, 0), "{answer}");
+    assert_eq!(attempts(&answer), Some("1"), "{answer}");
+    // The three idle longest were closed; the others still serve.
+    for (i, stream) in idle.iter_mut().enumerate().take(3) {
+        assert!(closed(stream).await, "connection {i} is still open");
+    }
+    for stream in &mut idle[3..] {
+        stream.write_all(keep_alive("{}").as_bytes()).await.unwrap();
+        let again = read_one(stream).await;
+        assert_eq!(status(&again), 200, "{again}");
+    }
+    assert_eq!(upstream.seen().len(), 6 + 1 + 3);
+}
+
+#[tokio::test]
+async fn at_the_cap_a_connection_that_has_sent_nothing_gives_its_place_to_a_caller() {
+    let upstream = Recorder::ok().await;
+    let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
+    config.server.max_connections = 2;
+    let gw = gateway(config).await;
+    let mut silent = [
+        TcpStream::connect(gw.addr).await.unwrap(),
+        TcpStream::connect(gw.addr).await.unwrap(),
+    ];
+    let answer = exchange(gw.addr, last("{}").as_bytes()).await;
+    assert_eq!((status(&answer), error_code(&answer)), (200, 0), "{answer}");
+    assert!(closed(&mut silent[0]).await, "the older is still open");
+    // The younger still serves.
+    silent[1]
+        .write_all(keep_alive("{}").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_one(&mut silent[1]).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+}
+
+#[tokio::test]
+async fn at_the_cap_with_every_connection_busy_a_new_caller_gets_503_and_nothing_is_cut() {
+    let upstream = Held::start().await;
+    let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
+    config.server.max_connections = 3;
+    let gw = gateway(config).await;
+    let hold = format!("{{\"{}\":1}}", Held::HOLD);
+    let mut idle = answered_and_idle(gw.addr).await;
+    let mut busy = Vec::new();
+    for held in 1..=3 {
+        // The third is served in the idle connection's place.
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(keep_alive(&hold).as_bytes())
+            .await
+            .unwrap();
+        upstream.holding(held).await;
+        busy.push(stream);
+    }
+    assert!(closed(&mut idle).await, "the idle connection is still open");
+
+    // Every connection has a request in flight now.
+    let refused = exchange(gw.addr, last("{}").as_bytes()).await;
     assert_eq!(
         (status(&refused), error_code(&refused)),
         (503, 60008),
         "{refused}"
     );
     assert!(refused.contains("retry-after: 1"), "{refused}");
-
+    assert_eq!(attempts(&refused), Some("0"), "{refused}");
     let caller = Caller::default();
-    let health = caller.get(gw.admin.unwrap(), "/healthz").await;
-    assert_eq!(health.status, 200);
+    let admin = gw.admin.unwrap();
+    assert_eq!(caller.get(admin, "/healthz").await.status, 200);
+    let text = String::from_utf8(caller.get(admin, "/metrics").await.body.to_vec()).unwrap();
+    let overloaded = ["outcome=\"overloaded\""];
+    let counted = support::sample(&text, "timgate_requests_total", &overloaded);
+    assert_eq!(counted, 1.0, "{text}");
 
-    drop(held.pop());
-    // The freed place is taken again: a new caller is served.
+    // None of the requests in flight was cut.
+    upstream.release();
+    for stream in &mut busy {
+        let answer = read_one(stream).await;
+        assert_eq!((status(&answer), error_code(&answer)), (200, 0), "{answer}");
+    }
+    // A place freed is taken again.
+    drop(busy.pop());
     support::eventually(|| async {
-        let answer = exchange(gw.addr, request.as_bytes()).await;
+        let answer = exchange(gw.addr, last("{}").as_bytes()).await;
         status(&answer) == 200
     })
     .await;
 }
 
 #[tokio::test]
-async fn an_http_client_past_the_connection_cap_reads_the_503_rather_than_a_broken_connection() {
+async fn a_next_request_that_has_begun_keeps_its_connection_from_being_closed() {
     let upstream = Recorder::ok().await;
     let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
     config.server.max_connections = 1;
     let gw = gateway(config).await;
+    // Pipelined: a whole request, and the first part of the next.
+    let next = keep_alive("{}");
+    let (begun, rest) = next.split_at(next.find("content-length").unwrap());
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let first = keep_alive("{}") + begun;
+    stream.write_all(first.as_bytes()).await.unwrap();
+    let answer = read_one(&mut stream).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+
+    let refused = exchange(gw.addr, last("{}").as_bytes()).await;
+    assert_eq!(status(&refused), 503, "{refused}");
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let answer = read_one(&mut stream).await;
+    assert_eq!((status(&answer), error_code(&answer)), (200, 0), "{answer}");
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn an_answer_still_being_written_keeps_its_connection_from_being_closed() {
+    // Larger than what the sockets between the gateway and a caller that reads nothing hold.
+    const LARGE: usize = 6 << 20;
+    let upstream = Recorder::answering(Duration::ZERO, |_| {
+        let mut body = br#"{"ActionStatus":"OK","ErrorCode":0,"Pad":""#.to_vec();
+        body.resize(LARGE - 2, b'a');
+        body.extend_from_slice(br#""}"#);
+        (hyper::StatusCode::OK, body.into())
+    })
+    .await;
+    let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
+    config.server.max_connections = 1;
+    let gw = gateway(config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(gw.addr).await.unwrap();
+    slow.write_all(keep_alive("{}").as_bytes()).await.unwrap();
+    // Its answer has begun; the rest waits for it to read.
+    let mut first = [0u8; 1];
+    slow.read_exact(&mut first).await.unwrap();
+
+    let refused = exchange(gw.addr, last("{}").as_bytes()).await;
+    assert_eq!(status(&refused), 503, "{refused}");
+    // The answer arrives whole (`read_one` reads what its head declares, from the second
+    // byte on), and the connection stays open for the next request.
+    let answer = read_one(&mut slow).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(answer.split_once("\r\n\r\n").unwrap().1.len(), LARGE);
+    slow.write_all(keep_alive("{}").as_bytes()).await.unwrap();
+    let again = read_one(&mut slow).await;
+    assert_eq!(status(&again), 200, "{again}");
+}
+
+#[tokio::test]
+async fn an_http_client_past_the_connection_cap_reads_the_503_rather_than_a_broken_connection() {
+    let upstream = Held::start().await;
+    let mut config = Config::from_toml(&one_app(1, &upstream.url())).unwrap();
+    config.server.max_connections = 1;
+    let gw = gateway(config).await;
     let mut held = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}");
-    held.write_all(request.as_bytes()).await.unwrap();
-    let mut first = [0u8; 12];
-    held.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200");
+    let hold = format!("{{\"{}\":1}}", Held::HOLD);
+    held.write_all(keep_alive(&hold).as_bytes()).await.unwrap();
+    upstream.holding(1).await;
 
     // A real client, as a caller's SDK would be: each attempt on a connection of its own.
     let caller = Caller::unpooled();
@@ -234,8 +421,39 @@ async fn an_http_client_past_the_connection_cap_reads_the_503_rather_than_a_brok
         let answer = caller.post(gw.addr, PLAIN, "{}").await;
         assert_eq!(answer.status, 503, "{answer:?}");
         assert_eq!(answer.json()["ErrorCode"], 60008, "{answer:?}");
+        assert_eq!(answer.headers["x-timgate-attempts"], "0", "{answer:?}");
     }
-    assert_eq!(upstream.seen().len(), 1);
+    upstream.release();
+    let answer = read_one(&mut held).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+}
+
+#[tokio::test]
+async fn every_answer_the_http_layer_makes_itself_says_no_attempt_was_made() {
+    let upstream = Recorder::ok().await;
+    let gw = gateway(Config::from_toml(&one_app(1, &upstream.url())).unwrap()).await;
+    let post = |head: &str| format!("POST {PLAIN} {head}\r\ncontent-length: 2\r\n\r\n{{}}");
+    let big = format!(
+        "POST {PLAIN} HTTP/1.1\r\nhost: t\r\nx-a: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answers = [
+        (post("HTTP/1.1"), 400),
+        (post("HTTP/1.1\r\nhost: a\r\nhost: b"), 400),
+        (post("HTTP/1.1\r\nhost: t\r\nno colon here"), 400),
+        (post("HTTP/9.9\r\nhost: t"), 400),
+        (post("HTTP/2.0\r\nhost: t"), 400),
+        ("\x01\x02 junk\r\n\r\n".to_owned(), 400),
+        (big, 431),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(), 505),
+    ];
+    for (request, expected) in answers {
+        let answer = exchange(gw.addr, request.as_bytes()).await;
+        assert_eq!(status(&answer), expected, "{answer}");
+        assert_eq!(error_code(&answer), 60002, "{answer}");
+        assert_eq!(attempts(&answer), Some("0"), "{answer}");
+    }
+    assert!(upstream.seen().is_empty());
 }
 
 #[tokio::test]
@@ -374,13 +592,14 @@ async fn futures_join<T: Send + 'static>(
 
 #[tokio::test]
 async fn five_thousand_idle_connections_hold_no_more_than_the_cap() {
-    // Held connections stay held for the whole test: no head timeout frees their places.
+    // No head timeout frees a place: past the cap, each new connection takes the place of
+    // the one idle longest, which is closed.
     let (gateway, _upstream, idle) = warm_process("header_read_timeout_ms = 60000\n").await;
     let addr = gateway.addr;
     let connect_all = async move {
         let mut held = Vec::new();
         for _ in 0..5000 {
-            // Past the cap a connection may be refused while it is being made: that is fine.
+            // Past the cap a connection may be closed while it is being made: that is fine.
             if let Ok(stream) = TcpStream::connect(addr).await {
                 held.push(stream);
             }
@@ -391,35 +610,16 @@ async fn five_thousand_idle_connections_hold_no_more_than_the_cap() {
     assert!(peak < POD_MIB, "peak {peak:.1} MiB (idle {idle:.1})");
     let health = Caller::default().get(gateway.admin, "/healthz").await;
     assert_eq!(health.status, 200);
-    // At the cap (1024 by default) a new caller is answered 503, or closed at once while
-    // many refusals are under way.
-    let request = format!("POST {PLAIN} HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{{}}");
-    let mut late = TcpStream::connect(addr).await.unwrap();
-    let _ = late.write_all(request.as_bytes()).await;
-    let mut refused = Vec::new();
-    // Closed at once with the request unread is a reset: that counts as refused too.
-    let _ = tokio::time::timeout(Duration::from_secs(5), late.read_to_end(&mut refused))
-        .await
-        .expect("a caller past the cap is answered or closed at once");
-    let refused = String::from_utf8_lossy(&refused);
-    assert!(refused.is_empty() || status(&refused) == 503, "{refused}");
     assert!(
         held.len() > 1024,
         "only {} connections were made",
         held.len()
     );
+    // At the cap (1024 by default), with every connection idle, a new caller is served in
+    // the place of the one idle longest.
+    let late = exchange(addr, last("{}").as_bytes()).await;
+    assert_eq!((status(&late), error_code(&late)), (200, 0), "{late}");
     drop(held);
-    support::eventually(|| async {
-        let answer = exchange(
-            addr,
-            request
-                .replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await;
-        !answer.is_empty() && status(&answer) == 200
-    })
-    .await;
     recovered(&gateway, idle, 16.0).await;
 }
 

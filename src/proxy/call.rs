@@ -17,11 +17,8 @@ use crate::api::Api;
 use crate::auth::Caller;
 use crate::error::{Error, json_response};
 use crate::metrics::InFlight;
-use crate::server::Refusal;
+use crate::server::{ATTEMPTS, Refusal};
 use crate::upstream::Reply;
-
-/// The header that says how many upstream attempts an answer took (0: none was sent).
-pub const ATTEMPTS: &str = "x-timgate-attempts";
 
 /// The outcome of a request the drain cut: what the drain's verdict counts.
 const DRAIN_CUT: &str = "drain_cut";

@@ -11,7 +11,12 @@
 //!   without a word, so the first bytes are looked at here, and `PRI ` gets a 505.
 //! - **hyper's own answers carry the envelope**: to a head it cannot read, hyper writes a
 //!   bare 400, 414 or 431 with no body. Such an answer (a 4xx without `content-type`, which
-//!   every answer timgate makes has) is written as the same status in Tencent's envelope.
+//!   every answer timgate makes has) is written as the same status in Tencent's envelope,
+//!   with `x-timgate-attempts: 0` like every answer timgate gives.
+//! - **What arrives and leaves is seen**: each read that hands hyper bytes, and each write
+//!   until its flush, marks the connection busy ([`Activity`]), and bytes hyper read but
+//!   did not use can be handed back to be read again ([`Guarded::replay`]), so that an idle
+//!   connection asked for its place is closed only when nothing of a next request has come.
 
 use std::io;
 use std::pin::Pin;
@@ -20,9 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+
+use super::idle::Activity;
 
 /// Longest a closing connection reads and discards what its caller still sends.
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -35,7 +43,8 @@ const LINGER_READS_PER_POLL: usize = 16;
 
 /// The answer to an HTTP/2 preface, written before the connection closes.
 pub(super) const HTTP2_REFUSAL: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
-content-type: application/json\r\nconnection: close\r\ncontent-length: 93\r\n\r\n\
+content-type: application/json\r\nconnection: close\r\nx-timgate-attempts: 0\r\n\
+content-length: 93\r\n\r\n\
 {\"ActionStatus\":\"FAIL\",\"ErrorCode\":60002,\"ErrorInfo\":\"HTTP/2 is not supported: use HTTP/1.1\"}";
 
 /// What the envelope says for each answer hyper writes itself.
@@ -55,6 +64,10 @@ pub struct Guarded {
     /// hyper's own bare answer, replaced by this one: the bytes and how many are written.
     replacing: Option<(Vec<u8>, usize)>,
     closing: Closing,
+    /// Bytes read before, handed out again before anything new.
+    replay: Bytes,
+    /// Told of every read that hands out bytes.
+    activity: Option<Arc<Activity>>,
 }
 
 /// What is known of the connection's first bytes.
@@ -93,7 +106,27 @@ impl Guarded {
             },
             replacing: None,
             closing: Closing::Open,
+            replay: Bytes::new(),
+            activity: None,
         }
+    }
+
+    /// The same connection, telling `activity` of every read that hands out bytes.
+    pub fn watched(self, activity: Arc<Activity>) -> Guarded {
+        Guarded {
+            activity: Some(activity),
+            ..self
+        }
+    }
+
+    /// Hands `bytes`, read before, out again ahead of anything new.
+    pub fn replay(&mut self, bytes: Bytes) {
+        self.replay = bytes;
+    }
+
+    /// Whether bytes have arrived that nothing has read yet (see [`unread`]).
+    pub fn unread(&self) -> bool {
+        unread(&self.stream)
     }
 
     /// Whether an HTTP/2 preface was answered 505, readable after the connection is gone.
@@ -191,6 +224,58 @@ impl Guarded {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+
+    /// Tells the activity, if any, that bytes are being written.
+    fn wrote(&self) {
+        if let Some(activity) = &self.activity {
+            activity.wrote();
+        }
+    }
+
+    /// Reads what is to be handed to hyper next: bytes to replay, then the sniffed ones,
+    /// then the socket's.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.replay.has_remaining() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.advance(n);
+            if self.replay.is_empty() {
+                // An emptied slice still holds hyper's old buffer.
+                self.replay = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_sniff(cx))?;
+        match &mut self.start {
+            Start::Replaying { bytes, at, len } => {
+                let n = (*len - *at).min(buf.remaining());
+                buf.put_slice(&bytes[*at..*at + n]);
+                *at += n;
+                if at == len {
+                    self.start = Start::Passing;
+                    // The rest of what has arrived goes in the same read: handed the 4
+                    // sniffed bytes alone, hyper reads again into a buffer that then holds
+                    // a partial head, and so doubles it (16 KiB a connection, not 8). Only
+                    // bytes are taken from this read; nothing yet, the end or an error is
+                    // met again by the next one (an error at worst as the end).
+                    let _ = Pin::new(&mut self.stream).poll_read(cx, buf);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Start::Passing => Pin::new(&mut self.stream).poll_read(cx, buf),
+            Start::Refused => Poll::Ready(Ok(())),
+            Start::Sniffing { .. } => unreachable!("poll_sniff returns Ready only once decided"),
+        }
+    }
+}
+
+/// Whether bytes have arrived on `stream` that nothing has read yet. The kernel is asked
+/// directly: the runtime learns of new bytes only at its next look.
+pub fn unread(stream: &TcpStream) -> bool {
+    use rustix::net::{RecvFlags, recv};
+    let mut byte = [0u8; 1];
+    let peeked = recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT);
+    matches!(peeked, Ok((_, n)) if n > 0)
 }
 
 /// The envelope answer for `written`, when it is hyper's own bare answer to a head it could
@@ -221,7 +306,7 @@ fn enveloped(written: &[u8]) -> Option<Vec<u8>> {
     Some(
         format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n\
-             content-length: {}\r\n\r\n{body}",
+             x-timgate-attempts: 0\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes(),
@@ -235,27 +320,14 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_sniff(cx))?;
-        match &mut this.start {
-            Start::Replaying { bytes, at, len } => {
-                let n = (*len - *at).min(buf.remaining());
-                buf.put_slice(&bytes[*at..*at + n]);
-                *at += n;
-                if at == len {
-                    this.start = Start::Passing;
-                    // The rest of what has arrived goes in the same read: handed the 4
-                    // sniffed bytes alone, hyper reads again into a buffer that then holds
-                    // a partial head, and so doubles it (16 KiB a connection, not 8). Only
-                    // bytes are taken from this read; nothing yet, the end or an error is
-                    // met again by the next one (an error at worst as the end).
-                    let _ = Pin::new(&mut this.stream).poll_read(cx, buf);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Start::Passing => Pin::new(&mut this.stream).poll_read(cx, buf),
-            Start::Refused => Poll::Ready(Ok(())),
-            Start::Sniffing { .. } => unreachable!("poll_sniff returns Ready only once decided"),
+        let before = buf.filled().len();
+        let read = this.poll_fill(cx, buf);
+        if buf.filled().len() > before
+            && let Some(activity) = &this.activity
+        {
+            activity.arrived();
         }
+        read
     }
 }
 
@@ -266,6 +338,7 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.wrote();
         if this.replacing.is_none() {
             this.replacing = enveloped(buf).map(|answer| (answer, 0));
         }
@@ -282,6 +355,7 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.wrote();
         if this.replacing.is_none()
             && let Some(first) = bufs.iter().find(|b| !b.is_empty())
         {
@@ -301,7 +375,11 @@ impl AsyncWrite for Guarded {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_flush(cx);
-        this.watch(cx, poll)
+        let flushed = this.watch(cx, poll);
+        if let (Poll::Ready(Ok(())), Some(activity)) = (&flushed, &this.activity) {
+            activity.flushed();
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -350,6 +428,7 @@ mod tests {
             head.contains(&format!("content-length: {}", body.len())),
             "{head}"
         );
+        assert!(head.contains("\r\nx-timgate-attempts: 0\r\n"), "{head}");
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(body["ErrorCode"], 60002);
         assert_eq!(body["ErrorInfo"], HEAD_TOO_LARGE);

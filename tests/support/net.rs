@@ -1,5 +1,6 @@
 //! Network stand-ins for the upstream side: an upstream that counts its open connections and
-//! reports each close, a TLS front (a self-signed certificate for 127.0.0.1) and a small HTTP
+//! reports each close, an upstream that holds chosen requests until the test lets them go, a
+//! TLS front (a self-signed certificate for 127.0.0.1) and a small HTTP
 //! CONNECT proxy that records what it relayed.
 
 use std::net::SocketAddr;
@@ -106,6 +107,81 @@ impl Counting {
 }
 
 impl Drop for Counting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An upstream answering Tencent's OK envelope, except that a request whose body contains
+/// `HOLD` is held (a request in flight for as long as a test needs) until `release`.
+pub struct Held {
+    pub addr: SocketAddr,
+    held: watch::Receiver<usize>,
+    release: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    /// What a request's body contains to be held.
+    pub const HOLD: &'static str = "hold";
+
+    pub async fn start() -> Held {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (holding, held) = watch::channel(0);
+        let (release, released) = watch::channel(false);
+        let holding = Arc::new(holding);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (holding, released) = (holding.clone(), released.clone());
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (holding, mut released) = (holding.clone(), released.clone());
+                    async move {
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        if body
+                            .windows(Self::HOLD.len())
+                            .any(|w| w == Self::HOLD.as_bytes())
+                        {
+                            holding.send_modify(|n| *n += 1);
+                            let _ = released.wait_for(|released| *released).await;
+                        }
+                        let body = Bytes::from(super::ok_envelope().to_string());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Held {
+            addr,
+            held,
+            release,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until `n` requests are being held, for at most five seconds.
+    pub async fn holding(&self, n: usize) {
+        let mut held = self.held.clone();
+        let waiting = tokio::time::timeout(Duration::from_secs(5), held.wait_for(|h| *h >= n));
+        let reached = matches!(waiting.await, Ok(Ok(_)));
+        assert!(reached, "{} held after 5 s, not {n}", *self.held.borrow());
+    }
+
+    /// Answers every request held, and every later one at once.
+    pub fn release(&self) {
+        self.release.send_replace(true);
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
         self.task.abort();
     }
