@@ -395,6 +395,34 @@ async fn a_service_that_is_down_or_failing_gets_tencent_the_default_at_once() {
 }
 
 #[tokio::test]
+async fn a_service_that_switches_protocols_gets_tencent_the_default() {
+    let switching = RawUpstream::start(Some(Bytes::from_static(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    )))
+    .await;
+    let routes = route(&[BEFORE_C2C], &switching.url(), "on_timeout = \"deny\"\n");
+    let gw = gateway(signed_config("switching", &routes)).await;
+    let (addr, caller) = (gw.callbacks.unwrap(), Caller::default());
+    let answer = post(
+        &caller,
+        addr,
+        &query(APP, BEFORE_C2C, TOKEN, unix_now()),
+        &c2c_body("hi"),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, &answer.body[..]),
+        (StatusCode::OK, DENY.as_bytes())
+    );
+    assert_eq!(switching.requests(), 1);
+    let text = metrics(&caller, gw.admin.unwrap()).await;
+    assert_eq!(
+        counted(&text, "1400000001", BEFORE_C2C, "default_error"),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn the_listener_keeps_the_proxy_ports_bounds() {
     let service = Recorder::ok().await;
     let routes = route(&["*"], &service.url(), "");

@@ -4,7 +4,7 @@
 //! (so a service that checks the sign itself still can), plus `x-timgate-callback-verified`.
 //! Its answer, status and body, goes back to Tencent. When the service is late (past the
 //! route's timeout, which covers connecting, sending and reading the whole answer), refuses
-//! the connection, or answers 5xx, Tencent gets the route's default answer instead, inside
+//! the connection, or answers 5xx (or a 1xx as its final answer), Tencent gets the route's default answer instead, inside
 //! the timeout. Connections to the service are hyper-util's pooled keep-alive ones; there
 //! are never more open than callbacks in flight (bounded by the listener's connection cap)
 //! plus `MAX_IDLE` idle ones.
@@ -33,7 +33,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a forwarded callback ended.
 pub enum Sent {
-    /// The service answered (not 5xx): its status, content type and body.
+    /// The service answered (not 1xx or 5xx): its status, content type and body.
     Answered {
         /// The service's status.
         status: StatusCode,
@@ -137,7 +137,9 @@ impl Services {
                 );
             }
         };
-        if status.is_server_error() {
+        // A 101 (the only 1xx hyper hands back as final) is no answer Tencent can read: its
+        // connection would be switched to nothing, with no envelope.
+        if status.is_server_error() || status.is_informational() {
             return failed(
                 "default_error",
                 format!("the service answered HTTP {status}"),
