@@ -107,6 +107,23 @@ pub async fn read_exact(
     Ok((body.freeze(), held))
 }
 
+/// Reads a whole answer `body` (a callback service's), up to `limit` bytes, paid for from
+/// `budget` like a request body: what answers cost counts against the same bound, and is
+/// proportional to their bytes, never to their framing. `declared` is its Content-Length.
+pub async fn read_answer(
+    body: Incoming,
+    declared: Option<u64>,
+    limit: usize,
+    budget: &Budget,
+) -> Result<(Bytes, Held), Error> {
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::BodyTooLarge(limit));
+    }
+    let expected = declared.map_or(limit, |n| n as usize);
+    let (body, held) = collect(body, limit, expected, budget).await?;
+    Ok((body.freeze(), held))
+}
+
 /// Copies every data frame into one buffer, growing it (and the budget share) by doubling,
 /// never past `expected` (the declared length, else `limit`).
 async fn collect(

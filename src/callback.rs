@@ -57,17 +57,18 @@ impl Callbacks {
     /// The listener's state for `config`, counting into `metrics`. Bodies are bounded as on
     /// the proxy port (`server.max_body_bytes`, `body_read_timeout_ms`), with a budget of
     /// `max_body_bytes_in_flight` of their own; a service's answer is read up to
-    /// `max_body_bytes` too.
+    /// `max_body_bytes` too, paid for from the same budget.
     pub fn new(config: &Config, metrics: CallbackMetrics) -> Callbacks {
         metrics.prepare(config);
         let server = &config.server;
+        let bodies = Budget::new(server.max_body_bytes_in_flight);
         Callbacks {
             table: ArcSwap::from_pointee(Table::new(config)),
-            services: Services::new(server.max_body_bytes),
+            services: Services::new(server.max_body_bytes, bodies.clone()),
             metrics,
             max_body_bytes: server.max_body_bytes,
             body_timeout: server.body_read_timeout,
-            bodies: Budget::new(server.max_body_bytes_in_flight),
+            bodies,
         }
     }
 
@@ -178,7 +179,8 @@ impl Callbacks {
                 status,
                 content_type,
                 body,
-            } => Reply::forwarded(status, content_type, body),
+                held,
+            } => Reply::forwarded(status, content_type, body, held),
             Sent::Failed { outcome, error } => Reply::fallback(found.route, outcome, error),
         }
     }

@@ -395,6 +395,64 @@ async fn a_service_that_is_down_or_failing_gets_tencent_the_default_at_once() {
 }
 
 #[tokio::test]
+async fn a_service_that_switches_protocols_gets_tencent_the_default() {
+    let switching = RawUpstream::start(Some(Bytes::from_static(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    )))
+    .await;
+    let routes = route(&[BEFORE_C2C], &switching.url(), "on_timeout = \"deny\"\n");
+    let gw = gateway(signed_config("switching", &routes)).await;
+    let (addr, caller) = (gw.callbacks.unwrap(), Caller::default());
+    let answer = post(
+        &caller,
+        addr,
+        &query(APP, BEFORE_C2C, TOKEN, unix_now()),
+        &c2c_body("hi"),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, &answer.body[..]),
+        (StatusCode::OK, DENY.as_bytes())
+    );
+    assert_eq!(switching.requests(), 1);
+    let text = metrics(&caller, gw.admin.unwrap()).await;
+    assert_eq!(
+        counted(&text, "1400000001", BEFORE_C2C, "default_error"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_services_answer_is_paid_for_from_the_listeners_body_budget() {
+    // 3,000 answer bytes: within max_body_bytes, but with the callback's own 2,000 bytes
+    // still held, past the 4,096 bytes the listener may hold at once.
+    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n".to_vec();
+    answer.extend_from_slice(&[b' '; 3000]);
+    let service = RawUpstream::start(Some(Bytes::from(answer))).await;
+    let routes = route(&[BEFORE_C2C], &service.url(), "on_timeout = \"deny\"\n");
+    let keys = format!("callback_token_file = {:?}\n", token_file("budget", TOKEN));
+    let server = "max_body_bytes = 4096\nmax_body_bytes_in_flight = 4096\n";
+    let gw = gateway(config(server, "http://127.0.0.1:1", &keys, &routes)).await;
+    let (addr, caller) = (gw.callbacks.unwrap(), Caller::default());
+    let query = query(APP, BEFORE_C2C, TOKEN, unix_now());
+    let over = post(&caller, addr, &query, &" ".repeat(2000)).await;
+    assert_eq!(
+        (over.status, &over.body[..]),
+        (StatusCode::OK, DENY.as_bytes())
+    );
+    // With a small callback, the same answer fits and is passed on.
+    let within = post(&caller, addr, &query, "{}").await;
+    assert_eq!((within.status, within.body.len()), (StatusCode::OK, 3000));
+    assert_eq!(service.requests(), 2);
+    let text = metrics(&caller, gw.admin.unwrap()).await;
+    assert_eq!(
+        counted(&text, "1400000001", BEFORE_C2C, "default_error"),
+        1.0
+    );
+    assert_eq!(counted(&text, "1400000001", BEFORE_C2C, "forwarded"), 1.0);
+}
+
+#[tokio::test]
 async fn the_listener_keeps_the_proxy_ports_bounds() {
     let service = Recorder::ok().await;
     let routes = route(&["*"], &service.url(), "");

@@ -4,7 +4,7 @@
 //! (so a service that checks the sign itself still can), plus `x-timgate-callback-verified`.
 //! Its answer, status and body, goes back to Tencent. When the service is late (past the
 //! route's timeout, which covers connecting, sending and reading the whole answer), refuses
-//! the connection, or answers 5xx, Tencent gets the route's default answer instead, inside
+//! the connection, or answers 5xx (or a 1xx as its final answer), Tencent gets the route's default answer instead, inside
 //! the timeout. Connections to the service are hyper-util's pooled keep-alive ones; there
 //! are never more open than callbacks in flight (bounded by the listener's connection cap)
 //! plus `MAX_IDLE` idle ones.
@@ -12,14 +12,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::route::Route;
+use crate::body::{self, Budget, Held};
+use crate::error::Error;
 
 /// The header that tells the service what timgate checked: `sign` (the app's token signed
 /// it within 60 s of now) or `app` (the app takes unsigned callbacks: only its SDKAppID
@@ -33,7 +36,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a forwarded callback ended.
 pub enum Sent {
-    /// The service answered (not 5xx): its status, content type and body.
+    /// The service answered (not 1xx or 5xx): its status, content type and body.
     Answered {
         /// The service's status.
         status: StatusCode,
@@ -41,6 +44,8 @@ pub enum Sent {
         content_type: Option<HeaderValue>,
         /// The service's body.
         body: Bytes,
+        /// The body's share of the listener's body budget.
+        held: Held,
     },
     /// No answer to pass on: the `outcome` label, and why.
     Failed {
@@ -56,11 +61,13 @@ pub struct Services {
     client: Client<HttpConnector, Full<Bytes>>,
     /// The largest answer read from a service.
     max_answer_bytes: usize,
+    /// What answers being read and held cost, shared with the callbacks' own bodies.
+    budget: Budget,
 }
 
 impl Services {
-    /// A client reading answers of at most `max_answer_bytes`.
-    pub fn new(max_answer_bytes: usize) -> Services {
+    /// A client reading answers of at most `max_answer_bytes`, paid for from `budget`.
+    pub fn new(max_answer_bytes: usize, budget: Budget) -> Services {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_keepalive(Some(IDLE_TIMEOUT));
@@ -72,6 +79,7 @@ impl Services {
         Services {
             client,
             max_answer_bytes,
+            budget,
         }
     }
 
@@ -123,21 +131,32 @@ impl Services {
                 );
             }
         };
+        self.answer(response).await
+    }
+
+    /// The service's `response`, read within the answer bounds: passed on, or why not.
+    async fn answer(&self, response: Response<Incoming>) -> Sent {
+        let failed = |outcome, error: String| Sent::Failed { outcome, error };
         let status = response.status();
         let content_type = response.headers().get(CONTENT_TYPE).cloned();
-        let body = match Limited::new(response.into_body(), self.max_answer_bytes)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(e) => {
-                return failed(
-                    "default_error",
-                    format!("the service's answer could not be read: {e}"),
-                );
-            }
+        let declared = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let read = body::read_answer(
+            response.into_body(),
+            declared,
+            self.max_answer_bytes,
+            &self.budget,
+        );
+        let (body, held) = match read.await {
+            Ok(read) => read,
+            Err(e) => return failed("default_error", unread(&e, self.max_answer_bytes)),
         };
-        if status.is_server_error() {
+        // A 101 (the only 1xx hyper hands back as final) is no answer Tencent can read: its
+        // connection would be switched to nothing, with no envelope.
+        if status.is_server_error() || status.is_informational() {
             return failed(
                 "default_error",
                 format!("the service answered HTTP {status}"),
@@ -147,7 +166,21 @@ impl Services {
             status,
             content_type,
             body,
+            held,
         }
+    }
+}
+
+/// Why a service's answer was not read, for the log line.
+fn unread(error: &Error, limit: usize) -> String {
+    match error {
+        Error::BodyTooLarge(_) => {
+            format!("the service's answer is over the {limit}-byte limit (server.max_body_bytes)")
+        }
+        Error::Overloaded(_) => {
+            "the service's answer would pass server.max_body_bytes_in_flight".to_owned()
+        }
+        other => format!("the service's answer could not be read: {other}"),
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::info;
 
 use super::route::{self, Route};
 use super::verify::Refused;
+use crate::body::Held;
 use crate::error::{envelope, json_response};
 use crate::metrics::{CallbackMetrics, OTHER};
 use crate::server;
@@ -23,6 +24,8 @@ pub(super) struct Reply {
     status: StatusCode,
     content_type: Option<HeaderValue>,
     body: Bytes,
+    /// The service's answer's share of the body budget, until it is answered.
+    _held: Option<Held>,
     outcome: &'static str,
     error: Option<String>,
 }
@@ -70,6 +73,7 @@ impl Reply {
             status: StatusCode::OK,
             content_type: None,
             body: Bytes::from_static(route::ALLOW),
+            _held: None,
             outcome: "unrouted",
             error: None,
         }
@@ -80,11 +84,13 @@ impl Reply {
         status: StatusCode,
         content_type: Option<HeaderValue>,
         body: Bytes,
+        held: Held,
     ) -> Reply {
         Reply {
             status,
             content_type,
             body,
+            _held: Some(held),
             outcome: "forwarded",
             error: None,
         }
@@ -96,6 +102,7 @@ impl Reply {
             status: StatusCode::OK,
             content_type: None,
             body: route.default_answer(),
+            _held: None,
             outcome,
             error: Some(error),
         }

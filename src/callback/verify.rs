@@ -3,7 +3,7 @@
 //! Tencent appends `SdkAppid`, `CallbackCommand`, `contenttype`, `ClientIP` and
 //! `OptPlatform` to the callback URL, and with a callback token `Sign` and `RequestTime`:
 //! `Sign = lowercase hex(sha256(Token + RequestTime))` (TENCENT.md §7, §8). A callback is
-//! taken when its SDKAppID (spelt `SdkAppid` or `SdkAppId`: the name is matched without
+//! taken when its SDKAppID (spelt `SdkAppid` or `SdkAppId`: every name is matched without
 //! regard to case) is a configured app's, its `RequestTime` is within [`WINDOW`] of now, and
 //! its `Sign` is the app's token's, or the previous token's while a rotation is under way.
 //! The sign is compared in constant time. There is no replay cache keyed on `Sign`: every
@@ -91,19 +91,19 @@ pub struct Params {
 pub fn read(query: Option<&str>) -> Result<Params, Refused> {
     let (mut sdkappid, mut command, mut sign, mut time) = (None, None, None, None);
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let slot = if name.eq_ignore_ascii_case("SdkAppid") {
-            &mut sdkappid
-        } else {
-            match name.as_ref() {
-                "CallbackCommand" => &mut command,
-                "Sign" => &mut sign,
-                "RequestTime" => &mut time,
-                _ => continue,
-            }
+        // Every name without regard to case, so that `CallbackCommand=A&callbackcommand=B`
+        // is refused as a repeat rather than routed by A while a service that reads names
+        // without regard to case (or takes the last) sees B.
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "sdkappid" => &mut sdkappid,
+            "callbackcommand" => &mut command,
+            "sign" => &mut sign,
+            "requesttime" => &mut time,
+            _ => continue,
         };
         if slot.replace(value.into_owned()).is_some() {
             return Err(Refused::Malformed(
-                "SdkAppid, CallbackCommand, Sign and RequestTime may each be given once",
+                "SdkAppid, CallbackCommand, Sign and RequestTime may each be given once, in any case",
             ));
         }
     }
@@ -281,6 +281,9 @@ mod tests {
             "SdkAppid=1&CallbackCommand=a%20b",
             "SdkAppid=1&SdkAppId=2&CallbackCommand=X",
             "SdkAppid=1&CallbackCommand=X&Sign=a&Sign=b",
+            "SdkAppid=1&CallbackCommand=X&callbackcommand=Y",
+            "SdkAppid=1&CallbackCommand=X&Sign=a&sign=b",
+            "SdkAppid=1&CallbackCommand=X&RequestTime=1&REQUESTTIME=2",
         ] {
             assert!(
                 matches!(read(Some(bad)), Err(Refused::Malformed(_))),
