@@ -1310,6 +1310,9 @@ enum Fault {
     Garbage,
     /// A loopback TCP server that takes connections and reads, and never answers.
     Hanging,
+    /// A loopback TCP server that answers every command with a list of one 0: Redis's
+    /// protocol, but not the script's answer.
+    Zeros,
     /// Nothing listens at the port: every connection is refused.
     Gone,
 }
@@ -1326,15 +1329,15 @@ const STALL: Duration = Duration::from_millis(500);
 const PASSWORD: &str = "redis-password-0123456789";
 const NOT_THE_PASSWORD: &str = "not-the-password-0123456789";
 
-/// A loopback server that answers every read with garbage (or, `silent`, with nothing),
-/// keeping the connection open.
+/// A loopback server that answers every command it reads with `answer` (or, `None`, with
+/// nothing), keeping the connection open.
 struct Garbage {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Garbage {
-    async fn start(silent: bool) -> Garbage {
+    async fn start(answer: Option<&'static [u8]>) -> Garbage {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1342,8 +1345,16 @@ impl Garbage {
             while let Ok((mut socket, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let mut chunk = [0u8; 4096];
-                    while let Ok(1..) = socket.read(&mut chunk).await {
-                        if !silent && socket.write_all(b"@not redis at all\r\n").await.is_err() {
+                    let mut line_start = true;
+                    while let Ok(n @ 1..) = socket.read(&mut chunk).await {
+                        let Some(answer) = answer else { continue };
+                        // One answer per command: each begins a line with `*` (an array).
+                        let mut commands = 0;
+                        for &byte in &chunk[..n] {
+                            commands += usize::from(line_start && byte == b'*');
+                            line_start = byte == b'\n';
+                        }
+                        if socket.write_all(&answer.repeat(commands)).await.is_err() {
                             return;
                         }
                     }
@@ -1439,8 +1450,9 @@ async fn misbehaving(fault: Fault, cause: &str) {
     let Some(redis) = Redis::start_with(args) else {
         return;
     };
-    let garbage = Garbage::start(false).await;
-    let hanging = Garbage::start(true).await;
+    let garbage = Garbage::start(Some(b"@not redis at all\r\n")).await;
+    let hanging = Garbage::start(None).await;
+    let zeros = Garbage::start(Some(b"*1\r\n:0\r\n")).await;
     let (_held, refusing) = support::refusing_port();
     let url = match fault {
         Fault::Paused | Fault::Full => redis.url(),
@@ -1449,6 +1461,7 @@ async fn misbehaving(fault: Fault, cause: &str) {
         }
         Fault::Garbage => format!("redis://{}/0", garbage.addr),
         Fault::Hanging => format!("redis://{}/0", hanging.addr),
+        Fault::Zeros => format!("redis://{}/0", zeros.addr),
         Fault::Gone => format!("redis://{refusing}/0"),
     };
     let upstream = Recorder::ok().await;
@@ -1616,6 +1629,11 @@ async fn a_server_answering_garbage_leaves_every_wait_bounded_in_order_and_is_lo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_leaves_every_wait_bounded_in_order_and_is_logged_once() {
     misbehaving(Fault::Hanging, "timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_numbers_leaves_every_wait_bounded_in_order_and_is_logged_once() {
+    misbehaving(Fault::Zeros, "protocol").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

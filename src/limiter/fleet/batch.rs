@@ -225,7 +225,8 @@ impl Leading {
             .call::<Vec<i64>>(kind.op(), &keys, &args)
             .await
             .and_then(|flat| {
-                split(&flat, asks).inspect_err(|why| fleet.causes.failed(Cause::Protocol, why))
+                split(kind, &flat, asks)
+                    .inspect_err(|why| fleet.causes.failed(Cause::Protocol, why))
             });
         let mut answers = match answers {
             Ok(answers) => {
@@ -310,7 +311,10 @@ fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
 }
 
 /// Each ask's answer out of the batch's, where each is preceded by its length.
-fn split(flat: &[i64], asks: usize) -> Result<Vec<Vec<i64>>, String> {
+/// Each answer must have the script's shape: a guard's its wait alone, a turn's at least
+/// its lane count and wait. Anything else is not the script talking (a server that answers
+/// every command with a number, say) and is no admission.
+fn split(kind: Kind, flat: &[i64], asks: usize) -> Result<Vec<Vec<i64>>, String> {
     let mut answers = Vec::with_capacity(asks);
     let mut rest = flat;
     while let Some((&len, tail)) = rest.split_first() {
@@ -321,10 +325,33 @@ fn split(flat: &[i64], asks: usize) -> Result<Vec<Vec<i64>>, String> {
         answers.push(tail[..len].to_vec());
         rest = &tail[len..];
     }
-    if answers.len() != asks || !rest.is_empty() {
+    let shaped = |answer: &Vec<i64>| match kind {
+        Kind::Guards => answer.len() == 1,
+        Kind::Turns => answer.len() >= 2,
+    };
+    if answers.len() != asks || !rest.is_empty() || !answers.iter().all(shaped) {
         return Err(format!(
             "a batch of {asks} asks got an answer of another shape"
         ));
     }
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_not_of_the_scripts_shape_is_refused_not_read_as_an_admission() {
+        // A server answering every command with `:0` gives `[0]`: one ask, of no cells.
+        assert!(split(Kind::Guards, &[0], 1).is_err());
+        assert!(split(Kind::Turns, &[0], 1).is_err());
+        assert!(split(Kind::Guards, &[1, 0, 1, 250], 2).is_ok());
+        assert!(split(Kind::Turns, &[1, 0, 2, -1, 40], 2).is_err());
+        assert!(split(Kind::Turns, &[2, 1, 0, 2, -1, 40], 2).is_ok());
+        assert_eq!(
+            split(Kind::Turns, &[4, 1, 0, 5, 6], 1).unwrap(),
+            vec![vec![1, 0, 5, 6]]
+        );
+    }
 }
