@@ -37,33 +37,7 @@ use crate::api::Pattern;
 use egress::{ProxyVars, egress_proxy};
 use raw::RawConfig;
 
-/// A Tencent SecretKey. Never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretKey(Arc<str>);
-
-impl SecretKey {
-    /// Wraps a key; its raw UTF-8 bytes are the HMAC key.
-    pub fn new(key: &str) -> Self {
-        Self(Arc::from(key))
-    }
-
-    /// The key itself, for signing only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::fmt::Display for SecretKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use crate::usersig::SecretKey;
 
 /// A Tencent data center, with its documented domains (TENCENT.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

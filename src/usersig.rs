@@ -8,7 +8,7 @@
 //! has passed, so no long-lived credential ever exists.
 
 use std::io::{Read, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -20,7 +20,33 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use crate::config::SecretKey;
+/// A Tencent SecretKey. Never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(Arc<str>);
+
+impl SecretKey {
+    /// Wraps a key; its raw UTF-8 bytes are the HMAC key.
+    pub fn new(key: &str) -> Self {
+        Self(Arc::from(key))
+    }
+
+    /// The key itself, for signing only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
 
 /// The largest inflated token `verify` accepts; real ones are a few hundred bytes.
 const MAX_INFLATED: u64 = 64 * 1024;
