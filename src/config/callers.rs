@@ -138,7 +138,7 @@ impl RawCaller {
         }
         let rate_limit = self
             .rate_limit
-            .map(|n| super::raw::rate(&key("rate_limit"), n))
+            .map(|n| super::value::rate(&key("rate_limit"), n))
             .transpose()?;
         Ok(Caller {
             name,
