@@ -2,30 +2,25 @@
 //! turns them into the typed `Config`, naming the key at fault for every problem.
 
 use std::collections::{BTreeMap, HashSet};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use hyper::Uri;
 use serde::Deserialize;
 
-use super::value::{MAX_MS, millis, proxy_url, rate, socket_addr, up_to_an_hour};
+use super::value::{millis, rate, socket_addr, up_to_an_hour};
 use super::{
-    App, Config, ConfigError, DEFAULT_API_LIMITS, EgressProxy, Emulator, Endpoint, ExtraRoots,
-    Fleet, Log, LogFormat, RedisUrl, Region, SecretKey, SecretSource, Server,
+    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, Fleet, Log, LogFormat,
+    RedisUrl, Region, SecretKey, SecretSource,
 };
 use crate::api::{Api, Known};
 use crate::limiter::table::{self, Per, Quota};
-
-/// Most connections to one upstream origin (`server.upstream_max_connections`).
-pub const MAX_UPSTREAM_CONNECTIONS: usize = 4096;
-/// Most runtime worker threads (`server.worker_threads`).
-pub const MAX_WORKER_THREADS: usize = 256;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default)]
-    server: RawServer,
+    server: super::server::RawServer,
     #[serde(default)]
     emulator: RawEmulator,
     #[serde(default)]
@@ -103,54 +98,6 @@ impl RawFleet {
             replicas,
             timeout: Duration::from_millis(self.timeout_ms),
         }))
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawServer {
-    listen: String,
-    admin_listen: String,
-    max_body_bytes: u64,
-    max_body_bytes_in_flight: u64,
-    max_connections: u64,
-    max_header_bytes: u64,
-    header_read_timeout_ms: u64,
-    write_timeout_ms: u64,
-    body_read_timeout_ms: u64,
-    ca_file: Option<String>,
-    upstream_timeout_ms: u64,
-    connect_timeout_ms: u64,
-    drain_timeout_ms: u64,
-    allow_anonymous: bool,
-    upstream_max_connections: u64,
-    upstream_idle_timeout_ms: u64,
-    egress_proxy: Option<String>,
-    worker_threads: Option<u64>,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            admin_listen: "127.0.0.1:9464".into(),
-            max_body_bytes: 128 * 1024,
-            max_body_bytes_in_flight: 8 * 1024 * 1024,
-            max_connections: 1024,
-            max_header_bytes: 16 * 1024,
-            header_read_timeout_ms: 10_000,
-            write_timeout_ms: 10_000,
-            body_read_timeout_ms: 10_000,
-            ca_file: None,
-            upstream_timeout_ms: 5000,
-            connect_timeout_ms: 2000,
-            drain_timeout_ms: 20_000,
-            allow_anonymous: false,
-            upstream_max_connections: 64,
-            upstream_idle_timeout_ms: 60_000,
-            egress_proxy: None,
-            worker_threads: None,
-        }
     }
 }
 
@@ -319,119 +266,6 @@ impl RawConfig {
             fleet,
             callers,
             callbacks,
-        })
-    }
-}
-
-impl RawServer {
-    fn validate(self) -> Result<Server, ConfigError> {
-        let max_body_bytes = usize::try_from(self.max_body_bytes)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ConfigError::new("server.max_body_bytes", "must be above 0"))?;
-        let max_body_bytes_in_flight = usize::try_from(self.max_body_bytes_in_flight)
-            .ok()
-            .filter(|n| *n >= max_body_bytes)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.max_body_bytes_in_flight",
-                    "must be at least server.max_body_bytes",
-                )
-            })?;
-        if u32::try_from(max_body_bytes).is_err() {
-            return Err(ConfigError::new(
-                "server.max_body_bytes",
-                "must be below 4 GiB",
-            ));
-        }
-        let max_connections = usize::try_from(self.max_connections)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ConfigError::new("server.max_connections", "must be above 0"))?;
-        // hyper's read buffer cannot be smaller than 8 KiB; a head never needs more than 1 MiB.
-        let max_header_bytes = usize::try_from(self.max_header_bytes)
-            .ok()
-            .filter(|n| (8192..=1 << 20).contains(n))
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.max_header_bytes",
-                    "must be between 8192 and 1048576",
-                )
-            })?;
-        if !(3001..=MAX_MS).contains(&self.upstream_timeout_ms) {
-            return Err(ConfigError::new(
-                "server.upstream_timeout_ms",
-                format!("must be between 3001 and {MAX_MS}: above Tencent's own deadline of 3 s"),
-            ));
-        }
-        let listen = socket_addr("server.listen", &self.listen)?;
-        let admin_listen = socket_addr("server.admin_listen", &self.admin_listen)?;
-        if listen == admin_listen && listen.port() != 0 {
-            return Err(ConfigError::new(
-                "server.admin_listen",
-                "must differ from server.listen",
-            ));
-        }
-        let upstream_max_connections = usize::try_from(self.upstream_max_connections)
-            .ok()
-            .filter(|n| (1..=MAX_UPSTREAM_CONNECTIONS).contains(n))
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.upstream_max_connections",
-                    format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}"),
-                )
-            })?;
-        let worker_threads = match self.worker_threads {
-            None => default_worker_threads(),
-            Some(n) => usize::try_from(n)
-                .ok()
-                .filter(|n| (1..=MAX_WORKER_THREADS).contains(n))
-                .and_then(NonZeroUsize::new)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "server.worker_threads",
-                        format!("must be between 1 and {MAX_WORKER_THREADS}"),
-                    )
-                })?,
-        };
-        let egress_proxy = self
-            .egress_proxy
-            .as_deref()
-            .map(|url| {
-                let url = proxy_url(url).map_err(|m| ConfigError::new("server.egress_proxy", m))?;
-                Ok(EgressProxy {
-                    url,
-                    no_proxy: Vec::new(),
-                    from: "server.egress_proxy",
-                })
-            })
-            .transpose()?;
-        Ok(Server {
-            listen,
-            admin_listen,
-            upstream_max_connections,
-            worker_threads,
-            upstream_idle_timeout: millis(
-                "server.upstream_idle_timeout_ms",
-                self.upstream_idle_timeout_ms,
-            )?,
-            egress_proxy,
-            max_body_bytes,
-            max_body_bytes_in_flight,
-            max_connections,
-            max_header_bytes,
-            header_read_timeout: millis(
-                "server.header_read_timeout_ms",
-                self.header_read_timeout_ms,
-            )?,
-            write_timeout: millis("server.write_timeout_ms", self.write_timeout_ms)?,
-            body_read_timeout: millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
-            upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
-            connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
-            extra_roots: extra_roots(self.ca_file.as_deref())?,
-            ca_file: self.ca_file,
-            drain_timeout: drain("server.drain_timeout_ms", self.drain_timeout_ms)?,
-            allow_anonymous: self.allow_anonymous,
         })
     }
 }
@@ -718,43 +552,6 @@ fn secret(
     Ok((SecretKey::new(&value), source))
 }
 
-/// The certificates in the PEM file at `path`, if one is configured; at least one.
-fn extra_roots(path: Option<&str>) -> Result<ExtraRoots, ConfigError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let Some(path) = path else {
-        return Ok(ExtraRoots::default());
-    };
-    let fail = |why: String| ConfigError::new("server.ca_file", format!("{path}: {why}"));
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("no PEM certificate in it".into()));
-    }
-    let (_, rejected) =
-        rustls::RootCertStore::empty().add_parsable_certificates(certs.iter().cloned());
-    if rejected > 0 {
-        return Err(fail(format!(
-            "{rejected} certificate(s) are not usable as roots"
-        )));
-    }
-    Ok(ExtraRoots(certs))
-}
-
-/// The drain: 1 s to an hour. A shorter one would cut off the callers' idle keep-alive
-/// connections before they close, and the exit code would report requests cut that never were.
-fn drain(key: &str, ms: u64) -> Result<Duration, ConfigError> {
-    if ms < 1000 {
-        return Err(ConfigError::new(
-            key,
-            format!("must be between 1000 and {MAX_MS}"),
-        ));
-    }
-    up_to_an_hour(key, ms)
-}
-
 fn base_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
@@ -765,13 +562,4 @@ fn base_url(text: &str) -> Result<Uri, String> {
         ));
     }
     Ok(uri)
-}
-
-/// One: a sidecar's load is what Tencent's limits let through (200/s an app by default),
-/// which one thread serves a hundred times over (about 20,000 requests/s on the development
-/// machine), and a second worker costs cross-thread wake-ups on every request: CPU per
-/// request 78-80 µs with two workers, 40-45 µs with one, in the same rounds
-/// (benches/README.md). A gateway for many busy apps can set more.
-fn default_worker_threads() -> NonZeroUsize {
-    NonZeroUsize::MIN
 }

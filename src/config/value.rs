@@ -64,3 +64,8 @@ pub(super) fn proxy_url(text: &str) -> Result<Uri, String> {
     }
     Ok(uri)
 }
+
+/// Milliseconds; validation keeps every duration within an hour, so this never saturates.
+pub(super) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
