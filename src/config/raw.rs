@@ -2,6 +2,7 @@
 //! turns them into the typed `Config`, naming the key at fault for every problem.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use super::value::{millis, rate, socket_addr, up_to_an_hour};
 use super::{
     App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, Fleet, Log, LogFormat,
-    RedisUrl, Region, SecretKey, SecretSource,
+    RedisUrl, Region, SecretKey, SecretSource, Server,
 };
 use crate::api::{Api, Known};
 use crate::limiter::table::{self, Per, Quota};
@@ -73,16 +74,7 @@ impl RawFleet {
         };
         let redis =
             RedisUrl::new(&url, password).map_err(|e| ConfigError::new("fleet.redis_url", e))?;
-        if self.key_prefix.is_empty()
-            || self
-                .key_prefix
-                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
-        {
-            return Err(ConfigError::new(
-                "fleet.key_prefix",
-                "must be a non-empty word without spaces or braces (timgate wraps it in braces: the keys' Redis Cluster hash tag)",
-            ));
-        }
+        key_prefix(&self.key_prefix)?;
         let replicas = NonZeroU32::new(self.replicas)
             .ok_or_else(|| ConfigError::new("fleet.replicas", "must be at least 1"))?;
         if !(1..=1000).contains(&self.timeout_ms) {
@@ -99,6 +91,17 @@ impl RawFleet {
             timeout: Duration::from_millis(self.timeout_ms),
         }))
     }
+}
+
+/// `fleet.key_prefix`: a word that can sit inside the braces of a Redis Cluster hash tag.
+fn key_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
+        return Err(ConfigError::new(
+            "fleet.key_prefix",
+            "must be a non-empty word without spaces or braces (timgate wraps it in braces: the keys' Redis Cluster hash tag)",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -211,39 +214,12 @@ fn default_deadline_ms() -> u64 {
 
 impl RawConfig {
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
-        if self.apps.is_empty() {
-            return Err(ConfigError::new(
-                "apps",
-                "at least one [[apps]] entry is required",
-            ));
-        }
-        let apps = self
-            .apps
-            .into_iter()
-            .enumerate()
-            .map(|(i, app)| app.validate(&format!("apps[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut seen = HashSet::new();
-        for (i, app) in apps.iter().enumerate() {
-            if !seen.insert(app.sdkappid) {
-                return Err(ConfigError::new(
-                    format!("apps[{i}].sdkappid"),
-                    format!("{} is configured twice", app.sdkappid),
-                ));
-            }
-        }
+        let apps = apps(self.apps)?;
         let server = self.server.validate()?;
         let callers = super::callers::validate(self.callers, &apps)?;
         super::callers::check_exposure(server.listen, server.allow_anonymous, &callers)?;
-        let emulator = socket_addr("emulator.listen", &self.emulator.listen)?;
         let embedded = apps.iter().any(|a| a.endpoint == Endpoint::Emulator);
-        let taken = [server.listen, server.admin_listen];
-        if embedded && emulator.port() != 0 && taken.contains(&emulator) {
-            return Err(ConfigError::new(
-                "emulator.listen",
-                "must differ from server.listen and server.admin_listen: an app's endpoint is \"emulator\"",
-            ));
-        }
+        let emulator = self.emulator.validate(embedded, &server)?;
         let fleet = self.fleet.validate()?;
         if let Some(fleet) = &fleet {
             quotas_fit_replicas(&apps, fleet.replicas)?;
@@ -270,8 +246,85 @@ impl RawConfig {
     }
 }
 
+/// Every `[[apps]]` entry, at least one, each SDKAppID once.
+fn apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new(
+            "apps",
+            "at least one [[apps]] entry is required",
+        ));
+    }
+    let apps = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, app)| app.validate(&format!("apps[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::new();
+    for (i, app) in apps.iter().enumerate() {
+        if !seen.insert(app.sdkappid) {
+            return Err(ConfigError::new(
+                format!("apps[{i}].sdkappid"),
+                format!("{} is configured twice", app.sdkappid),
+            ));
+        }
+    }
+    Ok(apps)
+}
+
+impl RawEmulator {
+    /// `emulator.listen`; with an app whose endpoint is the in-process emulator (`embedded`),
+    /// apart from the server's listeners.
+    fn validate(&self, embedded: bool, server: &Server) -> Result<SocketAddr, ConfigError> {
+        let emulator = socket_addr("emulator.listen", &self.listen)?;
+        let taken = [server.listen, server.admin_listen];
+        if embedded && emulator.port() != 0 && taken.contains(&emulator) {
+            return Err(ConfigError::new(
+                "emulator.listen",
+                "must differ from server.listen and server.admin_listen: an app's endpoint is \"emulator\"",
+            ));
+        }
+        Ok(emulator)
+    }
+}
+
 impl RawApp {
-    fn validate(self, at: &str) -> Result<App, ConfigError> {
+    fn validate(mut self, at: &str) -> Result<App, ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
+        let (sdkappid, identifier) = self.identity(at)?;
+        let region = region(&key("region"), self.region.as_deref())?;
+        let (endpoint, backup_endpoint) = self.endpoints(at, region)?;
+        self.check_signing_and_retries(at)?;
+        let (secret_key, secret_source) = secret(
+            at,
+            self.secret_key.take(),
+            self.secret_key_env.take(),
+            self.secret_key_file.take(),
+        )?;
+        let callbacks = self.callbacks(at)?;
+        Ok(App {
+            sdkappid,
+            identifier,
+            secret_key,
+            secret_source,
+            region,
+            endpoint,
+            backup_endpoint,
+            usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
+            rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
+            api_limits: api_limits(&key("api_limits"), self.api_limits)?,
+            apis: super::callers::patterns(&key("apis"), self.apis)?,
+            api_quotas: api_quotas(&key("api_quotas"), self.api_quotas)?,
+            max_queue_wait: up_to_an_hour(&key("max_queue_wait_ms"), self.max_queue_wait_ms)?,
+            max_attempts: self.max_attempts,
+            retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
+            retry_cap: millis(&key("retry_cap_ms"), self.retry_cap_ms)?,
+            deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
+            callbacks,
+        })
+    }
+
+    /// `sdkappid` and `identifier`, both required.
+    fn identity(&mut self, at: &str) -> Result<(u64, String), ConfigError> {
         let key = |name: &str| format!("{at}.{name}");
         let sdkappid = self
             .sdkappid
@@ -279,19 +332,15 @@ impl RawApp {
             .ok_or_else(|| ConfigError::new(key("sdkappid"), "required, a positive integer"))?;
         let identifier = self
             .identifier
+            .take()
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ConfigError::new(key("identifier"), "required: an App admin account"))?;
-        let region_name = self.region.as_deref().unwrap_or("");
-        let region = Region::from_name(region_name).ok_or_else(|| {
-            let names: Vec<_> = Region::ALL.iter().map(|(n, _)| *n).collect();
-            ConfigError::new(
-                key("region"),
-                format!(
-                    "unknown region {region_name:?}; expected one of {}",
-                    names.join(", ")
-                ),
-            )
-        })?;
+        Ok((sdkappid, identifier))
+    }
+
+    /// `endpoint` (default the region's primary domain) and `backup_endpoint`.
+    fn endpoints(&self, at: &str, region: Region) -> Result<(Endpoint, Option<Uri>), ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
         let endpoint = match self.endpoint.as_deref() {
             None => Endpoint::Url(
                 base_url(&format!("https://{}", region.domain()))
@@ -314,6 +363,12 @@ impl RawApp {
             // An endpoint of one's own has no backup unless one is named.
             (None, Some(_)) => None,
         };
+        Ok((endpoint, backup_endpoint))
+    }
+
+    /// `usersig_ttl_secs`, `max_attempts`, and a `retry_cap_ms` not below `retry_base_ms`.
+    fn check_signing_and_retries(&self, at: &str) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
         if self.usersig_ttl_secs < 60 || self.usersig_ttl_secs > 86_400 {
             return Err(ConfigError::new(
                 key("usersig_ttl_secs"),
@@ -332,43 +387,37 @@ impl RawApp {
                 "must be at least retry_base_ms",
             ));
         }
-        let (secret_key, secret_source) = secret(
-            at,
-            self.secret_key,
-            self.secret_key_env,
-            self.secret_key_file,
-        )?;
-        let callbacks = super::callbacks::RawAppCallbacks {
-            inline: self.callback_token.is_some(),
-            token_env: self.callback_token_env,
-            token_file: self.callback_token_file,
-            previous_env: self.callback_token_previous_env,
-            previous_file: self.callback_token_previous_file,
-            allow_unsigned: self.allow_unsigned_callbacks,
-            routes: self.callbacks,
-        }
-        .validate(at)?;
-        Ok(App {
-            sdkappid,
-            identifier,
-            secret_key,
-            secret_source,
-            region,
-            endpoint,
-            backup_endpoint,
-            usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
-            rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
-            api_limits: api_limits(&key("api_limits"), self.api_limits)?,
-            apis: super::callers::patterns(&key("apis"), self.apis)?,
-            api_quotas: api_quotas(&key("api_quotas"), self.api_quotas)?,
-            max_queue_wait: up_to_an_hour(&key("max_queue_wait_ms"), self.max_queue_wait_ms)?,
-            max_attempts: self.max_attempts,
-            retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
-            retry_cap: millis(&key("retry_cap_ms"), self.retry_cap_ms)?,
-            deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
-            callbacks,
-        })
+        Ok(())
     }
+
+    /// Its callback token and `[[apps.callbacks]]` routes, taken out of it.
+    fn callbacks(&mut self, at: &str) -> Result<super::AppCallbacks, ConfigError> {
+        super::callbacks::RawAppCallbacks {
+            inline: self.callback_token.is_some(),
+            token_env: self.callback_token_env.take(),
+            token_file: self.callback_token_file.take(),
+            previous_env: self.callback_token_previous_env.take(),
+            previous_file: self.callback_token_previous_file.take(),
+            allow_unsigned: self.allow_unsigned_callbacks,
+            routes: std::mem::take(&mut self.callbacks),
+        }
+        .validate(at)
+    }
+}
+
+/// `region`, by its configuration name.
+fn region(key: &str, name: Option<&str>) -> Result<Region, ConfigError> {
+    let region_name = name.unwrap_or("");
+    Region::from_name(region_name).ok_or_else(|| {
+        let names: Vec<_> = Region::ALL.iter().map(|(n, _)| *n).collect();
+        ConfigError::new(
+            key,
+            format!(
+                "unknown region {region_name:?}; expected one of {}",
+                names.join(", ")
+            ),
+        )
+    })
 }
 
 /// The documented per-API limits, overridden and extended by the configured ones.
