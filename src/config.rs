@@ -17,10 +17,13 @@ mod env;
 pub(crate) mod file;
 mod print;
 mod raw;
+mod server;
+mod value;
 
 pub use callbacks::{AppCallbacks, CallbackRoute, CallbackToken, Callbacks, OnTimeout};
 pub use file::{MAX_CONFIG_BYTES, MAX_KEY_FILE_BYTES};
-pub use raw::{MAX_MS, MAX_RATE};
+pub use server::{Reload, SERVER_KEYS, ServerKey};
+pub use value::{MAX_MS, MAX_RATE};
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -9,16 +9,19 @@
 //! answer (the caller hung up). `forward` is the chain of steps, in the order the spec gives
 //! them. Caller-supplied `identifier`, `usersig`, `random` and `contenttype` are never read:
 //! the upstream URL is built from scratch for every attempt, with a fresh `random`.
+//!
+//! Finding a request's app and building the snapshot is `route`; who a request is signed as
+//! (the admin identity, the UserSig, the target URL they go into) is `sign`.
 
 mod call;
 mod drain;
 mod inspect;
+mod route;
+mod sign;
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,20 +32,21 @@ use hyper::{Method, Request, Response, Uri};
 use tokio::time::Instant;
 
 use crate::api::Api;
-use crate::auth::{self, Callers};
+use crate::auth;
 use crate::body::{self, Budget};
-use crate::config::{App, Resolved};
+use crate::config::Resolved;
 use crate::error::Error;
-use crate::limiter::{self, Lanes, Limiter, Measured, Scope, Throttled, Turn};
-use crate::metrics::{AppSeries, Metrics};
+use crate::limiter::{self, Limiter, Measured, Scope, Throttled, Turn};
+use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::server;
-use crate::upstream::{self, Endpoint, Reply, Upstream};
-use crate::usersig::{self, Signer, UserSig};
+use crate::upstream::{self, Reply, Upstream};
 
 use call::Call;
 use drain::Drain;
 pub use inspect::inspect;
+use route::Route;
+pub use route::{Routes, requested_app};
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
@@ -58,28 +62,6 @@ pub struct Gateway {
     body_timeout: Duration,
     bodies: Budget,
     drain: Drain,
-}
-
-/// The part of the configuration a request sees: the configured apps, each with its lanes,
-/// signer and retry settings. One snapshot is taken per request (`Gateway::routes`) and held
-/// until the request is answered; a reload builds a new one and swaps it in whole, so no
-/// request ever sees half of one configuration and half of another.
-pub struct Routes {
-    by_id: HashMap<u64, Route>,
-    /// Who may call what (`[[callers]]`), from the same configuration as the apps.
-    callers: Callers,
-}
-
-/// One configured app, found once by `?sdkappid`: where it goes, who it signs as, its limits
-/// and its metric series, so no later step looks the app up again by id.
-struct Route {
-    app: App,
-    lanes: Lanes,
-    endpoint: Endpoint,
-    /// Who its requests are signed as.
-    credentials: Arc<Credentials>,
-    /// Its metric series.
-    series: Arc<AppSeries>,
 }
 
 impl Gateway {
@@ -452,244 +434,5 @@ impl Gateway {
     /// The live configuration snapshot, for one request to keep until it is answered.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.load_full()
-    }
-}
-
-/// Who an app's requests are signed as: the credentials of the query and the signer that
-/// caches the current UserSig. When a reload changes the key (or the identifier, or the
-/// lifetime), the new ones become their *successor*: a request of the old configuration that
-/// still runs signs with the successor from then on, so no UserSig of a rotated key is sent
-/// again.
-struct Credentials {
-    /// `?sdkappid=N&identifier=ID&usersig=`.
-    query: String,
-    signer: Signer,
-    successor: OnceLock<Arc<Credentials>>,
-}
-
-impl Credentials {
-    fn new(app: &App) -> Credentials {
-        let identifier: String =
-            form_urlencoded::byte_serialize(app.identifier.as_bytes()).collect();
-        Credentials {
-            query: format!(
-                "?sdkappid={}&identifier={identifier}&usersig=",
-                app.sdkappid
-            ),
-            signer: Signer::new(
-                app.secret_key.clone(),
-                app.sdkappid,
-                app.identifier.clone(),
-                app.usersig_ttl,
-            ),
-            successor: OnceLock::new(),
-        }
-    }
-
-    /// The credentials in force now: these, or the last of their successors.
-    fn newest(&self) -> &Credentials {
-        let mut credentials = self;
-        while let Some(next) = credentials.successor.get() {
-            credentials = next;
-        }
-        credentials
-    }
-}
-
-impl Routes {
-    /// The routes of every app and caller in `resolved`, with lanes from `limiter`, series
-    /// from `metrics` and connection pools from `upstream` (shared by origin); with
-    /// `previous`, each app that was in it carries its state over.
-    fn build(
-        resolved: &Resolved,
-        previous: Option<&Routes>,
-        limiter: &Limiter,
-        metrics: &Metrics,
-        upstream: &Upstream,
-    ) -> Routes {
-        let callers = Callers::new(&resolved.config().callers);
-        let by_id = resolved
-            .apps()
-            .map(|(app, origin)| {
-                let before = previous.and_then(|p| p.by_id.get(&app.sdkappid));
-                let endpoint = upstream.endpoint(origin, app.backup_endpoint.as_ref());
-                let route = Route::new(app, endpoint, before, limiter, metrics, &callers);
-                (app.sdkappid, route)
-            })
-            .collect();
-        Routes { by_id, callers }
-    }
-
-    /// The app a request is for: `?sdkappid=N`, or the only configured app.
-    fn find(&self, query: Option<&str>) -> Result<&Route, Error> {
-        match requested_app(query)? {
-            Some(id) => self.by_id.get(&id).ok_or(Error::UnknownApp(id)),
-            None => match (self.by_id.len(), self.by_id.values().next()) {
-                (1, Some(only)) => Ok(only),
-                (apps, _) => Err(Error::AmbiguousApp(apps)),
-            },
-        }
-    }
-}
-
-/// The SDKAppID a request's query asks for (`sdkappid`, the first if repeated), if any.
-pub fn requested_app(query: Option<&str>) -> Result<Option<u64>, Error> {
-    let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(name, _)| name == "sdkappid")
-        .map(|(_, value)| value);
-    given
-        .map(|text| {
-            text.parse()
-                .map_err(|_| Error::BadSdkAppId(text.into_owned()))
-        })
-        .transpose()
-}
-
-impl Route {
-    /// The route of `app`; `before`, the same app's route in the running configuration,
-    /// hands on its lanes, its callers' lanes included (see [`Limiter::lanes_after`]) and,
-    /// when the key, identifier and lifetime are the same, its current UserSig.
-    fn new(
-        app: &App,
-        endpoint: Endpoint,
-        before: Option<&Route>,
-        limiter: &Limiter,
-        metrics: &Metrics,
-        callers: &Callers,
-    ) -> Route {
-        let shares = callers
-            .iter()
-            .filter(|c| c.may_use(app.sdkappid))
-            .filter_map(|c| Some((c.name(), c.rate_limit()?)));
-        let lanes = match before {
-            Some(before) => limiter.lanes_after(app, shares, &before.lanes),
-            None => limiter.lanes_with_callers(app, shares),
-        };
-        let credentials = match before {
-            Some(before) if same_signer(&before.app, app) => before.credentials.clone(),
-            Some(before) => {
-                let fresh = Arc::new(Credentials::new(app));
-                let _ = before.credentials.newest().successor.set(fresh.clone());
-                fresh
-            }
-            None => Arc::new(Credentials::new(app)),
-        };
-        Route {
-            app: app.clone(),
-            lanes,
-            endpoint,
-            credentials,
-            series: metrics.app(app.sdkappid),
-        }
-    }
-
-    /// The upstream path and query for one attempt: admin identity, a current UserSig, a new
-    /// `random`.
-    /// Fallible because `api` comes from the caller: `Api`'s checks make a failure unexpected,
-    /// but a caller's path must never reach a panic.
-    fn target(&self, api: &Api) -> Result<Uri, Error> {
-        let credentials = self.credentials.newest();
-        let sig = self.usersig(credentials);
-        target(api, credentials, &sig)
-    }
-
-    /// The target once the turn has come: `first` (checked before the turn) when it already
-    /// carries the credentials and UserSig that signing now would use, else one signed anew
-    /// (a key rotated, or a UserSig renewed, while the request waited). `first`'s `random`
-    /// was never sent, so it is as new as another.
-    fn signed_again(&self, api: &Api, first: Uri) -> Uri {
-        let credentials = self.credentials.newest();
-        let sig = self.usersig(credentials);
-        if carries(&first, credentials, &sig) {
-            return first;
-        }
-        // Building cannot fail where it did not just before (same API, same kind of
-        // credentials); if it did, the one checked is sent.
-        target(api, credentials, &sig).unwrap_or(first)
-    }
-
-    /// A current UserSig of `credentials`, counted when newly signed.
-    fn usersig(&self, credentials: &Credentials) -> UserSig {
-        let (sig, minted) = credentials.signer.usersig(usersig::unix_now());
-        if minted {
-            self.series.signed();
-        }
-        sig
-    }
-}
-
-/// Whether `target` is signed as `credentials` with `sig`: its query is theirs up to its
-/// `random`. Neither the (percent-encoded) identifier nor a UserSig holds a `&`.
-fn carries(target: &Uri, credentials: &Credentials, sig: &UserSig) -> bool {
-    target
-        .query()
-        .and_then(|query| query.strip_prefix(credentials.query.trim_start_matches('?')))
-        .and_then(|rest| rest.strip_prefix(sig.as_str()))
-        .is_some_and(|rest| rest.starts_with("&random="))
-}
-
-/// `api`'s upstream path and query, signed with `sig` of `credentials`, with a new `random`:
-/// appended into one buffer, which `Uri` takes without a copy.
-fn target(api: &Api, credentials: &Credentials, sig: &UserSig) -> Result<Uri, Error> {
-    let (name, sig) = (api.name(), sig.as_str());
-    let mut target = String::with_capacity(
-        "/v4/".len() + name.len() + credentials.query.len() + sig.len() + RANDOM_AND_TYPE,
-    );
-    for part in ["/v4/", name, &credentials.query, sig, "&random="] {
-        target.push_str(part);
-    }
-    let _ = write!(target, "{}", rand::random::<u32>());
-    target.push_str("&contenttype=json");
-    Uri::try_from(target).map_err(|_| Error::Unforwardable)
-}
-
-/// `&random=` with the longest `u32`, then `&contenttype=json`.
-const RANDOM_AND_TYPE: usize = "&random=4294967295&contenttype=json".len();
-
-/// Whether `a` and `b` sign the same UserSigs: same key, app, identifier and lifetime.
-fn same_signer(a: &App, b: &App) -> bool {
-    a.secret_key == b.secret_key
-        && a.sdkappid == b.sdkappid
-        && a.identifier == b.identifier
-        && a.usersig_ttl == b.usersig_ttl
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Api, Credentials, carries, target};
-    use crate::config::Config;
-    use crate::usersig::unix_now;
-
-    fn credentials(identifier: &str, key: &str) -> Credentials {
-        let config = Config::from_toml(&format!(
-            "[[apps]]\nsdkappid = 1400000001\nidentifier = {identifier:?}\nsecret_key = {key:?}\nregion = \"singapore\"\n"
-        ))
-        .unwrap();
-        Credentials::new(&config.apps[0])
-    }
-
-    #[test]
-    fn a_target_is_sent_again_only_while_its_credentials_and_usersig_are_current() {
-        let api = Api::from_path("/v4/openim/sendmsg").unwrap();
-        let now = unix_now();
-        let signed = credentials("admin", "key-1");
-        let (sig, _) = signed.signer.usersig(now);
-        let first = target(&api, &signed, &sig).unwrap();
-        assert!(carries(&first, &signed, &sig));
-        assert!(carries(&first, &signed, &signed.signer.usersig(now).0));
-        // A key rotated while the request waited: new credentials, a UserSig of the new key.
-        let rotated = credentials("admin", "key-2");
-        assert!(!carries(&first, &rotated, &rotated.signer.usersig(now).0));
-        // The UserSig renewed (half its lifetime passed) while the request waited.
-        let renewed = signed.signer.usersig(now + 600).0;
-        assert_ne!(renewed, sig);
-        assert!(!carries(&first, &signed, &renewed));
-        // Another identifier, even one the first begins with, with the same UserSig text.
-        for identifier in ["admin2", "adm", "admin&usersig="] {
-            assert!(
-                !carries(&first, &credentials(identifier, "key-1"), &sig),
-                "{identifier}"
-            );
-        }
     }
 }

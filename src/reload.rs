@@ -203,59 +203,10 @@ async fn attempt(source: &Source, running: &mut Running) -> Result<(), ConfigErr
 
 /// The first key that differs between `running` and `new` among those a reload cannot
 /// change: every key of `[server]` (listeners, connection and body bounds, timeouts, the
-/// trusted CAs, the drain), `[emulator]`, `[fleet]` and `callbacks.listen`.
+/// trusted CAs, the drain: see [`crate::config::SERVER_KEYS`]), `[emulator]`, `[fleet]` and
+/// `callbacks.listen`.
 pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
-    let (a, b) = (&running.server, &new.server);
-    let server = [
-        ("server.listen", a.listen == b.listen),
-        ("server.admin_listen", a.admin_listen == b.admin_listen),
-        (
-            "server.worker_threads",
-            a.worker_threads == b.worker_threads,
-        ),
-        (
-            "server.max_body_bytes",
-            a.max_body_bytes == b.max_body_bytes,
-        ),
-        (
-            "server.max_body_bytes_in_flight",
-            a.max_body_bytes_in_flight == b.max_body_bytes_in_flight,
-        ),
-        (
-            "server.max_connections",
-            a.max_connections == b.max_connections,
-        ),
-        (
-            "server.max_header_bytes",
-            a.max_header_bytes == b.max_header_bytes,
-        ),
-        (
-            "server.header_read_timeout_ms",
-            a.header_read_timeout == b.header_read_timeout,
-        ),
-        (
-            "server.write_timeout_ms",
-            a.write_timeout == b.write_timeout,
-        ),
-        (
-            "server.body_read_timeout_ms",
-            a.body_read_timeout == b.body_read_timeout,
-        ),
-        (
-            "server.upstream_timeout_ms",
-            a.upstream_timeout == b.upstream_timeout,
-        ),
-        (
-            "server.connect_timeout_ms",
-            a.connect_timeout == b.connect_timeout,
-        ),
-        ("server.ca_file", a.ca_file == b.ca_file),
-        (
-            "server.drain_timeout_ms",
-            a.drain_timeout == b.drain_timeout,
-        ),
-        // Any key of [server] not named above (Debug shows every field).
-        ("server", format!("{a:?}") == format!("{b:?}")),
+    let others = [
         (
             "emulator.listen",
             running.emulator.listen == new.emulator.listen,
@@ -269,9 +220,11 @@ pub fn fixed(running: &Config, new: &Config) -> Option<&'static str> {
             running.callbacks.listen == new.callbacks.listen,
         ),
     ];
-    server
-        .into_iter()
-        .find_map(|(key, same)| (!same).then_some(key))
+    running.server.fixed_change(&new.server).or_else(|| {
+        others
+            .into_iter()
+            .find_map(|(key, same)| (!same).then_some(key))
+    })
 }
 
 /// A hash of every watched file's whole contents, or of why it could not be read (missing,

@@ -121,24 +121,12 @@ impl RawCaller {
             ));
         }
         let (token, token_source) = token(at, "token", self.token_env, self.token_file)?;
-        let known = apps.iter().map(|a| a.sdkappid).collect::<HashSet<_>>();
         if let Some(list) = &self.apps {
-            if list.is_empty() {
-                return Err(ConfigError::new(
-                    key("apps"),
-                    "an empty list allows nothing; omit the key to allow every app",
-                ));
-            }
-            if let Some((i, id)) = list.iter().enumerate().find(|(_, id)| !known.contains(id)) {
-                return Err(ConfigError::new(
-                    format!("{at}.apps[{i}]"),
-                    format!("{id} is not a configured [[apps]] sdkappid"),
-                ));
-            }
+            allowed_apps(at, list, apps)?;
         }
         let rate_limit = self
             .rate_limit
-            .map(|n| super::raw::rate(&key("rate_limit"), n))
+            .map(|n| super::value::rate(&key("rate_limit"), n))
             .transpose()?;
         Ok(Caller {
             name,
@@ -149,6 +137,24 @@ impl RawCaller {
             rate_limit,
         })
     }
+}
+
+/// A caller's `apps`: not empty, and every one configured.
+fn allowed_apps(at: &str, list: &[u64], apps: &[App]) -> Result<(), ConfigError> {
+    let known = apps.iter().map(|a| a.sdkappid).collect::<HashSet<_>>();
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.apps"),
+            "an empty list allows nothing; omit the key to allow every app",
+        ));
+    }
+    if let Some((i, id)) = list.iter().enumerate().find(|(_, id)| !known.contains(id)) {
+        return Err(ConfigError::new(
+            format!("{at}.apps[{i}]"),
+            format!("{id} is not a configured [[apps]] sdkappid"),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads exactly one of `<name>_env` and `<name>_file` (`token_env` and `token_file` for a

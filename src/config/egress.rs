@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 
-use super::raw::proxy_url;
+use super::value::proxy_url;
 use super::{ConfigError, EgressProxy};
 
 /// The proxy variables among a process's environment.

@@ -3,10 +3,11 @@
 //! and a password inside `fleet.redis_url` aside, which print as `***`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Serialize;
 
+use super::server::RawServer;
+use super::value::ms;
 use super::{
     App, AppCallbacks, CallbackToken, Caller, Config, Endpoint, LogFormat, SecretSource,
     TokenSource,
@@ -14,7 +15,7 @@ use super::{
 
 #[derive(Serialize)]
 struct File {
-    server: Server,
+    server: RawServer,
     log: Log,
     emulator: Emulator,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,30 +68,6 @@ struct Fleet {
     key_prefix: String,
     replicas: u32,
     timeout_ms: u64,
-}
-
-#[derive(Serialize)]
-struct Server {
-    listen: String,
-    admin_listen: String,
-    max_body_bytes: usize,
-    max_body_bytes_in_flight: usize,
-    max_connections: usize,
-    max_header_bytes: usize,
-    header_read_timeout_ms: u64,
-    write_timeout_ms: u64,
-    body_read_timeout_ms: u64,
-    upstream_timeout_ms: u64,
-    connect_timeout_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ca_file: Option<String>,
-    drain_timeout_ms: u64,
-    allow_anonymous: bool,
-    upstream_max_connections: usize,
-    worker_threads: usize,
-    upstream_idle_timeout_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    egress_proxy: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -156,39 +133,9 @@ struct QuotaEntry {
     key: Option<String>,
 }
 
-/// Milliseconds; validation keeps every duration within an hour, so this never saturates.
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 pub(super) fn to_toml(config: &Config) -> String {
-    let server = &config.server;
     let file = File {
-        server: Server {
-            listen: server.listen.to_string(),
-            admin_listen: server.admin_listen.to_string(),
-            max_body_bytes: server.max_body_bytes,
-            max_body_bytes_in_flight: server.max_body_bytes_in_flight,
-            max_connections: server.max_connections,
-            max_header_bytes: server.max_header_bytes,
-            header_read_timeout_ms: ms(server.header_read_timeout),
-            write_timeout_ms: ms(server.write_timeout),
-            body_read_timeout_ms: ms(server.body_read_timeout),
-            upstream_timeout_ms: ms(server.upstream_timeout),
-            connect_timeout_ms: ms(server.connect_timeout),
-            ca_file: server.ca_file.clone(),
-            drain_timeout_ms: ms(server.drain_timeout),
-            allow_anonymous: server.allow_anonymous,
-            upstream_max_connections: server.upstream_max_connections,
-            worker_threads: server.worker_threads.get(),
-            upstream_idle_timeout_ms: ms(server.upstream_idle_timeout),
-            // From HTTPS_PROXY it is the environment's, not the file's: not printed as a key.
-            egress_proxy: server
-                .egress_proxy
-                .as_ref()
-                .filter(|p| p.from == "server.egress_proxy")
-                .map(|p| p.url.to_string().trim_end_matches('/').to_owned()),
-        },
+        server: RawServer::printed(&config.server),
         log: Log {
             format: match config.log.format {
                 LogFormat::Text => "text",

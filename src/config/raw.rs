@@ -3,35 +3,25 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use hyper::Uri;
 use serde::Deserialize;
 
+use super::value::{millis, rate, socket_addr, up_to_an_hour};
 use super::{
-    App, Config, ConfigError, DEFAULT_API_LIMITS, EgressProxy, Emulator, Endpoint, ExtraRoots,
-    Fleet, Log, LogFormat, RedisUrl, Region, SecretKey, SecretSource, Server,
+    App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, Fleet, Log, LogFormat,
+    RedisUrl, Region, SecretKey, SecretSource, Server,
 };
 use crate::api::{Api, Known};
 use crate::limiter::table::{self, Per, Quota};
-
-/// The highest calls-per-second limit accepted: far above anything Tencent sells, and within
-/// what the limiter's nanosecond clock can pace (1 / (0.97 · L) must be at least 1 ns).
-pub const MAX_RATE: u32 = 1_000_000;
-/// The longest duration accepted for any `*_ms` key: one hour. Longer waits are mistakes,
-/// and every deadline added to "now" stays far from the clock's end.
-pub const MAX_MS: u64 = 3_600_000;
-/// Most connections to one upstream origin (`server.upstream_max_connections`).
-pub const MAX_UPSTREAM_CONNECTIONS: usize = 4096;
-/// Most runtime worker threads (`server.worker_threads`).
-pub const MAX_WORKER_THREADS: usize = 256;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default)]
-    server: RawServer,
+    server: super::server::RawServer,
     #[serde(default)]
     emulator: RawEmulator,
     #[serde(default)]
@@ -84,16 +74,7 @@ impl RawFleet {
         };
         let redis =
             RedisUrl::new(&url, password).map_err(|e| ConfigError::new("fleet.redis_url", e))?;
-        if self.key_prefix.is_empty()
-            || self
-                .key_prefix
-                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
-        {
-            return Err(ConfigError::new(
-                "fleet.key_prefix",
-                "must be a non-empty word without spaces or braces (timgate wraps it in braces: the keys' Redis Cluster hash tag)",
-            ));
-        }
+        key_prefix(&self.key_prefix)?;
         let replicas = NonZeroU32::new(self.replicas)
             .ok_or_else(|| ConfigError::new("fleet.replicas", "must be at least 1"))?;
         if !(1..=1000).contains(&self.timeout_ms) {
@@ -112,52 +93,15 @@ impl RawFleet {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawServer {
-    listen: String,
-    admin_listen: String,
-    max_body_bytes: u64,
-    max_body_bytes_in_flight: u64,
-    max_connections: u64,
-    max_header_bytes: u64,
-    header_read_timeout_ms: u64,
-    write_timeout_ms: u64,
-    body_read_timeout_ms: u64,
-    ca_file: Option<String>,
-    upstream_timeout_ms: u64,
-    connect_timeout_ms: u64,
-    drain_timeout_ms: u64,
-    allow_anonymous: bool,
-    upstream_max_connections: u64,
-    upstream_idle_timeout_ms: u64,
-    egress_proxy: Option<String>,
-    worker_threads: Option<u64>,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            admin_listen: "127.0.0.1:9464".into(),
-            max_body_bytes: 128 * 1024,
-            max_body_bytes_in_flight: 8 * 1024 * 1024,
-            max_connections: 1024,
-            max_header_bytes: 16 * 1024,
-            header_read_timeout_ms: 10_000,
-            write_timeout_ms: 10_000,
-            body_read_timeout_ms: 10_000,
-            ca_file: None,
-            upstream_timeout_ms: 5000,
-            connect_timeout_ms: 2000,
-            drain_timeout_ms: 20_000,
-            allow_anonymous: false,
-            upstream_max_connections: 64,
-            upstream_idle_timeout_ms: 60_000,
-            egress_proxy: None,
-            worker_threads: None,
-        }
+/// `fleet.key_prefix`: a word that can sit inside the braces of a Redis Cluster hash tag.
+fn key_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
+        return Err(ConfigError::new(
+            "fleet.key_prefix",
+            "must be a non-empty word without spaces or braces (timgate wraps it in braces: the keys' Redis Cluster hash tag)",
+        ));
     }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -270,39 +214,12 @@ fn default_deadline_ms() -> u64 {
 
 impl RawConfig {
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
-        if self.apps.is_empty() {
-            return Err(ConfigError::new(
-                "apps",
-                "at least one [[apps]] entry is required",
-            ));
-        }
-        let apps = self
-            .apps
-            .into_iter()
-            .enumerate()
-            .map(|(i, app)| app.validate(&format!("apps[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut seen = HashSet::new();
-        for (i, app) in apps.iter().enumerate() {
-            if !seen.insert(app.sdkappid) {
-                return Err(ConfigError::new(
-                    format!("apps[{i}].sdkappid"),
-                    format!("{} is configured twice", app.sdkappid),
-                ));
-            }
-        }
+        let apps = apps(self.apps)?;
         let server = self.server.validate()?;
         let callers = super::callers::validate(self.callers, &apps)?;
         super::callers::check_exposure(server.listen, server.allow_anonymous, &callers)?;
-        let emulator = socket_addr("emulator.listen", &self.emulator.listen)?;
         let embedded = apps.iter().any(|a| a.endpoint == Endpoint::Emulator);
-        let taken = [server.listen, server.admin_listen];
-        if embedded && emulator.port() != 0 && taken.contains(&emulator) {
-            return Err(ConfigError::new(
-                "emulator.listen",
-                "must differ from server.listen and server.admin_listen: an app's endpoint is \"emulator\"",
-            ));
-        }
+        let emulator = self.emulator.validate(embedded, &server)?;
         let fleet = self.fleet.validate()?;
         if let Some(fleet) = &fleet {
             quotas_fit_replicas(&apps, fleet.replicas)?;
@@ -329,121 +246,85 @@ impl RawConfig {
     }
 }
 
-impl RawServer {
-    fn validate(self) -> Result<Server, ConfigError> {
-        let max_body_bytes = usize::try_from(self.max_body_bytes)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ConfigError::new("server.max_body_bytes", "must be above 0"))?;
-        let max_body_bytes_in_flight = usize::try_from(self.max_body_bytes_in_flight)
-            .ok()
-            .filter(|n| *n >= max_body_bytes)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.max_body_bytes_in_flight",
-                    "must be at least server.max_body_bytes",
-                )
-            })?;
-        if u32::try_from(max_body_bytes).is_err() {
+/// Every `[[apps]]` entry, at least one, each SDKAppID once.
+fn apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new(
+            "apps",
+            "at least one [[apps]] entry is required",
+        ));
+    }
+    let apps = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, app)| app.validate(&format!("apps[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::new();
+    for (i, app) in apps.iter().enumerate() {
+        if !seen.insert(app.sdkappid) {
             return Err(ConfigError::new(
-                "server.max_body_bytes",
-                "must be below 4 GiB",
+                format!("apps[{i}].sdkappid"),
+                format!("{} is configured twice", app.sdkappid),
             ));
         }
-        let max_connections = usize::try_from(self.max_connections)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ConfigError::new("server.max_connections", "must be above 0"))?;
-        // hyper's read buffer cannot be smaller than 8 KiB; a head never needs more than 1 MiB.
-        let max_header_bytes = usize::try_from(self.max_header_bytes)
-            .ok()
-            .filter(|n| (8192..=1 << 20).contains(n))
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.max_header_bytes",
-                    "must be between 8192 and 1048576",
-                )
-            })?;
-        if !(3001..=MAX_MS).contains(&self.upstream_timeout_ms) {
+    }
+    Ok(apps)
+}
+
+impl RawEmulator {
+    /// `emulator.listen`; with an app whose endpoint is the in-process emulator (`embedded`),
+    /// apart from the server's listeners.
+    fn validate(&self, embedded: bool, server: &Server) -> Result<SocketAddr, ConfigError> {
+        let emulator = socket_addr("emulator.listen", &self.listen)?;
+        let taken = [server.listen, server.admin_listen];
+        if embedded && emulator.port() != 0 && taken.contains(&emulator) {
             return Err(ConfigError::new(
-                "server.upstream_timeout_ms",
-                format!("must be between 3001 and {MAX_MS}: above Tencent's own deadline of 3 s"),
+                "emulator.listen",
+                "must differ from server.listen and server.admin_listen: an app's endpoint is \"emulator\"",
             ));
         }
-        let listen = socket_addr("server.listen", &self.listen)?;
-        let admin_listen = socket_addr("server.admin_listen", &self.admin_listen)?;
-        if listen == admin_listen && listen.port() != 0 {
-            return Err(ConfigError::new(
-                "server.admin_listen",
-                "must differ from server.listen",
-            ));
-        }
-        let upstream_max_connections = usize::try_from(self.upstream_max_connections)
-            .ok()
-            .filter(|n| (1..=MAX_UPSTREAM_CONNECTIONS).contains(n))
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.upstream_max_connections",
-                    format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}"),
-                )
-            })?;
-        let worker_threads = match self.worker_threads {
-            None => default_worker_threads(),
-            Some(n) => usize::try_from(n)
-                .ok()
-                .filter(|n| (1..=MAX_WORKER_THREADS).contains(n))
-                .and_then(NonZeroUsize::new)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "server.worker_threads",
-                        format!("must be between 1 and {MAX_WORKER_THREADS}"),
-                    )
-                })?,
-        };
-        let egress_proxy = self
-            .egress_proxy
-            .as_deref()
-            .map(|url| {
-                let url = proxy_url(url).map_err(|m| ConfigError::new("server.egress_proxy", m))?;
-                Ok(EgressProxy {
-                    url,
-                    no_proxy: Vec::new(),
-                    from: "server.egress_proxy",
-                })
-            })
-            .transpose()?;
-        Ok(Server {
-            listen,
-            admin_listen,
-            upstream_max_connections,
-            worker_threads,
-            upstream_idle_timeout: millis(
-                "server.upstream_idle_timeout_ms",
-                self.upstream_idle_timeout_ms,
-            )?,
-            egress_proxy,
-            max_body_bytes,
-            max_body_bytes_in_flight,
-            max_connections,
-            max_header_bytes,
-            header_read_timeout: millis(
-                "server.header_read_timeout_ms",
-                self.header_read_timeout_ms,
-            )?,
-            write_timeout: millis("server.write_timeout_ms", self.write_timeout_ms)?,
-            body_read_timeout: millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
-            upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
-            connect_timeout: millis("server.connect_timeout_ms", self.connect_timeout_ms)?,
-            extra_roots: extra_roots(self.ca_file.as_deref())?,
-            ca_file: self.ca_file,
-            drain_timeout: drain("server.drain_timeout_ms", self.drain_timeout_ms)?,
-            allow_anonymous: self.allow_anonymous,
-        })
+        Ok(emulator)
     }
 }
 
 impl RawApp {
-    fn validate(self, at: &str) -> Result<App, ConfigError> {
+    fn validate(mut self, at: &str) -> Result<App, ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
+        let (sdkappid, identifier) = self.identity(at)?;
+        let region = region(&key("region"), self.region.as_deref())?;
+        let (endpoint, backup_endpoint) = self.endpoints(at, region)?;
+        self.check_signing_and_retries(at)?;
+        let (secret_key, secret_source) = secret(
+            at,
+            self.secret_key.take(),
+            self.secret_key_env.take(),
+            self.secret_key_file.take(),
+        )?;
+        let callbacks = self.callbacks(at)?;
+        Ok(App {
+            sdkappid,
+            identifier,
+            secret_key,
+            secret_source,
+            region,
+            endpoint,
+            backup_endpoint,
+            usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
+            rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
+            api_limits: api_limits(&key("api_limits"), self.api_limits)?,
+            apis: super::callers::patterns(&key("apis"), self.apis)?,
+            api_quotas: api_quotas(&key("api_quotas"), self.api_quotas)?,
+            max_queue_wait: up_to_an_hour(&key("max_queue_wait_ms"), self.max_queue_wait_ms)?,
+            max_attempts: self.max_attempts,
+            retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
+            retry_cap: millis(&key("retry_cap_ms"), self.retry_cap_ms)?,
+            deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
+            callbacks,
+        })
+    }
+
+    /// `sdkappid` and `identifier`, both required.
+    fn identity(&mut self, at: &str) -> Result<(u64, String), ConfigError> {
         let key = |name: &str| format!("{at}.{name}");
         let sdkappid = self
             .sdkappid
@@ -451,19 +332,15 @@ impl RawApp {
             .ok_or_else(|| ConfigError::new(key("sdkappid"), "required, a positive integer"))?;
         let identifier = self
             .identifier
+            .take()
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ConfigError::new(key("identifier"), "required: an App admin account"))?;
-        let region_name = self.region.as_deref().unwrap_or("");
-        let region = Region::from_name(region_name).ok_or_else(|| {
-            let names: Vec<_> = Region::ALL.iter().map(|(n, _)| *n).collect();
-            ConfigError::new(
-                key("region"),
-                format!(
-                    "unknown region {region_name:?}; expected one of {}",
-                    names.join(", ")
-                ),
-            )
-        })?;
+        Ok((sdkappid, identifier))
+    }
+
+    /// `endpoint` (default the region's primary domain) and `backup_endpoint`.
+    fn endpoints(&self, at: &str, region: Region) -> Result<(Endpoint, Option<Uri>), ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
         let endpoint = match self.endpoint.as_deref() {
             None => Endpoint::Url(
                 base_url(&format!("https://{}", region.domain()))
@@ -486,6 +363,12 @@ impl RawApp {
             // An endpoint of one's own has no backup unless one is named.
             (None, Some(_)) => None,
         };
+        Ok((endpoint, backup_endpoint))
+    }
+
+    /// `usersig_ttl_secs`, `max_attempts`, and a `retry_cap_ms` not below `retry_base_ms`.
+    fn check_signing_and_retries(&self, at: &str) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("{at}.{name}");
         if self.usersig_ttl_secs < 60 || self.usersig_ttl_secs > 86_400 {
             return Err(ConfigError::new(
                 key("usersig_ttl_secs"),
@@ -504,43 +387,37 @@ impl RawApp {
                 "must be at least retry_base_ms",
             ));
         }
-        let (secret_key, secret_source) = secret(
-            at,
-            self.secret_key,
-            self.secret_key_env,
-            self.secret_key_file,
-        )?;
-        let callbacks = super::callbacks::RawAppCallbacks {
-            inline: self.callback_token.is_some(),
-            token_env: self.callback_token_env,
-            token_file: self.callback_token_file,
-            previous_env: self.callback_token_previous_env,
-            previous_file: self.callback_token_previous_file,
-            allow_unsigned: self.allow_unsigned_callbacks,
-            routes: self.callbacks,
-        }
-        .validate(at)?;
-        Ok(App {
-            sdkappid,
-            identifier,
-            secret_key,
-            secret_source,
-            region,
-            endpoint,
-            backup_endpoint,
-            usersig_ttl: Duration::from_secs(self.usersig_ttl_secs),
-            rate_limit: rate(&key("rate_limit"), self.rate_limit)?,
-            api_limits: api_limits(&key("api_limits"), self.api_limits)?,
-            apis: super::callers::patterns(&key("apis"), self.apis)?,
-            api_quotas: api_quotas(&key("api_quotas"), self.api_quotas)?,
-            max_queue_wait: up_to_an_hour(&key("max_queue_wait_ms"), self.max_queue_wait_ms)?,
-            max_attempts: self.max_attempts,
-            retry_base: millis(&key("retry_base_ms"), self.retry_base_ms)?,
-            retry_cap: millis(&key("retry_cap_ms"), self.retry_cap_ms)?,
-            deadline: millis(&key("deadline_ms"), self.deadline_ms)?,
-            callbacks,
-        })
+        Ok(())
     }
+
+    /// Its callback token and `[[apps.callbacks]]` routes, taken out of it.
+    fn callbacks(&mut self, at: &str) -> Result<super::AppCallbacks, ConfigError> {
+        super::callbacks::RawAppCallbacks {
+            inline: self.callback_token.is_some(),
+            token_env: self.callback_token_env.take(),
+            token_file: self.callback_token_file.take(),
+            previous_env: self.callback_token_previous_env.take(),
+            previous_file: self.callback_token_previous_file.take(),
+            allow_unsigned: self.allow_unsigned_callbacks,
+            routes: std::mem::take(&mut self.callbacks),
+        }
+        .validate(at)
+    }
+}
+
+/// `region`, by its configuration name.
+fn region(key: &str, name: Option<&str>) -> Result<Region, ConfigError> {
+    let region_name = name.unwrap_or("");
+    Region::from_name(region_name).ok_or_else(|| {
+        let names: Vec<_> = Region::ALL.iter().map(|(n, _)| *n).collect();
+        ConfigError::new(
+            key,
+            format!(
+                "unknown region {region_name:?}; expected one of {}",
+                names.join(", ")
+            ),
+        )
+    })
 }
 
 /// The documented per-API limits, overridden and extended by the configured ones.
@@ -681,13 +558,6 @@ impl RawQuota {
     }
 }
 
-/// A calls-per-second limit: 1 to `MAX_RATE`.
-pub(super) fn rate(key: &str, n: u32) -> Result<NonZeroU32, ConfigError> {
-    NonZeroU32::new(n)
-        .filter(|n| n.get() <= MAX_RATE)
-        .ok_or_else(|| ConfigError::new(key, format!("must be between 1 and {MAX_RATE}")))
-}
-
 /// Resolves exactly one of the three secret sources.
 fn secret(
     at: &str,
@@ -731,84 +601,6 @@ fn secret(
     Ok((SecretKey::new(&value), source))
 }
 
-/// The certificates in the PEM file at `path`, if one is configured; at least one.
-fn extra_roots(path: Option<&str>) -> Result<ExtraRoots, ConfigError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let Some(path) = path else {
-        return Ok(ExtraRoots::default());
-    };
-    let fail = |why: String| ConfigError::new("server.ca_file", format!("{path}: {why}"));
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("no PEM certificate in it".into()));
-    }
-    let (_, rejected) =
-        rustls::RootCertStore::empty().add_parsable_certificates(certs.iter().cloned());
-    if rejected > 0 {
-        return Err(fail(format!(
-            "{rejected} certificate(s) are not usable as roots"
-        )));
-    }
-    Ok(ExtraRoots(certs))
-}
-
-fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse()
-        .map_err(|_| ConfigError::new(key, format!("{text:?} is not an IP:port address")))
-}
-
-/// A duration of 1 ms to an hour.
-fn millis(key: &str, ms: u64) -> Result<Duration, ConfigError> {
-    if ms == 0 {
-        return Err(ConfigError::new(
-            key,
-            format!("must be between 1 and {MAX_MS}"),
-        ));
-    }
-    up_to_an_hour(key, ms)
-}
-
-/// The drain: 1 s to an hour. A shorter one would cut off the callers' idle keep-alive
-/// connections before they close, and the exit code would report requests cut that never were.
-fn drain(key: &str, ms: u64) -> Result<Duration, ConfigError> {
-    if ms < 1000 {
-        return Err(ConfigError::new(
-            key,
-            format!("must be between 1000 and {MAX_MS}"),
-        ));
-    }
-    up_to_an_hour(key, ms)
-}
-
-/// A duration of 0 ms to an hour.
-fn up_to_an_hour(key: &str, ms: u64) -> Result<Duration, ConfigError> {
-    if ms > MAX_MS {
-        return Err(ConfigError::new(
-            key,
-            format!("must be at most {MAX_MS} (an hour)"),
-        ));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
-/// `http://host:port` of an HTTP proxy that tunnels with CONNECT (no path, no credentials).
-pub(super) fn proxy_url(text: &str) -> Result<Uri, String> {
-    let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
-    let bare = uri.path_and_query().is_none_or(|pq| pq.as_str() == "/");
-    let plain = uri.scheme_str() == Some("http");
-    let userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
-    if !plain || uri.host().is_none() || !bare || userinfo {
-        return Err(format!(
-            "{text:?} must be http://host[:port] (an HTTP proxy that tunnels with CONNECT; no path, no credentials)"
-        ));
-    }
-    Ok(uri)
-}
-
 fn base_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
@@ -819,13 +611,4 @@ fn base_url(text: &str) -> Result<Uri, String> {
         ));
     }
     Ok(uri)
-}
-
-/// One: a sidecar's load is what Tencent's limits let through (200/s an app by default),
-/// which one thread serves a hundred times over (about 20,000 requests/s on the development
-/// machine), and a second worker costs cross-thread wake-ups on every request: CPU per
-/// request 78-80 µs with two workers, 40-45 µs with one, in the same rounds
-/// (benches/README.md). A gateway for many busy apps can set more.
-fn default_worker_threads() -> NonZeroUsize {
-    NonZeroUsize::MIN
 }
