@@ -141,6 +141,7 @@ use tracing::{info, warn};
 
 use self::cause::Cause;
 pub use self::group::Group;
+use self::mode::{Answered, Machine, Mode};
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::config;
@@ -175,55 +176,6 @@ const _: () = assert!(FRESH.as_nanos() + 5_000_000 <= super::SPREAD.as_nanos());
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
 
-/// Where this replica takes its turns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// In Redis.
-    Shared,
-    /// Redis is gone; its share may be spent from `until` on.
-    Leaving { until: Instant },
-    /// On its own, at its share.
-    Fallback,
-}
-
-struct State {
-    mode: Mode,
-    /// Upper bound of (Redis clock − our clock), µs, from the last beat.
-    offset: Option<i64>,
-    /// The last beat's round trip.
-    round_trip: Duration,
-    /// Until when a live beat already sent may keep us counted as live.
-    live_until: Option<Instant>,
-    /// When Redis surely counts this replica as lapsed, from the last loss of Redis on: a
-    /// fallback share of a limit over period P may be spent from this + P + `MARGIN`.
-    lapsed_at: Option<Instant>,
-    /// Which loss of Redis the fallback lanes belong to: each loss starts them afresh.
-    generation: u64,
-    /// Until when sends made on the fallback share of a second's limit still count: the
-    /// share goes back to the fleet only `MARGIN` after it.
-    rejoin_after: Option<Instant>,
-    /// Until when sends made on the fallback share of a longer period's quota still count:
-    /// live beats tell Redis, which keeps the share off those lanes until then.
-    long_until: Option<Instant>,
-    /// The send time of the last call Redis answered.
-    contact: Option<Instant>,
-}
-
-impl State {
-    /// A send on the fallback share at `now` over lanes of these periods: it counts until a
-    /// period after it (see `rejoin_after` and `long_until`).
-    fn sent_on_fallback(&mut self, lanes: &[(&Lane, NonZeroU32, Duration)], now: Instant) {
-        for (_, _, period) in lanes {
-            let until = if *period > WINDOW {
-                &mut self.long_until
-            } else {
-                &mut self.rejoin_after
-            };
-            *until = (*until).max(Some(now + *period));
-        }
-    }
-}
-
 /// How the script reaches Redis.
 enum Link {
     /// The real connection; the script reads Redis's own clock.
@@ -244,8 +196,7 @@ pub struct Fleet {
     tag: String,
     id: String,
     timeout: Duration,
-    anchor: Instant,
-    state: Mutex<State>,
+    state: Mutex<Machine>,
     series: FleetSeries,
     /// The fleet size planned (`replicas`): a new app's first claim is 1/`replicas`.
     replicas: NonZeroU32,
@@ -364,18 +315,7 @@ impl Fleet {
             tag,
             id: format!("{:016x}", rand::random::<u64>()),
             timeout,
-            anchor: Instant::now(),
-            state: Mutex::new(State {
-                mode: Mode::Shared,
-                offset: None,
-                round_trip: Duration::ZERO,
-                live_until: None,
-                lapsed_at: None,
-                generation: 0,
-                rejoin_after: None,
-                long_until: None,
-                contact: None,
-            }),
+            state: Mutex::new(Machine::new(Instant::now(), timeout)),
             series,
             replicas,
             groups: Mutex::default(),
@@ -439,7 +379,7 @@ impl Fleet {
         format!("{}:lane:{sdkappid}:caller:{caller}", self.tag)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -447,31 +387,18 @@ impl Fleet {
 
     /// The mode now, moving from leaving to fallback when its wait is over.
     fn mode(&self) -> Mode {
-        let mut state = self.lock();
-        if let Mode::Leaving { until } = state.mode
-            && Instant::now() >= until
-        {
-            state.mode = Mode::Fallback;
+        let (mode, spending) = self.lock().mode_at(Instant::now());
+        if spending {
             warn!("fleet: spending this replica's fallback share");
         }
-        state.mode
+        mode
     }
 
     /// A call failed or timed out: stop using Redis, and wait before spending the share.
     fn lost(&self, why: &str) {
-        let mut state = self.lock();
-        if state.mode != Mode::Shared {
+        let Some(until) = self.lock().failed(Instant::now()) else {
             return;
-        }
-        let lapsed = state
-            .live_until
-            .unwrap_or_else(Instant::now)
-            .max(Instant::now());
-        let until = lapsed + WINDOW + MARGIN;
-        state.mode = Mode::Leaving { until };
-        state.lapsed_at = Some(lapsed);
-        state.generation += 1;
-        drop(state);
+        };
         self.series.redis_up.set(0);
         self.series.to_fallback.inc();
         warn!(
@@ -558,10 +485,10 @@ impl Fleet {
         }
     }
 
-    /// Whether a guard's answer to an ask made at `asked` came too late to be sent on
-    /// (counted when it did).
-    fn late(&self, asked: Instant) -> bool {
-        let late = asked.elapsed() > FRESH;
+    /// Whether a guard's answer at `at` to an ask made at `asked` came too late to be sent
+    /// on (counted when it did).
+    fn late(&self, asked: Instant, at: Instant) -> bool {
+        let late = !mode::fresh(asked, at);
         if late {
             self.series.late_checks.inc();
         }
@@ -583,14 +510,7 @@ impl Fleet {
     /// spent once in fallback; a longer period's only a period after Redis surely counted
     /// this replica out, since the shared lane admitted sends under the whole limit until then.
     pub(super) fn fallback_period(&self, period: Duration) -> (u64, Duration) {
-        let state = self.lock();
-        let from = state
-            .lapsed_at
-            .map_or_else(Instant::now, |at| at + period.max(WINDOW) + MARGIN);
-        (
-            state.generation,
-            from.saturating_duration_since(Instant::now()),
-        )
+        self.lock().fallback_period(period, Instant::now())
     }
 
     /// Passes the fallback lanes' send-time guard (lane, cost, period) while the replica is
@@ -608,12 +528,12 @@ impl Fleet {
         loop {
             let wait = {
                 let mut state = self.lock();
-                if state.mode != Mode::Fallback {
+                if !state.in_fallback() {
                     return Ok(false);
                 }
                 match super::lane::admit_all(lanes.iter().map(|(lane, cost, _)| (*lane, *cost))) {
                     Ok(()) => {
-                        state.sent_on_fallback(lanes, Instant::now());
+                        state.sent_on_fallback(lanes.iter().map(|(_, _, p)| *p), Instant::now());
                         return Ok(true);
                     }
                     Err(refused) => refused,
@@ -630,10 +550,6 @@ impl Fleet {
                 .call::<i64>("leave", &[], std::slice::from_ref(&self.id))
                 .await;
         }
-    }
-
-    fn micros(&self, at: Instant) -> i64 {
-        at.saturating_duration_since(self.anchor).as_micros() as i64
     }
 
     /// One heartbeat, for each app this replica serves: live while in Redis and past any
@@ -654,26 +570,7 @@ impl Fleet {
     /// One app's heartbeat; its live members when Redis answered in time to count.
     async fn beat_for(&self, group: &Group) -> Option<i64> {
         let sent = Instant::now();
-        let (live, not_after, long_until) = {
-            let mut state = self.lock();
-            let rejoin = state.rejoin_after.is_none_or(|at| sent >= at + MARGIN);
-            let live = state.mode == Mode::Shared && rejoin && state.offset.is_some();
-            let not_after = state
-                .offset
-                .map(|offset| (self.micros(sent + self.timeout) + offset).to_string());
-            // In Redis time, late rather than early: `offset` is an upper bound.
-            let long_until = match (state.long_until, state.offset) {
-                (Some(until), Some(offset)) if until > sent => {
-                    (self.micros(until + MARGIN) + offset).to_string()
-                }
-                _ => String::new(),
-            };
-            if live {
-                let until = sent + self.timeout + state.round_trip + EXPIRY;
-                state.live_until = Some(state.live_until.map_or(until, |u| u.max(until)));
-            }
-            (live, not_after.unwrap_or_default(), long_until)
-        };
+        let beat = self.lock().beat_sent(sent);
         let (held, wanted) = {
             let mut claim = group.claim();
             let wanted = MILLION / claim.members.max(1);
@@ -684,10 +581,10 @@ impl Fleet {
             self.id.clone(),
             held.to_string(),
             wanted.to_string(),
-            if live { "1" } else { "0" }.to_owned(),
-            not_after,
+            if beat.live { "1" } else { "0" }.to_owned(),
+            beat.not_after.map(|at| at.to_string()).unwrap_or_default(),
             RETAIN.as_micros().to_string(),
-            long_until,
+            beat.long_until.map(|at| at.to_string()).unwrap_or_default(),
         ];
         let answer = group.call::<Vec<i64>>("beat", &[], &args).await;
         let received = Instant::now();
@@ -724,25 +621,25 @@ impl Fleet {
         received: Instant,
     ) -> Option<i64> {
         let mut state = self.lock();
-        state.offset = Some(reply[3] - self.micros(sent));
-        state.round_trip = received - sent;
-        state.contact = Some(sent);
-        if state.mode != Mode::Shared && state.round_trip > BACK {
-            self.series.late_beats.inc();
-            tracing::debug!(
-                round_trip_ms = state.round_trip.as_millis() as u64,
-                "fleet: Redis answered, too slowly to go back to it"
-            );
-            return None;
-        }
+        let back = match state.beat_answered(sent, received, reply[3]) {
+            Answered::TooSlow(round_trip) => {
+                self.series.late_beats.inc();
+                tracing::debug!(
+                    round_trip_ms = round_trip.as_millis() as u64,
+                    "fleet: Redis answered, too slowly to go back to it"
+                );
+                return None;
+            }
+            Answered::Counted { back } => back,
+        };
+        // Under the mode's lock: no fallback send comes between the claim and the mode.
         {
             let mut claim = group.claim();
             claim.held = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
             claim.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
         }
-        if state.mode != Mode::Shared {
-            state.mode = Mode::Shared;
-            drop(state);
+        drop(state);
+        if back {
             self.series.redis_up.set(1);
             self.series.to_shared.inc();
             info!("fleet: Redis is back; shared lanes again");
@@ -750,6 +647,7 @@ impl Fleet {
         Some(reply[1])
     }
 }
+
 fn unreachable_reply() -> Throttled {
     Throttled {
         scope: Scope::App,
@@ -766,11 +664,11 @@ async fn heartbeat(fleet: Weak<Fleet>) {
         let Some(fleet) = fleet.upgrade() else {
             return;
         };
-        let first = fleet.lock().offset.is_none();
+        let first = !fleet.lock().has_offset();
         fleet.beat().await;
         // The first answer gives the clock offset a live beat needs: send that one at once,
         // so a new replica is counted live (and its share usable) within two round trips.
-        if first && fleet.lock().offset.is_some() {
+        if first && fleet.lock().has_offset() {
             ticks.reset_immediately();
         }
     }
@@ -779,5 +677,6 @@ async fn heartbeat(fleet: Weak<Fleet>) {
 mod batch;
 mod cause;
 mod group;
+mod mode;
 #[cfg(test)]
 mod tests;

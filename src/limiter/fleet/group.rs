@@ -23,10 +23,8 @@ use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::batch::{self, Kind, Wait};
-use super::{
-    Ask, BEAT, EXPIRY, FRESH, Fleet, MARGIN, MILLION, RETAIN, Reservation, TICK, WINDOW,
-    unreachable_reply,
-};
+use super::mode::{Guarded, Guarding};
+use super::{Ask, BEAT, FRESH, Fleet, MILLION, Reservation, TICK, WINDOW, unreachable_reply};
 use crate::limiter::lane::Lane;
 use crate::limiter::{Scope, Throttled};
 
@@ -90,11 +88,7 @@ impl Group {
 
     /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
     pub(in crate::limiter) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
-        let retained = self
-            .fleet
-            .lock()
-            .contact
-            .is_none_or(|at| at.elapsed() + EXPIRY + MARGIN < RETAIN);
+        let retained = self.fleet.lock().retained(Instant::now());
         let held = self.claim().held;
         let share = u64::from(limit.get()) * u64::from(held) / u64::from(MILLION);
         NonZeroU32::new(u32::try_from(share).unwrap_or(0)).filter(|_| retained)
@@ -177,8 +171,10 @@ impl Group {
             let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
             // An admission answered too late to send on is not used: the send asks the
             // guard itself.
-            guarded =
-                wait.guard_too && n >= 0 && guard_answer == Some(&0) && !self.fleet.late(asked);
+            guarded = wait.guard_too
+                && n >= 0
+                && guard_answer == Some(&0)
+                && !self.fleet.late(asked, Instant::now());
             if !guarded {
                 *held = None;
             }
@@ -261,7 +257,7 @@ impl Group {
         asks: &[Ask],
         by: Instant,
     ) -> Result<bool, Throttled> {
-        let mut stale = false;
+        let mut guarding = Guarding::default();
         loop {
             let asked = Instant::now();
             let wait = match self.ask(Kind::Guards, None, asks).await {
@@ -271,28 +267,26 @@ impl Group {
                     return Ok(false);
                 }
             };
-            let late = self.fleet.late(asked);
-            if late && stale {
-                self.fleet.lost(&format!(
-                    "two send-time guards in a row answered after more than {} ms",
-                    FRESH.as_millis()
-                ));
-                return Ok(false);
-            }
-            stale = late;
-            if wait.is_zero() {
-                if !late {
-                    return Ok(true);
+            let answered = Instant::now();
+            self.fleet.late(asked, answered);
+            match guarding.answered(asked, answered, wait) {
+                Guarded::Send => return Ok(true),
+                Guarded::Again => {}
+                Guarded::Lost => {
+                    self.fleet.lost(&format!(
+                        "two send-time guards in a row answered after more than {} ms",
+                        FRESH.as_millis()
+                    ));
+                    return Ok(false);
                 }
-                continue;
+                Guarded::Wait(wait) if Instant::now() + wait > by => {
+                    return Err(Throttled {
+                        scope: Scope::App,
+                        retry_after: wait,
+                    });
+                }
+                Guarded::Wait(wait) => tokio::time::sleep(wait).await,
             }
-            if Instant::now() + wait > by {
-                return Err(Throttled {
-                    scope: Scope::App,
-                    retry_after: wait,
-                });
-            }
-            tokio::time::sleep(wait).await;
         }
     }
 
