@@ -141,6 +141,7 @@ use tracing::{info, warn};
 
 use self::cause::Cause;
 pub use self::group::Group;
+use self::link::Link;
 use self::mode::{Answered, Machine, Mode};
 use super::lane::Lane;
 use super::{Scope, Throttled};
@@ -176,19 +177,9 @@ const _: () = assert!(FRESH.as_nanos() + 5_000_000 <= super::SPREAD.as_nanos());
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
 
-/// How the script reaches Redis.
-enum Link {
-    /// The real connection; the script reads Redis's own clock.
-    Redis(ConnectionManager),
-    /// Tests: a real Redis at a fixed time, reached without moving a paused clock.
-    #[cfg(test)]
-    Fixed(Arc<tests::FixedRedis>),
-}
-
-/// The shared backend: one Redis connection, the script, this replica's state.
+/// The shared backend: its way to Redis, this replica's state.
 pub struct Fleet {
-    link: Link,
-    script: Arc<Script>,
+    link: Arc<dyn Link>,
     /// Why calls fail, logged once per change.
     causes: Arc<cause::Causes>,
     /// `{key_prefix}`: every key starts with it, so all keys one script call touches hash
@@ -291,8 +282,11 @@ impl Fleet {
             .set_max_delay(Duration::from_millis(200));
         let redis = ConnectionManager::new_lazy_with_config(config.redis.client(), manager)
             .expect("a lazy manager fails only for push or resubscribe settings, not set here");
+        let causes = Arc::<cause::Causes>::default();
+        let script = Script::new(include_str!("fleet.lua"));
         Fleet::with_link(
-            Link::Redis(redis),
+            Arc::new(link::Redis::new(redis, script, causes.clone())),
+            causes,
             &config.key_prefix,
             config.timeout,
             config.replicas,
@@ -300,8 +294,10 @@ impl Fleet {
         )
     }
 
+    /// The fleet on `link`, whose failures are told to `causes`.
     fn with_link(
-        link: Link,
+        link: Arc<dyn Link>,
+        causes: Arc<cause::Causes>,
         prefix: &str,
         timeout: Duration,
         replicas: NonZeroU32,
@@ -310,8 +306,7 @@ impl Fleet {
         let tag = format!("{{{prefix}}}");
         let fleet = Arc::new(Fleet {
             link,
-            script: Arc::new(Script::new(include_str!("fleet.lua"))),
-            causes: Arc::default(),
+            causes,
             tag,
             id: format!("{:016x}", rand::random::<u64>()),
             timeout,
@@ -410,7 +405,7 @@ impl Fleet {
 
     /// One script call within `timeout_ms`, with its latency recorded, and its failure's
     /// cause logged when it changes (`cause`).
-    async fn call<T: FromRedisValue + Send + 'static>(
+    async fn call<T: FromRedisValue>(
         &self,
         common: &[String; 3],
         op: &str,
@@ -418,40 +413,7 @@ impl Fleet {
         args: &[String],
     ) -> Result<T, String> {
         let started = Instant::now();
-        let answer = match &self.link {
-            Link::Redis(redis) => self.invoke(redis, common, op, keys, args).await,
-            #[cfg(test)]
-            Link::Fixed(redis) => {
-                let keys = common.iter().chain(keys).cloned().collect();
-                let mut all = vec![
-                    op.to_owned(),
-                    redis.now().to_string(),
-                    EXPIRY.as_micros().to_string(),
-                    QUARANTINE.as_micros().to_string(),
-                ];
-                all.extend_from_slice(args);
-                match tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await {
-                    Ok(answer) => answer,
-                    Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-                }
-            }
-        };
-        self.series.latency.observe(started.elapsed().as_secs_f64());
-        answer
-    }
-
-    /// The script run by EVALSHA on the real connection, within `timeout_ms`. A call cut
-    /// off before it could fail on its own is let run on to learn why (`cause`).
-    async fn invoke<T: FromRedisValue + Send + 'static>(
-        &self,
-        redis: &ConnectionManager,
-        common: &[String; 3],
-        op: &str,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<T, String> {
-        let (script, mut redis) = (self.script.clone(), redis.clone());
-        let keys: Vec<String> = common.iter().chain(keys).cloned().collect();
+        let keys = common.iter().chain(keys).cloned().collect();
         let mut all = vec![
             op.to_owned(),
             String::new(),
@@ -459,30 +421,13 @@ impl Fleet {
             QUARANTINE.as_micros().to_string(),
         ];
         all.extend_from_slice(args);
-        let mut call = Box::pin(async move {
-            let mut invocation = script.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
-            }
-            for arg in &all {
-                invocation.arg(arg);
-            }
-            invocation.invoke_async::<T>(&mut redis).await
-        });
-        match tokio::time::timeout(self.timeout, &mut call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => {
-                self.causes.failed(Cause::of(&error), &error.to_string());
-                Err(error.to_string())
-            }
-            Err(_) => {
-                if self.causes.may_follow() {
-                    let causes = self.causes.clone();
-                    tokio::spawn(async move { causes.followed(call).await });
-                }
-                Err(format!("no answer within {} ms", self.timeout.as_millis()))
-            }
-        }
+        let answer = self.link.eval(keys, all, self.timeout).await;
+        self.series.latency.observe(started.elapsed().as_secs_f64());
+        T::from_redis_value(answer?).map_err(|error| {
+            let error = redis::RedisError::from(error);
+            self.causes.failed(Cause::of(&error), &error.to_string());
+            error.to_string()
+        })
     }
 
     /// Whether a guard's answer at `at` to an ask made at `asked` came too late to be sent
@@ -677,6 +622,7 @@ async fn heartbeat(fleet: Weak<Fleet>) {
 mod batch;
 mod cause;
 mod group;
+mod link;
 mod mode;
 #[cfg(test)]
 mod tests;

@@ -77,7 +77,7 @@ impl Group {
     }
 
     /// One script call of this app.
-    pub(super) async fn call<T: FromRedisValue + Send + 'static>(
+    pub(super) async fn call<T: FromRedisValue>(
         &self,
         op: &str,
         keys: &[String],

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::batch::{Kind, Wait};
-use super::{Ask, EXPIRY, Fleet, Group, Link, MARGIN, NonZeroU32, WINDOW};
+use super::link::{Answer, Link};
+use super::{Ask, EXPIRY, Fleet, Group, MARGIN, NonZeroU32, WINDOW};
 use crate::api::Api;
 use crate::config::Config;
 use crate::limiter::{GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
@@ -90,7 +90,7 @@ impl Drop for Server {
 /// `REDIS_EPOCH` + the paused clock's progress, run on a blocking thread (which keeps a
 /// paused clock from moving). While cut, a call never answers; while `late` is set, its
 /// answer comes that long after the script ran (a slow way back).
-pub(super) struct FixedRedis {
+struct FixedRedis {
     connection: Arc<Mutex<redis::Connection>>,
     start: Instant,
     cut: AtomicBool,
@@ -101,15 +101,12 @@ pub(super) struct FixedRedis {
 
 impl FixedRedis {
     /// Redis's clock now (µs).
-    pub(super) fn now(&self) -> i64 {
+    fn now(&self) -> i64 {
         REDIS_EPOCH + (Instant::now() - self.start).as_micros() as i64
     }
 
-    pub(super) async fn eval<T: FromRedisValue>(
-        &self,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<T, String> {
+    /// The script run at Redis time `now`: never answered while cut, late while `late`.
+    async fn run(&self, keys: Vec<String>, args: Vec<String>) -> Result<redis::Value, String> {
         if self.cut.load(Ordering::SeqCst) {
             return std::future::pending().await;
         }
@@ -133,7 +130,7 @@ impl FixedRedis {
         if !late.is_zero() {
             tokio::time::sleep(late).await;
         }
-        T::from_redis_value(value).map_err(|e| e.to_string())
+        Ok(value)
     }
 
     /// The Redis times of the heartbeats this replica's Redis ran, and whether each was live.
@@ -145,6 +142,19 @@ impl FixedRedis {
             .filter(|(_, args)| args[0] == "beat")
             .map(|(at, args)| (*at, args[7] == "1"))
             .collect()
+    }
+}
+
+/// The second way to Redis: the script at this link's fixed Redis time.
+impl Link for FixedRedis {
+    fn eval(&self, keys: Vec<String>, mut args: Vec<String>, timeout: Duration) -> Answer<'_> {
+        args[1] = self.now().to_string();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, self.run(keys, args)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            }
+        })
     }
 }
 
@@ -195,7 +205,8 @@ impl Sim {
                     calls: Mutex::default(),
                 });
                 let fleet = Fleet::with_link(
-                    Link::Fixed(redis.clone()),
+                    redis.clone(),
+                    Arc::default(),
                     "sim",
                     TIMEOUT,
                     NonZeroU32::new(3).unwrap(),
