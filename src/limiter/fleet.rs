@@ -38,8 +38,9 @@
 //! same Redis time, and the request writes as soon as the answer is back, with nothing but
 //! this replica's own guard in between. That is the order *ready connection → guard →
 //! write* of every other send, made in one call instead of two; the guard's argument does
-//! not change. When the turn must wait, the connection goes back to the pool before the
-//! wait and the send asks the guard itself, as before. Should this replica's own guard then
+//! not change. When the turn must wait (the first phase, `Group::begin`, answers a wait),
+//! the request lets its connection go back to the pool before the wait and the send asks
+//! the guard itself, as before. Should this replica's own guard then
 //! hold the request back, Redis's admission goes unused: capacity lost, never the limit.
 //!
 //! The local governor guard at L stays in front of both: no replica ever sends more than L
@@ -141,6 +142,7 @@ use tracing::{info, warn};
 
 use self::cause::Cause;
 pub use self::group::Group;
+pub(super) use self::group::{Begun, Underway};
 use self::link::Link;
 use self::mode::{Answered, Machine, Mode};
 use super::lane::Lane;

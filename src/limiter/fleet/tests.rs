@@ -19,7 +19,7 @@ use super::link::{Answer, Link};
 use super::{Ask, EXPIRY, Fleet, Group, MARGIN, NonZeroU32, WINDOW};
 use crate::api::Api;
 use crate::config::Config;
-use crate::limiter::{GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
+use crate::limiter::{Asked, GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
 use crate::metrics::Metrics;
 
 const SCRIPT: &str = include_str!("../fleet.lua");
@@ -266,7 +266,7 @@ impl Sim {
                         // guard taken with a turn is under every step too.
                         let held = (requests.len() % 2 == 0).then_some(());
                         requests.push(tokio::spawn(async move {
-                            let turned = lanes.turn_holding(&api, None, &[], MAX_WAIT, held);
+                            let turned = take_turn(&lanes, &api, held);
                             let sent = match turned.await {
                                 Ok((turn, _)) => turn.send_now().await.is_ok(),
                                 Err(_) => false,
@@ -900,6 +900,22 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
     until(&fleet, (0, 0)).await;
 }
 
+/// A turn in the limiter's two phases, as the proxy takes it: `held` (a stand-in for a ready
+/// connection) is kept through a turn granted at once, and let go before a wait.
+async fn take_turn<'a, T>(
+    lanes: &'a Lanes,
+    api: &Api,
+    held: Option<T>,
+) -> Result<(crate::limiter::Turn<'a>, Option<T>), crate::limiter::Throttled> {
+    match lanes.ask(api, None, &[], MAX_WAIT, held.is_some()).await? {
+        Asked::Granted(turn) => Ok((turn, held)),
+        Asked::Waiting(waiting) => {
+            drop(held);
+            Ok((waiting.await?, None))
+        }
+    }
+}
+
 /// Stands for a ready connection a request holds through its turn; notes when it is let go.
 struct HeldFlag(Arc<Mutex<Option<Instant>>>);
 
@@ -929,11 +945,7 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
     // A free lane: the turn and the send-time guard in one call; the connection comes back.
     let before = calls();
     let (held, let_go) = HeldFlag::new();
-    let (turn, held) = replica
-        .lanes
-        .turn_holding(&api, None, &[], MAX_WAIT, Some(held))
-        .await
-        .unwrap();
+    let (turn, held) = take_turn(&replica.lanes, &api, Some(held)).await.unwrap();
     assert!(held.is_some() && let_go.lock().unwrap().is_none());
     turn.send_now().await.unwrap();
     assert_eq!(calls() - before, 1, "one call for the turn and the guard");
@@ -947,11 +959,7 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
         let before = calls();
         let (held, let_go) = HeldFlag::new();
         let asked = Instant::now();
-        let (turn, held) = replica
-            .lanes
-            .turn_holding(&api, None, &[], MAX_WAIT, Some(held))
-            .await
-            .unwrap();
+        let (turn, held) = take_turn(&replica.lanes, &api, Some(held)).await.unwrap();
         let granted = Instant::now();
         turn.send_now().await.unwrap();
         if held.is_some() {
