@@ -71,6 +71,25 @@ enum Step {
     Empty(Scope),
 }
 
+/// A turn call's refusal by lane `-n` (counted from 1) of `left`: no capacity now (`told` <
+/// 0: members whose heartbeat lapsed hold all of it, this replica itself until its first
+/// live beat; that passes with a beat), or a wait longer than the turn takes (`told` µs).
+fn refused(left: &[Ask], n: i64, told: i64) -> Result<Step, Throttled> {
+    // A reply naming no lane of this ask is not Redis's script talking.
+    let scope = usize::try_from(n.unsigned_abs() - 1)
+        .ok()
+        .and_then(|at| left.get(at))
+        .ok_or_else(unreachable_reply)?
+        .scope;
+    if told < 0 {
+        return Ok(Step::Empty(scope));
+    }
+    Err(Throttled {
+        scope,
+        retry_after: Duration::from_micros(told as u64),
+    })
+}
+
 /// Sleeps until a slot Redis reserved `wait` after `asked`. Redis's wait counts from when it
 /// ran the script, somewhere in the round trip: counted from the ask, the slot comes at
 /// most one round trip early. A wait under a timer tick is not slept: tokio's timer would
@@ -339,24 +358,10 @@ impl Group {
             && guard_answer == Some(&0)
             && !self.fleet.late(asked, Instant::now());
         let told = rest.first().copied().unwrap_or(0);
-        let wait = Duration::from_micros(told.max(0) as u64);
         if n < 0 {
-            // A reply naming no lane of this ask is not Redis's script talking.
-            let scope = usize::try_from(n.unsigned_abs() - 1)
-                .ok()
-                .and_then(|at| left.get(at))
-                .ok_or_else(unreachable_reply)?
-                .scope;
-            // No capacity now: members whose heartbeat lapsed hold all of it (this replica
-            // itself, until its first live beat). That passes with a beat.
-            if told < 0 {
-                return Ok((Step::Empty(scope), false));
-            }
-            return Err(Throttled {
-                scope,
-                retry_after: wait,
-            });
+            return Ok((refused(left, n, told)?, false));
         }
+        let wait = Duration::from_micros(told.max(0) as u64);
         let reserved_lanes = left
             .get(..n_lanes)
             .filter(|lanes| !lanes.is_empty())
