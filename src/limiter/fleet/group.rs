@@ -407,6 +407,7 @@ impl Group {
                 }
             };
             let answered = Instant::now();
+            // Counted when late; what follows from it is `Guarding`'s to say.
             self.fleet.late(asked, answered);
             match guarding.answered(asked, answered, wait) {
                 Guarded::Send => return Ok(true),
