@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use timgate::api::Api;
 use timgate::config::Config;
-use timgate::limiter::{Lanes, Limiter};
+use timgate::limiter::{Asked, Lanes, Limiter};
 use timgate::metrics::Metrics;
 
 /// Apps taken in turn: at 1,000,000/s (the highest limit) a lane paces one turn per ~1 µs,
@@ -36,10 +36,11 @@ async fn times(lanes: &[Lanes], api: &Api, n: usize, hold: bool) -> Vec<Duration
     let mut took = Vec::with_capacity(n);
     for i in 0..n {
         let start = Instant::now();
-        let (turn, _held) = lanes[i % lanes.len()]
-            .turn_holding(api, None, &[], Duration::from_secs(1), hold.then_some(()))
-            .await
-            .unwrap();
+        let asked = lanes[i % lanes.len()].ask(api, None, &[], Duration::from_secs(1), hold);
+        let turn = match asked.await.unwrap() {
+            Asked::Granted(turn) => turn,
+            Asked::Waiting(waiting) => waiting.await.unwrap(),
+        };
         turn.send_now().await.unwrap();
         took.push(start.elapsed());
     }

@@ -37,10 +37,13 @@
 //!
 //! The order of one attempt is a type: `Lanes::turn` grants a `Turn`, the caller gets a
 //! ready connection, and `Turn::send_now` consumes the turn at the send-time guard right
-//! before the write. A turn cannot be spent twice, nor a guard passed without a turn. In a
-//! fleet, a caller that holds a ready connection already may take its turn with
-//! `Lanes::turn_holding`: a turn that needs no wait then passes the fleet's guard in the
-//! same Redis call, and `send_now` is left with this replica's own guard.
+//! before the write. A turn cannot be spent twice, nor a guard passed without a turn.
+//!
+//! The limiter answers in two phases ([`Lanes::ask`]): the turn granted now, or a wait the
+//! caller then awaits. The caller keeps or lets go of its own connection around that; none
+//! passes through the limiter. In a fleet, a caller that holds a ready connection already
+//! says so: a turn granted now then passes the fleet's guard in the same Redis call, and
+//! `send_now` is left with this replica's own guard.
 
 mod fleet;
 mod keyed;
@@ -48,7 +51,9 @@ mod lane;
 pub mod table;
 
 use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,7 +70,7 @@ pub use table::{DEFAULT_API_RATE, Per, Quota};
 use crate::api::Api;
 use crate::config::{self, App};
 use crate::metrics::FleetSeries;
-use fleet::{Ask, Fleet, Group};
+use fleet::{Ask, Begun, Fleet, Group, Underway};
 pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 
 /// Share of the limit that pacing releases: the margin absorbs network jitter at Tencent.
@@ -558,15 +563,15 @@ impl Lanes {
         measured: &[Measured],
         max_wait: Duration,
     ) -> Result<Turn<'_>, Throttled> {
-        let (turn, _) = self
-            .turn_holding(api, caller, measured, max_wait, None::<()>)
-            .await?;
-        Ok(turn)
+        match self.ask(api, caller, measured, max_wait, false).await? {
+            Asked::Granted(turn) => Ok(turn),
+            Asked::Waiting(waiting) => waiting.await,
+        }
     }
 
     /// In a fleet that reaches Redis now, for an API without lanes kept on this replica only
-    /// (a quota's): a turn of `api` taken while holding a ready connection may pass its
-    /// send-time guard in the same Redis call ([`Lanes::turn_holding`]).
+    /// (a quota's): a turn of `api` asked by a caller that holds a ready connection may pass
+    /// its send-time guard in the same Redis call ([`Lanes::ask`]).
     pub fn guards_with_turn(&self, api: &Api) -> bool {
         let local = self.implicit.is_some()
             || self
@@ -580,20 +585,60 @@ impl Lanes {
                 .is_some_and(|fleet| fleet.fallback_in().is_none())
     }
 
-    /// `turn_as` for a request that `held` a ready connection already. In a fleet, when the
-    /// turn needs no wait, Redis passes its send-time guard in the same call, so the request
-    /// makes one call instead of two; the connection is handed back with the turn, and
-    /// `send_now` then only checks this replica's own guard. Whenever the turn would wait
-    /// (or has local lanes to wait in, or Redis is gone), `held` is dropped before the wait,
-    /// so no connection is kept from others by a waiting request, and `None` comes back.
-    pub async fn turn_holding<T>(
+    /// The first phase of `turn_as`: the turn granted now, or a wait for it. A caller that
+    /// holds a `ready` connection keeps it through a turn granted now and lets it go before
+    /// awaiting a wait, so no connection is kept from others by a waiting request. In a
+    /// fleet that reaches Redis, this phase makes the turn's first Redis call; when the turn
+    /// needs no wait and the caller is `ready`, Redis passes its send-time guard in the same
+    /// call, and `send_now` then only checks this replica's own guard.
+    pub async fn ask(
         &self,
         api: &Api,
         caller: Option<&str>,
         measured: &[Measured],
         max_wait: Duration,
-        mut held: Option<T>,
-    ) -> Result<(Turn<'_>, Option<T>), Throttled> {
+        ready: bool,
+    ) -> Result<Asked<'_>, Throttled> {
+        let mut turn = self.prepare(api, caller, measured, max_wait)?;
+        let Some(fleet) = self.fleet.as_ref() else {
+            return Ok(Asked::Waiting(Waiting::new(self.wait_local(turn))));
+        };
+        if !turn.local.is_empty() || fleet.fallback_in().is_some() {
+            let waiting = self.wait_fleet(turn, fleet, None, max_wait);
+            return Ok(Asked::Waiting(Waiting::new(waiting)));
+        }
+        let start = Instant::now();
+        let begun = {
+            let _waiting = Queued::enter(&self.waiting);
+            let budget = self.closing.budget(start, max_wait);
+            fleet.begin(&turn.asks(), budget, ready).await?
+        };
+        match begun {
+            Begun::Granted(guarded) => {
+                turn.guarded = guarded;
+                Ok(Asked::Granted(turn))
+            }
+            Begun::Underway(underway) => {
+                let left = max_wait.saturating_sub(start.elapsed());
+                let waiting = self.wait_fleet(turn, fleet, Some(underway), left);
+                Ok(Asked::Waiting(Waiting::new(waiting)))
+            }
+            Begun::Lost => {
+                let left = max_wait.saturating_sub(start.elapsed());
+                let waiting = self.wait_fleet(turn, fleet, None, left);
+                Ok(Asked::Waiting(Waiting::new(waiting)))
+            }
+        }
+    }
+
+    /// The turn of a request of `caller` for `api`, not yet waited for.
+    fn prepare(
+        &self,
+        api: &Api,
+        caller: Option<&str>,
+        measured: &[Measured],
+        max_wait: Duration,
+    ) -> Result<Turn<'_>, Throttled> {
         let lanes = self.apis.get(api.name());
         let now = Instant::now();
         let mut local = Vec::new();
@@ -612,86 +657,92 @@ impl Lanes {
         if let (None, Some(implicit)) = (&calls, &self.implicit) {
             local.push((implicit.lane(api.name(), now)?, NonZeroU32::MIN));
         }
-        // In a fleet, each quota's lane in Redis: the quota's, or the key's within it.
-        let quotas = match (&self.fleet, lanes) {
-            (Some(fleet), Some(lanes)) => lanes
-                .quotas
-                .iter()
-                .enumerate()
-                .map(|(i, quota)| {
-                    let measured = measured.get(i);
-                    let key = quota
-                        .key
-                        .as_ref()
-                        .map(|_| measured.and_then(|m| m.key.as_deref()).unwrap_or(""));
-                    Ask {
-                        key: fleet.quota_key(self.sdkappid, &quota.api, i, key),
-                        limit: quota.rate,
-                        scope: Scope::Api,
-                        period: quota.per.period(),
-                        cost: measured.map_or(NonZeroU32::MIN, |m| m.cost),
-                        largest: quota.largest_cost(),
-                    }
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let mut turn = Turn {
+        Ok(Turn {
             guarded: false,
             caller: caller.and_then(|name| self.callers.get(name)).map(|l| &**l),
             local,
-            quotas,
+            quotas: self.quota_asks(lanes, measured),
             entry: lanes,
             api: calls,
             app: &self.app,
             fleet: self.fleet.as_ref(),
             max_wait,
-        };
-        match &self.fleet {
-            None => {
-                held = None;
-                let lanes: Vec<(&Lane, NonZeroU32)> = turn.lanes().collect();
-                pace(&lanes, max_wait, &self.waiting, &self.closing).await?;
-            }
-            Some(fleet) => {
-                let start = Instant::now();
-                if !turn.local.is_empty() {
-                    held = None;
-                }
-                let local: Vec<(&Lane, NonZeroU32)> =
-                    turn.local.iter().map(|(l, c)| (&**l, *c)).collect();
-                pace(&local, max_wait, &self.waiting, &self.closing).await?;
-                let budget = max_wait.saturating_sub(start.elapsed());
-                turn.guarded = self.shared(fleet, &turn, budget, &mut held).await?;
-            }
-        }
-        Ok((turn, held))
+        })
     }
 
-    /// A turn in Redis, or on this replica's share while Redis is gone. `true`: Redis passed
-    /// its send-time guard too, and `held` is still held (see `turn_holding`).
-    async fn shared<T>(
+    /// In a fleet, each quota's lane in Redis: the quota's, or the key's within it.
+    fn quota_asks(&self, lanes: Option<&ApiLanes>, measured: &[Measured]) -> Vec<Ask> {
+        let (Some(fleet), Some(lanes)) = (&self.fleet, lanes) else {
+            return Vec::new();
+        };
+        let ask = |(i, quota): (usize, &Quota)| {
+            let measured = measured.get(i);
+            let key = quota
+                .key
+                .as_ref()
+                .map(|_| measured.and_then(|m| m.key.as_deref()).unwrap_or(""));
+            Ask {
+                key: fleet.quota_key(self.sdkappid, &quota.api, i, key),
+                limit: quota.rate,
+                scope: Scope::Api,
+                period: quota.per.period(),
+                cost: measured.map_or(NonZeroU32::MIN, |m| m.cost),
+                largest: quota.largest_cost(),
+            }
+        };
+        lanes.quotas.iter().enumerate().map(ask).collect()
+    }
+
+    /// The wait for a turn on this replica's lanes alone.
+    async fn wait_local<'a>(&'a self, turn: Turn<'a>) -> Result<Turn<'a>, Throttled> {
+        let lanes: Vec<(&Lane, NonZeroU32)> = turn.lanes().collect();
+        pace(&lanes, turn.max_wait, &self.waiting, &self.closing).await?;
+        Ok(turn)
+    }
+
+    /// The wait for a turn in a fleet, no longer than `max_wait`: this replica's own lanes
+    /// first, then Redis's (the rest of a turn `underway` there), or the fallback share's
+    /// while Redis is gone.
+    async fn wait_fleet<'a>(
+        &'a self,
+        turn: Turn<'a>,
+        fleet: &'a Arc<Group>,
+        underway: Option<Underway>,
+        max_wait: Duration,
+    ) -> Result<Turn<'a>, Throttled> {
+        let start = Instant::now();
+        let local: Vec<(&Lane, NonZeroU32)> = turn.local.iter().map(|(l, c)| (&**l, *c)).collect();
+        pace(&local, max_wait, &self.waiting, &self.closing).await?;
+        let budget = max_wait.saturating_sub(start.elapsed());
+        self.shared(fleet, &turn, budget, underway).await?;
+        Ok(turn)
+    }
+
+    /// A turn in Redis (going on from `underway` when its first call was made), or on this
+    /// replica's share while Redis is gone.
+    async fn shared(
         &self,
         fleet: &Arc<Group>,
         turn: &Turn<'_>,
         max_wait: Duration,
-        held: &mut Option<T>,
-    ) -> Result<bool, Throttled> {
+        mut underway: Option<Underway>,
+    ) -> Result<(), Throttled> {
         let start = Instant::now();
         let _waiting = Queued::enter(&self.waiting);
         loop {
+            if let Some(underway) = underway.take() {
+                if fleet.finish(&turn.asks(), underway, &self.closing).await? {
+                    return Ok(());
+                }
+                continue;
+            }
             let budget = self
                 .closing
                 .budget(Instant::now(), max_wait.saturating_sub(start.elapsed()));
-            let mode = fleet.fallback_in();
-            if mode.is_some() {
-                *held = None;
-            }
-            match mode {
+            match fleet.fallback_in() {
                 None => {
-                    let asks = turn.asks();
-                    if let Some(guarded) = fleet.turn(&asks, budget, &self.closing, held).await? {
-                        return Ok(guarded);
+                    if fleet.turn(&turn.asks(), budget, &self.closing).await? {
+                        return Ok(());
                     }
                 }
                 Some(wait) if wait > budget => {
@@ -700,27 +751,38 @@ impl Lanes {
                         retry_after: wait,
                     });
                 }
-                Some(wait) => {
-                    let lanes = match turn.fallback_lanes(fleet) {
-                        Ok(lanes) => lanes,
-                        // A quota over a longer window may not be spent yet.
-                        Err(throttled) if throttled.retry_after < budget => {
-                            tokio::time::sleep(throttled.retry_after).await;
-                            continue;
-                        }
-                        Err(throttled) => return Err(throttled),
-                    };
-                    let lanes: Vec<(&Lane, NonZeroU32)> =
-                        lanes.iter().map(|(l, c, _)| (&**l, *c)).collect();
-                    // In line from when the share may be spent: the requests that wait for
-                    // it keep their order, and do not all wake at that moment.
-                    let from = Instant::now() + wait;
-                    let waiting = AtomicUsize::new(0);
-                    pace_from(&lanes, from, budget, &waiting, &self.closing).await?;
-                    return Ok(false);
-                }
+                Some(wait) => match self.on_share(fleet, turn, wait, budget).await? {
+                    true => return Ok(()),
+                    false => continue,
+                },
             }
         }
+    }
+
+    /// A turn on this replica's fallback share, which may be spent `wait` from now: `false`
+    /// when a quota over a longer window may not be spent yet (ask again after that wait).
+    async fn on_share(
+        &self,
+        fleet: &Group,
+        turn: &Turn<'_>,
+        wait: Duration,
+        budget: Duration,
+    ) -> Result<bool, Throttled> {
+        let lanes = match turn.fallback_lanes(fleet) {
+            Ok(lanes) => lanes,
+            Err(throttled) if throttled.retry_after < budget => {
+                tokio::time::sleep(throttled.retry_after).await;
+                return Ok(false);
+            }
+            Err(throttled) => return Err(throttled),
+        };
+        let lanes: Vec<(&Lane, NonZeroU32)> = lanes.iter().map(|(l, c, _)| (&**l, *c)).collect();
+        // In line from when the share may be spent: the requests that wait for it keep
+        // their order, and do not all wake at that moment.
+        let from = Instant::now() + wait;
+        let waiting = AtomicUsize::new(0);
+        pace_from(&lanes, from, budget, &waiting, &self.closing).await?;
+        Ok(true)
     }
 
     /// `turn` then `send_now`, for a caller with nothing to prepare in between.
@@ -824,12 +886,42 @@ async fn pace_from(
     Ok(())
 }
 
+/// The limiter's first answer to a turn (`Lanes::ask`): granted now, or a wait.
+#[must_use = "a turn is granted now or after its wait"]
+pub enum Asked<'a> {
+    /// The turn is granted now: nothing to wait for.
+    Granted(Turn<'a>),
+    /// The turn comes after a wait: let go of what should not be held meanwhile (a ready
+    /// connection), then await it.
+    Waiting(Waiting<'a>),
+}
+
+/// A turn still to wait for: awaited, it is granted, or refused (`Throttled`) as soon as
+/// it is known to come too late.
+#[must_use = "a wait does nothing unless awaited"]
+pub struct Waiting<'a>(Pin<Box<dyn Future<Output = Result<Turn<'a>, Throttled>> + Send + 'a>>);
+
+impl<'a> Waiting<'a> {
+    fn new(wait: impl Future<Output = Result<Turn<'a>, Throttled>> + Send + 'a) -> Waiting<'a> {
+        Waiting(Box::pin(wait))
+    }
+}
+
+impl<'a> IntoFuture for Waiting<'a> {
+    type Output = Result<Turn<'a>, Throttled>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Turn<'a>, Throttled>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        self.0
+    }
+}
+
 /// One attempt's turn, granted by `Lanes::turn`: the attempt may go on the wire once it has
 /// a ready connection and `send_now` has passed the send-time guard. Only the limiter makes
 /// one and sending consumes it, so *turn → ready connection → guard → write* is the only
-/// order the types allow (in a fleet, `Lanes::turn_holding` takes the connection first and
-/// the turn brings the guard's admission along: *ready connection → turn with guard →
-/// write*, with only this replica's own guard between):
+/// order the types allow (in a fleet, a caller of `Lanes::ask` may take the connection first
+/// and a turn granted now brings the guard's admission along: *ready connection → turn with
+/// guard → write*, with only this replica's own guard between):
 ///
 /// ```compile_fail
 /// # async fn twice(lanes: &timgate::limiter::Lanes, api: &timgate::api::Api) {
@@ -840,7 +932,7 @@ async fn pace_from(
 /// ```
 #[must_use = "a turn is spent by send_now, right before the request is written"]
 pub struct Turn<'a> {
-    /// Redis passed the fleet's send-time guard with the turn (`Lanes::turn_holding`).
+    /// Redis passed the fleet's send-time guard with the turn (`Lanes::ask`, `ready`).
     guarded: bool,
     caller: Option<&'a Limit>,
     /// Lanes kept on this replica only (quotas, an API's implicit lane), with the cost.

@@ -36,7 +36,7 @@ use crate::auth;
 use crate::body::{self, Budget};
 use crate::config::Resolved;
 use crate::error::Error;
-use crate::limiter::{self, Limiter, Measured, Scope, Throttled, Turn};
+use crate::limiter::{self, Asked, Lanes, Limiter, Measured, Scope, Throttled, Turn};
 use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::server;
@@ -209,8 +209,8 @@ impl Gateway {
                 let target = route.target(api)?;
                 // In a fleet, a request that finds a ready connection idle takes it before its
                 // turn: a turn that needs no wait then passes Redis's send-time guard in the same
-                // call (`Lanes::turn_holding`), one Redis call instead of two. A turn that waits
-                // gives it back before waiting.
+                // call (`Lanes::ask`), one Redis call instead of two. A turn that waits gives it
+                // back before waiting (`take_turn`).
                 let held = route
                     .lanes
                     .guards_with_turn(api)
@@ -302,7 +302,7 @@ impl Gateway {
         // A drain closes the limiter at its last turn, so the lanes refuse a turn that would
         // come later, at once, also for requests that were already waiting when it started.
         let granted = tokio::select! {
-            granted = route.lanes.turn_holding(api, caller.map(auth::Caller::name), measured, max_wait, held) => granted,
+            granted = Self::take_turn(&route.lanes, api, caller.map(auth::Caller::name), measured, max_wait, held) => granted,
             () = self.drain.past_last_turn() => return Err(Error::Draining),
         };
         match granted {
@@ -330,6 +330,29 @@ impl Gateway {
         }
     }
 
+    /// The limiter's two phases around a ready connection `held` before the turn: kept through a
+    /// turn granted now (in a fleet, Redis has passed the send-time guard with it), let go
+    /// before a wait, so no connection is kept from others by a waiting request.
+    async fn take_turn<'r>(
+        lanes: &'r Lanes,
+        api: &Api,
+        caller: Option<&str>,
+        measured: &[Measured],
+        max_wait: Duration,
+        held: Option<upstream::Held>,
+    ) -> Result<(Turn<'r>, Option<upstream::Held>), Throttled> {
+        match lanes
+            .ask(api, caller, measured, max_wait, held.is_some())
+            .await?
+        {
+            Asked::Granted(turn) => Ok((turn, held)),
+            Asked::Waiting(waiting) => {
+                drop(held);
+                Ok((waiting.await?, None))
+            }
+        }
+    }
+
     /// One attempt whose turn has come: a ready connection (handshakes done; waiting in
     /// order, until `deadline`, when the pool is at `upstream_max_connections`), then the
     /// send-time check of every limit, then the request on the wire at once — so a slow
@@ -353,9 +376,9 @@ impl Gateway {
         deadline: Instant,
     ) -> impl Future<Output = Result<(Result<Reply, upstream::Error>, Instant), Throttled>> {
         async move {
-            // A connection held through the turn: the turn needed no wait and Redis has passed
-            // the send-time guard with it, so the target signed just before the turn is sent as
-            // it is, and nothing but the write follows that guard.
+            // A connection held through the turn: the turn needed no wait (and Redis has passed
+            // the send-time guard with it, unless `send_now` asks it), so the target signed just
+            // before the turn is sent as it is, and nothing but the write follows that guard.
             let (connection, target) = match held.and_then(upstream::Held::take) {
                 Some(connection) => (connection, target),
                 None => {

@@ -38,8 +38,9 @@
 //! same Redis time, and the request writes as soon as the answer is back, with nothing but
 //! this replica's own guard in between. That is the order *ready connection → guard →
 //! write* of every other send, made in one call instead of two; the guard's argument does
-//! not change. When the turn must wait, the connection goes back to the pool before the
-//! wait and the send asks the guard itself, as before. Should this replica's own guard then
+//! not change. When the turn must wait (the first phase, `Group::begin`, answers a wait),
+//! the request lets its connection go back to the pool before the wait and the send asks
+//! the guard itself, as before. Should this replica's own guard then
 //! hold the request back, Redis's admission goes unused: capacity lost, never the limit.
 //!
 //! The local governor guard at L stays in front of both: no replica ever sends more than L
@@ -141,6 +142,9 @@ use tracing::{info, warn};
 
 use self::cause::Cause;
 pub use self::group::Group;
+pub(super) use self::group::{Begun, Underway};
+use self::link::Link;
+use self::mode::{Answered, Machine, Mode};
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::config;
@@ -175,68 +179,9 @@ const _: () = assert!(FRESH.as_nanos() + 5_000_000 <= super::SPREAD.as_nanos());
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
 
-/// Where this replica takes its turns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// In Redis.
-    Shared,
-    /// Redis is gone; its share may be spent from `until` on.
-    Leaving { until: Instant },
-    /// On its own, at its share.
-    Fallback,
-}
-
-struct State {
-    mode: Mode,
-    /// Upper bound of (Redis clock − our clock), µs, from the last beat.
-    offset: Option<i64>,
-    /// The last beat's round trip.
-    round_trip: Duration,
-    /// Until when a live beat already sent may keep us counted as live.
-    live_until: Option<Instant>,
-    /// When Redis surely counts this replica as lapsed, from the last loss of Redis on: a
-    /// fallback share of a limit over period P may be spent from this + P + `MARGIN`.
-    lapsed_at: Option<Instant>,
-    /// Which loss of Redis the fallback lanes belong to: each loss starts them afresh.
-    generation: u64,
-    /// Until when sends made on the fallback share of a second's limit still count: the
-    /// share goes back to the fleet only `MARGIN` after it.
-    rejoin_after: Option<Instant>,
-    /// Until when sends made on the fallback share of a longer period's quota still count:
-    /// live beats tell Redis, which keeps the share off those lanes until then.
-    long_until: Option<Instant>,
-    /// The send time of the last call Redis answered.
-    contact: Option<Instant>,
-}
-
-impl State {
-    /// A send on the fallback share at `now` over lanes of these periods: it counts until a
-    /// period after it (see `rejoin_after` and `long_until`).
-    fn sent_on_fallback(&mut self, lanes: &[(&Lane, NonZeroU32, Duration)], now: Instant) {
-        for (_, _, period) in lanes {
-            let until = if *period > WINDOW {
-                &mut self.long_until
-            } else {
-                &mut self.rejoin_after
-            };
-            *until = (*until).max(Some(now + *period));
-        }
-    }
-}
-
-/// How the script reaches Redis.
-enum Link {
-    /// The real connection; the script reads Redis's own clock.
-    Redis(ConnectionManager),
-    /// Tests: a real Redis at a fixed time, reached without moving a paused clock.
-    #[cfg(test)]
-    Fixed(Arc<tests::FixedRedis>),
-}
-
-/// The shared backend: one Redis connection, the script, this replica's state.
+/// The shared backend: its way to Redis, this replica's state.
 pub struct Fleet {
-    link: Link,
-    script: Arc<Script>,
+    link: Arc<dyn Link>,
     /// Why calls fail, logged once per change.
     causes: Arc<cause::Causes>,
     /// `{key_prefix}`: every key starts with it, so all keys one script call touches hash
@@ -244,8 +189,7 @@ pub struct Fleet {
     tag: String,
     id: String,
     timeout: Duration,
-    anchor: Instant,
-    state: Mutex<State>,
+    state: Mutex<Machine>,
     series: FleetSeries,
     /// The fleet size planned (`replicas`): a new app's first claim is 1/`replicas`.
     replicas: NonZeroU32,
@@ -340,8 +284,11 @@ impl Fleet {
             .set_max_delay(Duration::from_millis(200));
         let redis = ConnectionManager::new_lazy_with_config(config.redis.client(), manager)
             .expect("a lazy manager fails only for push or resubscribe settings, not set here");
+        let causes = Arc::<cause::Causes>::default();
+        let script = Script::new(include_str!("fleet.lua"));
         Fleet::with_link(
-            Link::Redis(redis),
+            Arc::new(link::Redis::new(redis, script, causes.clone())),
+            causes,
             &config.key_prefix,
             config.timeout,
             config.replicas,
@@ -349,8 +296,10 @@ impl Fleet {
         )
     }
 
+    /// The fleet on `link`, whose failures are told to `causes`.
     fn with_link(
-        link: Link,
+        link: Arc<dyn Link>,
+        causes: Arc<cause::Causes>,
         prefix: &str,
         timeout: Duration,
         replicas: NonZeroU32,
@@ -359,23 +308,11 @@ impl Fleet {
         let tag = format!("{{{prefix}}}");
         let fleet = Arc::new(Fleet {
             link,
-            script: Arc::new(Script::new(include_str!("fleet.lua"))),
-            causes: Arc::default(),
+            causes,
             tag,
             id: format!("{:016x}", rand::random::<u64>()),
             timeout,
-            anchor: Instant::now(),
-            state: Mutex::new(State {
-                mode: Mode::Shared,
-                offset: None,
-                round_trip: Duration::ZERO,
-                live_until: None,
-                lapsed_at: None,
-                generation: 0,
-                rejoin_after: None,
-                long_until: None,
-                contact: None,
-            }),
+            state: Mutex::new(Machine::new(Instant::now(), timeout)),
             series,
             replicas,
             groups: Mutex::default(),
@@ -439,7 +376,7 @@ impl Fleet {
         format!("{}:lane:{sdkappid}:caller:{caller}", self.tag)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -447,31 +384,18 @@ impl Fleet {
 
     /// The mode now, moving from leaving to fallback when its wait is over.
     fn mode(&self) -> Mode {
-        let mut state = self.lock();
-        if let Mode::Leaving { until } = state.mode
-            && Instant::now() >= until
-        {
-            state.mode = Mode::Fallback;
+        let (mode, spending) = self.lock().mode_at(Instant::now());
+        if spending {
             warn!("fleet: spending this replica's fallback share");
         }
-        state.mode
+        mode
     }
 
     /// A call failed or timed out: stop using Redis, and wait before spending the share.
     fn lost(&self, why: &str) {
-        let mut state = self.lock();
-        if state.mode != Mode::Shared {
+        let Some(until) = self.lock().failed(Instant::now()) else {
             return;
-        }
-        let lapsed = state
-            .live_until
-            .unwrap_or_else(Instant::now)
-            .max(Instant::now());
-        let until = lapsed + WINDOW + MARGIN;
-        state.mode = Mode::Leaving { until };
-        state.lapsed_at = Some(lapsed);
-        state.generation += 1;
-        drop(state);
+        };
         self.series.redis_up.set(0);
         self.series.to_fallback.inc();
         warn!(
@@ -483,7 +407,7 @@ impl Fleet {
 
     /// One script call within `timeout_ms`, with its latency recorded, and its failure's
     /// cause logged when it changes (`cause`).
-    async fn call<T: FromRedisValue + Send + 'static>(
+    async fn call<T: FromRedisValue>(
         &self,
         common: &[String; 3],
         op: &str,
@@ -491,40 +415,7 @@ impl Fleet {
         args: &[String],
     ) -> Result<T, String> {
         let started = Instant::now();
-        let answer = match &self.link {
-            Link::Redis(redis) => self.invoke(redis, common, op, keys, args).await,
-            #[cfg(test)]
-            Link::Fixed(redis) => {
-                let keys = common.iter().chain(keys).cloned().collect();
-                let mut all = vec![
-                    op.to_owned(),
-                    redis.now().to_string(),
-                    EXPIRY.as_micros().to_string(),
-                    QUARANTINE.as_micros().to_string(),
-                ];
-                all.extend_from_slice(args);
-                match tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await {
-                    Ok(answer) => answer,
-                    Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-                }
-            }
-        };
-        self.series.latency.observe(started.elapsed().as_secs_f64());
-        answer
-    }
-
-    /// The script run by EVALSHA on the real connection, within `timeout_ms`. A call cut
-    /// off before it could fail on its own is let run on to learn why (`cause`).
-    async fn invoke<T: FromRedisValue + Send + 'static>(
-        &self,
-        redis: &ConnectionManager,
-        common: &[String; 3],
-        op: &str,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<T, String> {
-        let (script, mut redis) = (self.script.clone(), redis.clone());
-        let keys: Vec<String> = common.iter().chain(keys).cloned().collect();
+        let keys = common.iter().chain(keys).cloned().collect();
         let mut all = vec![
             op.to_owned(),
             String::new(),
@@ -532,36 +423,19 @@ impl Fleet {
             QUARANTINE.as_micros().to_string(),
         ];
         all.extend_from_slice(args);
-        let mut call = Box::pin(async move {
-            let mut invocation = script.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
-            }
-            for arg in &all {
-                invocation.arg(arg);
-            }
-            invocation.invoke_async::<T>(&mut redis).await
-        });
-        match tokio::time::timeout(self.timeout, &mut call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => {
-                self.causes.failed(Cause::of(&error), &error.to_string());
-                Err(error.to_string())
-            }
-            Err(_) => {
-                if self.causes.may_follow() {
-                    let causes = self.causes.clone();
-                    tokio::spawn(async move { causes.followed(call).await });
-                }
-                Err(format!("no answer within {} ms", self.timeout.as_millis()))
-            }
-        }
+        let answer = self.link.eval(keys, all, self.timeout).await;
+        self.series.latency.observe(started.elapsed().as_secs_f64());
+        T::from_redis_value(answer?).map_err(|error| {
+            let error = redis::RedisError::from(error);
+            self.causes.failed(Cause::of(&error), &error.to_string());
+            error.to_string()
+        })
     }
 
-    /// Whether a guard's answer to an ask made at `asked` came too late to be sent on
-    /// (counted when it did).
-    fn late(&self, asked: Instant) -> bool {
-        let late = asked.elapsed() > FRESH;
+    /// Whether a guard's answer at `at` to an ask made at `asked` came too late to be sent
+    /// on (counted when it did).
+    fn late(&self, asked: Instant, at: Instant) -> bool {
+        let late = !mode::fresh(asked, at);
         if late {
             self.series.late_checks.inc();
         }
@@ -583,14 +457,7 @@ impl Fleet {
     /// spent once in fallback; a longer period's only a period after Redis surely counted
     /// this replica out, since the shared lane admitted sends under the whole limit until then.
     pub(super) fn fallback_period(&self, period: Duration) -> (u64, Duration) {
-        let state = self.lock();
-        let from = state
-            .lapsed_at
-            .map_or_else(Instant::now, |at| at + period.max(WINDOW) + MARGIN);
-        (
-            state.generation,
-            from.saturating_duration_since(Instant::now()),
-        )
+        self.lock().fallback_period(period, Instant::now())
     }
 
     /// Passes the fallback lanes' send-time guard (lane, cost, period) while the replica is
@@ -608,12 +475,12 @@ impl Fleet {
         loop {
             let wait = {
                 let mut state = self.lock();
-                if state.mode != Mode::Fallback {
+                if !state.in_fallback() {
                     return Ok(false);
                 }
                 match super::lane::admit_all(lanes.iter().map(|(lane, cost, _)| (*lane, *cost))) {
                     Ok(()) => {
-                        state.sent_on_fallback(lanes, Instant::now());
+                        state.sent_on_fallback(lanes.iter().map(|(_, _, p)| *p), Instant::now());
                         return Ok(true);
                     }
                     Err(refused) => refused,
@@ -630,10 +497,6 @@ impl Fleet {
                 .call::<i64>("leave", &[], std::slice::from_ref(&self.id))
                 .await;
         }
-    }
-
-    fn micros(&self, at: Instant) -> i64 {
-        at.saturating_duration_since(self.anchor).as_micros() as i64
     }
 
     /// One heartbeat, for each app this replica serves: live while in Redis and past any
@@ -654,26 +517,7 @@ impl Fleet {
     /// One app's heartbeat; its live members when Redis answered in time to count.
     async fn beat_for(&self, group: &Group) -> Option<i64> {
         let sent = Instant::now();
-        let (live, not_after, long_until) = {
-            let mut state = self.lock();
-            let rejoin = state.rejoin_after.is_none_or(|at| sent >= at + MARGIN);
-            let live = state.mode == Mode::Shared && rejoin && state.offset.is_some();
-            let not_after = state
-                .offset
-                .map(|offset| (self.micros(sent + self.timeout) + offset).to_string());
-            // In Redis time, late rather than early: `offset` is an upper bound.
-            let long_until = match (state.long_until, state.offset) {
-                (Some(until), Some(offset)) if until > sent => {
-                    (self.micros(until + MARGIN) + offset).to_string()
-                }
-                _ => String::new(),
-            };
-            if live {
-                let until = sent + self.timeout + state.round_trip + EXPIRY;
-                state.live_until = Some(state.live_until.map_or(until, |u| u.max(until)));
-            }
-            (live, not_after.unwrap_or_default(), long_until)
-        };
+        let beat = self.lock().beat_sent(sent);
         let (held, wanted) = {
             let mut claim = group.claim();
             let wanted = MILLION / claim.members.max(1);
@@ -684,10 +528,10 @@ impl Fleet {
             self.id.clone(),
             held.to_string(),
             wanted.to_string(),
-            if live { "1" } else { "0" }.to_owned(),
-            not_after,
+            if beat.live { "1" } else { "0" }.to_owned(),
+            beat.not_after.map(|at| at.to_string()).unwrap_or_default(),
             RETAIN.as_micros().to_string(),
-            long_until,
+            beat.long_until.map(|at| at.to_string()).unwrap_or_default(),
         ];
         let answer = group.call::<Vec<i64>>("beat", &[], &args).await;
         let received = Instant::now();
@@ -724,25 +568,25 @@ impl Fleet {
         received: Instant,
     ) -> Option<i64> {
         let mut state = self.lock();
-        state.offset = Some(reply[3] - self.micros(sent));
-        state.round_trip = received - sent;
-        state.contact = Some(sent);
-        if state.mode != Mode::Shared && state.round_trip > BACK {
-            self.series.late_beats.inc();
-            tracing::debug!(
-                round_trip_ms = state.round_trip.as_millis() as u64,
-                "fleet: Redis answered, too slowly to go back to it"
-            );
-            return None;
-        }
+        let back = match state.beat_answered(sent, received, reply[3]) {
+            Answered::TooSlow(round_trip) => {
+                self.series.late_beats.inc();
+                tracing::debug!(
+                    round_trip_ms = round_trip.as_millis() as u64,
+                    "fleet: Redis answered, too slowly to go back to it"
+                );
+                return None;
+            }
+            Answered::Counted { back } => back,
+        };
+        // Under the mode's lock: no fallback send comes between the claim and the mode.
         {
             let mut claim = group.claim();
             claim.held = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
             claim.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
         }
-        if state.mode != Mode::Shared {
-            state.mode = Mode::Shared;
-            drop(state);
+        drop(state);
+        if back {
             self.series.redis_up.set(1);
             self.series.to_shared.inc();
             info!("fleet: Redis is back; shared lanes again");
@@ -750,6 +594,7 @@ impl Fleet {
         Some(reply[1])
     }
 }
+
 fn unreachable_reply() -> Throttled {
     Throttled {
         scope: Scope::App,
@@ -766,11 +611,11 @@ async fn heartbeat(fleet: Weak<Fleet>) {
         let Some(fleet) = fleet.upgrade() else {
             return;
         };
-        let first = fleet.lock().offset.is_none();
+        let first = !fleet.lock().has_offset();
         fleet.beat().await;
         // The first answer gives the clock offset a live beat needs: send that one at once,
         // so a new replica is counted live (and its share usable) within two round trips.
-        if first && fleet.lock().offset.is_some() {
+        if first && fleet.lock().has_offset() {
             ticks.reset_immediately();
         }
     }
@@ -779,5 +624,7 @@ async fn heartbeat(fleet: Weak<Fleet>) {
 mod batch;
 mod cause;
 mod group;
+mod link;
+mod mode;
 #[cfg(test)]
 mod tests;

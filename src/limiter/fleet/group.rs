@@ -23,12 +23,10 @@ use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::batch::{self, Kind, Wait};
-use super::{
-    Ask, BEAT, EXPIRY, FRESH, Fleet, MARGIN, MILLION, RETAIN, Reservation, TICK, WINDOW,
-    unreachable_reply,
-};
+use super::mode::{Guarded, Guarding};
+use super::{Ask, BEAT, FRESH, Fleet, MILLION, Reservation, TICK, WINDOW, unreachable_reply};
 use crate::limiter::lane::Lane;
-use crate::limiter::{Scope, Throttled};
+use crate::limiter::{Closing, Scope, Throttled};
 
 /// One app's part of the fleet (see the module's documentation).
 pub struct Group {
@@ -40,6 +38,104 @@ pub struct Group {
     /// Turns and guards waiting to go to Redis together.
     pub(super) turns: batch::Batches,
     pub(super) guards: batch::Batches,
+}
+
+/// A shared turn's first call, answered (`Group::begin`).
+pub(in crate::limiter) enum Begun {
+    /// Every lane reserved, with no wait: the turn is granted now. `true`: the send-time
+    /// guard passed in the same call, fresh.
+    Granted(bool),
+    /// The rest of the turn, to wait for (`Group::finish`).
+    Underway(Underway),
+    /// Redis is gone: use the fallback.
+    Lost,
+}
+
+/// A shared turn past its first call, its slot still to come (`Group::finish`).
+pub(in crate::limiter) struct Underway {
+    start: Instant,
+    max_wait: Duration,
+    next: Step,
+}
+
+/// What one turn call did.
+enum Step {
+    /// The first `n` lanes asked reserved, their slot `wait` after `asked`.
+    Reserved {
+        reservation: Reservation,
+        n: usize,
+        asked: Instant,
+        wait: Duration,
+    },
+    /// No capacity now: members whose heartbeat lapsed hold all of it.
+    Empty(Scope),
+}
+
+/// A turn call's refusal by lane `-n` (counted from 1) of `left`: no capacity now (`told` <
+/// 0: members whose heartbeat lapsed hold all of it, this replica itself until its first
+/// live beat; that passes with a beat), or a wait longer than the turn takes (`told` µs).
+fn refused(left: &[Ask], n: i64, told: i64) -> Result<Step, Throttled> {
+    // A reply naming no lane of this ask is not Redis's script talking.
+    let scope = usize::try_from(n.unsigned_abs() - 1)
+        .ok()
+        .and_then(|at| left.get(at))
+        .ok_or_else(unreachable_reply)?
+        .scope;
+    if told < 0 {
+        return Ok(Step::Empty(scope));
+    }
+    Err(Throttled {
+        scope,
+        retry_after: Duration::from_micros(told as u64),
+    })
+}
+
+/// Sleeps until a slot Redis reserved `wait` after `asked`. Redis's wait counts from when it
+/// ran the script, somewhere in the round trip: counted from the ask, the slot comes at
+/// most one round trip early. A wait under a timer tick is not slept: tokio's timer would
+/// make it a whole tick (1 ms or more) on every turn that was merely behind another by
+/// microseconds. Early is safe: the send-time guard in Redis, not pacing, keeps the limit.
+/// A drain that closes the limiter before the slot refuses the wait at once, as a local
+/// lane does (the reservation is given back when its holder drops it).
+async fn until_slot(
+    asked: Instant,
+    wait: Duration,
+    scope: Scope,
+    closing: &Closing,
+) -> Result<(), Throttled> {
+    let wait = wait.saturating_sub(asked.elapsed());
+    if wait < TICK {
+        return Ok(());
+    }
+    let slot = Instant::now() + wait;
+    tokio::select! {
+        () = tokio::time::sleep(wait) => Ok(()),
+        () = closing.before(slot) => Err(Throttled {
+            scope,
+            retry_after: wait,
+        }),
+    }
+}
+
+/// A turn that found no capacity (lapsed members hold it all) asks again after a beat,
+/// while its budget allows and no drain closes the limiter first.
+async fn again_after_beat(
+    scope: Scope,
+    start: Instant,
+    max_wait: Duration,
+    closing: &Closing,
+) -> Result<(), Throttled> {
+    if BEAT < max_wait.saturating_sub(start.elapsed()) {
+        let again = Instant::now() + BEAT;
+        tokio::select! {
+            () = tokio::time::sleep_until(again) => return Ok(()),
+            () = closing.before(again) => {}
+        }
+    }
+    Err(Throttled {
+        scope,
+        retry_after: WINDOW,
+    })
 }
 
 /// What this replica holds of one app's limits.
@@ -79,7 +175,7 @@ impl Group {
     }
 
     /// One script call of this app.
-    pub(super) async fn call<T: FromRedisValue + Send + 'static>(
+    pub(super) async fn call<T: FromRedisValue>(
         &self,
         op: &str,
         keys: &[String],
@@ -90,11 +186,7 @@ impl Group {
 
     /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
     pub(in crate::limiter) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
-        let retained = self
-            .fleet
-            .lock()
-            .contact
-            .is_none_or(|at| at.elapsed() + EXPIRY + MARGIN < RETAIN);
+        let retained = self.fleet.lock().retained(Instant::now());
         let held = self.claim().held;
         let share = u64::from(limit.get()) * u64::from(held) / u64::from(MILLION);
         NonZeroU32::new(u32::try_from(share).unwrap_or(0)).filter(|_| retained)
@@ -135,118 +227,161 @@ impl Group {
         self.fleet.fallback_send(lanes, by).await
     }
 
-    /// Waits for a shared turn on `asks` (narrowest first). `Ok(None)`: Redis is gone, use
-    /// the fallback. `Ok(Some(true))`: the turn came at once and its send-time guard passed
-    /// in the same call, asked because the request `held` a ready connection; it is to be
-    /// sent at once. Otherwise `held` is dropped before any wait (a connection is not kept
-    /// from others while its request waits) and the send asks the guard itself.
-    pub(in crate::limiter) async fn turn<T>(
+    /// A shared turn on `asks` (narrowest first), both phases: `Ok(true)` once granted,
+    /// `Ok(false)` when Redis is gone (use the fallback).
+    pub(in crate::limiter) async fn turn(
         self: &Arc<Self>,
         asks: &[Ask],
         max_wait: Duration,
-        closing: &crate::limiter::Closing,
-        held: &mut Option<T>,
-    ) -> Result<Option<bool>, Throttled> {
+        closing: &Closing,
+    ) -> Result<bool, Throttled> {
+        match self.begin(asks, max_wait, false).await? {
+            Begun::Granted(_) => Ok(true),
+            Begun::Underway(underway) => self.finish(asks, underway, closing).await,
+            Begun::Lost => Ok(false),
+        }
+    }
+
+    /// A shared turn's first phase: one call that asks every lane, and, when the request
+    /// holds a `ready` connection, the send-time guard too should the turn need no wait.
+    pub(in crate::limiter) async fn begin(
+        self: &Arc<Self>,
+        asks: &[Ask],
+        max_wait: Duration,
+        ready: bool,
+    ) -> Result<Begun, Throttled> {
         let start = Instant::now();
-        let mut reserved = Vec::new();
-        let mut from = 0;
-        let mut guarded = false;
-        while from < asks.len() {
-            let left = &asks[from..];
+        let Some((next, guarded)) = self.call_turn(asks, max_wait, ready).await? else {
+            return Ok(Begun::Lost);
+        };
+        match next {
+            Step::Reserved {
+                mut reservation,
+                n,
+                asked,
+                wait,
+            } if n == asks.len() && wait.saturating_sub(asked.elapsed()) < TICK => {
+                reservation.used = true;
+                Ok(Begun::Granted(guarded))
+            }
+            next => Ok(Begun::Underway(Underway {
+                start,
+                max_wait,
+                next,
+            })),
+        }
+    }
+
+    /// A shared turn's second phase: waits for the slot its first call reserved, and asks
+    /// for the lanes left, until every lane is reserved (`Ok(true)`) or Redis is gone
+    /// (`Ok(false)`). Reservations made before a refusal are given back.
+    pub(in crate::limiter) async fn finish(
+        self: &Arc<Self>,
+        asks: &[Ask],
+        underway: Underway,
+        closing: &Closing,
+    ) -> Result<bool, Throttled> {
+        let Underway {
+            start,
+            max_wait,
+            mut next,
+        } = underway;
+        let (mut reserved, mut from) = (Vec::new(), 0);
+        loop {
+            match next {
+                Step::Reserved {
+                    reservation,
+                    n,
+                    asked,
+                    wait,
+                } => {
+                    until_slot(asked, wait, asks[from].scope, closing).await?;
+                    reserved.push(reservation);
+                    from += n;
+                }
+                Step::Empty(scope) => again_after_beat(scope, start, max_wait, closing).await?,
+            }
+            if from == asks.len() {
+                for reservation in &mut reserved {
+                    reservation.used = true;
+                }
+                return Ok(true);
+            }
             let budget = max_wait.saturating_sub(start.elapsed());
-            let asked = Instant::now();
-            // In whole milliseconds (refusing at most one early), so that the asks of
-            // concurrent requests read alike and go to Redis as one (`batch`). The guard
-            // goes along only on the first call, which asks every lane.
-            let wait = Wait {
-                longest: budget.as_millis() as u64 * 1000,
-                guard_too: held.is_some() && from == 0,
+            next = match self.call_turn(&asks[from..], budget, false).await? {
+                Some((step, _)) => step,
+                None => return Ok(false),
             };
-            let answer = self.ask(Kind::Turns, Some(wait), left).await;
-            let answer = match answer {
-                Ok(answer) => answer,
-                Err(why) => {
-                    *held = None;
-                    self.fleet.lost(&why);
-                    return Ok(None);
-                }
-            };
-            let (&n, rest) = answer.split_first().ok_or_else(unreachable_reply)?;
-            let n_lanes = usize::try_from(n).unwrap_or(0);
-            // The guard's answer follows the turn's 1 + 2n cells.
-            let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
-            // An admission answered too late to send on is not used: the send asks the
-            // guard itself.
-            guarded =
-                wait.guard_too && n >= 0 && guard_answer == Some(&0) && !self.fleet.late(asked);
-            if !guarded {
-                *held = None;
-            }
-            let told = rest.first().copied().unwrap_or(0);
-            let wait = Duration::from_micros(told.max(0) as u64);
-            if n < 0 {
-                // A reply naming no lane of this ask is not Redis's script talking.
-                let scope = usize::try_from(n.unsigned_abs() - 1)
-                    .ok()
-                    .and_then(|at| left.get(at))
-                    .ok_or_else(unreachable_reply)?
-                    .scope;
-                // No capacity now: members whose heartbeat lapsed hold all of it (this
-                // replica itself, until its first live beat). That passes with a beat:
-                // ask again after one while the budget allows.
-                if told < 0 && BEAT < max_wait.saturating_sub(start.elapsed()) {
-                    let again = Instant::now() + BEAT;
-                    tokio::select! {
-                        () = tokio::time::sleep_until(again) => continue,
-                        () = closing.before(again) => {}
-                    }
-                }
-                return Err(Throttled {
-                    scope,
-                    retry_after: if told < 0 { WINDOW } else { wait },
-                });
-            }
-            let n = n_lanes;
-            let reserved_lanes = left
-                .get(..n)
-                .filter(|lanes| !lanes.is_empty())
-                .ok_or_else(unreachable_reply)?;
-            let reservation = Reservation {
-                group: self.clone(),
-                keys: reserved_lanes.iter().map(|a| a.key.clone()).collect(),
-                tats: rest
-                    .get(1..1 + 2 * n)
-                    .ok_or_else(unreachable_reply)?
-                    .to_vec(),
-                used: false,
-            };
-            // Redis's wait counts from when it ran the script, somewhere in the round trip:
-            // counted from the ask, the slot comes at most one round trip early. A wait under
-            // a timer tick is not slept: tokio's timer would make it a whole tick (1 ms or
-            // more) on every turn that was merely behind another by microseconds. Early is
-            // safe: the send-time guard in Redis, not pacing, keeps the limit.
-            // A drain that closes the limiter before the slot refuses the wait at once, as
-            // a local lane does (the reservation is given back).
-            let wait = wait.saturating_sub(asked.elapsed());
-            if wait >= TICK {
-                let slot = Instant::now() + wait;
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = closing.before(slot) => {
-                        return Err(Throttled {
-                            scope: left[0].scope,
-                            retry_after: wait,
-                        });
-                    }
-                }
-            }
-            reserved.push(reservation);
-            from += n;
         }
-        for reservation in &mut reserved {
-            reservation.used = true;
+    }
+
+    /// One turn call for `left`, read: `None` when Redis is gone (counted as lost). With
+    /// `guard_too`, whether the guard passed in the same call, answered fresh.
+    async fn call_turn(
+        self: &Arc<Self>,
+        left: &[Ask],
+        budget: Duration,
+        guard_too: bool,
+    ) -> Result<Option<(Step, bool)>, Throttled> {
+        let asked = Instant::now();
+        // In whole milliseconds (refusing at most one early), so that the asks of concurrent
+        // requests read alike and go to Redis as one (`batch`).
+        let wait = Wait {
+            longest: budget.as_millis() as u64 * 1000,
+            guard_too,
+        };
+        match self.ask(Kind::Turns, Some(wait), left).await {
+            Ok(answer) => self.read(left, &answer, asked, guard_too).map(Some),
+            Err(why) => {
+                self.fleet.lost(&why);
+                Ok(None)
+            }
         }
-        Ok(Some(guarded))
+    }
+
+    /// A turn call's answer for `left`, asked at `asked`: the step it makes, and whether
+    /// the guard asked along passed. An admission answered too late to send on is not used:
+    /// the send asks the guard itself.
+    fn read(
+        self: &Arc<Self>,
+        left: &[Ask],
+        answer: &[i64],
+        asked: Instant,
+        guard_too: bool,
+    ) -> Result<(Step, bool), Throttled> {
+        let (&n, rest) = answer.split_first().ok_or_else(unreachable_reply)?;
+        let n_lanes = usize::try_from(n).unwrap_or(0);
+        // The guard's answer follows the turn's 1 + 2n cells.
+        let guard_answer = n_lanes.checked_mul(2).and_then(|at| rest.get(at + 1));
+        let guarded = guard_too
+            && n >= 0
+            && guard_answer == Some(&0)
+            && !self.fleet.late(asked, Instant::now());
+        let told = rest.first().copied().unwrap_or(0);
+        if n < 0 {
+            return Ok((refused(left, n, told)?, false));
+        }
+        let wait = Duration::from_micros(told.max(0) as u64);
+        let reserved_lanes = left
+            .get(..n_lanes)
+            .filter(|lanes| !lanes.is_empty())
+            .ok_or_else(unreachable_reply)?;
+        let reservation = Reservation {
+            group: self.clone(),
+            keys: reserved_lanes.iter().map(|a| a.key.clone()).collect(),
+            tats: rest
+                .get(1..1 + 2 * n_lanes)
+                .ok_or_else(unreachable_reply)?
+                .to_vec(),
+            used: false,
+        };
+        let step = Step::Reserved {
+            reservation,
+            n: n_lanes,
+            asked,
+            wait,
+        };
+        Ok((step, guarded))
     }
 
     /// The fleet-wide send-time guard for `asks`, admitting no later than `by`. `Ok(false)`:
@@ -261,7 +396,7 @@ impl Group {
         asks: &[Ask],
         by: Instant,
     ) -> Result<bool, Throttled> {
-        let mut stale = false;
+        let mut guarding = Guarding::default();
         loop {
             let asked = Instant::now();
             let wait = match self.ask(Kind::Guards, None, asks).await {
@@ -271,28 +406,27 @@ impl Group {
                     return Ok(false);
                 }
             };
-            let late = self.fleet.late(asked);
-            if late && stale {
-                self.fleet.lost(&format!(
-                    "two send-time guards in a row answered after more than {} ms",
-                    FRESH.as_millis()
-                ));
-                return Ok(false);
-            }
-            stale = late;
-            if wait.is_zero() {
-                if !late {
-                    return Ok(true);
+            let answered = Instant::now();
+            // Counted when late; what follows from it is `Guarding`'s to say.
+            self.fleet.late(asked, answered);
+            match guarding.answered(asked, answered, wait) {
+                Guarded::Send => return Ok(true),
+                Guarded::Again => {}
+                Guarded::Lost => {
+                    self.fleet.lost(&format!(
+                        "two send-time guards in a row answered after more than {} ms",
+                        FRESH.as_millis()
+                    ));
+                    return Ok(false);
                 }
-                continue;
+                Guarded::Wait(wait) if Instant::now() + wait > by => {
+                    return Err(Throttled {
+                        scope: Scope::App,
+                        retry_after: wait,
+                    });
+                }
+                Guarded::Wait(wait) => tokio::time::sleep(wait).await,
             }
-            if Instant::now() + wait > by {
-                return Err(Throttled {
-                    scope: Scope::App,
-                    retry_after: wait,
-                });
-            }
-            tokio::time::sleep(wait).await;
         }
     }
 

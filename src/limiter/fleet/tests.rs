@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::batch::{Kind, Wait};
-use super::{Ask, EXPIRY, Fleet, Group, Link, MARGIN, NonZeroU32, WINDOW};
+use super::link::{Answer, Link};
+use super::{Ask, EXPIRY, Fleet, Group, MARGIN, NonZeroU32, WINDOW};
 use crate::api::Api;
 use crate::config::Config;
-use crate::limiter::{GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
+use crate::limiter::{Asked, GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
 use crate::metrics::Metrics;
 
 const SCRIPT: &str = include_str!("../fleet.lua");
@@ -90,7 +90,7 @@ impl Drop for Server {
 /// `REDIS_EPOCH` + the paused clock's progress, run on a blocking thread (which keeps a
 /// paused clock from moving). While cut, a call never answers; while `late` is set, its
 /// answer comes that long after the script ran (a slow way back).
-pub(super) struct FixedRedis {
+struct FixedRedis {
     connection: Arc<Mutex<redis::Connection>>,
     start: Instant,
     cut: AtomicBool,
@@ -101,15 +101,12 @@ pub(super) struct FixedRedis {
 
 impl FixedRedis {
     /// Redis's clock now (µs).
-    pub(super) fn now(&self) -> i64 {
+    fn now(&self) -> i64 {
         REDIS_EPOCH + (Instant::now() - self.start).as_micros() as i64
     }
 
-    pub(super) async fn eval<T: FromRedisValue>(
-        &self,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<T, String> {
+    /// The script run at Redis time `now`: never answered while cut, late while `late`.
+    async fn run(&self, keys: Vec<String>, args: Vec<String>) -> Result<redis::Value, String> {
         if self.cut.load(Ordering::SeqCst) {
             return std::future::pending().await;
         }
@@ -133,7 +130,7 @@ impl FixedRedis {
         if !late.is_zero() {
             tokio::time::sleep(late).await;
         }
-        T::from_redis_value(value).map_err(|e| e.to_string())
+        Ok(value)
     }
 
     /// The Redis times of the heartbeats this replica's Redis ran, and whether each was live.
@@ -145,6 +142,19 @@ impl FixedRedis {
             .filter(|(_, args)| args[0] == "beat")
             .map(|(at, args)| (*at, args[7] == "1"))
             .collect()
+    }
+}
+
+/// The second way to Redis: the script at this link's fixed Redis time.
+impl Link for FixedRedis {
+    fn eval(&self, keys: Vec<String>, mut args: Vec<String>, timeout: Duration) -> Answer<'_> {
+        args[1] = self.now().to_string();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, self.run(keys, args)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            }
+        })
     }
 }
 
@@ -195,7 +205,8 @@ impl Sim {
                     calls: Mutex::default(),
                 });
                 let fleet = Fleet::with_link(
-                    Link::Fixed(redis.clone()),
+                    redis.clone(),
+                    Arc::default(),
                     "sim",
                     TIMEOUT,
                     NonZeroU32::new(3).unwrap(),
@@ -255,7 +266,7 @@ impl Sim {
                         // guard taken with a turn is under every step too.
                         let held = (requests.len() % 2 == 0).then_some(());
                         requests.push(tokio::spawn(async move {
-                            let turned = lanes.turn_holding(&api, None, &[], MAX_WAIT, held);
+                            let turned = take_turn(&lanes, &api, held);
                             let sent = match turned.await {
                                 Ok((turn, _)) => turn.send_now().await.is_ok(),
                                 Err(_) => false,
@@ -889,6 +900,22 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
     until(&fleet, (0, 0)).await;
 }
 
+/// A turn in the limiter's two phases, as the proxy takes it: `held` (a stand-in for a ready
+/// connection) is kept through a turn granted at once, and let go before a wait.
+async fn take_turn<'a, T>(
+    lanes: &'a Lanes,
+    api: &Api,
+    held: Option<T>,
+) -> Result<(crate::limiter::Turn<'a>, Option<T>), crate::limiter::Throttled> {
+    match lanes.ask(api, None, &[], MAX_WAIT, held.is_some()).await? {
+        Asked::Granted(turn) => Ok((turn, held)),
+        Asked::Waiting(waiting) => {
+            drop(held);
+            Ok((waiting.await?, None))
+        }
+    }
+}
+
 /// Stands for a ready connection a request holds through its turn; notes when it is let go.
 struct HeldFlag(Arc<Mutex<Option<Instant>>>);
 
@@ -918,11 +945,7 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
     // A free lane: the turn and the send-time guard in one call; the connection comes back.
     let before = calls();
     let (held, let_go) = HeldFlag::new();
-    let (turn, held) = replica
-        .lanes
-        .turn_holding(&api, None, &[], MAX_WAIT, Some(held))
-        .await
-        .unwrap();
+    let (turn, held) = take_turn(&replica.lanes, &api, Some(held)).await.unwrap();
     assert!(held.is_some() && let_go.lock().unwrap().is_none());
     turn.send_now().await.unwrap();
     assert_eq!(calls() - before, 1, "one call for the turn and the guard");
@@ -936,11 +959,7 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
         let before = calls();
         let (held, let_go) = HeldFlag::new();
         let asked = Instant::now();
-        let (turn, held) = replica
-            .lanes
-            .turn_holding(&api, None, &[], MAX_WAIT, Some(held))
-            .await
-            .unwrap();
+        let (turn, held) = take_turn(&replica.lanes, &api, Some(held)).await.unwrap();
         let granted = Instant::now();
         turn.send_now().await.unwrap();
         if held.is_some() {
