@@ -743,7 +743,7 @@ mod tests {
         for path in [
             "/v4/live_engine_http_srv/get_room_info",
             "/v4/openim/sendmsg",
-            "/v4/openim/batchsendmsg",
+            "/v4/profile/portrait_get",
         ] {
             metrics.request(Some(&seven), Some(&Api::from_path(path).unwrap()), "ok");
         }
