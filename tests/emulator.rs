@@ -338,6 +338,21 @@ async fn a_batch_with_one_unknown_recipient_delivers_the_others_and_names_it() {
         .await;
         assert_eq!(history["MsgCnt"], 1, "{peer}: {history}");
     }
+    // The failed entries are counted by app and API, and the partial answer was not retried.
+    let metrics = caller
+        .get(gw.admin.unwrap(), "/metrics")
+        .await
+        .body
+        .to_vec();
+    let metrics = String::from_utf8(metrics).unwrap();
+    let partial = support::sample(
+        &metrics,
+        "timgate_partial_failures_total",
+        &[&format!("app=\"{APP}\""), "api=\"openim/batchsendmsg\""],
+    );
+    assert_eq!(partial, 1.0, "{metrics}");
+    let retries = support::sample(&metrics, "timgate_retries_total", &[]);
+    assert_eq!(retries, 0.0);
     let none = call(
         &caller,
         &gw,
