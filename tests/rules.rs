@@ -506,8 +506,76 @@ fn metadata_body() -> impl Strategy<Value = Value> {
         .prop_map(|(room, entries)| json!({"RoomId": room, "Metadata": entries}))
 }
 
+/// Mostly valid message elements, now and then an unknown type, a missing or mistyped
+/// required field, or an element that is not an object.
+fn element() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        8 => string_ish("[a-z ]{0,12}", 12 * 1024 - 60)
+            .prop_map(|t| json!({"MsgType": "TIMTextElem", "MsgContent": {"Text": t}})),
+        2 => (any::<f64>(), any::<i32>())
+            .prop_map(|(a, b)| json!({"MsgType": "TIMLocationElem", "MsgContent": {"Latitude": a, "Longitude": b}})),
+        2 => any::<i64>().prop_map(|i| json!({"MsgType": "TIMFaceElem", "MsgContent": {"Index": i}})),
+        1 => Just(json!({"MsgType": "TIMFaceElem", "MsgContent": {"Index": "1"}})),
+        1 => Just(json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "d"}})),
+        1 => Just(json!({"MsgType": "TIMNoSuchElem", "MsgContent": {}})),
+        1 => Just(json!({"MsgType": "TIMTextElem"})),
+        1 => Just(json!("not an element")),
+    ]
+}
+
+/// sendmsg bodies around every rule: MsgRandom near 0 and 2^32, MsgLifeTime near 7 days,
+/// bodies near 12 KB, accounts present or not.
+fn sendmsg_body() -> impl Strategy<Value = Value> {
+    let random = prop_oneof![
+        Just(json!(0)),
+        Just(json!(-1)),
+        Just(json!(4_294_967_295u64)),
+        Just(json!(4_294_967_296u64)),
+        any::<u32>().prop_map(Value::from),
+        Just(json!("7")),
+    ];
+    let lifetime = prop_oneof![
+        Just(Value::Null),
+        Just(json!(0)),
+        Just(json!(-1)),
+        Just(json!(604_800)),
+        Just(json!(604_801)),
+    ];
+    let to = prop_oneof![8 => Just(json!("bob")), 1 => Just(Value::Null), 1 => Just(json!(""))];
+    (
+        to,
+        random,
+        lifetime,
+        proptest::collection::vec(element(), 0..4),
+    )
+        .prop_map(|(to, random, lifetime, body)| {
+            json!({"From_Account": "alice", "To_Account": to, "MsgRandom": random,
+                   "MsgLifeTime": lifetime, "MsgBody": body})
+        })
+}
+
+fn emulator_with_accounts() -> Emulator {
+    let emulator = emulator();
+    emulator.accounts().import(1, "alice");
+    emulator.accounts().import(1, "bob");
+    emulator
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn the_emulator_accepts_each_message_the_checker_accepts_and_refuses_the_rest_alike(body in sendmsg_body()) {
+        let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+        let bytes = body.to_string();
+        let parsed: serde_json_borrow::Value = serde_json::from_str(&bytes).unwrap();
+        let checked = rules::check(rules::for_api(api.name()).unwrap(), &parsed);
+        let answer = emulator_with_accounts().execute(1, &api, bytes.as_bytes());
+        match checked {
+            Ok(()) => prop_assert!(answer.is_ok(), "{bytes}: {answer:?}"),
+            Err(refusal) => prop_assert_eq!(answer.unwrap_err(), refusal),
+        }
+    }
 
     #[test]
     fn whatever_the_checker_accepts_the_emulator_accepts(body in metadata_body()) {
