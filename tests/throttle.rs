@@ -426,7 +426,7 @@ async fn batchsendmsg_recipients_are_a_per_minute_quota_and_600_are_refused() {
             .to_string()
     };
     let refused = caller.post(gw.addr, BATCH, to(600)).await;
-    assert_eq!(refused.code(), 90018, "{:?}", refused.json());
+    assert_eq!(refused.code(), 90011, "{:?}", refused.json());
     assert!(
         upstream.seen().is_empty(),
         "600 recipients reached the upstream"
