@@ -31,7 +31,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-const PATH: &str = "/v4/openim/query_online_status";
+const PATH: &str = "/v4/profile/portrait_get";
 const BODY: &str = r#"{"To_Account":["user1","user2"]}"#;
 const CONCURRENCY: usize = 64;
 const FIXED_RATE: u64 = 1000;
@@ -535,7 +535,7 @@ impl Gateway {
             "{fleet}[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\n\
              [[apps]]\nsdkappid = 1400000001\nidentifier = \"administrator\"\nsecret_key = \"bench-key\"\n\
              region = \"singapore\"\nendpoint = \"http://{upstream}\"\nrate_limit = 1000000\n\
-             [apps.api_limits]\n\"openim/query_online_status\" = 1000000\n"
+             [apps.api_limits]\n\"profile/portrait_get\" = 1000000\n"
         );
         std::fs::write(&config, text).expect("write config");
         let child = Command::new(timgate_binary())

@@ -3,16 +3,25 @@
 //! It checks a request as Tencent does — method, path, query parameters, SDKAppID, UserSig
 //! (with our own `usersig::verify`), admin rights, call frequency (sliding one-second windows),
 //! injected faults, JSON body, then the API's rules from the same table the gateway uses —
-//! and answers Tencent's codes when something is wrong. The room metadata APIs work on an
-//! in-memory store; every other API answers OK. Like Tencent, it answers HTTP 200 with the
-//! envelope for every API-level outcome, each with a fresh `RequestId`.
+//! and answers Tencent's codes when something is wrong. The room metadata APIs, the Chat
+//! accounts ([`accounts`]), one-to-one messages ([`c2c`]) and groups ([`groups`]) work on
+//! bounded in-memory stores; every other API answers OK. Like Tencent, it answers HTTP 200
+//! with the envelope for every API-level outcome, each with a fresh `RequestId`; a Chat API's
+//! own fields sit beside the envelope's, a live room API's under `Response`.
+//!
+//! `POST /_emulator/reset` forgets every store; `POST /_emulator/clock` with
+//! `{"AdvanceSeconds": N}` moves the emulator's clock (message times and Tencent's duplicate
+//! windows) forward, so a test can step past a window without waiting for it.
 //!
 //! With a callback listener to post to, it sends the callbacks Tencent would send for the
 //! apps that have callback routes ([`callbacks`]), and `/_emulator/moderate` stands in for
 //! a service behind them.
 
+mod accounts;
+mod c2c;
 mod callbacks;
 mod events;
+mod groups;
 mod limits;
 mod messages;
 mod rooms;
@@ -40,7 +49,10 @@ use crate::limiter;
 use crate::rules::{self, Refusal};
 use crate::usersig::{self, VerifyError};
 
+pub use accounts::{Accounts, MAX_ACCOUNTS};
+pub use c2c::{C2c, MAX_HISTORY};
 pub use callbacks::{BEFORE_DEADLINE, Notifier};
+pub use groups::{FIRST_SERIAL, Groups, MAX_GROUP_HISTORY, MAX_GROUPS, MAX_MEMBERS};
 pub use limits::Limits;
 pub use messages::Messages;
 pub use rooms::Rooms;
@@ -64,6 +76,11 @@ pub struct Emulator {
     limits: Limits,
     rooms: Rooms,
     messages: Messages,
+    accounts: Accounts,
+    c2c: C2c,
+    groups: Groups,
+    /// Seconds the emulator's clock runs ahead of the real one (`/_emulator/clock`).
+    ahead: AtomicU64,
     faults: Mutex<HashMap<Api, Fault>>,
     seq: AtomicU64,
     bodies: Budget,
@@ -116,6 +133,10 @@ impl Emulator {
             limits: Limits::new(apps),
             rooms: Rooms::default(),
             messages: Messages::default(),
+            accounts: Accounts::default(),
+            c2c: C2c::default(),
+            groups: Groups::default(),
+            ahead: AtomicU64::new(0),
             faults: Mutex::default(),
             seq: AtomicU64::new(1),
             bodies: Budget::new(MAX_BODY_BYTES_IN_FLIGHT),
@@ -225,20 +246,58 @@ impl Emulator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Carries out an authenticated request's `body`: the API's rules (the same table the
-    /// gateway checks), then the store. Returns the API's `Response`, if it has one.
+    /// Carries out an authenticated request's `body` as app `sdkappid`'s first admin: the
+    /// API's rules (the same table the gateway checks), then the store. Returns the API's
+    /// answer fields (a live room API's under `Response`).
     pub fn execute(&self, sdkappid: u64, api: &Api, body: &[u8]) -> Result<Value, Refusal> {
         let parsed = json::parse(body).map_err(not_json)?;
-        self.carry_out(sdkappid, api, &parsed, Instant::now())
+        let admin = self
+            .tenants
+            .get(&sdkappid)
+            .and_then(|t| t.admins.first())
+            .cloned()
+            .unwrap_or_default();
+        let caller = Caller {
+            sdkappid,
+            identifier: admin,
+        };
+        self.carry_out(&caller, api, &parsed)
+    }
+
+    /// The accounts store, for seeding and tests.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Forgets every room, account, message and group, and sets the clock back.
+    pub fn reset(&self) {
+        self.rooms.reset();
+        self.messages.reset();
+        self.accounts.reset();
+        self.c2c.reset();
+        self.groups.reset();
+        self.ahead.store(0, Ordering::Relaxed);
+    }
+
+    /// Moves the emulator's clock `seconds` ahead.
+    pub fn advance(&self, seconds: u64) {
+        self.ahead.fetch_add(seconds, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> (Instant, u64) {
+        let ahead = self.ahead.load(Ordering::Relaxed);
+        (
+            Instant::now() + Duration::from_secs(ahead),
+            usersig::unix_now() + ahead,
+        )
     }
 
     /// Checks a parsed body against the API's rules, then carries it out.
     fn carry_out(
         &self,
-        sdkappid: u64,
+        caller: &Caller,
         api: &Api,
         parsed: &serde_json_borrow::Value<'_>,
-        now: Instant,
     ) -> Result<Value, Refusal> {
         if let Some(rules) = rules::for_api(api.name()) {
             rules::check(rules, parsed)?;
@@ -246,16 +305,146 @@ impl Emulator {
         let Some(object) = parsed.as_object() else {
             return Err(Refusal::new(60003, "request JSON must be an object"));
         };
-        self.messages.store(sdkappid, api, parsed, now)?;
+        let (now, unix) = self.now();
+        // Counted (and remembered for Tencent's duplicate window) once the message is
+        // known to go out: a refused one leaves no fingerprint.
+        let fresh = || self.messages.store(caller.sdkappid, api, parsed, now);
         let body = Map::from(object);
+        let sdkappid = caller.sdkappid;
+        let room = |answered: Result<Value, Refusal>| {
+            answered.map(|v| {
+                if v.is_null() {
+                    v
+                } else {
+                    json!({ "Response": v })
+                }
+            })
+        };
         match api.name() {
-            "live_engine_http_srv/set_room_metadata" => self.rooms.set(sdkappid, &body),
-            "live_engine_http_srv/get_room_metadata" => self.rooms.get(sdkappid, &body),
-            "live_engine_http_srv/del_room_metadata" => self.rooms.delete(sdkappid, &body),
+            "live_engine_http_srv/set_room_metadata" => room(self.rooms.set(sdkappid, &body)),
+            "live_engine_http_srv/get_room_metadata" => room(self.rooms.get(sdkappid, &body)),
+            "live_engine_http_srv/del_room_metadata" => room(self.rooms.delete(sdkappid, &body)),
+            name => self.chat(name, caller, &body, (unix, &fresh)),
+        }
+    }
+
+    /// The Chat APIs the emulator keeps state for; every other API answers OK.
+    fn chat(
+        &self,
+        name: &str,
+        caller: &Caller,
+        body: &Map<String, Value>,
+        (unix, fresh): (u64, Fresh<'_>),
+    ) -> Result<Value, Refusal> {
+        let sdkappid = caller.sdkappid;
+        let asker = groups::Asker {
+            sdkappid,
+            admin: &caller.identifier,
+            time: unix,
+        };
+        let known = |user: &str| self.known(caller, user);
+        match name {
+            "im_open_login_svc/account_import" => self.accounts.import_one(sdkappid, body),
+            "im_open_login_svc/multiaccount_import" => self.accounts.import_many(sdkappid, body),
+            "im_open_login_svc/account_check" => self.accounts.check(sdkappid, body),
+            "im_open_login_svc/account_delete" => self.accounts.delete(sdkappid, body),
+            "openim/query_online_status" => self.accounts.online_status(sdkappid, body),
+            "openim/sendmsg" => self.send(caller, body, unix, fresh),
+            "openim/batchsendmsg" => self.batch(caller, body, unix),
+            "openim/admin_getroammsg" => Ok(self.c2c.roam(sdkappid, body)),
+            "group_open_http_svc/create_group" => self.groups.create(&asker, body, &known),
+            "group_open_http_svc/destroy_group" => self.groups.destroy(sdkappid, body),
+            "group_open_http_svc/add_group_member" => self.groups.add(&asker, body, &known),
+            "group_open_http_svc/delete_group_member" => self.groups.remove(sdkappid, body),
+            "group_open_http_svc/get_group_info" => self.groups.info(sdkappid, body),
+            "group_open_http_svc/get_group_member_info" => self.groups.member_info(sdkappid, body),
+            "group_open_http_svc/get_appid_group_list" => self.groups.list(sdkappid, body),
+            "group_open_http_svc/send_group_msg" => {
+                let id = body.get("GroupId").and_then(Value::as_str).unwrap_or("");
+                if !self.groups.exists(sdkappid, id) {
+                    return Err(Refusal::new(
+                        groups::NO_GROUP,
+                        format!("group {id} does not exist or was dissolved"),
+                    ));
+                }
+                self.groups.send(&asker, body, fresh()?)
+            }
+            "group_open_http_svc/group_msg_get_simple" => self.groups.history(sdkappid, body),
             _ => Ok(Value::Null),
         }
     }
+
+    /// Whether `user` exists for the caller's app: imported, or one of its admins.
+    fn known(&self, caller: &Caller, user: &str) -> bool {
+        self.accounts.exists(caller.sdkappid, user)
+            || self
+                .tenants
+                .get(&caller.sdkappid)
+                .is_some_and(|t| t.admins.iter().any(|a| a == user))
+    }
+
+    /// `sendmsg`: both accounts must exist (90008, 90012).
+    fn send(
+        &self,
+        caller: &Caller,
+        body: &Map<String, Value>,
+        unix: u64,
+        fresh: Fresh<'_>,
+    ) -> Result<Value, Refusal> {
+        let from = body
+            .get("From_Account")
+            .and_then(Value::as_str)
+            .unwrap_or(&caller.identifier);
+        let to = body.get("To_Account").and_then(Value::as_str).unwrap_or("");
+        c2c::require(self.known(caller, from), c2c::FROM_NOT_IMPORTED, from)?;
+        c2c::require(self.known(caller, to), c2c::TO_NOT_IMPORTED, to)?;
+        let out = c2c::Outgoing {
+            sdkappid: caller.sdkappid,
+            from,
+            body,
+            time: unix,
+        };
+        Ok(self.c2c.send(&out, to, fresh()?))
+    }
+
+    /// `batchsendmsg`: delivered to the recipients that exist, the others in `ErrorList`;
+    /// refused as a whole (90012) only when none exists, as Tencent answers FAIL then.
+    fn batch(
+        &self,
+        caller: &Caller,
+        body: &Map<String, Value>,
+        unix: u64,
+    ) -> Result<Value, Refusal> {
+        let from = body
+            .get("From_Account")
+            .and_then(Value::as_str)
+            .unwrap_or(&caller.identifier);
+        c2c::require(self.known(caller, from), c2c::FROM_NOT_IMPORTED, from)?;
+        let (known, unknown): (Vec<&str>, Vec<&str>) = body
+            .get("To_Account")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .partition(|to| self.known(caller, to));
+        if known.is_empty() {
+            return Err(Refusal::new(
+                c2c::TO_NOT_IMPORTED,
+                "none of To_Account was ever imported",
+            ));
+        }
+        let out = c2c::Outgoing {
+            sdkappid: caller.sdkappid,
+            from,
+            body,
+            time: unix,
+        };
+        Ok(self.c2c.batch(&out, &known, &unknown))
+    }
 }
+
+/// Records a message for Tencent's duplicate window: whether it is new.
+type Fresh<'a> = &'a dyn Fn() -> Result<bool, Refusal>;
 
 /// How Tencent answers each UserSig fault.
 fn refusal_for(error: VerifyError) -> Refusal {
@@ -282,8 +471,12 @@ pub async fn handle(emulator: Arc<Emulator>, request: Request<Incoming>) -> Resp
         "RequestId": emulator.request_id(),
     });
     match answered {
-        Ok(Value::Null) => {}
-        Ok(response) => doc["Response"] = response,
+        Ok(Value::Object(fields)) => {
+            if let Some(doc) = doc.as_object_mut() {
+                doc.extend(fields);
+            }
+        }
+        Ok(_) => {}
         Err(refusal) => {
             doc["ErrorCode"] = refusal.code.into();
             doc["ErrorInfo"] = refusal.info.into();
@@ -303,10 +496,17 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
     if request.uri().path() == FAULTS_PATH {
         return inject(emulator, request).await;
     }
+    if request.uri().path() == RESET_PATH {
+        emulator.reset();
+        return Ok(Value::Null);
+    }
+    if request.uri().path() == CLOCK_PATH {
+        return advance(emulator, request).await;
+    }
     let api = Api::from_path(request.uri().path())
         .ok_or_else(|| Refusal::new(60002, "URL path must be /v4/<service>/<command>"))?;
     if api.name() == STATS {
-        return Ok(json!({"Messages": emulator.messages_stored()}));
+        return Ok(json!({"Response": {"Messages": emulator.messages_stored()}}));
     }
     let caller = emulator.authenticate(request.uri().query(), usersig::unix_now())?;
     let (bytes, _held) = read_bytes(emulator, request).await?;
@@ -339,14 +539,14 @@ impl Emulator {
                 notifier.event(caller.sdkappid, api.name(), &body, &caller.identifier)
             });
         let (Some(notifier), Some(event)) = (notifier, event) else {
-            return self.carry_out(caller.sdkappid, api, parsed, Instant::now());
+            return self.carry_out(caller, api, parsed);
         };
         let changes = match notifier.before(&event).await {
             callbacks::Verdict::Go(changes) => changes,
             callbacks::Verdict::Deny(refusal) => return Err(refusal),
             callbacks::Verdict::Discard => return Ok(Value::Null),
         };
-        let answered = self.carry_out(caller.sdkappid, api, parsed, Instant::now());
+        let answered = self.carry_out(caller, api, parsed);
         if answered.is_ok() {
             notifier.after(event, changes);
         }
@@ -378,6 +578,31 @@ async fn moderate(emulator: &Emulator, request: Request<Incoming>) -> Response<F
         .any(|text| text.to_lowercase().contains("forbidden"));
     let answer = if refused { DENY } else { ALLOW };
     json_response(StatusCode::OK, Bytes::from_static(answer))
+}
+
+/// `POST /_emulator/reset`: forget every room, account, message and group.
+pub const RESET_PATH: &str = "/_emulator/reset";
+
+/// `POST /_emulator/clock` with `{"AdvanceSeconds": N}`: move the emulator's clock ahead.
+pub const CLOCK_PATH: &str = "/_emulator/clock";
+
+/// The most one `/_emulator/clock` call moves the clock: a day.
+const MAX_ADVANCE: u64 = 86_400;
+
+async fn advance(emulator: &Emulator, request: Request<Incoming>) -> Result<Value, Refusal> {
+    let (bytes, _held) = read_bytes(emulator, request).await?;
+    let seconds = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["AdvanceSeconds"].as_u64())
+        .filter(|n| *n <= MAX_ADVANCE)
+        .ok_or_else(|| {
+            Refusal::new(
+                60003,
+                format!("the clock takes {{\"AdvanceSeconds\": N}}, N at most {MAX_ADVANCE}"),
+            )
+        })?;
+    emulator.advance(seconds);
+    Ok(Value::Null)
 }
 
 /// `POST /v4/_emulator/stats`: what the emulator stored, `{"Messages": N}`.

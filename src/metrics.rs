@@ -119,7 +119,17 @@ pub struct AppSeries {
     codes: Vec<Counter>,
     /// Attempts sent per API that has a limit of its own, keyed `service/command`.
     api_attempts: HashMap<String, Counter>,
+    /// Failed entries of partial answers, in `PARTIAL_APIS` order, then `other`.
+    partial: Vec<Counter>,
 }
+
+/// The APIs whose answers may carry `ErrorList` or `FailAccounts` (a batch carried out in
+/// part): the `api` label of `timgate_partial_failures_total`, with `other` for the rest.
+const PARTIAL_APIS: &[&str] = &[
+    "openim/batchsendmsg",
+    "openim/query_online_status",
+    "im_open_login_svc/multiaccount_import",
+];
 
 /// The gateway's metrics.
 pub struct Metrics {
@@ -136,6 +146,7 @@ pub struct Metrics {
     inflight: Gauge,
     upstream_codes: Family<CodeLabels, Counter>,
     api_attempts: Family<ApiLabels, Counter>,
+    partial_failures: Family<ApiLabels, Counter>,
     draining: Gauge,
     upstream_pool: crate::upstream::Gauges,
     upstream_failovers: Counter,
@@ -290,6 +301,7 @@ impl Metrics {
             inflight: Gauge::default(),
             upstream_codes: Family::default(),
             api_attempts: Family::default(),
+            partial_failures: Family::default(),
             draining: Gauge::default(),
             upstream_pool: crate::upstream::Gauges::default(),
             upstream_failovers: Counter::default(),
@@ -351,6 +363,11 @@ impl Metrics {
             "usersig_signs",
             "UserSigs minted (first use and every re-sign)",
             metrics.usersig_signs.clone(),
+        );
+        r.register(
+            "partial_failures",
+            "Failed entries (ErrorList, FailAccounts) of answers that carried out the rest, by app and API",
+            metrics.partial_failures.clone(),
         );
         r.register(
             "inflight_requests",
@@ -559,6 +576,17 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            partial: PARTIAL_APIS
+                .iter()
+                .chain(&["other"])
+                .map(|api| {
+                    let labels = ApiLabels {
+                        app: app.to_string(),
+                        api: (*api).to_owned(),
+                    };
+                    self.partial_failures.get_or_create(&labels).clone()
+                })
+                .collect(),
         }
     }
 
@@ -607,6 +635,18 @@ impl AppSeries {
             None => CODES.len() + 1,
         };
         self.codes[slot].inc();
+    }
+
+    /// `entries` failed in an answer to `api` that carried out the rest.
+    pub fn partial(&self, api: &str, entries: u32) {
+        if entries == 0 {
+            return;
+        }
+        let slot = PARTIAL_APIS
+            .iter()
+            .position(|known| *known == api)
+            .unwrap_or(PARTIAL_APIS.len());
+        self.partial[slot].inc_by(u64::from(entries));
     }
 
     /// A request refused because its wait would be too long.
@@ -743,7 +783,7 @@ mod tests {
         for path in [
             "/v4/live_engine_http_srv/get_room_info",
             "/v4/openim/sendmsg",
-            "/v4/openim/batchsendmsg",
+            "/v4/profile/portrait_get",
         ] {
             metrics.request(Some(&seven), Some(&Api::from_path(path).unwrap()), "ok");
         }

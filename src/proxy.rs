@@ -404,6 +404,9 @@ impl Gateway {
             route.series.attempt(sent.elapsed(), call.attempts > 1);
             let code = tried.as_ref().ok().and_then(|r| r.envelope.error_code);
             route.series.answered(api.name(), code);
+            if let Ok(reply) = &tried {
+                route.series.partial(api.name(), reply.envelope.partial());
+            }
             Ok((tried, sent))
         }
     }

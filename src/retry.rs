@@ -8,7 +8,8 @@
 //! broken connection once the request may have reached Tencent — unless the repeat is safe:
 //! Tencent drops a repeat of the same bytes to some APIs within a window
 //! (`limiter::table::DEDUP`), and the caller (`proxy`) says whether the first attempt is
-//! still inside it.
+//! still inside it. An answer that carried out part of a batch (`ErrorList`,
+//! `FailAccounts`) is never retried as a whole: a repeat would send the rest again.
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub enum Verdict {
 /// of this request as a duplicate if it carried out the first one.
 pub fn decide(tried: &Result<Reply, Error>, repeat_safe: bool) -> Verdict {
     match tried {
+        Ok(reply) if reply.envelope.partial() > 0 => Verdict::Answer,
         Ok(reply) => match reply.envelope.error_code {
             Some(100001) => Verdict::Retry,
             Some(60007) => Verdict::SlowDown(Scope::Api),
@@ -70,9 +72,24 @@ mod tests {
             body: Bytes::new(),
             envelope: Envelope {
                 error_code: Some(code),
-                request_id: None,
+                ..Envelope::default()
             },
         })
+    }
+
+    #[test]
+    fn a_partial_answer_is_never_retried_as_a_whole() {
+        let body = br#"{"ErrorCode":100001,"ErrorList":[{"To_Account":"x","ErrorCode":70107}]}"#;
+        let envelope: Envelope = serde_json::from_slice(body).unwrap();
+        assert_eq!(envelope.partial(), 1);
+        let Ok(mut partial) = reply(100001) else {
+            unreachable!()
+        };
+        partial.envelope = envelope;
+        assert_eq!(decide(&Ok(partial), true), Verdict::Answer);
+        let other: Envelope =
+            serde_json::from_slice(br#"{"ErrorList":"x","FailAccounts":[1,2]}"#).unwrap();
+        assert_eq!(other.partial(), 2);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use serde_json_borrow::Value;
 
-pub use table::TABLE;
+pub use table::{ELEMENTS, TABLE};
 
 /// A JSON type a field must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum Type {
     String,
     /// A JSON number without a fraction.
     Integer,
+    /// Any JSON number.
+    Number,
     /// A JSON array.
     Array,
     /// A JSON object.
@@ -43,10 +45,26 @@ pub enum Check {
     MaxItems(usize),
     /// An integer of at most this value.
     MaxValue(i64),
+    /// An integer of at least this value.
+    MinValue(i64),
+    /// A value whose JSON text is at most this many bytes (a message body's size).
+    MaxJsonBytes(usize),
+    /// A message element: an object whose `MsgType` is one of these, with a `MsgContent`
+    /// object holding the fields its type requires.
+    Elements(&'static [Element]),
     /// At most this many distinct strings across all selected values.
     MaxDistinct(usize),
     /// At most this many UTF-8 bytes across all selected strings.
     MaxTotalBytes(usize),
+}
+
+/// A message element type (`MsgBody[].MsgType`) and the `MsgContent` fields it requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element {
+    /// Its `MsgType`, e.g. `TIMTextElem`.
+    pub name: &'static str,
+    /// The fields its `MsgContent` must hold, with their types.
+    pub required: &'static [(&'static str, Type)],
 }
 
 /// One line of an API's rules, as it reads on Tencent's page.
@@ -167,8 +185,61 @@ fn one(check: Check, value: Option<&Value<'_>>) -> Result<(), String> {
         {
             Err(format!("is {v}; the limit is {max}"))
         }
+        (Check::MinValue(min), Some(v)) if v.as_i64().is_some_and(|n| n < min) => {
+            Err(format!("is {v}; the lowest allowed is {min}"))
+        }
+        (Check::MaxJsonBytes(max), Some(v)) => match json_len(v) {
+            len if len > max => Err(format!("is {len} bytes as JSON; the limit is {max}")),
+            _ => Ok(()),
+        },
+        (Check::Elements(types), Some(v)) => element(types, v),
         _ => Ok(()),
     }
+}
+
+/// The length of `value`'s JSON text, counted without building it.
+fn json_len(value: &Value<'_>) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail.
+    let _ = std::fmt::write(&mut count, format_args!("{value}"));
+    count.0
+}
+
+/// Checks one message element against Tencent's element types.
+fn element(types: &[Element], value: &Value<'_>) -> Result<(), String> {
+    let Some(object) = value.as_object() else {
+        return Err(format!("must be an object, not {}", kind(value)));
+    };
+    let Some(name) = object.get("MsgType").and_then(Value::as_str) else {
+        return Err("needs MsgType: a string".into());
+    };
+    let Some(known) = types.iter().find(|t| t.name == name) else {
+        let names: Vec<&str> = types.iter().map(|t| t.name).collect();
+        return Err(format!(
+            "has MsgType {name}, which is not one of {}",
+            names.join(", ")
+        ));
+    };
+    let Some(content) = object.get("MsgContent").filter(|c| c.is_object()) else {
+        return Err(format!("({name}) needs MsgContent: an object"));
+    };
+    for (field, ty) in known.required {
+        let found = content.get(*field);
+        if found.is_null() || !is(*ty, found) {
+            return Err(format!(
+                "({name}) needs MsgContent.{field}: {}",
+                article(*ty)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What `visit` calls with each selected value: its array indices on the way, and the value.
@@ -232,6 +303,7 @@ fn is(ty: Type, value: &Value<'_>) -> bool {
     match ty {
         Type::String => value.is_string(),
         Type::Integer => value.is_i64() || value.is_u64(),
+        Type::Number => value.is_number(),
         Type::Array => value.is_array(),
         Type::Object => value.is_object(),
     }
@@ -241,6 +313,7 @@ fn article(ty: Type) -> &'static str {
     match ty {
         Type::String => "a string",
         Type::Integer => "an integer",
+        Type::Number => "a number",
         Type::Array => "an array",
         Type::Object => "an object",
     }
@@ -441,7 +514,7 @@ mod tests {
 
     #[test]
     fn unchecked_apis_have_no_rules() {
-        assert!(for_api("openim/sendmsg").is_none());
+        assert!(for_api("profile/portrait_get").is_none());
         assert!(
             TABLE
                 .iter()

@@ -74,6 +74,76 @@ pub struct Envelope {
     /// `RequestId`, for Tencent support.
     #[serde(rename = "RequestId")]
     pub request_id: Option<String>,
+    /// The entries of `ErrorList`: the accounts a batch call failed for while it carried
+    /// out the others (batchsendmsg, query_online_status).
+    #[serde(rename = "ErrorList", default)]
+    pub error_list: Entries,
+    /// The entries of `FailAccounts` (multiaccount_import's accounts not imported).
+    #[serde(rename = "FailAccounts", default)]
+    pub fail_accounts: Entries,
+}
+
+impl Envelope {
+    /// How many entries failed in an answer that carried out the others.
+    pub fn partial(&self) -> u32 {
+        self.error_list.0.saturating_add(self.fail_accounts.0)
+    }
+}
+
+/// The number of entries in a JSON array, counted without keeping them; 0 for any other
+/// value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entries(pub u32);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> serde::de::Visitor<'de> for Count {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Entries, A::Error> {
+                let mut n = 0u32;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n = n.saturating_add(1);
+                }
+                Ok(Entries(n))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Entries(0))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Entries, E> {
+                Ok(Entries(0))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Entries, E> {
+                Ok(Entries(0))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Entries, E> {
+                Ok(Entries(0))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Entries, E> {
+                Ok(Entries(0))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Entries, E> {
+                Ok(Entries(0))
+            }
+            fn visit_unit<E>(self) -> Result<Entries, E> {
+                Ok(Entries(0))
+            }
+        }
+        deserializer.deserialize_any(Count)
+    }
 }
 
 /// Why an attempt got no answer to pass back.

@@ -22,7 +22,7 @@ const APP: u64 = 1400000001;
 const INFO: &str = "/v4/live_engine_http_srv/get_room_info";
 const ROOM: &str = r#"{"RoomId":"r"}"#;
 /// An API without request rules.
-const PLAIN: &str = "/v4/openim/query_online_status";
+const PLAIN: &str = "/v4/profile/portrait_get";
 
 fn config(text: &str) -> Config {
     Config::from_toml(text).unwrap()

@@ -565,6 +565,15 @@ async fn the_emulators_callbacks_go_through_the_listener_to_the_service_and_back
                "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}]})
         .to_string()
     };
+    // Tencent refuses a message between accounts never imported (90008, 90012).
+    let imported = caller
+        .post(
+            gw.addr,
+            "/v4/im_open_login_svc/multiaccount_import",
+            r#"{"Accounts":["a","b"]}"#,
+        )
+        .await;
+    assert_eq!(imported.code(), 0, "{:?}", imported.json());
     let sent = caller
         .post(gw.addr, "/v4/openim/sendmsg", send("hello", 1))
         .await;
@@ -799,6 +808,15 @@ async fn the_committed_demo_refuses_a_forbidden_message_through_its_callbacks() 
                "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}]})
         .to_string()
     };
+    // Tencent refuses a message between accounts never imported (90008, 90012).
+    let imported = caller
+        .post(
+            gateway.addr,
+            "/v4/im_open_login_svc/multiaccount_import",
+            r#"{"Accounts":["a","b"]}"#,
+        )
+        .await;
+    assert_eq!(imported.code(), 0, "{:?}", imported.json());
     let sent = caller
         .post(gateway.addr, "/v4/openim/sendmsg", send("hello"))
         .await;

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 /// The Kubernetes manifest's memory limit.
 const POD_MIB: f64 = 64.0;
 /// An API without request rules: any JSON body goes through.
-const PLAIN: &str = "/v4/openim/query_online_status";
+const PLAIN: &str = "/v4/profile/portrait_get";
 
 /// Writes `request` on a new connection, then reads the answer until the server closes.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
@@ -630,8 +630,7 @@ async fn memory_held_by_500_callers_is_handed_back_once_they_leave() {
     // 500 sockets here beside the other tests' (one of them opens 5,000).
     timgate::server::raise_fd_limit();
     // No rate limit in the way: every caller is answered at once.
-    let unlimited =
-        "rate_limit = 1000000\n[apps.api_limits]\n\"openim/query_online_status\" = 1000000\n";
+    let unlimited = "rate_limit = 1000000\n[apps.api_limits]\n\"profile/portrait_get\" = 1000000\n";
     let (gateway, _upstream, idle) = warm_process_with("", unlimited).await;
     let pid = gateway.child.id().unwrap();
     // 500 keep-alive connections (a client each, which keeps its connection open once

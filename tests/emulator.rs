@@ -36,7 +36,7 @@ async fn refuses_each_url_fault_with_tencents_code() {
     let caller = Caller::default();
     let now = usersig::unix_now();
     let good = token(KEY, APP, "administrator", now, 600);
-    let path = "/v4/openim/query_online_status";
+    let path = "/v4/profile/portrait_get";
     let cases: Vec<(String, i64)> = vec![
         (query(APP, "administrator", &good), 0),
         (
@@ -197,4 +197,361 @@ async fn a_repeated_key_is_refused_as_the_gateway_refuses_it() {
     assert_eq!(answer.code(), 60003, "{}", answer.json());
     let info = answer.json()["ErrorInfo"].as_str().unwrap().to_owned();
     assert!(info.contains(r#"the key "GroupId" twice"#), "{info}");
+}
+
+/// A gateway in front of the built-in emulator, and a caller.
+async fn chat() -> (support::Running, support::Running, Caller) {
+    let config = Config::from_toml(&one_app(APP, "http://127.0.0.1:1")).unwrap();
+    let emu = emulator(&config).await;
+    let text = one_app(APP, &format!("http://{}", emu.addr)) + "max_queue_wait_ms = 3000\n";
+    let gw = support::gateway(Config::from_toml(&text).unwrap()).await;
+    (emu, gw, Caller::default())
+}
+
+async fn call(
+    caller: &Caller,
+    gw: &support::Running,
+    api: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let answer = caller
+        .post(
+            gw.addr,
+            &format!("/v4/{api}?sdkappid={APP}"),
+            body.to_string(),
+        )
+        .await;
+    answer.json()
+}
+
+fn text(words: &str) -> serde_json::Value {
+    serde_json::json!([{"MsgType": "TIMTextElem", "MsgContent": {"Text": words}}])
+}
+
+#[tokio::test]
+async fn accounts_messages_and_history_behave_like_tencent() {
+    use serde_json::json;
+    let (emu, gw, caller) = chat().await;
+    let imported = call(
+        &caller,
+        &gw,
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["alice", "bob", "x".repeat(33)]}),
+    )
+    .await;
+    assert_eq!(imported["ActionStatus"], "OK");
+    assert_eq!(imported["FailAccounts"], json!(["x".repeat(33)]));
+    let checked = call(
+        &caller,
+        &gw,
+        "im_open_login_svc/account_check",
+        json!({"CheckItem": [{"UserID": "alice"}, {"UserID": "carol"}]}),
+    )
+    .await;
+    let statuses: Vec<&str> = checked["ResultItem"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["AccountStatus"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Imported", "NotImported"]);
+    // A message to an account never imported: Tencent's 90012, nothing stored.
+    let send = |to: &str, random: u32| {
+        json!({"From_Account": "alice", "To_Account": to,
+        "MsgSeq": 3, "MsgRandom": random, "MsgBody": text("hi")})
+    };
+    let unknown = call(&caller, &gw, "openim/sendmsg", send("carol", 1)).await;
+    assert_eq!(
+        (
+            unknown["ActionStatus"].as_str(),
+            unknown["ErrorCode"].as_i64()
+        ),
+        (Some("FAIL"), Some(90012))
+    );
+    let sent = call(&caller, &gw, "openim/sendmsg", send("bob", 7)).await;
+    assert_eq!(sent["ErrorCode"], 0, "{sent}");
+    let time = sent["MsgTime"].as_u64().unwrap();
+    assert_eq!(sent["MsgKey"], format!("3_7_{time}"));
+    // A repeat inside 120 s is answered with the first one's key and not delivered twice.
+    let again = call(&caller, &gw, "openim/sendmsg", send("bob", 7)).await;
+    assert_eq!(again["MsgKey"], sent["MsgKey"]);
+    let roam = json!({"Operator_Account": "bob", "Peer_Account": "alice", "MaxCnt": 10,
+        "MinTime": 0, "MaxTime": u32::MAX});
+    let history = call(&caller, &gw, "openim/admin_getroammsg", roam.clone()).await;
+    assert_eq!(history["MsgCnt"], 1, "{history}");
+    assert_eq!(history["MsgList"][0]["MsgBody"], text("hi"));
+    // Outside the window it is a new message.
+    let clock = caller
+        .post(
+            emu.addr,
+            timgate::emulator::CLOCK_PATH,
+            r#"{"AdvanceSeconds":121}"#,
+        )
+        .await;
+    assert_eq!(clock.code(), 0);
+    let later = call(&caller, &gw, "openim/sendmsg", send("bob", 7)).await;
+    assert_ne!(later["MsgKey"], sent["MsgKey"]);
+    let history = call(&caller, &gw, "openim/admin_getroammsg", roam).await;
+    assert_eq!(
+        (history["MsgCnt"].as_u64(), history["Complete"].as_u64()),
+        (Some(2), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_one_unknown_recipient_delivers_the_others_and_names_it() {
+    use serde_json::json;
+    let (_emu, gw, caller) = chat().await;
+    call(
+        &caller,
+        &gw,
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": ["a", "b", "c"]}),
+    )
+    .await;
+    let batch = call(
+        &caller,
+        &gw,
+        "openim/batchsendmsg",
+        json!({"From_Account": "a",
+        "To_Account": ["b", "ghost", "c"], "MsgRandom": 9, "MsgBody": text("all")}),
+    )
+    .await;
+    assert_eq!(
+        (batch["ActionStatus"].as_str(), batch["ErrorCode"].as_i64()),
+        (Some("OK"), Some(0)),
+        "{batch}"
+    );
+    assert_eq!(
+        batch["ErrorList"],
+        json!([{"To_Account": "ghost", "ErrorCode": 70107}])
+    );
+    assert!(batch["MsgKey"].as_str().unwrap().contains("_9_"));
+    for peer in ["b", "c"] {
+        let history = call(
+            &caller,
+            &gw,
+            "openim/admin_getroammsg",
+            json!({"Operator_Account": peer,
+            "Peer_Account": "a", "MaxCnt": 5, "MinTime": 0, "MaxTime": u32::MAX}),
+        )
+        .await;
+        assert_eq!(history["MsgCnt"], 1, "{peer}: {history}");
+    }
+    // The failed entries are counted by app and API, and the partial answer was not retried.
+    let metrics = caller
+        .get(gw.admin.unwrap(), "/metrics")
+        .await
+        .body
+        .to_vec();
+    let metrics = String::from_utf8(metrics).unwrap();
+    let partial = support::sample(
+        &metrics,
+        "timgate_partial_failures_total",
+        &[&format!("app=\"{APP}\""), "api=\"openim/batchsendmsg\""],
+    );
+    assert_eq!(partial, 1.0, "{metrics}");
+    let retries = support::sample(&metrics, "timgate_retries_total", &[]);
+    assert_eq!(retries, 0.0);
+    let none = call(
+        &caller,
+        &gw,
+        "openim/batchsendmsg",
+        json!({"From_Account": "a",
+        "To_Account": ["ghost"], "MsgRandom": 9, "MsgBody": text("x")}),
+    )
+    .await;
+    assert_eq!(none["ActionStatus"], "FAIL");
+    let online = call(
+        &caller,
+        &gw,
+        "openim/query_online_status",
+        json!({"To_Account": ["a", "ghost"]}),
+    )
+    .await;
+    assert_eq!(
+        online["QueryResult"],
+        json!([{"To_Account": "a", "Status": "Offline"}])
+    );
+    assert_eq!(online["ErrorList"][0]["To_Account"], "ghost");
+}
+
+#[tokio::test]
+async fn a_group_is_created_filled_paged_messaged_and_read_back() {
+    use serde_json::json;
+    let (emu, gw, caller) = chat().await;
+    let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
+    call(
+        &caller,
+        &gw,
+        "im_open_login_svc/multiaccount_import",
+        json!({"Accounts": users}),
+    )
+    .await;
+    let created = call(
+        &caller,
+        &gw,
+        "group_open_http_svc/create_group",
+        json!({"Type": "Public", "Name": "room", "MemberList": [{"Member_Account": "u0"}]}),
+    )
+    .await;
+    let id = created["GroupId"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("@TGS#"), "{created}");
+    let list: Vec<_> = users
+        .iter()
+        .map(|u| json!({"Member_Account": u}))
+        .chain([json!({"Member_Account": "ghost"})])
+        .collect();
+    let added = call(
+        &caller,
+        &gw,
+        "group_open_http_svc/add_group_member",
+        json!({"GroupId": id, "MemberList": list}),
+    )
+    .await;
+    let results: Vec<u64> = added["MemberList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Result"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (results[0], results[1], results[30]),
+        (2, 1, 0),
+        "already, added, never imported"
+    );
+    // 31 members (the admin owner and u0..u29), paged 10 at a time.
+    let mut seen = Vec::new();
+    for offset in (0..40).step_by(10) {
+        let page = call(
+            &caller,
+            &gw,
+            "group_open_http_svc/get_group_member_info",
+            json!({"GroupId": id, "Limit": 10, "Offset": offset}),
+        )
+        .await;
+        assert_eq!(page["MemberNum"], 31);
+        seen.extend(
+            page["MemberList"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["Member_Account"].as_str().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(seen.len(), 31);
+    assert_eq!(seen[0], "administrator");
+    let send = |random: u32| json!({"GroupId": id, "From_Account": "u1", "Random": random, "MsgBody": text("g")});
+    let seqs: Vec<u64> = [
+        call(&caller, &gw, "group_open_http_svc/send_group_msg", send(1)).await,
+        call(&caller, &gw, "group_open_http_svc/send_group_msg", send(2)).await,
+        call(&caller, &gw, "group_open_http_svc/send_group_msg", send(1)).await,
+        call(&caller, &gw, "group_open_http_svc/send_group_msg", send(3)).await,
+    ]
+    .iter()
+    .map(|a| a["MsgSeq"].as_u64().unwrap())
+    .collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 1, 3],
+        "MsgSeq rises by one; a repeated Random is not sent again"
+    );
+    let back = call(
+        &caller,
+        &gw,
+        "group_open_http_svc/group_msg_get_simple",
+        json!({"GroupId": id, "ReqMsgNumber": 2}),
+    )
+    .await;
+    let got: Vec<u64> = back["RspMsgList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["MsgSeq"].as_u64().unwrap())
+        .collect();
+    assert_eq!((got, back["IsFinished"].as_u64()), (vec![3, 2], Some(0)));
+    let info = call(
+        &caller,
+        &gw,
+        "group_open_http_svc/get_group_info",
+        json!({"GroupIdList": [id, "nope"]}),
+    )
+    .await;
+    assert_eq!(
+        (
+            info["GroupInfo"][0]["NextMsgSeq"].as_u64(),
+            info["GroupInfo"][1]["ErrorCode"].as_u64()
+        ),
+        (Some(4), Some(10010))
+    );
+    let gone = call(
+        &caller,
+        &gw,
+        "group_open_http_svc/destroy_group",
+        json!({"GroupId": id}),
+    )
+    .await;
+    assert_eq!(gone["ErrorCode"], 0);
+    let after = call(&caller, &gw, "group_open_http_svc/send_group_msg", send(4)).await;
+    assert_eq!(after["ErrorCode"], 10010);
+    drop(emu);
+}
+
+#[tokio::test]
+async fn group_list_pages_by_a_64_bit_next_and_reset_forgets_everything() {
+    use serde_json::json;
+    let (emu, gw, caller) = chat().await;
+    for i in 0..5 {
+        let created = call(
+            &caller,
+            &gw,
+            "group_open_http_svc/create_group",
+            json!({"Type": "Public", "Name": format!("g{i}"), "GroupId": format!("g{i}")}),
+        )
+        .await;
+        assert_eq!(created["GroupId"], format!("g{i}"));
+    }
+    let mut ids = Vec::new();
+    let mut next = 0u64;
+    let mut pages = 0;
+    loop {
+        let page = call(
+            &caller,
+            &gw,
+            "group_open_http_svc/get_appid_group_list",
+            json!({"Limit": 3, "Next": next}),
+        )
+        .await;
+        assert_eq!(page["TotalCount"], 5, "{page}");
+        ids.extend(
+            page["GroupIdList"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["GroupId"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        // Carried as the integer Tencent sends: above 2^53, where a double would round it.
+        next = page["Next"].as_u64().unwrap();
+        if next == 0 {
+            break;
+        }
+        assert!(next > 1 << 53, "{next}");
+    }
+    assert_eq!(
+        (pages, ids),
+        (2, (0..5).map(|i| format!("g{i}")).collect::<Vec<_>>())
+    );
+    let reset = caller
+        .post(emu.addr, timgate::emulator::RESET_PATH, "{}")
+        .await;
+    assert_eq!(reset.code(), 0);
+    let page = call(
+        &caller,
+        &gw,
+        "group_open_http_svc/get_appid_group_list",
+        json!({}),
+    )
+    .await;
+    assert_eq!(page["TotalCount"], 0);
 }

@@ -18,6 +18,8 @@ use support::{Caller, Process, Recorder, free_port, sample};
 use tokio::time::Instant;
 
 const SEND: &str = "/v4/openim/sendmsg";
+/// The smallest sendmsg the rules let through (…/269/2282: To_Account, MsgRandom, MsgBody).
+const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[]}"#;
 
 /// The tests that run gateway processes and count seconds take turns: on a small machine,
 /// two of them at once would measure each other.
@@ -625,7 +627,7 @@ async fn offer(addr: SocketAddr, rate: u32, seconds: f64, tally: Arc<Mutex<Tally
         ticks.tick().await;
         let (caller, tally) = (caller.clone(), tally.clone());
         requests.push(tokio::spawn(async move {
-            let answer = caller.post(addr, SEND, "{}").await;
+            let answer = caller.post(addr, SEND, SEND_BODY).await;
             let mut tally = tally.lock().unwrap();
             match answer.status.as_u16() {
                 200 => tally.ok += 1,
@@ -670,7 +672,8 @@ async fn fleet_formed(replicas: &[Process], caller: &Caller) {
         .await;
     }
     let addr = replicas[0].addr;
-    support::eventually(|| async move { caller.post(addr, SEND, "{}").await.status == 200 }).await;
+    support::eventually(|| async move { caller.post(addr, SEND, SEND_BODY).await.status == 200 })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,7 +806,7 @@ async fn a_stalled_redis_is_left_within_the_timeout() {
     fleet_formed(std::slice::from_ref(&gateway), &caller).await;
     redis.signal(rustix::process::Signal::STOP);
     let asked = Instant::now();
-    let answer = caller.post(gateway.addr, SEND, "{}").await;
+    let answer = caller.post(gateway.addr, SEND, SEND_BODY).await;
     let took = asked.elapsed();
     redis.signal(rustix::process::Signal::CONT);
     // Redis gave no answer: after timeout_ms (50) the replica stops waiting for it, and the
@@ -870,7 +873,7 @@ async fn every_key_of_a_script_call_is_in_one_cluster_slot() {
     // Heartbeats (members, claims, epoch) and turns (those plus the app lane) all answered.
     fleet_formed(std::slice::from_ref(&gateway), &caller).await;
     for _ in 0..5 {
-        assert_eq!(caller.post(gateway.addr, SEND, "{}").await.status, 200);
+        assert_eq!(caller.post(gateway.addr, SEND, SEND_BODY).await.status, 200);
     }
     let text = caller.get(gateway.admin, "/metrics").await.body;
     let text = std::str::from_utf8(&text).unwrap();
@@ -1127,7 +1130,7 @@ async fn a_fleet_holds_each_api_to_200_a_second_beside_a_larger_app_limit() {
     let start = Instant::now();
     let loads: Vec<_> = replicas
         .iter()
-        .map(|r| tokio::spawn(offer_body(r.addr, SEND, "{}".to_owned(), 150, 4.0)))
+        .map(|r| tokio::spawn(offer_body(r.addr, SEND, SEND_BODY.to_owned(), 150, 4.0)))
         .collect();
     for load in loads {
         let (_, _, other) = load.await.unwrap();
@@ -1189,7 +1192,16 @@ async fn a_callers_own_limit_is_held_once_across_the_fleet() {
     let start = Instant::now();
     let loads: Vec<_> = replicas
         .iter()
-        .map(|r| tokio::spawn(offer_as(r.addr, BEARER, SEND, "{}".to_owned(), 60, 4.0)))
+        .map(|r| {
+            tokio::spawn(offer_as(
+                r.addr,
+                BEARER,
+                SEND,
+                SEND_BODY.to_owned(),
+                60,
+                4.0,
+            ))
+        })
         .collect();
     for load in loads {
         let (_, _, other) = load.await.unwrap();
@@ -1241,7 +1253,7 @@ async fn a_new_replica_serves_its_first_requests_rather_than_429() {
     let mut answers = tokio::task::JoinSet::new();
     for _ in 0..5 {
         let (caller, addr) = (caller.clone(), gateway.addr);
-        answers.spawn(async move { caller.post(addr, SEND, "{}").await });
+        answers.spawn(async move { caller.post(addr, SEND, SEND_BODY).await });
     }
     while let Some(answer) = answers.join_next().await {
         let answer = answer.unwrap();
@@ -1278,7 +1290,7 @@ async fn a_request_that_finds_its_lanes_free_makes_one_redis_call() {
     };
     let before = calls().await;
     for _ in 0..40 {
-        let answer = caller.post(gateway.addr, SEND, "{}").await;
+        let answer = caller.post(gateway.addr, SEND, SEND_BODY).await;
         assert_eq!(answer.status, 200);
     }
     let made = calls().await - before;
@@ -1396,7 +1408,8 @@ async fn numbered_load(addr: SocketAddr, rate: u32, seconds: f64) -> Vec<Asked> 
         let caller = caller.clone();
         requests.push(tokio::spawn(async move {
             let at = Instant::now();
-            let body = serde_json::json!({ "MsgRandom": seq }).to_string();
+            let body = serde_json::json!({ "To_Account": "b", "MsgRandom": seq, "MsgBody": [] })
+                .to_string();
             let answer = caller.post(addr, SEND, body).await;
             Asked {
                 seq,

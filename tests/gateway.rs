@@ -18,7 +18,7 @@ const APP: u64 = 1400000001;
 const SET: &str = "/v4/live_engine_http_srv/set_room_metadata";
 const GET: &str = "/v4/live_engine_http_srv/get_room_metadata";
 /// An API without request rules: any JSON body goes through.
-const PLAIN: &str = "/v4/openim/query_online_status";
+const PLAIN: &str = "/v4/profile/portrait_get";
 
 fn config(text: &str) -> Config {
     Config::from_toml(text).unwrap()

@@ -35,19 +35,19 @@ struct Recent {
 
 impl Messages {
     /// Stores the message `body` sends to `api`, unless it repeats one inside the API's
-    /// window. APIs that send no message are left alone.
+    /// window: whether it is new. APIs that send no message are left alone (new).
     pub fn store(
         &self,
         sdkappid: u64,
         api: &Api,
         body: &Value<'_>,
         now: Instant,
-    ) -> Result<(), Refusal> {
+    ) -> Result<bool, Refusal> {
         let Some(fingerprint) = fingerprint(sdkappid, api, body)? else {
-            return Ok(());
+            return Ok(true);
         };
         let Some(window) = dedup_window(api.name()) else {
-            return Ok(());
+            return Ok(true);
         };
         let mut recent = self
             .recent
@@ -62,12 +62,21 @@ impl Messages {
             }
         }
         if recent.seen.contains_key(&fingerprint) {
-            return Ok(());
+            return Ok(false);
         }
         recent.seen.insert(fingerprint, now);
         recent.order.push_back((now, fingerprint));
         self.stored.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Forgets every fingerprint and the count.
+    pub fn reset(&self) {
+        self.stored.store(0, Ordering::Relaxed);
+        *self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Recent::default();
     }
 
     /// How many messages were stored.
@@ -108,7 +117,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn send(messages: &Messages, body: &str, at: Instant) -> Result<(), Refusal> {
+    fn send(messages: &Messages, body: &str, at: Instant) -> Result<bool, Refusal> {
         let api = Api::from_path("/v4/openim/sendmsg").unwrap();
         let value: Value = serde_json::from_str(body).unwrap();
         messages.store(1, &api, &value, at)

@@ -145,6 +145,11 @@ impl Rooms {
         Ok(Value::Null)
     }
 
+    /// Forgets every room.
+    pub fn reset(&self) {
+        *self.lock() = Store::default();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         // A panic elsewhere cannot leave a half-applied update: updates are built aside first.
         self.rooms

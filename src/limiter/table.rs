@@ -21,11 +21,14 @@ pub const CALLS: &[(&str, u32)] = &[
     ("live_engine_http_srv/get_room_stats", 100),
     ("live_engine_http_srv/add_robot", 100),
     ("im_open_login_svc/multiaccount_import", 100),
+    // 1 call a second (cloud.tencent.com/document/product/269/1614).
+    ("group_open_http_svc/get_appid_group_list", 1),
 ];
 
-/// Tencent's ErrorCode for "number of requested accounts exceeds the limit" (Chat's server
-/// error code table, tencentcloud.com/document/product/1047, code 90018).
-pub const TOO_MANY_ACCOUNTS: u32 = 90018;
+/// Tencent's ErrorCode for more than 500 recipients in one `batchsendmsg` (its page's error
+/// table, cloud.tencent.com/document/product/269/1612: 90011, "批量发消息目标账号超过500";
+/// 90018 is the push APIs' code for too many accounts).
+pub const TOO_MANY_ACCOUNTS: u32 = 90011;
 
 /// The window a quota counts over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
