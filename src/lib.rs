@@ -33,6 +33,7 @@ pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod json;
+#[path = "../limits/src/lib.rs"]
 pub mod limiter;
 pub mod logfmt;
 pub mod metrics;

@@ -166,7 +166,7 @@ impl Drop for Redis {
 
 // ---- The script's answers, at fixed Redis times ----------------------------------------
 
-const SCRIPT: &str = include_str!("../src/limiter/fleet.lua");
+const SCRIPT: &str = include_str!("../limits/src/fleet/script.lua");
 
 /// Runs one op of the script at the fixed time `now` (µs), on lanes `lanes`.
 async fn op(

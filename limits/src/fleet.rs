@@ -359,7 +359,7 @@ impl Fleet {
         let tag = format!("{{{prefix}}}");
         let fleet = Arc::new(Fleet {
             link,
-            script: Arc::new(Script::new(include_str!("fleet.lua"))),
+            script: Arc::new(Script::new(include_str!("fleet/script.lua"))),
             causes: Arc::default(),
             tag,
             id: format!("{:016x}", rand::random::<u64>()),

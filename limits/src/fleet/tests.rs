@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::limiter::{GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
 use crate::metrics::Metrics;
 
-const SCRIPT: &str = include_str!("../fleet.lua");
+const SCRIPT: &str = include_str!("script.lua");
 const TIMEOUT: Duration = Duration::from_millis(50);
 const LIMIT: usize = 200;
 const MAX_WAIT: Duration = Duration::from_millis(1000);
