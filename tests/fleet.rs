@@ -183,7 +183,8 @@ async fn op(
         call.key(*lane);
     }
     // Expiry 1 s, no quarantine (the epoch is born at the first call).
-    call.arg(name).arg(now).arg(1_000_000).arg(0);
+    let timing = timgate::limiter::timing::script(Duration::from_secs(1), Duration::ZERO);
+    call.arg(name).arg(now).arg(timing);
     for arg in args {
         call.arg(arg);
     }

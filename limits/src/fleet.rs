@@ -143,35 +143,13 @@ use self::cause::Cause;
 pub use self::group::Group;
 use super::lane::Lane;
 use super::{Scope, Throttled};
-use crate::config;
-use crate::metrics::FleetSeries;
+use crate::series::FleetSeries;
+use crate::spec::FleetSpec;
 
-/// How often a replica beats (and, while cut off, probes Redis).
-pub const BEAT: Duration = Duration::from_millis(200);
-/// A member whose last live beat is older than this is counted as possibly in fallback.
-pub const EXPIRY: Duration = Duration::from_millis(1000);
-/// After Redis loses its state, how long its guard admits nothing.
-pub const QUARANTINE: Duration = Duration::from_millis(1200);
-/// How long a lapsed member's claim is kept in Redis.
-pub const RETAIN: Duration = Duration::from_secs(600);
-/// Room for timer lateness and clock-rate differences in the waits above.
-pub const MARGIN: Duration = Duration::from_millis(100);
-/// One second: the window every limit is counted over.
-const WINDOW: Duration = Duration::from_secs(1);
-/// tokio's timer resolution: a shorter wait is not slept (see `Group::turn`).
-const TICK: Duration = Duration::from_millis(1);
-/// The oldest a guard's admission may be when its answer arrives (the write follows at
-/// once): asked at most this long ago. Redis admitted it somewhere between the ask and the
-/// answer, and the guard's window allows sends up to `SPREAD` apart from their admissions;
-/// the rest of `SPREAD` is room for the write itself. A slower answer is not sent on (see `Group::guard`). The time an ask
-/// waits in its batch's queue counts (`batch`): under load a guard waits up to about two
-/// round trips, so the fleet needs Redis within about half of this.
-pub(super) const FRESH: Duration = Duration::from_millis(20);
-/// The slowest heartbeat that brings a replica back to Redis: a round trip that leaves its
-/// guards, queue included, within `FRESH`. Between the two a replica stays where it is,
-/// rather than flap.
-pub(super) const BACK: Duration = Duration::from_millis(10);
-const _: () = assert!(FRESH.as_nanos() + 5_000_000 <= super::SPREAD.as_nanos());
+use crate::timing::{self, TICK, WINDOW};
+pub(super) use crate::timing::{BACK, FRESH};
+pub use crate::timing::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
+
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
 
@@ -313,7 +291,7 @@ impl Ask {
         }
     }
 
-    /// The lane's spec as the script reads it (`fleet.lua`).
+    /// The lane's spec as the script reads it (`fleet/script.lua`).
     fn spec(&self) -> String {
         if self.period == WINDOW && self.largest == NonZeroU32::MIN {
             return self.limit.to_string();
@@ -332,13 +310,13 @@ impl Fleet {
     /// Connects lazily (a Redis that is down at start is an outage like any other) and starts
     /// the heartbeat. Cannot fail: validation built the client from the URL, and nothing here
     /// may fail once the ports are bound.
-    pub fn start(config: &config::Fleet, series: FleetSeries) -> Arc<Fleet> {
+    pub fn start(config: &FleetSpec, series: FleetSeries) -> Arc<Fleet> {
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let redis = ConnectionManager::new_lazy_with_config(config.redis.client(), manager)
+        let redis = ConnectionManager::new_lazy_with_config(config.client.clone(), manager)
             .expect("a lazy manager fails only for push or resubscribe settings, not set here");
         Fleet::with_link(
             Link::Redis(redis),
@@ -499,8 +477,7 @@ impl Fleet {
                 let mut all = vec![
                     op.to_owned(),
                     redis.now().to_string(),
-                    EXPIRY.as_micros().to_string(),
-                    QUARANTINE.as_micros().to_string(),
+                    timing::REPLICAS.clone(),
                 ];
                 all.extend_from_slice(args);
                 match tokio::time::timeout(self.timeout, redis.eval::<T>(keys, all)).await {
@@ -525,12 +502,7 @@ impl Fleet {
     ) -> Result<T, String> {
         let (script, mut redis) = (self.script.clone(), redis.clone());
         let keys: Vec<String> = common.iter().chain(keys).cloned().collect();
-        let mut all = vec![
-            op.to_owned(),
-            String::new(),
-            EXPIRY.as_micros().to_string(),
-            QUARANTINE.as_micros().to_string(),
-        ];
+        let mut all = vec![op.to_owned(), String::new(), timing::REPLICAS.clone()];
         all.extend_from_slice(args);
         let mut call = Box::pin(async move {
             let mut invocation = script.prepare_invoke();

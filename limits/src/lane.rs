@@ -34,6 +34,7 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::{GUARD, PACE, SLOWDOWN, SPREAD, Scope, Throttled};
+use crate::timing::TRANSITION;
 
 /// Passes every lane's send-time guard at one instant, in arrival order, by `by` at the
 /// latest: each lane's gate is taken first (a fair queue, so the sends that wait behind a
@@ -124,9 +125,6 @@ struct Transition {
     raised: bool,
 }
 
-/// How long the transition after a changed limit lasts: the guards' window.
-const TRANSITION: Duration = Duration::from_secs(1).checked_add(SPREAD).unwrap();
-
 /// GCRA virtual-scheduling state: the theoretical arrival time of the next request.
 struct Pace {
     tat: Instant,
@@ -175,7 +173,7 @@ impl Lane {
     /// that is the rate 0.97 L per P; a larger b (kept at 2 where a window of P would give
     /// 2, or a request may cost up to `largest`) lowers the refill, and pacing follows it at
     /// 0.96 / 0.97 of it, so the guard only bites on jitter. `largest` must be under L / 2
-    /// (the configuration sees to it). `fleet.lua`'s `shape` is the same, except that it does
+    /// (the configuration sees to it). `fleet/script.lua`'s `shape` is the same, except that it does
     /// not keep b at 2: there a lane of 34–173 units a second has b = 1.
     pub(super) fn of(
         scope: Scope,

@@ -270,7 +270,7 @@ fn give_back(group: &Arc<Group>, kind: Kind, ask: Ask, answer: &[i64]) {
     }
 }
 
-/// The keys (each lane once) and arguments of one batch call, as `fleet.lua` reads them:
+/// The keys (each lane once) and arguments of one batch call, as `script.lua` reads them:
 /// asks alike that follow each other (the same lanes, specs and wait: concurrent requests of
 /// one API) are sent once, with how many they are.
 fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {

@@ -27,8 +27,8 @@ use super::{
     Ask, BEAT, EXPIRY, FRESH, Fleet, MARGIN, MILLION, RETAIN, Reservation, TICK, WINDOW,
     unreachable_reply,
 };
-use crate::limiter::lane::Lane;
-use crate::limiter::{Scope, Throttled};
+use crate::lane::Lane;
+use crate::{Scope, Throttled};
 
 /// One app's part of the fleet (see the module's documentation).
 pub struct Group {
@@ -89,7 +89,7 @@ impl Group {
     }
 
     /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
-    pub(in crate::limiter) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
+    pub(crate) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
         let retained = self
             .fleet
             .lock()
@@ -101,12 +101,12 @@ impl Group {
     }
 
     /// The Redis key of one lane (`Fleet::key`).
-    pub(in crate::limiter) fn key(&self, sdkappid: u64, api: Option<&str>) -> String {
+    pub(crate) fn key(&self, sdkappid: u64, api: Option<&str>) -> String {
         self.fleet.key(sdkappid, api)
     }
 
     /// The Redis key of a quota's lane (`Fleet::quota_key`).
-    pub(in crate::limiter) fn quota_key(
+    pub(crate) fn quota_key(
         &self,
         sdkappid: u64,
         api: &str,
@@ -117,17 +117,17 @@ impl Group {
     }
 
     /// Where turns are taken now (`Fleet::fallback_in`).
-    pub(in crate::limiter) fn fallback_in(&self) -> Option<Duration> {
+    pub(crate) fn fallback_in(&self) -> Option<Duration> {
         self.fleet.fallback_in()
     }
 
     /// `Fleet::fallback_period`.
-    pub(in crate::limiter) fn fallback_period(&self, period: Duration) -> (u64, Duration) {
+    pub(crate) fn fallback_period(&self, period: Duration) -> (u64, Duration) {
         self.fleet.fallback_period(period)
     }
 
     /// `Fleet::fallback_send`.
-    pub(in crate::limiter) async fn fallback_send(
+    pub(crate) async fn fallback_send(
         &self,
         lanes: &[(&Lane, NonZeroU32, Duration)],
         by: Instant,
@@ -140,11 +140,11 @@ impl Group {
     /// in the same call, asked because the request `held` a ready connection; it is to be
     /// sent at once. Otherwise `held` is dropped before any wait (a connection is not kept
     /// from others while its request waits) and the send asks the guard itself.
-    pub(in crate::limiter) async fn turn<T>(
+    pub(crate) async fn turn<T>(
         self: &Arc<Self>,
         asks: &[Ask],
         max_wait: Duration,
-        closing: &crate::limiter::Closing,
+        closing: &crate::Closing,
         held: &mut Option<T>,
     ) -> Result<Option<bool>, Throttled> {
         let start = Instant::now();
@@ -256,7 +256,7 @@ impl Group {
     /// reach Tencent later after its admission than `SPREAD` allows against others'. It is
     /// asked again; a second such answer in a row counts as losing Redis, since a Redis that
     /// slow cannot keep the limit at the wire (capacity lost, never the limit).
-    pub(in crate::limiter) async fn guard(
+    pub(crate) async fn guard(
         self: &Arc<Self>,
         asks: &[Ask],
         by: Instant,
@@ -297,7 +297,7 @@ impl Group {
     }
 
     /// Tencent said too fast: slow the shared lane for every replica.
-    pub(in crate::limiter) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
+    pub(crate) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
         let group = self.clone();
         tokio::spawn(async move {
             if let Err(why) = group
