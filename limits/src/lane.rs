@@ -1,26 +1,13 @@
 //! One limit: GCRA pacing that hands out slots in arrival order, and the governor guard that
-//! every send must pass at the moment it happens (see the parent module for the guarantee).
+//! every send must pass at the moment it happens (`limits/ARGUMENT.md` §1 for the guarantee).
 //!
 //! # A limit that changes on reload
 //! A reload that keeps a lane's limit keeps the lane itself (no fresh burst). One that changes
 //! it makes a *successor* ([`Lane::succeed`]) at the moment T of the switch: from then on every
-//! reservation and every send on the old lane — requests of the old configuration still
-//! queued or retrying — is made on the successor, so exactly one guard admits sends at any
-//! time: the old one up to T, the new one after. Queued requests keep their place in line: the
-//! successor's pacing starts at the old lane's theoretical arrival time. For the guards'
-//! window after T (the *transition*: one second and `SPREAD`) the successor admits a send
-//! only if:
-//! - the limit was **raised** (L' ≥ L): the old guard admits it too. A closed window that
-//!   ends within the transition holds only admissions of the old guard (before T, and during
-//!   the transition, which passed it as well): at most L ≤ L'. A window ending after the
-//!   transition starts after T and holds only the new guard's admissions: at most L', the
-//!   new guard's own guarantee.
-//! - the limit was **lowered** (L' < L): never; the first send waits until strictly after
-//!   the transition. No closed window then holds sends of both guards, and windows with the
-//!   new guard's sends hold at most L'.
-//!
-//! A successor that is itself replaced within its transition keeps applying its own rule, so
-//! the argument chains. The predecessor is let go once its transition is over.
+//! reservation and send on the old lane is made on the successor, queued requests keeping
+//! their place. For `TRANSITION` after T the successor admits a send only if the old guard
+//! admits it too (a raise) or not at all (a cut); why no window then holds more than the
+//! limit is in `limits/ARGUMENT.md` §3. The predecessor is let go once its transition is over.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};

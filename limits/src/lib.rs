@@ -1,24 +1,14 @@
-//! Keeps every SDKAppID, and every API of it, under Tencent's call-frequency limits.
+//! Keeps every SDKAppID, and every API of it, under Tencent's call-frequency limits, in one
+//! process or across a fleet of replicas that share them through Redis (`fleet`).
 //!
-//! Each limit L is a `Lane` with two layers:
-//! - **Pacing** (ours): a request reserves the lane's next free slot (GCRA virtual scheduling,
-//!   burst 1, at `PACE` × L), then sleeps until it. Slots are handed out in arrival
-//!   order, so release is first-in first-out, and the wait is known at once: a request whose
-//!   slot lies beyond its allowed wait is refused before it queues. Waiters are sleeping
-//!   futures, no queue structure exists; a caller that disconnects drops its reservation (and
-//!   gives the slot back when it was the last one).
-//!   When the limiter closes (a drain), a slot after its closing time is refused as well,
-//!   at once, for requests already sleeping towards one too.
-//! - **Guard** (governor): at the actual moment of sending, every lane's governor limiter
-//!   (rate r = `GUARD` × L, burst b = L − floor(r × (1 s + `SPREAD`)); where that would
-//!   leave 1 but a one-second window leaves 2, b is 2 and r gives way) must admit the attempt.
-//!   Late timer wake-ups can bunch paced requests; the guard cannot be fooled by that. GCRA
-//!   admits at most b + floor(r × window) ≤ L cells in any closed window of 1 s + `SPREAD`,
-//!   so sends whose delays from admission to Tencent differ by up to `SPREAD` (a write that
-//!   waited for the worker, a reader that took a batch at once) still make at most the limit
-//!   in any sliding second there, the first second after idle included. Pacing runs a
-//!   little slower than the guard (0.96 / 0.97 of its refill), so the guard only bites on
-//!   jitter and the flow keeps a margin of 4–9% for network jitter between here and Tencent.
+//! Each limit L is a `Lane` with two layers: **pacing** reserves the lane's next free slot
+//! (at `PACE` × L, in arrival order, so a wait known to be too long is refused at once and a
+//! caller that leaves gives its slot back), and a **guard** that every send passes at the
+//! moment it happens, which admits at most L units in any window of the lane's period and
+//! `SPREAD`. Waiters are sleeping futures, no queue structure exists. When the limiter closes
+//! (a drain), a slot after its closing time is refused at once, for requests already
+//! sleeping towards one too. Why this keeps every limit at Tencent, locally and fleet-wide,
+//! is argued once, in `limits/ARGUMENT.md`; the timing values it rests on are in [`timing`].
 //!
 //! A request waits for its API's lanes first (its quotas from `table`, then its calls lane:
 //! an `api_limits` entry or the implicit `DEFAULT_API_RATE` lane), then for the app lane, so
@@ -31,8 +21,8 @@
 //!
 //! A reload builds each app's `Lanes` again with [`Limiter::lanes_after`]: a calls limit (the
 //! app's, an API's, a caller's) that did not change is carried over as it is (its queue, its
-//! guard, no fresh burst); one that did is taken over by a successor lane whose argument is
-//! in [`lane`]'s documentation. An unchanged quota keeps its lanes, and the implicit per-API
+//! guard, no fresh burst); one that did is taken over by a successor lane (`lane`;
+//! `limits/ARGUMENT.md` §3). An unchanged quota keeps its lanes, and the implicit per-API
 //! lanes are kept whole; a quota whose terms changed starts with fresh lanes.
 //!
 //! The order of one attempt is a type: `Lanes::turn` grants a `Turn`, the caller gets a
