@@ -245,14 +245,14 @@ impl Sim {
                     (r.lanes.clone(), r.fleet.clone(), self.record.clone());
                 let from = from[replica];
                 tokio::spawn(async move {
-                    let api = "openim/sendmsg";
+                    let api = String::from("openim/sendmsg");
                     tokio::time::sleep_until(from).await;
                     let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
                     let mut requests = Vec::new();
                     while Instant::now() < until {
                         ticks.tick().await;
                         let (lanes, fleet, record, api) =
-                            (lanes.clone(), fleet.clone(), record.clone(), api);
+                            (lanes.clone(), fleet.clone(), record.clone(), api.clone());
                         // Every other request holds a connection through its turn, so the
                         // guard taken with a turn is under every step too.
                         let held = (requests.len() % 2 == 0).then_some(());
@@ -539,7 +539,7 @@ async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the
     // every 6.7 ms: by cut + 6.7 ms each has made one), and a request that arrives then is
     // answered at once (429 until the share may be spent), not stuck.
     tokio::time::sleep_until(cut + TIMEOUT + Duration::from_millis(10)).await;
-    let api = "openim/sendmsg";
+    let api = String::from("openim/sendmsg");
     for replica in &sim.replicas {
         assert!(
             replica
@@ -819,10 +819,10 @@ async fn concurrent_requests_share_script_calls() {
     );
     let sim = Sim::formed_with(server, high).await;
     let replica = &sim.replicas[0];
-    let api = "openim/sendmsg";
+    let api = String::from("openim/sendmsg");
     let requests: Vec<_> = (0..100)
         .map(|_| {
-            let (lanes, api) = (replica.lanes.clone(), api);
+            let (lanes, api) = (replica.lanes.clone(), api.clone());
             tokio::spawn(async move {
                 let turn = lanes.turn(&api, &[], MAX_WAIT).await.ok()?;
                 turn.send_now().await.ok()?;
@@ -923,7 +923,7 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
     };
     let sim = Sim::formed(server).await;
     let replica = &sim.replicas[0];
-    let api = "openim/sendmsg";
+    let api = String::from("openim/sendmsg");
     assert!(replica.lanes.guards_with_turn(&api));
     let calls = || ops_run(&replica.redis, "turns") + ops_run(&replica.redis, "guards");
     // A free lane: the turn and the send-time guard in one call; the connection comes back.
