@@ -57,6 +57,16 @@ impl Api {
     }
 }
 
+/// An API is its name where a name will do: the limiter keys its lanes by `service/command`
+/// (`&str`), so a request's `&Api` is passed to it as it is.
+impl std::ops::Deref for Api {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
 /// What timgate knows of an API's service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {

@@ -225,6 +225,19 @@ pub struct Fleet {
     pub timeout: Duration,
 }
 
+impl From<&Fleet> for crate::limiter::FleetSpec {
+    /// What the limiter needs of `[fleet]`: the client built from the URL and password, the
+    /// key prefix, the planned replica count and the call timeout.
+    fn from(fleet: &Fleet) -> Self {
+        crate::limiter::FleetSpec {
+            client: fleet.redis.client(),
+            key_prefix: fleet.key_prefix.clone(),
+            replicas: fleet.replicas,
+            timeout: fleet.timeout,
+        }
+    }
+}
+
 /// A Redis URL and the password to use with it (from the URL or `redis_password_env`),
 /// parsed into the client that connects with them, so that nothing about it can fail once
 /// the ports are bound. `Debug` and `Display` print the URL with the password masked.
@@ -478,6 +491,18 @@ pub enum SecretSource {
     Env(String),
     /// `secret_key_file`: this file.
     File(String),
+}
+
+impl From<&App> for crate::limiter::AppSpec {
+    /// What the limiter needs of an app: its SDKAppID, calls limit, API limits and quotas.
+    fn from(app: &App) -> Self {
+        crate::limiter::AppSpec {
+            sdkappid: app.sdkappid,
+            rate_limit: app.rate_limit,
+            api_limits: app.api_limits.clone(),
+            api_quotas: app.api_quotas.clone(),
+        }
+    }
 }
 
 /// Tencent's documented per-API limits below 200/s (TENCENT.md §6, §7), from the limits table.

@@ -15,7 +15,8 @@
 //! - [`error`]: the errors timgate answers itself, in Tencent's envelope.
 //! - [`emulator`]: a stand-in for Tencent, for local runs, tests and benchmarks.
 //! - [`server`]: the accept loop with graceful drain, shared by gateway and emulator.
-//! - [`limiter`]: keeps each SDKAppID and API under Tencent's call-frequency limits.
+//! - [`limiter`]: keeps each SDKAppID and API under Tencent's call-frequency limits (the
+//!   workspace crate `timgate-limits`, in `limits/`).
 //! - [`retry`]: which upstream attempts are tried again, and the backoff between tries.
 //! - [`rules`]: the documented request limits, checked before any quota is spent.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the health, readiness and metrics listener.
@@ -33,7 +34,7 @@ pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod json;
-pub mod limiter;
+pub use timgate_limits as limiter;
 pub mod logfmt;
 pub mod metrics;
 pub mod proxy;

@@ -30,7 +30,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::api::Api;
 use crate::config::App;
-use crate::limiter::Scope;
+use crate::limiter::{FleetSeries, Scope};
 use crate::rules;
 
 pub use callbacks::{CallbackMetrics, OTHER, OUTCOMES};
@@ -170,44 +170,6 @@ struct LimitGauges {
     max_wait: Family<AppLabels, Gauge<f64, AtomicU64>>,
 }
 
-/// The fleet's series (`[fleet]`): Redis up or not, the live size, fallback transitions,
-/// Redis call latency. Cloned into the limiter, which updates them.
-#[derive(Clone)]
-pub struct FleetSeries {
-    /// 1 while lanes are shared in Redis, 0 in fallback.
-    pub redis_up: Gauge,
-    /// Live members of the fleet, as Redis last said: of each app this replica serves,
-    /// the fewest.
-    pub members: Gauge,
-    /// Switches from Redis to the local fallback.
-    pub to_fallback: Counter,
-    /// Switches back from the fallback to Redis.
-    pub to_shared: Counter,
-    /// Send checks answered too late to be sent on.
-    pub late_checks: Counter,
-    /// Heartbeats answered too late to go back to Redis.
-    pub late_beats: Counter,
-    /// Time of one Redis call, timeouts included.
-    pub latency: Histogram,
-    /// Requests' asks carried by one turn or send-check call.
-    pub batch: Histogram,
-}
-
-impl FleetSeries {
-    fn new() -> FleetSeries {
-        FleetSeries {
-            redis_up: Gauge::default(),
-            members: Gauge::default(),
-            to_fallback: Counter::default(),
-            to_shared: Counter::default(),
-            late_checks: Counter::default(),
-            late_beats: Counter::default(),
-            latency: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
-            batch: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
@@ -313,7 +275,7 @@ impl Metrics {
                 .chain(apps.iter().flat_map(|app| app.api_limits.keys().cloned()))
                 .collect(),
             apps: HashMap::new(),
-            fleet: FleetSeries::new(),
+            fleet: FleetSeries::default(),
             callbacks: CallbackMetrics::new(),
         };
         let r = &mut metrics.registry;

@@ -168,7 +168,7 @@ impl Drop for Redis {
 
 // ---- The script's answers, at fixed Redis times ----------------------------------------
 
-const SCRIPT: &str = include_str!("../src/limiter/fleet.lua");
+const SCRIPT: &str = include_str!("../limits/src/fleet/script.lua");
 
 /// Runs one op of the script at the fixed time `now` (µs), on lanes `lanes`.
 async fn op(
@@ -185,7 +185,8 @@ async fn op(
         call.key(*lane);
     }
     // Expiry 1 s, no quarantine (the epoch is born at the first call).
-    call.arg(name).arg(now).arg(1_000_000).arg(0);
+    let timing = timgate::limiter::timing::script(Duration::from_secs(1), Duration::ZERO);
+    call.arg(name).arg(now).arg(timing);
     for arg in args {
         call.arg(arg);
     }

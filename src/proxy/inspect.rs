@@ -29,7 +29,12 @@ mod tests {
     use super::*;
 
     fn unchecked(body: &[u8]) -> Result<(), Error> {
-        inspect(&Api::from_path("/v4/profile/portrait_get").unwrap(), body, &[]).map(drop)
+        inspect(
+            &Api::from_path("/v4/profile/portrait_get").unwrap(),
+            body,
+            &[],
+        )
+        .map(drop)
     }
 
     fn checked(body: &[u8]) -> Result<(), Error> {

@@ -3,49 +3,23 @@
 //!
 //! # Shared mode
 //! Every timgate on the same Redis and `key_prefix` that serves an app shares its app lane and
-//! API lanes, and only those timgates: membership and claims are the app's too. The
-//! two layers of a local lane move into Redis, each one atomic call of one Lua script
-//! (`fleet.lua`, loaded once, run by EVALSHA, on Redis's own clock):
-//! - **turn**: the pacing reservation (GCRA, burst 1, at 0.96 × capacity), API lane and app
-//!   lane in one call. It returns the wait, so arrival order across the fleet, the refusal of
-//!   a wait known to be too long (429, `Retry-After`, 60011/60007) and giving a slot back
-//!   when a caller leaves all work as in one process.
-//! - **guard**: right before the write, a GCRA check at 0.97 × capacity with burst
-//!   capacity − floor(0.97 × capacity × (1 s + SPREAD)): at most `capacity` admissions in
-//!   any closed window of 1 s + SPREAD of Redis time, fleet-wide, however late replicas
-//!   wake up or connect. A lane asked with a limit below the lowest it was asked with
-//!   lately (a reload lowered it) admits nothing for 1 + SPREAD seconds, once, so no window
-//!   of 1 s + SPREAD holds sends under both limits.
+//! API lanes, and only those timgates: membership and claims are the app's too. The two
+//! layers of a local lane move into Redis, each one atomic call of one Lua script
+//! (`fleet/script.lua`, loaded once, run by EVALSHA, on Redis's own clock, its timing values
+//! passed in from [`crate::timing`]): the **turn** (the pacing reservation on all of a
+//! request's lanes at once) and, right before the write, the **guard** (at most the lane's
+//! capacity in any window of its period and `SPREAD` of Redis time, fleet-wide). An
+//! admission is sent on only while fresh (answered within `FRESH` of its ask); a replica away
+//! from Redis comes back only on a heartbeat answered within `BACK`. A replica's concurrent
+//! turns, and its send-time guards, go to Redis together (`batch`). A request that already
+//! holds a ready connection when it asks for its turn has Redis run the guard in the same
+//! call when the turn needs no wait. The local governor guard at L stays in front of both:
+//! no replica ever sends more than L alone. A lane's *capacity* is its limit less the
+//! fallback shares of members whose heartbeat has lapsed.
 //!
-//! An admission is sent on only while fresh: answered within `FRESH` (20 ms) of its ask,
-//! time in the batch queue included. Redis ran the guard somewhere in that time, so the
-//! send follows it by less than `SPREAD`, which the guard's window allows for, with 5 ms
-//! left for the write (assumed, as the whole of `SPREAD` was before). A later answer is not
-//! used (capacity lost, never the limit): a turn's guard is then asked again on its own, and
-//! a send-time guard asked once more; two late answers in a row to one guard count as
-//! losing Redis. Away from Redis, a heartbeat answered in more than `BACK` (10 ms) does not
-//! bring a replica back, nor change its claim. A Redis whose round trip is over 20 ms (over
-//! about 10 ms under load, queue included) sends replicas to their fallback shares, and a
-//! replica away from Redis comes back only once the round trip is under 10 ms.
-//!
-//! A replica's concurrent turns go to Redis together, and so do its send-time guards
-//! (`batch`): one `turns` or `guards` call runs many asks in order, as that many calls
-//! would at one Redis instant, so under load the script's fixed cost is paid once per batch.
-//!
-//! A request that already holds a ready connection when it asks for its turn (an idle one
-//! was free) asks Redis to guard too: when the turn needs no wait (under a timer tick, which
-//! is not slept), the script runs the guard on the same lanes right after the turn, at the
-//! same Redis time, and the request writes as soon as the answer is back, with nothing but
-//! this replica's own guard in between. That is the order *ready connection → guard →
-//! write* of every other send, made in one call instead of two; the guard's argument does
-//! not change. When the turn must wait (the first phase, `Group::begin`, answers a wait),
-//! the request lets its connection go back to the pool before the wait and the send asks
-//! the guard itself, as before. Should this replica's own guard then
-//! hold the request back, Redis's admission goes unused: capacity lost, never the limit.
-//!
-//! The local governor guard at L stays in front of both: no replica ever sends more than L
-//! alone. A lane's *capacity* is its limit less the fallback shares of members whose
-//! heartbeat has lapsed.
+//! Why all of this, and the fallback below, keep every limit fleet-wide (each step, the waits
+//! before a share is spent or given back, lost state, quotas over a minute, and the
+//! argument's known limits) is written once, in `limits/ARGUMENT.md` §4–6.
 //!
 //! # Keys
 //! Every key is `{key_prefix}:…`: `members:<sdkappid>`, `claims:<sdkappid>`, `epoch` and
@@ -69,65 +43,15 @@
 //! members hold a lane's whole capacity — a lone new replica for those two round trips —
 //! a turn asks again after a `BEAT` for as long as its wait allows, rather than refuse.
 //!
-//! # Fallback, and why the sum stays ≤ L in every sliding second
-//! Let S(t) be what Redis-admitted sends do in a second and F what fallback replicas do.
-//! - *Shared sends*: every one passed the Redis guard, which admits at most the capacity
-//!   C = L − Σ(lapsed shares) in any second of Redis time.
-//! - *Fallback sends*: a replica in fallback paces and guards itself locally at its share,
-//!   so it sends at most its share in any second.
-//! - *Losing Redis*: a replica whose call fails or passes `timeout_ms` stops using Redis at
-//!   once but waits before spending its share (requests wait or get 429 meanwhile). Every
-//!   live beat it sent carries a deadline in Redis time (its local send time + `timeout_ms`,
-//!   mapped through the clock offset bound measured by the previous beat), and Redis ignores
-//!   a beat that arrives later — so a beat stuck in a paused Redis cannot revive it. Hence
-//!   Redis sees it lapsed, and subtracts its share from C, by local time
-//!   `live_until` = last live beat sent + `timeout_ms` + last round trip + `EXPIRY`. The
-//!   replica spends its share only from `live_until` + 1 s + `MARGIN`: by then no second
-//!   that holds one of its fallback sends also holds a guard admission made while its share
-//!   was still counted as Redis's. (Pacing reservations made before do not matter: they are
-//!   only admitted by the guard.)
-//! - *Coming back*: the first successful call registers the replica as lapsed (its claim
-//!   still subtracted) and the first heartbeat answered within `BACK` takes it back to
-//!   Redis; its first live beat — which gives its share back to C — waits until 1 s +
-//!   `MARGIN` after its last fallback send, and a fallback send is only made while the mode
-//!   (under one lock with that check) is fallback.
-//! - *Partial partition*: the two cases above are per replica; the others keep reserving in
-//!   Redis at the reduced C.
-//! - *Redis lost its state* (restarted without persistence): the script notices a new
-//!   epoch key and its guard admits nothing for `QUARANTINE` (> 1 s) after the epoch's
-//!   birth, so no second holds admissions of both the old and the new state; replicas that
-//!   probe during that time register their claims as lapsed first.
-//!
-//! Under all of these, any closed second holds ≤ C admitted shared sends plus ≤ Σ(lapsed
-//! shares) fallback sends = L. Known limits of the argument: (1) a replica that has never
-//! reached Redis uses 1/`replicas` of each limit, which Redis cannot account — size
-//! `replicas` to the planned fleet; (2) a lapsed member's claim is kept for `RETAIN`, and a
-//! replica cut off for longer stops sending (429) rather than spend an unaccounted share;
-//! (3) after Redis loses its state, a replica that stays cut off from the new Redis is not
-//! accounted there; (4) Redis's clock must not be stepped while replicas depend on it (its
-//! rate is assumed equal to ours within the margins above).
-//!
-//! # Quotas over a longer period
-//! A quota (`table`) is a lane like the others, with its period P, a request's cost k and
-//! the most one request may cost m in its spec: pacing takes k slots, the guard needs k
-//! cells at once, its burst is at least m, and it admits at most C units in any P + SPREAD.
-//! A keyed quota has one such lane per key (its value's SHA-256 in the key name). The
-//! argument above carries over with the second replaced by P, which needs two waits of P:
-//! - *Losing Redis*: a fallback share of a quota over P is spent only from `live_until` +
-//!   P + `MARGIN` (`Fleet::fallback_period`): a window of P that holds one of those sends
-//!   holds no admission made while the share still counted as Redis's.
-//! - *Coming back*: the live beat that gives the share back to the second-long lanes also
-//!   tells Redis until when (its Redis time, late rather than early) the replica's fallback
-//!   sends on longer lanes still count (`~id` in the claims hash, last such send + P +
-//!   `MARGIN`); until then those lanes keep the share off their capacity.
-//! - *Lost state*: a lane over P admits nothing until the epoch's birth plus the quarantine
-//!   plus P − 1 s.
-//!
-//! Each loss of Redis starts the fallback quota lanes afresh: their sends of the loss before
-//! lie more than P before the first send of this one, by the two waits above.
+//! # Fallback
+//! A replica whose call fails or passes `timeout_ms` stops using Redis at once, waits until
+//! Redis surely counts it lapsed and a window more (`Mode::Leaving`), then paces and guards
+//! itself locally at its share (`Mode::Fallback`), probing Redis every `BEAT`; the first
+//! heartbeat answered within `BACK` takes it back. A quota over a longer period waits that
+//! period instead of a second (`Fleet::fallback_period`).
 //!
 //! `fleet/tests.rs` drives this state machine on a paused clock against a real Redis at fixed
-//! Redis time and checks each step above on every send (switch, partial partition, switch
+//! Redis time and checks each step of the argument on every send (switch, partial partition, switch
 //! back, lost state), and that no closed second holds more than L.
 
 use std::collections::HashMap;
@@ -147,35 +71,13 @@ use self::link::Link;
 use self::mode::{Answered, Machine, Mode};
 use super::lane::Lane;
 use super::{Scope, Throttled};
-use crate::config;
-use crate::metrics::FleetSeries;
+use crate::series::FleetSeries;
+use crate::spec::FleetSpec;
 
-/// How often a replica beats (and, while cut off, probes Redis).
-pub const BEAT: Duration = Duration::from_millis(200);
-/// A member whose last live beat is older than this is counted as possibly in fallback.
-pub const EXPIRY: Duration = Duration::from_millis(1000);
-/// After Redis loses its state, how long its guard admits nothing.
-pub const QUARANTINE: Duration = Duration::from_millis(1200);
-/// How long a lapsed member's claim is kept in Redis.
-pub const RETAIN: Duration = Duration::from_secs(600);
-/// Room for timer lateness and clock-rate differences in the waits above.
-pub const MARGIN: Duration = Duration::from_millis(100);
-/// One second: the window every limit is counted over.
-const WINDOW: Duration = Duration::from_secs(1);
-/// tokio's timer resolution: a shorter wait is not slept (see `Group::turn`).
-const TICK: Duration = Duration::from_millis(1);
-/// The oldest a guard's admission may be when its answer arrives (the write follows at
-/// once): asked at most this long ago. Redis admitted it somewhere between the ask and the
-/// answer, and the guard's window allows sends up to `SPREAD` apart from their admissions;
-/// the rest of `SPREAD` is room for the write itself. A slower answer is not sent on (see `Group::guard`). The time an ask
-/// waits in its batch's queue counts (`batch`): under load a guard waits up to about two
-/// round trips, so the fleet needs Redis within about half of this.
-pub(super) const FRESH: Duration = Duration::from_millis(20);
-/// The slowest heartbeat that brings a replica back to Redis: a round trip that leaves its
-/// guards, queue included, within `FRESH`. Between the two a replica stays where it is,
-/// rather than flap.
-pub(super) const BACK: Duration = Duration::from_millis(10);
-const _: () = assert!(FRESH.as_nanos() + 5_000_000 <= super::SPREAD.as_nanos());
+use crate::timing::{self, TICK, WINDOW};
+pub(super) use crate::timing::{BACK, FRESH};
+pub use crate::timing::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
+
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
 
@@ -257,7 +159,7 @@ impl Ask {
         }
     }
 
-    /// The lane's spec as the script reads it (`fleet.lua`).
+    /// The lane's spec as the script reads it (`fleet/script.lua`).
     fn spec(&self) -> String {
         if self.period == WINDOW && self.largest == NonZeroU32::MIN {
             return self.limit.to_string();
@@ -276,16 +178,16 @@ impl Fleet {
     /// Connects lazily (a Redis that is down at start is an outage like any other) and starts
     /// the heartbeat. Cannot fail: validation built the client from the URL, and nothing here
     /// may fail once the ports are bound.
-    pub fn start(config: &config::Fleet, series: FleetSeries) -> Arc<Fleet> {
+    pub fn start(config: &FleetSpec, series: FleetSeries) -> Arc<Fleet> {
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let redis = ConnectionManager::new_lazy_with_config(config.redis.client(), manager)
+        let redis = ConnectionManager::new_lazy_with_config(config.client.clone(), manager)
             .expect("a lazy manager fails only for push or resubscribe settings, not set here");
         let causes = Arc::<cause::Causes>::default();
-        let script = Script::new(include_str!("fleet.lua"));
+        let script = Script::new(include_str!("fleet/script.lua"));
         Fleet::with_link(
             Arc::new(link::Redis::new(redis, script, causes.clone())),
             causes,
@@ -416,12 +318,7 @@ impl Fleet {
     ) -> Result<T, String> {
         let started = Instant::now();
         let keys = common.iter().chain(keys).cloned().collect();
-        let mut all = vec![
-            op.to_owned(),
-            String::new(),
-            EXPIRY.as_micros().to_string(),
-            QUARANTINE.as_micros().to_string(),
-        ];
+        let mut all = vec![op.to_owned(), String::new(), timing::REPLICAS.clone()];
         all.extend_from_slice(args);
         let answer = self.link.eval(keys, all, self.timeout).await;
         self.series.latency.observe(started.elapsed().as_secs_f64());

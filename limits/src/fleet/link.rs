@@ -1,7 +1,7 @@
 //! How the fleet reaches Redis: one small trait, and redis-rs's implementation of it.
 //!
 //! Every call the fleet makes (a batch of turns or guards, a heartbeat, a release, a
-//! slow-down, leaving) is one run of its script (`fleet.lua`) with the keys and arguments the
+//! slow-down, leaving) is one run of its script (`fleet/script.lua`) with the keys and arguments the
 //! fleet puts together; what a link adds is the way there, its time limit, and why a call
 //! failed. The simulations in `tests.rs` reach a real `redis-server` through a second
 //! implementation, at a Redis time they fix.

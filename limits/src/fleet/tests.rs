@@ -17,16 +17,19 @@ use tokio::time::Instant;
 use super::batch::{Kind, Wait};
 use super::link::{Answer, Link};
 use super::{Ask, EXPIRY, Fleet, Group, MARGIN, NonZeroU32, WINDOW};
-use crate::api::Api;
-use crate::config::Config;
-use crate::limiter::{Asked, GUARD, Lanes, Limiter, PACE, SLOWDOWN, SPREAD, Scope};
-use crate::metrics::Metrics;
+use crate::series::FleetSeries;
+use crate::spec::AppSpec;
+use crate::table::{Per, Quota};
+use crate::{Asked, Lanes, Limiter, Scope};
 
-const SCRIPT: &str = include_str!("../fleet.lua");
+const SCRIPT: &str = include_str!("script.lua");
 const TIMEOUT: Duration = Duration::from_millis(50);
 const LIMIT: usize = 200;
 const MAX_WAIT: Duration = Duration::from_millis(1000);
-const APP: &str = "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = 200\n";
+/// The app every replica serves: SDKAppID 1 at 200 calls a second.
+fn app() -> AppSpec {
+    AppSpec::new(1, NonZeroU32::new(200).unwrap())
+}
 /// Redis's clock at the test's start: far from the replicas' own.
 const REDIS_EPOCH: i64 = 1_700_000_000_000_000;
 
@@ -140,7 +143,7 @@ impl FixedRedis {
             .unwrap()
             .iter()
             .filter(|(_, args)| args[0] == "beat")
-            .map(|(at, args)| (*at, args[7] == "1"))
+            .map(|(at, args)| (*at, args[6] == "1"))
             .collect()
     }
 }
@@ -188,12 +191,11 @@ impl Sim {
     /// Three replicas of one app limited to 200/s, `replicas = 3`, `timeout_ms = 50`, all
     /// formed: each has beaten live and the new Redis epoch's quarantine is over.
     async fn formed(server: Server) -> Sim {
-        Sim::formed_with(server, APP).await
+        Sim::formed_with(server, app()).await
     }
 
     /// The same with the app configured by `app`.
-    async fn formed_with(server: Server, app: &str) -> Sim {
-        let config = Config::from_toml(app).unwrap();
+    async fn formed_with(server: Server, app: AppSpec) -> Sim {
         let start = Instant::now();
         let replicas = (0..3)
             .map(|_| {
@@ -210,13 +212,13 @@ impl Sim {
                     "sim",
                     TIMEOUT,
                     NonZeroU32::new(3).unwrap(),
-                    Metrics::new(&config.apps).fleet(),
+                    FleetSeries::default(),
                 );
                 let limiter = Limiter {
                     fleet: Some(fleet.clone()),
                     ..Limiter::default()
                 };
-                let lanes = Arc::new(limiter.lanes(&config.apps[0]));
+                let lanes = Arc::new(limiter.lanes(&app));
                 Replica {
                     redis,
                     fleet,
@@ -254,7 +256,7 @@ impl Sim {
                     (r.lanes.clone(), r.fleet.clone(), self.record.clone());
                 let from = from[replica];
                 tokio::spawn(async move {
-                    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+                    let api = String::from("openim/sendmsg");
                     tokio::time::sleep_until(from).await;
                     let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate);
                     let mut requests = Vec::new();
@@ -548,7 +550,7 @@ async fn a_full_outage_pauses_then_serves_the_shares_and_the_sum_stays_under_the
     // every 6.7 ms: by cut + 6.7 ms each has made one), and a request that arrives then is
     // answered at once (429 until the share may be spent), not stuck.
     tokio::time::sleep_until(cut + TIMEOUT + Duration::from_millis(10)).await;
-    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+    let api = String::from("openim/sendmsg");
     for replica in &sim.replicas {
         assert!(
             replica
@@ -644,8 +646,7 @@ fn guard_at(connection: &mut redis::Connection, now: i64, limit: u32) -> bool {
     let args = [
         "guard".to_owned(),
         now.to_string(),
-        EXPIRY.as_micros().to_string(),
-        "0".to_owned(),
+        crate::timing::script(EXPIRY, Duration::ZERO),
         limit.to_string(),
     ];
     let wait: i64 = redis::cmd("EVAL")
@@ -732,15 +733,21 @@ async fn a_per_minute_quota_holds_through_an_outage_and_the_return() {
         return;
     };
     const QUOTA: usize = 1200;
-    let app = format!(
-        "{APP}[[apps.api_quotas]]\napi = \"openim/sendmsg\"\nrate = {QUOTA}\nper = \"minute\"\n"
-    );
-    let sim = Sim::formed_with(server, &app).await;
+    let mut app = app();
+    app.api_quotas.push(Quota {
+        api: "openim/sendmsg".to_owned(),
+        rate: NonZeroU32::new(QUOTA as u32).unwrap(),
+        per: Per::Minute,
+        cost: None,
+        key: None,
+        max_cost: None,
+    });
+    let sim = Sim::formed_with(server, app).await;
     // Its quota keeps lanes on each replica too, which pace before Redis: its turns never
     // guard in the same call, so no request takes a connection for it (another API does).
     let lanes = &sim.replicas[0].lanes;
-    assert!(!lanes.guards_with_turn(&Api::from_path("/v4/openim/sendmsg").unwrap()));
-    assert!(lanes.guards_with_turn(&Api::from_path("/v4/openim/querystate").unwrap()));
+    assert!(!lanes.guards_with_turn("openim/sendmsg"));
+    assert!(lanes.guards_with_turn("openim/querystate"));
     let t0 = Instant::now();
     let minute = Duration::from_secs(60);
     // The quota lane opens a minute after Redis's epoch (`formed` waited 2 s of it); the cut
@@ -815,11 +822,15 @@ async fn concurrent_requests_share_script_calls() {
         return;
     };
     // Limits far above the load: no turn waits, so the guards are asked together too.
-    let high = APP.replace("rate_limit = 200", "rate_limit = 100000")
-        + "[apps.api_limits]\n\"openim/sendmsg\" = 100000\n";
-    let sim = Sim::formed_with(server, &high).await;
+    let mut high = app();
+    high.rate_limit = NonZeroU32::new(100_000).unwrap();
+    high.api_limits.insert(
+        "openim/sendmsg".to_owned(),
+        NonZeroU32::new(100_000).unwrap(),
+    );
+    let sim = Sim::formed_with(server, high).await;
     let replica = &sim.replicas[0];
-    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+    let api = String::from("openim/sendmsg");
     let requests: Vec<_> = (0..100)
         .map(|_| {
             let (lanes, api) = (replica.lanes.clone(), api.clone());
@@ -904,9 +915,9 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
 /// connection) is kept through a turn granted at once, and let go before a wait.
 async fn take_turn<'a, T>(
     lanes: &'a Lanes,
-    api: &Api,
+    api: &str,
     held: Option<T>,
-) -> Result<(crate::limiter::Turn<'a>, Option<T>), crate::limiter::Throttled> {
+) -> Result<(crate::Turn<'a>, Option<T>), crate::Throttled> {
     match lanes.ask(api, None, &[], MAX_WAIT, held.is_some()).await? {
         Asked::Granted(turn) => Ok((turn, held)),
         Asked::Waiting(waiting) => {
@@ -939,7 +950,7 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
     };
     let sim = Sim::formed(server).await;
     let replica = &sim.replicas[0];
-    let api = Api::from_path("/v4/openim/sendmsg").unwrap();
+    let api = String::from("openim/sendmsg");
     assert!(replica.lanes.guards_with_turn(&api));
     let calls = || ops_run(&replica.redis, "turns") + ops_run(&replica.redis, "guards");
     // A free lane: the turn and the send-time guard in one call; the connection comes back.
@@ -973,24 +984,4 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
         assert_eq!(calls() - before, 2, "a turn, then a guard of its own");
     }
     assert!(waited >= 10, "only {waited} of 20 turns waited");
-}
-
-#[test]
-fn the_script_shapes_its_lanes_with_the_local_lanes_constants() {
-    let line = SCRIPT
-        .lines()
-        .find(|line| line.starts_with("local PACE, GUARD, SPREAD, MILLION, SLOWDOWN"))
-        .expect("the script's constants");
-    let values: Vec<f64> = line
-        .split_once('=')
-        .unwrap()
-        .1
-        .split(',')
-        .map(|value| value.trim().parse().unwrap())
-        .collect();
-    let micros = |duration: Duration| duration.as_micros() as f64;
-    assert_eq!(
-        values[..5],
-        [PACE, GUARD, SPREAD.as_secs_f64(), 1e6, micros(SLOWDOWN)]
-    );
 }

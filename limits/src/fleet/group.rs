@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use super::batch::{self, Kind, Wait};
 use super::mode::{Guarded, Guarding};
 use super::{Ask, BEAT, FRESH, Fleet, MILLION, Reservation, TICK, WINDOW, unreachable_reply};
-use crate::limiter::lane::Lane;
-use crate::limiter::{Closing, Scope, Throttled};
+use crate::lane::Lane;
+use crate::{Closing, Scope, Throttled};
 
 /// One app's part of the fleet (see the module's documentation).
 pub struct Group {
@@ -41,7 +41,7 @@ pub struct Group {
 }
 
 /// A shared turn's first call, answered (`Group::begin`).
-pub(in crate::limiter) enum Begun {
+pub(crate) enum Begun {
     /// Every lane reserved, with no wait: the turn is granted now. `true`: the send-time
     /// guard passed in the same call, fresh.
     Granted(bool),
@@ -52,7 +52,7 @@ pub(in crate::limiter) enum Begun {
 }
 
 /// A shared turn past its first call, its slot still to come (`Group::finish`).
-pub(in crate::limiter) struct Underway {
+pub(crate) struct Underway {
     start: Instant,
     max_wait: Duration,
     next: Step,
@@ -185,7 +185,7 @@ impl Group {
     }
 
     /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
-    pub(in crate::limiter) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
+    pub(crate) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
         let retained = self.fleet.lock().retained(Instant::now());
         let held = self.claim().held;
         let share = u64::from(limit.get()) * u64::from(held) / u64::from(MILLION);
@@ -193,12 +193,12 @@ impl Group {
     }
 
     /// The Redis key of one lane (`Fleet::key`).
-    pub(in crate::limiter) fn key(&self, sdkappid: u64, api: Option<&str>) -> String {
+    pub(crate) fn key(&self, sdkappid: u64, api: Option<&str>) -> String {
         self.fleet.key(sdkappid, api)
     }
 
     /// The Redis key of a quota's lane (`Fleet::quota_key`).
-    pub(in crate::limiter) fn quota_key(
+    pub(crate) fn quota_key(
         &self,
         sdkappid: u64,
         api: &str,
@@ -209,17 +209,17 @@ impl Group {
     }
 
     /// Where turns are taken now (`Fleet::fallback_in`).
-    pub(in crate::limiter) fn fallback_in(&self) -> Option<Duration> {
+    pub(crate) fn fallback_in(&self) -> Option<Duration> {
         self.fleet.fallback_in()
     }
 
     /// `Fleet::fallback_period`.
-    pub(in crate::limiter) fn fallback_period(&self, period: Duration) -> (u64, Duration) {
+    pub(crate) fn fallback_period(&self, period: Duration) -> (u64, Duration) {
         self.fleet.fallback_period(period)
     }
 
     /// `Fleet::fallback_send`.
-    pub(in crate::limiter) async fn fallback_send(
+    pub(crate) async fn fallback_send(
         &self,
         lanes: &[(&Lane, NonZeroU32, Duration)],
         by: Instant,
@@ -229,7 +229,7 @@ impl Group {
 
     /// A shared turn on `asks` (narrowest first), both phases: `Ok(true)` once granted,
     /// `Ok(false)` when Redis is gone (use the fallback).
-    pub(in crate::limiter) async fn turn(
+    pub(crate) async fn turn(
         self: &Arc<Self>,
         asks: &[Ask],
         max_wait: Duration,
@@ -244,7 +244,7 @@ impl Group {
 
     /// A shared turn's first phase: one call that asks every lane, and, when the request
     /// holds a `ready` connection, the send-time guard too should the turn need no wait.
-    pub(in crate::limiter) async fn begin(
+    pub(crate) async fn begin(
         self: &Arc<Self>,
         asks: &[Ask],
         max_wait: Duration,
@@ -275,7 +275,7 @@ impl Group {
     /// A shared turn's second phase: waits for the slot its first call reserved, and asks
     /// for the lanes left, until every lane is reserved (`Ok(true)`) or Redis is gone
     /// (`Ok(false)`). Reservations made before a refusal are given back.
-    pub(in crate::limiter) async fn finish(
+    pub(crate) async fn finish(
         self: &Arc<Self>,
         asks: &[Ask],
         underway: Underway,
@@ -391,7 +391,7 @@ impl Group {
     /// reach Tencent later after its admission than `SPREAD` allows against others'. It is
     /// asked again; a second such answer in a row counts as losing Redis, since a Redis that
     /// slow cannot keep the limit at the wire (capacity lost, never the limit).
-    pub(in crate::limiter) async fn guard(
+    pub(crate) async fn guard(
         self: &Arc<Self>,
         asks: &[Ask],
         by: Instant,
@@ -431,7 +431,7 @@ impl Group {
     }
 
     /// Tencent said too fast: slow the shared lane for every replica.
-    pub(in crate::limiter) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
+    pub(crate) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
         let group = self.clone();
         tokio::spawn(async move {
             if let Err(why) = group

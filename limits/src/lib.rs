@@ -1,24 +1,14 @@
-//! Keeps every SDKAppID, and every API of it, under Tencent's call-frequency limits.
+//! Keeps every SDKAppID, and every API of it, under Tencent's call-frequency limits, in one
+//! process or across a fleet of replicas that share them through Redis (`fleet`).
 //!
-//! Each limit L is a `Lane` with two layers:
-//! - **Pacing** (ours): a request reserves the lane's next free slot (GCRA virtual scheduling,
-//!   burst 1, at `PACE` × L), then sleeps until it. Slots are handed out in arrival
-//!   order, so release is first-in first-out, and the wait is known at once: a request whose
-//!   slot lies beyond its allowed wait is refused before it queues. Waiters are sleeping
-//!   futures, no queue structure exists; a caller that disconnects drops its reservation (and
-//!   gives the slot back when it was the last one).
-//!   When the limiter closes (a drain), a slot after its closing time is refused as well,
-//!   at once, for requests already sleeping towards one too.
-//! - **Guard** (governor): at the actual moment of sending, every lane's governor limiter
-//!   (rate r = `GUARD` × L, burst b = L − floor(r × (1 s + `SPREAD`)); where that would
-//!   leave 1 but a one-second window leaves 2, b is 2 and r gives way) must admit the attempt.
-//!   Late timer wake-ups can bunch paced requests; the guard cannot be fooled by that. GCRA
-//!   admits at most b + floor(r × window) ≤ L cells in any closed window of 1 s + `SPREAD`,
-//!   so sends whose delays from admission to Tencent differ by up to `SPREAD` (a write that
-//!   waited for the worker, a reader that took a batch at once) still make at most the limit
-//!   in any sliding second there, the first second after idle included. Pacing runs a
-//!   little slower than the guard (0.96 / 0.97 of its refill), so the guard only bites on
-//!   jitter and the flow keeps a margin of 4–9% for network jitter between here and Tencent.
+//! Each limit L is a `Lane` with two layers: **pacing** reserves the lane's next free slot
+//! (at `PACE` × L, in arrival order, so a wait known to be too long is refused at once and a
+//! caller that leaves gives its slot back), and a **guard** that every send passes at the
+//! moment it happens, which admits at most L units in any window of the lane's period and
+//! `SPREAD`. Waiters are sleeping futures, no queue structure exists. When the limiter closes
+//! (a drain), a slot after its closing time is refused at once, for requests already
+//! sleeping towards one too. Why this keeps every limit at Tencent, locally and fleet-wide,
+//! is argued once, in `limits/ARGUMENT.md`; the timing values it rests on are in [`timing`].
 //!
 //! A request waits for its API's lanes first (its quotas from `table`, then its calls lane:
 //! an `api_limits` entry or the implicit `DEFAULT_API_RATE` lane), then for the app lane, so
@@ -31,8 +21,8 @@
 //!
 //! A reload builds each app's `Lanes` again with [`Limiter::lanes_after`]: a calls limit (the
 //! app's, an API's, a caller's) that did not change is carried over as it is (its queue, its
-//! guard, no fresh burst); one that did is taken over by a successor lane whose argument is
-//! in [`lane`]'s documentation. An unchanged quota keeps its lanes, and the implicit per-API
+//! guard, no fresh burst); one that did is taken over by a successor lane (`lane`;
+//! `limits/ARGUMENT.md` §3). An unchanged quota keeps its lanes, and the implicit per-API
 //! lanes are kept whole; a quota whose terms changed starts with fresh lanes.
 //!
 //! The order of one attempt is a type: `Lanes::turn` grants a `Turn`, the caller gets a
@@ -48,7 +38,10 @@
 mod fleet;
 mod keyed;
 mod lane;
+pub mod series;
+pub mod spec;
 pub mod table;
+pub mod timing;
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
@@ -67,22 +60,11 @@ use lane::{Lane, guard};
 pub use lane::{TokioClock, TokioInstant};
 pub use table::{DEFAULT_API_RATE, Per, Quota};
 
-use crate::api::Api;
-use crate::config::{self, App};
-use crate::metrics::FleetSeries;
 use fleet::{Ask, Begun, Fleet, Group, Underway};
 pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
-
-/// Share of the limit that pacing releases: the margin absorbs network jitter at Tencent.
-pub const PACE: f64 = 0.96;
-/// Share of the limit the send-time guard refills at; its burst makes up the rest of L.
-pub const GUARD: f64 = 0.97;
-/// How much the delays from admission to Tencent of a lane's sends may differ with the limit
-/// still kept there: every guard (a local lane's, the fleet's in `fleet.lua`) admits at
-/// most L units in any window of its period + `SPREAD`.
-pub const SPREAD: Duration = Duration::from_millis(25);
-/// How long a lane runs at half pace after Tencent said it was too fast.
-pub const SLOWDOWN: Duration = Duration::from_secs(2);
+pub use series::FleetSeries;
+pub use spec::{AppSpec, CallerSpec, FleetSpec};
+pub use timing::{GUARD, PACE, SLOWDOWN, SPREAD};
 
 /// Which limit refused or slowed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,11 +96,11 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// A limiter whose lanes are shared in Redis when `fleet` is configured.
-    pub fn new(fleet: Option<&config::Fleet>, series: FleetSeries) -> Limiter {
+    /// A limiter whose lanes are shared in Redis when `fleet` is given.
+    pub fn new(fleet: Option<impl Into<FleetSpec>>, series: FleetSeries) -> Limiter {
         Limiter {
             waiting: Arc::default(),
-            fleet: fleet.map(|f| Fleet::start(f, series)),
+            fleet: fleet.map(|f| Fleet::start(&f.into(), series)),
             closing: Arc::default(),
         }
     }
@@ -138,17 +120,17 @@ impl Limiter {
 
     /// The lanes of `app`: its own limit, one lane per entry of its `api_limits`, a lane per
     /// other API at `DEFAULT_API_RATE` (keyed by the API's name), and its quotas.
-    pub fn lanes(&self, app: &App) -> Lanes {
+    pub fn lanes(&self, app: impl Into<AppSpec>) -> Lanes {
         self.lanes_with_callers(app, std::iter::empty())
     }
 
     /// `lanes`, and one lane for each caller `(name, rate_limit)` of `callers`.
     pub fn lanes_with_callers<'c>(
         &self,
-        app: &App,
-        callers: impl Iterator<Item = (&'c str, NonZeroU32)>,
+        app: impl Into<AppSpec>,
+        callers: impl Iterator<Item = CallerSpec<'c>>,
     ) -> Lanes {
-        self.build(app, callers, None)
+        self.build(&app.into(), callers, None)
     }
 
     /// The lanes of `app` and `callers` after a reload, taking over from `previous` (the same
@@ -156,17 +138,17 @@ impl Limiter {
     /// successor, a new one a lane of its own.
     pub fn lanes_after<'c>(
         &self,
-        app: &App,
-        callers: impl Iterator<Item = (&'c str, NonZeroU32)>,
+        app: impl Into<AppSpec>,
+        callers: impl Iterator<Item = CallerSpec<'c>>,
         previous: &Lanes,
     ) -> Lanes {
-        self.build(app, callers, Some(previous))
+        self.build(&app.into(), callers, Some(previous))
     }
 
     fn build<'c>(
         &self,
-        app: &App,
-        callers: impl Iterator<Item = (&'c str, NonZeroU32)>,
+        app: &AppSpec,
+        callers: impl Iterator<Item = CallerSpec<'c>>,
         previous: Option<&Lanes>,
     ) -> Lanes {
         let limit = |scope, limit: NonZeroU32, before: Option<&Arc<Limit>>, key: Option<String>| {
@@ -537,8 +519,8 @@ pub fn measure(
 
 impl Lanes {
     /// The quotas of `api` beyond calls a second, whose costs and keys `turn` needs.
-    pub fn quotas(&self, api: &Api) -> &[Quota] {
-        self.apis.get(api.name()).map_or(&[], |lanes| &lanes.quotas)
+    pub fn quotas(&self, api: &str) -> &[Quota] {
+        self.apis.get(api).map_or(&[], |lanes| &lanes.quotas)
     }
 
     /// Waits, in arrival order, for one attempt's turn of `api`; refuses at once when the
@@ -547,7 +529,7 @@ impl Lanes {
     /// `Turn::send_now`.
     pub async fn turn(
         &self,
-        api: &Api,
+        api: &str,
         measured: &[Measured],
         max_wait: Duration,
     ) -> Result<Turn<'_>, Throttled> {
@@ -558,7 +540,7 @@ impl Lanes {
     /// has one.
     pub async fn turn_as(
         &self,
-        api: &Api,
+        api: &str,
         caller: Option<&str>,
         measured: &[Measured],
         max_wait: Duration,
@@ -572,11 +554,11 @@ impl Lanes {
     /// In a fleet that reaches Redis now, for an API without lanes kept on this replica only
     /// (a quota's): a turn of `api` asked by a caller that holds a ready connection may pass
     /// its send-time guard in the same Redis call ([`Lanes::ask`]).
-    pub fn guards_with_turn(&self, api: &Api) -> bool {
+    pub fn guards_with_turn(&self, api: &str) -> bool {
         let local = self.implicit.is_some()
             || self
                 .apis
-                .get(api.name())
+                .get(api)
                 .is_some_and(|lanes| !lanes.lanes.is_empty());
         !local
             && self
@@ -593,7 +575,7 @@ impl Lanes {
     /// call, and `send_now` then only checks this replica's own guard.
     pub async fn ask(
         &self,
-        api: &Api,
+        api: &str,
         caller: Option<&str>,
         measured: &[Measured],
         max_wait: Duration,
@@ -634,12 +616,12 @@ impl Lanes {
     /// The turn of a request of `caller` for `api`, not yet waited for.
     fn prepare(
         &self,
-        api: &Api,
+        api: &str,
         caller: Option<&str>,
         measured: &[Measured],
         max_wait: Duration,
     ) -> Result<Turn<'_>, Throttled> {
-        let lanes = self.apis.get(api.name());
+        let lanes = self.apis.get(api);
         let now = Instant::now();
         let mut local = Vec::new();
         for (i, quota) in lanes.iter().flat_map(|l| &l.lanes).enumerate() {
@@ -652,10 +634,10 @@ impl Lanes {
         }
         let mut calls = lanes.and_then(|l| l.calls.clone());
         if let (None, Some(shared), Some(fleet)) = (&calls, &self.shared_implicit, &self.fleet) {
-            calls = Some(shared.limit(fleet, api.name(), now)?);
+            calls = Some(shared.limit(fleet, api, now)?);
         }
         if let (None, Some(implicit)) = (&calls, &self.implicit) {
-            local.push((implicit.lane(api.name(), now)?, NonZeroU32::MIN));
+            local.push((implicit.lane(api, now)?, NonZeroU32::MIN));
         }
         Ok(Turn {
             guarded: false,
@@ -786,26 +768,26 @@ impl Lanes {
     }
 
     /// `turn` then `send_now`, for a caller with nothing to prepare in between.
-    pub async fn acquire(&self, api: &Api, max_wait: Duration) -> Result<(), Throttled> {
+    pub async fn acquire(&self, api: &str, max_wait: Duration) -> Result<(), Throttled> {
         self.turn(api, &[], max_wait).await?.send_now().await
     }
 
     /// Tencent said `scope` is over its limit: run it slower for a while (in the fleet: for
     /// every replica).
-    pub fn slow_down(&self, api: &Api, scope: Scope) {
+    pub fn slow_down(&self, api: &str, scope: Scope) {
         let limit = match (scope, &self.shared_implicit, &self.fleet) {
             (Scope::Api, shared, fleet) => {
-                let own = self.apis.get(api.name()).and_then(|l| l.calls.clone());
+                let own = self.apis.get(api).and_then(|l| l.calls.clone());
                 own.or_else(|| {
                     let (shared, fleet) = (shared.as_ref()?, fleet.as_ref()?);
-                    shared.limit(fleet, api.name(), Instant::now()).ok()
+                    shared.limit(fleet, api, Instant::now()).ok()
                 })
             }
             (Scope::App | Scope::Caller, _, _) => None,
         };
         if let (Scope::Api, None, Some(implicit)) = (scope, &limit, &self.implicit) {
             // Its own lane, kept by name; a table too busy to hold it has nothing to slow.
-            if let Ok(lane) = implicit.lane(api.name(), Instant::now()) {
+            if let Ok(lane) = implicit.lane(api, Instant::now()) {
                 lane.slow_down(Instant::now());
             }
             return;
@@ -924,7 +906,7 @@ impl<'a> IntoFuture for Waiting<'a> {
 /// guard → write*, with only this replica's own guard between):
 ///
 /// ```compile_fail
-/// # async fn twice(lanes: &timgate::limiter::Lanes, api: &timgate::api::Api) {
+/// # async fn twice(lanes: &timgate_limits::Lanes, api: &str) {
 /// let turn = lanes.turn(api, &[], std::time::Duration::ZERO).await.unwrap();
 /// turn.send_now().await;
 /// turn.send_now().await; // refused: the turn was spent by the first send
@@ -1090,7 +1072,6 @@ impl Drop for Queued<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::Mutex as StdMutex;
@@ -1105,11 +1086,11 @@ mod tests {
     }
 
     impl Local {
-        async fn acquire(&self, app: u64, api: &Api, max_wait: Duration) -> Result<(), Throttled> {
+        async fn acquire(&self, app: u64, api: &str, max_wait: Duration) -> Result<(), Throttled> {
             self.apps[&app].acquire(api, max_wait).await
         }
 
-        fn slow_down(&self, app: u64, api: &Api, scope: Scope) {
+        fn slow_down(&self, app: u64, api: &str, scope: Scope) {
             self.apps[&app].slow_down(api, scope);
         }
 
@@ -1119,23 +1100,28 @@ mod tests {
     }
 
     fn local(rate_limit: u32) -> Arc<Local> {
-        let app = |id: u64| {
-            format!(
-                "[[apps]]\nsdkappid = {id}\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\nrate_limit = {rate_limit}\n"
-            )
-        };
-        let config = Config::from_toml(&format!("{}{}", app(1), app(2))).unwrap();
         let limiter = Limiter::default();
-        let apps = config
-            .apps
-            .iter()
-            .map(|app| (app.sdkappid, limiter.lanes(app)))
+        let apps = [1, 2]
+            .into_iter()
+            .map(|id| (id, limiter.lanes(spec(id, rate_limit, &[]))))
             .collect();
         Arc::new(Local { limiter, apps })
     }
 
-    fn api(path: &str) -> Api {
-        Api::from_path(path).unwrap()
+    /// App `sdkappid` at `rate_limit` calls a second, with Tencent's documented per-API
+    /// limits and quotas, and the calls limits `api_limits` (API name, limit) besides.
+    fn spec(sdkappid: u64, rate_limit: u32, api_limits: &[(&str, u32)]) -> AppSpec {
+        let mut spec = AppSpec::new(sdkappid, NonZeroU32::new(rate_limit).unwrap());
+        for (api, n) in api_limits {
+            spec.api_limits
+                .insert((*api).to_owned(), NonZeroU32::new(*n).unwrap());
+        }
+        spec
+    }
+
+    /// The API name (`service/command`) of a request path.
+    fn api(path: &str) -> String {
+        path.trim_start_matches("/v4/").to_owned()
     }
 
     /// Starts `n` acquisitions in order, one after another, and returns their release times
@@ -1386,12 +1372,9 @@ mod tests {
         assert!(span >= Duration::from_millis(800), "{span:?}");
     }
 
-    /// Lanes of one app configured by `extra` (TOML lines of its `[[apps]]` entry).
-    fn app(extra: &str) -> Lanes {
-        let text = format!(
-            "[[apps]]\nsdkappid = 1\nidentifier = \"a\"\nsecret_key = \"k\"\nregion = \"usa\"\n{extra}"
-        );
-        Limiter::default().lanes(&Config::from_toml(&text).unwrap().apps[0])
+    /// Lanes of app 1 at `rate_limit`, with the calls limits `api_limits` besides.
+    fn app(rate_limit: u32, api_limits: &[(&str, u32)]) -> Lanes {
+        Limiter::default().lanes(spec(1, rate_limit, api_limits))
     }
 
     /// Sends `measured` to `path` at each of `at` (in order), each waiting up to `max_wait`;
@@ -1430,7 +1413,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_api_is_held_to_200_a_second_beside_a_larger_app_lane() {
-        let lanes = Arc::new(app("rate_limit = 1000\n"));
+        let lanes = Arc::new(app(1000, &[]));
         let now = Instant::now();
         let burst = (0..300).map(|_| (now, Vec::new())).collect();
         let sent = schedule(&lanes, SEND, burst, Duration::from_secs(10)).await;
@@ -1445,9 +1428,7 @@ mod tests {
             .unwrap();
         assert!(Instant::now() - before <= Duration::from_millis(2));
         // A bought-up rate lifts it.
-        let lanes = Arc::new(app(
-            "rate_limit = 1000\n[apps.api_limits]\n\"openim/sendmsg\" = 300\n",
-        ));
+        let lanes = Arc::new(app(1000, &[("openim/sendmsg", 300)]));
         let now = Instant::now();
         let burst = (0..300).map(|_| (now, Vec::new())).collect();
         let sent = schedule(&lanes, SEND, burst, Duration::from_secs(10)).await;
@@ -1473,7 +1454,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn recipients_stay_within_12000_in_every_sliding_minute() {
         const BATCH: &str = "/v4/openim/batchsendmsg";
-        let lanes = Arc::new(app("rate_limit = 1000\n"));
+        let lanes = Arc::new(app(1000, &[]));
         let now = Instant::now();
         let calls = (0..40).map(|_| (now, costing(500, None))).collect();
         let sent = schedule(&lanes, BATCH, calls, Duration::from_secs(3600)).await;
@@ -1496,7 +1477,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_busy_group_is_held_to_40_a_second_and_a_quiet_one_is_not_slowed() {
         const GROUP: &str = "/v4/group_open_http_svc/send_group_msg";
-        let lanes = Arc::new(app("rate_limit = 1000\n"));
+        let lanes = Arc::new(app(1000, &[]));
         let start = Instant::now();
         let every = |hz: u64, key: &'static str| {
             (0..3 * hz).map(move |i| {

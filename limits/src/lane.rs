@@ -1,26 +1,13 @@
 //! One limit: GCRA pacing that hands out slots in arrival order, and the governor guard that
-//! every send must pass at the moment it happens (see the parent module for the guarantee).
+//! every send must pass at the moment it happens (`limits/ARGUMENT.md` §1 for the guarantee).
 //!
 //! # A limit that changes on reload
 //! A reload that keeps a lane's limit keeps the lane itself (no fresh burst). One that changes
 //! it makes a *successor* ([`Lane::succeed`]) at the moment T of the switch: from then on every
-//! reservation and every send on the old lane — requests of the old configuration still
-//! queued or retrying — is made on the successor, so exactly one guard admits sends at any
-//! time: the old one up to T, the new one after. Queued requests keep their place in line: the
-//! successor's pacing starts at the old lane's theoretical arrival time. For the guards'
-//! window after T (the *transition*: one second and `SPREAD`) the successor admits a send
-//! only if:
-//! - the limit was **raised** (L' ≥ L): the old guard admits it too. A closed window that
-//!   ends within the transition holds only admissions of the old guard (before T, and during
-//!   the transition, which passed it as well): at most L ≤ L'. A window ending after the
-//!   transition starts after T and holds only the new guard's admissions: at most L', the
-//!   new guard's own guarantee.
-//! - the limit was **lowered** (L' < L): never; the first send waits until strictly after
-//!   the transition. No closed window then holds sends of both guards, and windows with the
-//!   new guard's sends hold at most L'.
-//!
-//! A successor that is itself replaced within its transition keeps applying its own rule, so
-//! the argument chains. The predecessor is let go once its transition is over.
+//! reservation and send on the old lane is made on the successor, queued requests keeping
+//! their place. For `TRANSITION` after T the successor admits a send only if the old guard
+//! admits it too (a raise) or not at all (a cut); why no window then holds more than the
+//! limit is in `limits/ARGUMENT.md` §3. The predecessor is let go once its transition is over.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,6 +21,7 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::{GUARD, PACE, SLOWDOWN, SPREAD, Scope, Throttled};
+use crate::timing::TRANSITION;
 
 /// Passes every lane's send-time guard at one instant, in arrival order, by `by` at the
 /// latest: each lane's gate is taken first (a fair queue, so the sends that wait behind a
@@ -124,9 +112,6 @@ struct Transition {
     raised: bool,
 }
 
-/// How long the transition after a changed limit lasts: the guards' window.
-const TRANSITION: Duration = Duration::from_secs(1).checked_add(SPREAD).unwrap();
-
 /// GCRA virtual-scheduling state: the theoretical arrival time of the next request.
 struct Pace {
     tat: Instant,
@@ -175,7 +160,7 @@ impl Lane {
     /// that is the rate 0.97 L per P; a larger b (kept at 2 where a window of P would give
     /// 2, or a request may cost up to `largest`) lowers the refill, and pacing follows it at
     /// 0.96 / 0.97 of it, so the guard only bites on jitter. `largest` must be under L / 2
-    /// (the configuration sees to it). `fleet.lua`'s `shape` is the same, except that it does
+    /// (the configuration sees to it). `fleet/script.lua`'s `shape` is the same, except that it does
     /// not keep b at 2: there a lane of 34–173 units a second has b = 1.
     pub(super) fn of(
         scope: Scope,

@@ -1,5 +1,6 @@
 -- timgate's shared lanes: one script, loaded once, run by EVALSHA. Times are microseconds of
--- Redis's own clock (TIME), never a replica's; ARGV[2] may fix "now" for tests.
+-- Redis's own clock (TIME), never a replica's; ARGV[2] may fix "now" for tests. Every timing
+-- value comes in ARGV[3] (from the limiter's `timing` module), none is written here.
 --
 -- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat), of the one app
 --           whose lanes the call touches: the replicas that serve it
@@ -12,16 +13,25 @@
 --
 -- ARGV[1] op: turn | guard | turns | guards | release | slow | beat | leave
 -- ARGV[2] now ("" = TIME)
--- ARGV[3] heartbeat expiry: a member whose last live beat is older is counted in fallback
--- ARGV[4] epoch quarantine: no guard admits before the epoch's birth plus this
--- ARGV[5..] per op, below. A lane's *spec* is its limit, alone ("200": calls a second) or as
+-- ARGV[3] timing, space-separated: heartbeat expiry (a member whose last live beat is older
+--         is counted in fallback), epoch quarantine (no guard admits before the epoch's birth
+--         plus this), PACE, GUARD, SPREAD, SLOWDOWN, KEEP (ms), LOWEST_STANDS, TICK
+-- ARGV[4..] per op, below. A lane's *spec* is its limit, alone ("200": calls a second) or as
 -- "limit/period/cost/largest" (units per period in µs, what this request costs, the most
 -- one request may cost): a quota counted in recipients per minute, say.
 
-local PACE, GUARD, SPREAD, MILLION, SLOWDOWN, KEEP = 0.96, 0.97, 0.025, 1000000, 2000000, 10000
--- How long a lane's lowest limit stands after the last call that asked with it: a larger
--- limit takes over only then (a raise everywhere), not while replicas still ask with both.
-local LOWEST_STANDS = 5000000
+local MILLION = 1000000
+-- PACE, GUARD: shares of a lane's capacity that pacing and the guard's refill run at.
+-- SPREAD: how far apart from their admissions sends may reach Tencent (µs). SLOWDOWN: how
+-- long a lane runs at half pace after Tencent said too fast. KEEP: how long a lane's key
+-- outlives its state (ms). LOWEST_STANDS: how long a lane's lowest limit stands after the
+-- last call that asked with it: a larger limit takes over only then (a raise everywhere),
+-- not while replicas still ask with both. TICK: a wait under it is not slept by a replica.
+local timing = {}
+for value in string.gmatch(ARGV[3], '%S+') do
+  timing[#timing + 1] = tonumber(value)
+end
+local expiry, quarantine, PACE, GUARD, SPREAD, SLOWDOWN, KEEP, LOWEST_STANDS, TICK = unpack(timing)
 
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -29,13 +39,12 @@ if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * MILLION + tonumber(t[2])
 end
-local expiry = tonumber(ARGV[3])
 local born = tonumber(redis.call('GET', KEYS[3]))
 if not born then
   born = now
   redis.call('SET', KEYS[3], born)
 end
-local open = born + tonumber(ARGV[4])
+local open = born + quarantine
 
 -- The claims of members whose heartbeat lapsed: they may be spending them in fallback. With
 -- `long`, for a lane of a longer period, also of live members whose fallback sends on such
@@ -100,7 +109,7 @@ end
 -- rate GUARD x c leaves; a request may cost up to `largest`, so b is at least that, and the
 -- refill then gives way to it (pacing follows at PACE / GUARD of the refill), as a local lane.
 local function shape(c, period, largest)
-  local window = period + SPREAD * MILLION
+  local window = period + SPREAD
   local unit_rate = GUARD * c
   local unit_burst = c - math.floor(unit_rate * window / period)
   local burst = math.max(1, math.min(math.max(unit_burst, largest), c - 1))
@@ -177,7 +186,7 @@ local function save_all()
   end
 end
 
--- turn: ARGV[5] longest wait, ARGV[6..] each lane's spec (KEYS[4..]).
+-- turn: ARGV[4] longest wait, ARGV[5..] each lane's spec (KEYS[4..]).
 -- Reserves one pacing slot (GCRA, burst 1, at PACE x capacity) on every lane at once (a
 -- request costing k units takes k slots' time), or, when the first (narrowest) lane is
 -- further behind than every other lane by more than their intervals, on the first lane
@@ -241,10 +250,10 @@ local function turn(lanes_asked, max_wait, out)
   end
 end
 
--- release: ARGV[5..] before, after per lane. A reservation given back while still the last.
+-- release: ARGV[4..] before, after per lane. A reservation given back while still the last.
 if op == 'release' then
   for i = 4, #KEYS do
-    local before, after = ARGV[2 * i - 3], ARGV[2 * i - 2]
+    local before, after = ARGV[2 * i - 4], ARGV[2 * i - 3]
     if redis.call('HGET', KEYS[i], 'p') == after then
       redis.call('HSET', KEYS[i], 'p', before)
     end
@@ -252,7 +261,7 @@ if op == 'release' then
   return 0
 end
 
--- guard: ARGV[5..] each lane's spec (KEYS[4..]). The send-time guard, fleet-wide: GCRA per unit at
+-- guard: ARGV[4..] each lane's spec (KEYS[4..]). The send-time guard, fleet-wide: GCRA per unit at
 -- the rate and burst of `shape`: at most capacity units in any window of period + SPREAD,
 -- so sends that reach Tencent up to SPREAD apart from when Redis admitted them still make
 -- at most capacity in any period. A request costing k units needs k cells at once.
@@ -287,7 +296,7 @@ local function guard(lanes_asked)
     end
     local lane = loaded[asked[1]] or load(asked[1])
     if lane.l and limit < lane.l then
-      lane.g = math.max(lane.g, now + period + math.ceil(SPREAD * MILLION) + (burst - 1) * interval)
+      lane.g = math.max(lane.g, now + period + SPREAD + (burst - 1) * interval)
       mark(lane, period, 'g')
     end
     if not lane.l or limit < lane.l or (limit > lane.l and now - lane.t > LOWEST_STANDS) then
@@ -329,20 +338,20 @@ end
 
 if op == 'turn' then
   local reply = {}
-  turn(asked_lanes(6), tonumber(ARGV[5]), reply)
+  turn(asked_lanes(5), tonumber(ARGV[4]), reply)
   save_all()
   return reply
 end
 
 if op == 'guard' then
-  local wait = guard(asked_lanes(5))
+  local wait = guard(asked_lanes(4))
   save_all()
   return wait
 end
 
 -- turns, guards: a batch, the asks of one replica's concurrent requests, run in order as
 -- that many turn or guard calls would be at the same Redis time, each lane read and written
--- once. ARGV[5] how many entries; then per entry: how many asks alike it stands for (one
+-- once. ARGV[4] how many entries; then per entry: how many asks alike it stands for (one
 -- after the other), (turns only) their longest wait and whether to guard too (1 or 0),
 -- their lane count k, and k times: the lane's index in KEYS, its spec. Returns each ask's
 -- answer as the single op would, each preceded by its length.
@@ -351,10 +360,9 @@ end
 -- (which the replica does not sleep: it would send at once), and appends the guard's answer,
 -- or -1 when the guard was not run: then the request sends after its own guard call. So a
 -- request that need not wait makes one call, as a turn and a guard made back to back.
-local TICK = 1000
 if op == 'turns' or op == 'guards' then
-  local replies, at = {}, 6
-  for _ = 1, tonumber(ARGV[5]) do
+  local replies, at = {}, 5
+  for _ = 1, tonumber(ARGV[4]) do
     local alike = tonumber(ARGV[at])
     at = at + 1
     local max_wait, also_guard
@@ -389,9 +397,9 @@ if op == 'turns' or op == 'guards' then
   return replies
 end
 
--- slow: ARGV[5] the lane's spec. Tencent said too fast: half pace for a while, from now.
+-- slow: ARGV[4] the lane's spec. Tencent said too fast: half pace for a while, from now.
 if op == 'slow' then
-  local limit, period, _, largest = spec(ARGV[5])
+  local limit, period, _, largest = spec(ARGV[4])
   local c = math.max(capacity(limit, lapsed_claims(period > MILLION)), 1)
   local interval = shape(c, period, largest)
   local lane = load(KEYS[4])
@@ -402,19 +410,19 @@ if op == 'slow' then
   return 0
 end
 
--- beat: ARGV[5] id, ARGV[6] the claim it holds now, ARGV[7] the claim it wants,
--- ARGV[8] 1 = live, 0 = register as possibly in fallback, ARGV[9] ignore after ("" = never),
--- ARGV[10] how long a lapsed member is kept, ARGV[11] until when its fallback sends on lanes
+-- beat: ARGV[4] id, ARGV[5] the claim it holds now, ARGV[6] the claim it wants,
+-- ARGV[7] 1 = live, 0 = register as possibly in fallback, ARGV[8] ignore after ("" = never),
+-- ARGV[9] how long a lapsed member is kept, ARGV[10] until when its fallback sends on lanes
 -- of a longer period still count there ("" = none), set with a live beat.
 -- The claims never sum above a million: a larger claim is granted from what is free, and
 -- never below what the replica holds now. Returns {claim, live members, members, now}.
 if op == 'beat' then
-  local id, held, wanted = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-  local not_after = tonumber(ARGV[9])
+  local id, held, wanted = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  local not_after = tonumber(ARGV[8])
   if not_after and now > not_after then
     return {-1, 0, 0, now}
   end
-  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[10])))) do
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[9])))) do
     redis.call('ZREM', KEYS[1], gone)
     redis.call('HDEL', KEYS[2], gone, '~' .. gone)
   end
@@ -427,9 +435,9 @@ if op == 'beat' then
   end
   local granted = math.max(held, math.min(wanted, MILLION - others))
   redis.call('HSET', KEYS[2], id, granted)
-  if ARGV[8] == '1' then
+  if ARGV[7] == '1' then
     redis.call('ZADD', KEYS[1], now, id)
-    local long_until = tonumber(ARGV[11])
+    local long_until = tonumber(ARGV[10])
     if long_until and long_until > now then
       redis.call('HSET', KEYS[2], '~' .. id, long_until)
     else
@@ -442,10 +450,10 @@ if op == 'beat' then
   return {granted, live, redis.call('ZCARD', KEYS[1]), now}
 end
 
--- leave: ARGV[5] id. A replica that shuts down gives its claim back.
+-- leave: ARGV[4] id. A replica that shuts down gives its claim back.
 if op == 'leave' then
-  redis.call('ZREM', KEYS[1], ARGV[5])
-  redis.call('HDEL', KEYS[2], ARGV[5], '~' .. ARGV[5])
+  redis.call('ZREM', KEYS[1], ARGV[4])
+  redis.call('HDEL', KEYS[2], ARGV[4], '~' .. ARGV[4])
   return 0
 end
 

@@ -15,12 +15,10 @@
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tracing::{info, warn};
 
-/// How long a call cut off by `timeout_ms` is let run on in the background to learn why.
-pub(super) const FOLLOW: Duration = Duration::from_secs(2);
+use crate::timing::FOLLOW;
 
 /// Why a Redis call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

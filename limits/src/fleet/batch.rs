@@ -5,17 +5,14 @@
 //! call). Otherwise it waits: for its answer, or to be handed the lead by a call that came
 //! back, and then makes the next call in the same way. One call of `turns` or `guards` runs
 //! its asks in order, as that many `turn` or `guard` calls would at the same Redis time
-//! (`fleet.lua`), reading and writing each lane once. A lone request still goes alone, at
+//! (`script.lua`), reading and writing each lane once. A lone request still goes alone, at
 //! once and on its own task; under load a script call (its fixed cost: the clock, the
 //! membership, each lane's read and write) is paid once for many requests instead of once
 //! each.
 //!
-//! Nothing of the limit's argument changes: a batch is a sequence of the same atomic steps at
-//! one instant of Redis time. A guard's admission reaches a queued request through one more
-//! hand-off (a task wake-up), a delay of the same kind as the reply's own way back, which
-//! the guard's SPREAD (25 ms between admission and arrival at Tencent) already allows for.
-//! Its time in the queue counts against `FRESH`: an admission is sent on only if answered
-//! within 20 ms of the ask, queue included (`Group::guard`).
+//! Nothing of the limit's argument changes (`limits/ARGUMENT.md` §4): a batch is a sequence
+//! of the same atomic steps at one instant of Redis time. Its time in the queue counts against
+//! `FRESH` (`Group::guard`).
 //! The queue holds at most one ask per request in flight, which the server already bounds.
 //! An ask waits at most `timeout_ms` in the queue for its answer or the lead, and a call it
 //! leads at most `timeout_ms` again; past either, the replica falls back as after any slow
@@ -270,7 +267,7 @@ fn give_back(group: &Arc<Group>, kind: Kind, ask: Ask, answer: &[i64]) {
     }
 }
 
-/// The keys (each lane once) and arguments of one batch call, as `fleet.lua` reads them:
+/// The keys (each lane once) and arguments of one batch call, as `script.lua` reads them:
 /// asks alike that follow each other (the same lanes, specs and wait: concurrent requests of
 /// one API) are sent once, with how many they are.
 fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
