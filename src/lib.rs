@@ -5,25 +5,27 @@
 //! answer back unchanged.
 //!
 //! # Layout
+//! From the top of the request path down; a module names only those on its own line or
+//! below it, and no two name each other (`tests/layers.rs` holds these walls in CI).
+//! - [`admin`]: the health, readiness and metrics listener; [`callback`]: Tencent's
+//!   callbacks in, verified, routed by command, forwarded to the service and answered inside
+//!   Tencent's deadline; [`emulator`]: a stand-in for Tencent, for local runs, tests and
+//!   benchmarks; [`reload`]: changing the configuration while it runs (SIGHUP, a changed file).
+//! - [`proxy`]: the request path that ties the rest together.
+//! - [`server`]: the accept loop with graceful drain, shared by gateway and emulator;
+//!   [`body`]: reading a request body within budget.
+//! - [`error`]: the errors timgate answers itself, in Tencent's envelope; [`metrics`]:
+//!   Prometheus metrics; [`retry`]: which upstream attempts are tried again, and the backoff.
+//! - [`upstream`]: the pooled client to Tencent and one upstream attempt; [`auth`]: who may
+//!   call what: `[[callers]]` tokens and the app and API allow-lists.
 //! - [`config`]: the TOML + environment configuration, validated before any port is bound.
-//! - [`usersig`]: UserSig v2 signing and verification, and the per-app re-signing `Signer`.
-//! - [`auth`]: who may call what: `[[callers]]` tokens and the app and API allow-lists.
-//! - [`api`]: which API a request path names; [`body`]: reading a request body within budget.
-//! - [`json`]: one reading of every body: JSON, and no object that names a key twice.
-//! - [`upstream`]: the pooled client to Tencent and one upstream attempt.
-//! - [`proxy`]: the request path that ties them together.
-//! - [`error`]: the errors timgate answers itself, in Tencent's envelope.
-//! - [`emulator`]: a stand-in for Tencent, for local runs, tests and benchmarks.
-//! - [`server`]: the accept loop with graceful drain, shared by gateway and emulator.
-//! - [`limiter`]: keeps each SDKAppID and API under Tencent's call-frequency limits (the
-//!   workspace crate `timgate-limits`, in `limits/`).
-//! - [`retry`]: which upstream attempts are tried again, and the backoff between tries.
-//! - [`rules`]: the documented request limits, checked before any quota is spent.
-//! - [`metrics`]: Prometheus metrics; [`admin`]: the health, readiness and metrics listener.
-//! - [`reload`]: changing the configuration while it runs (SIGHUP, a changed file).
-//! - [`logfmt`]: the text log line's fields, written without painting when colours are off.
-//! - [`callback`]: Tencent's callbacks in: verified, routed by command, forwarded to the
-//!   service and answered inside Tencent's deadline.
+//! - [`usersig`]: UserSig v2 signing and verification, and the per-app re-signing `Signer`;
+//!   [`api`]: which API a request path names.
+//! - [`rules`]: the documented request limits, checked before any quota is spent; [`json`]:
+//!   one reading of every body, JSON with no object that names a key twice; [`logfmt`]: the
+//!   text log line's fields; [`limiter`]: keeps each SDKAppID and API under Tencent's
+//!   call-frequency limits (the workspace crate `timgate-limits`, in `limits/`, whose
+//!   `ARGUMENT.md` says why the limit holds).
 
 pub mod admin;
 pub mod api;

@@ -517,9 +517,10 @@ async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
 }
 
 /// The keys and arguments of one `turns` (`guard_too` set: whether each turn guards too) or
-/// `guards` call, as fleet.lua reads them: how many entries, then each entry's count of asks
-/// alike (those that follow each other are sent once), longest wait and guard flag (turns),
-/// lane count, and per lane its index in KEYS (after the three common keys) and spec.
+/// `guards` call, as the script (`limits/src/fleet/script.lua`) reads them: how many entries,
+/// then each entry's count of asks alike (those that follow each other are sent once), longest
+/// wait and guard flag (turns), lane count, and per lane its index in KEYS (after the three
+/// common keys) and spec.
 fn batch_call(asks: &[BatchAsk], guard_too: Option<bool>) -> (Vec<String>, Vec<String>) {
     let mut keys: Vec<String> = Vec::new();
     let mut entries: Vec<(usize, &BatchAsk)> = Vec::new();
@@ -1186,7 +1187,9 @@ async fn a_callers_own_limit_is_held_once_across_the_fleet() {
     let addr = replicas[0].addr;
     let caller = &caller;
     support::eventually(|| async move {
-        let answer = caller.send_with("POST", addr, SEND, BEARER, "{}").await;
+        let answer = caller
+            .send_with("POST", addr, SEND, BEARER, SEND_BODY)
+            .await;
         answer.status == 200
     })
     .await;
