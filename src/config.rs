@@ -433,6 +433,29 @@ pub struct Emulator {
     /// Where the emulator listens (`listen`, default `127.0.0.1:9000`): `timgate emulate`,
     /// and the in-process one that `timgate run` starts when an app's endpoint is `"emulator"`.
     pub listen: SocketAddr,
+    /// The calls it carries out at its start and after each reset (`seed`), if any.
+    pub seed: Option<Seed>,
+}
+
+/// The emulator's seed (`emulator.seed`): calls carried out, in order, on an empty emulator,
+/// so a team's accounts and groups are there from the start and again after each reset.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// The file, as configured.
+    pub path: String,
+    /// The calls, in the file's order.
+    pub calls: Arc<[SeedCall]>,
+}
+
+/// One call of a seed: `{"SdkAppId": …, "Api": "service/command", "Body": {…}}`.
+#[derive(Debug, Clone)]
+pub struct SeedCall {
+    /// The app it is made as (one of `[[apps]]`).
+    pub sdkappid: u64,
+    /// The API it calls.
+    pub api: crate::api::Api,
+    /// The request body, as JSON text.
+    pub body: Vec<u8>,
 }
 
 /// One `[[apps]]` entry.
@@ -513,6 +536,48 @@ pub(crate) fn read_key_file(path: &str) -> Result<String, String> {
     let bytes = file::read(Path::new(path), file::KEY).map_err(|e| e.to_string())?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Reads `emulator.seed`: a JSON array of calls, each to a configured app and a valid API,
+/// its body an object; a regular file of at most `MAX_CONFIG_BYTES`.
+pub(crate) fn read_seed(path: &str, apps: &[App]) -> Result<Seed, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawCall {
+        #[serde(rename = "SdkAppId")]
+        sdkappid: u64,
+        #[serde(rename = "Api")]
+        api: String,
+        #[serde(rename = "Body")]
+        body: serde_json::Map<String, serde_json::Value>,
+    }
+    let key = "emulator.seed";
+    let bytes = file::read(Path::new(path), file::SEED)
+        .map_err(|e| ConfigError::new(key, e.to_string()))?;
+    let raw: Vec<RawCall> = serde_json::from_slice(&bytes).map_err(|e| {
+        let shape = r#"[{"SdkAppId": N, "Api": "service/command", "Body": {…}}, …]"#;
+        ConfigError::new(key, format!("{path} must be a JSON array {shape}: {e}"))
+    })?;
+    let mut calls = Vec::with_capacity(raw.len());
+    for (i, call) in raw.into_iter().enumerate() {
+        let at = |why: String| ConfigError::new(key, format!("{path}, call {i}: {why}"));
+        if !apps.iter().any(|a| a.sdkappid == call.sdkappid) {
+            return Err(at(format!("SdkAppId {} is not in [[apps]]", call.sdkappid)));
+        }
+        let api = crate::api::Api::from_path(&format!("/v4/{}", call.api))
+            .filter(|_| !call.api.contains(['?', '#']))
+            .ok_or_else(|| at(format!("Api {:?} is not service/command", call.api)))?;
+        let body = serde_json::to_vec(&call.body).map_err(|e| at(e.to_string()))?;
+        calls.push(SeedCall {
+            sdkappid: call.sdkappid,
+            api,
+            body,
+        });
+    }
+    Ok(Seed {
+        path: path.to_owned(),
+        calls: calls.into(),
+    })
 }
 
 /// Reads the configuration file: a regular file of at most `MAX_CONFIG_BYTES`, in UTF-8.

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use crate::api::Api;
 use crate::body::{self, Budget, Held};
-use crate::config::{App, SecretKey};
+use crate::config::{App, SecretKey, Seed};
 use crate::error::json_response;
 use crate::json;
 use crate::limiter;
@@ -86,6 +86,19 @@ pub struct Emulator {
     bodies: Budget,
     /// Posts the callbacks of apps with routes, when there is a listener to post to.
     notifier: Option<Arc<Notifier>>,
+    /// Carried out on the empty emulator, at its start and after each reset.
+    seed: Option<Seed>,
+}
+
+/// A seed call the emulator refused; names the file, the call's place and Tencent's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("emulator.seed: {path}, call {call} ({api}) was refused: ErrorCode {code}: {info}")]
+pub struct SeedRefused {
+    path: String,
+    call: usize,
+    api: String,
+    code: u32,
+    info: String,
 }
 
 /// An injected failure: the next `times` requests for an API answer `code`; with code 0,
@@ -141,7 +154,38 @@ impl Emulator {
             seq: AtomicU64::new(1),
             bodies: Budget::new(MAX_BODY_BYTES_IN_FLIGHT),
             notifier: None,
+            seed: None,
         }
+    }
+
+    /// The same emulator with `seed`'s calls carried out in order, before any callback could
+    /// be posted for them; they are carried out again after each reset. Fails at the first
+    /// call refused (its rules, an unknown account, a cap).
+    pub fn with_seed(self, seed: Option<&Seed>) -> Result<Emulator, SeedRefused> {
+        let emulator = Emulator {
+            seed: seed.cloned(),
+            ..self
+        };
+        emulator.plant()?;
+        Ok(emulator)
+    }
+
+    /// Carries out the seed's calls, as each app's first admin.
+    fn plant(&self) -> Result<(), SeedRefused> {
+        let Some(seed) = &self.seed else {
+            return Ok(());
+        };
+        for (i, call) in seed.calls.iter().enumerate() {
+            self.execute(call.sdkappid, &call.api, &call.body)
+                .map_err(|refusal| SeedRefused {
+                    path: seed.path.clone(),
+                    call: i,
+                    api: call.api.name().to_owned(),
+                    code: refusal.code,
+                    info: refusal.info,
+                })?;
+        }
+        Ok(())
     }
 
     /// The same emulator, posting the callbacks of `apps` that have routes to the callback
@@ -277,6 +321,11 @@ impl Emulator {
         self.c2c.reset();
         self.groups.reset();
         self.ahead.store(0, Ordering::Relaxed);
+        if let Err(refused) = self.plant() {
+            // It was carried out on an empty emulator at the start: only a change of the
+            // emulator's own rules between then and now could refuse it.
+            tracing::warn!(error = %refused, "emulator: the seed was refused after a reset");
+        }
     }
 
     /// Moves the emulator's clock `seconds` ahead.

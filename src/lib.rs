@@ -264,7 +264,15 @@ pub async fn emulate(config: &Config, listener: TcpListener, shutdown: impl Futu
         .listen
         .filter(|addr| addr.port() != 0)
         .map(callback::reachable);
-    let emulator = Arc::new(Emulator::new(&config.apps).with_callbacks(&config.apps, target));
+    // The seed was carried out once already by `timgate`'s start, which refuses a seed the
+    // emulator refuses; a refusal here leaves an empty emulator, said in the log.
+    let emulator = Emulator::new(&config.apps)
+        .with_seed(config.emulator.seed.as_ref())
+        .unwrap_or_else(|refused| {
+            tracing::error!(error = %refused, "emulator: started without its seed");
+            Emulator::new(&config.apps)
+        });
+    let emulator = Arc::new(emulator.with_callbacks(&config.apps, target));
     let handler = move |request| emulator::handle(emulator.clone(), request);
     server::serve(
         listener,

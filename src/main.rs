@@ -122,6 +122,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // A seed is tried on an empty emulator first, so one that Tencent's rules or the
+    // emulator would refuse stops the start (and `check`) like any invalid key.
+    if let Some(seed) = &config.emulator.seed
+        && let Err(refused) = timgate::emulator::Emulator::new(&config.apps).with_seed(Some(seed))
+    {
+        eprintln!(
+            "timgate: invalid configuration {}: {refused}",
+            cli.config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if let Command::Check = command {
         // A closed pipe (`timgate check | head`) is not an error worth a panic.
         let _ = write!(

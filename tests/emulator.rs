@@ -555,3 +555,152 @@ async fn group_list_pages_by_a_64_bit_next_and_reset_forgets_everything() {
     .await;
     assert_eq!(page["TotalCount"], 0);
 }
+
+/// A seed file in a folder of its own, removed with it.
+struct SeedFile(std::path::PathBuf);
+
+impl SeedFile {
+    fn new(name: &str, calls: &serde_json::Value) -> SeedFile {
+        let dir = std::env::temp_dir().join(format!("timgate-seed-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seed.json");
+        std::fs::write(&path, calls.to_string()).unwrap();
+        SeedFile(path)
+    }
+
+    /// `config`'s text with `[emulator] seed` naming this file.
+    fn configured(&self, config: &str) -> String {
+        format!(
+            "{config}[emulator]\nseed = {:?}\n",
+            self.0.display().to_string()
+        )
+    }
+}
+
+impl Drop for SeedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_seed_is_there_from_the_start_and_again_after_a_reset() {
+    use serde_json::json;
+    let seed = SeedFile::new(
+        "kept",
+        &json!([
+            {"SdkAppId": APP, "Api": "im_open_login_svc/multiaccount_import",
+             "Body": {"Accounts": ["alice", "bob"]}},
+            {"SdkAppId": APP, "Api": "group_open_http_svc/create_group",
+             "Body": {"Type": "Public", "Name": "team", "GroupId": "team",
+                      "Owner_Account": "alice", "MemberList": [{"Member_Account": "bob"}]}},
+            {"SdkAppId": APP, "Api": "openim/sendmsg",
+             "Body": {"From_Account": "alice", "To_Account": "bob", "MsgRandom": 1,
+                      "MsgBody": text("seeded")}},
+        ]),
+    );
+    let config = Config::from_toml(&seed.configured(&one_app(APP, "http://127.0.0.1:1"))).unwrap();
+    let emu = emulator(&config).await;
+    // get_appid_group_list takes 1 call a second: the second round waits for its turn.
+    let text_config = one_app(APP, &format!("http://{}", emu.addr)) + "max_queue_wait_ms = 3000\n";
+    let gw = support::gateway(Config::from_toml(&text_config).unwrap()).await;
+    let caller = Caller::default();
+    let roam = json!({"Operator_Account": "bob", "Peer_Account": "alice", "MaxCnt": 10,
+        "MinTime": 0, "MaxTime": u32::MAX});
+    let send = |to: &str| json!({"From_Account": "alice", "To_Account": to, "MsgRandom": 2, "MsgBody": text("hi")});
+    for round in ["at the start", "after a reset"] {
+        let groups = call(
+            &caller,
+            &gw,
+            "group_open_http_svc/get_appid_group_list",
+            json!({}),
+        )
+        .await;
+        assert_eq!(groups["TotalCount"], 1, "{round}: {groups}");
+        assert_eq!(groups["GroupIdList"][0]["GroupId"], "team", "{round}");
+        let history = call(&caller, &gw, "openim/admin_getroammsg", roam.clone()).await;
+        assert_eq!(history["MsgCnt"], 1, "{round}: {history}");
+        assert_eq!(history["MsgList"][0]["MsgBody"], text("seeded"), "{round}");
+        // What was added after the seed is gone after a reset; the seed is not.
+        let to_carol = call(&caller, &gw, "openim/sendmsg", send("carol")).await;
+        assert_eq!(to_carol["ErrorCode"], 90012, "{round}: {to_carol}");
+        let imported = call(
+            &caller,
+            &gw,
+            "im_open_login_svc/account_import",
+            json!({"UserID": "carol"}),
+        )
+        .await;
+        assert_eq!(imported["ErrorCode"], 0, "{round}: {imported}");
+        let to_carol = call(&caller, &gw, "openim/sendmsg", send("carol")).await;
+        assert_eq!(to_carol["ErrorCode"], 0, "{round}: {to_carol}");
+        let reset = caller
+            .post(emu.addr, timgate::emulator::RESET_PATH, "{}")
+            .await;
+        assert_eq!(reset.code(), 0);
+    }
+}
+
+#[test]
+fn a_seed_that_names_an_unknown_app_or_api_is_refused_by_the_configuration() {
+    use serde_json::json;
+    let config = |name: &str, calls: serde_json::Value| {
+        let seed = SeedFile::new(name, &calls);
+        Config::from_toml(&seed.configured(&one_app(APP, "http://127.0.0.1:1")))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let body = json!({"Accounts": ["a"]});
+    let good =
+        json!([{"SdkAppId": APP, "Api": "im_open_login_svc/multiaccount_import", "Body": body}]);
+    assert_eq!(config("good", good), Ok(()));
+    let cases = [
+        (
+            json!([{"SdkAppId": 1, "Api": "im_open_login_svc/multiaccount_import", "Body": body}]),
+            "call 0: SdkAppId 1 is not in [[apps]]",
+        ),
+        (
+            json!([{"SdkAppId": APP, "Api": "no-command", "Body": body}]),
+            "call 0: Api \"no-command\" is not service/command",
+        ),
+        (json!({"Calls": []}), "must be a JSON array"),
+        (
+            json!([{"SdkAppId": APP, "Api": "openim/sendmsg", "Body": []}]),
+            "must be a JSON array",
+        ),
+    ];
+    for (i, (calls, expected)) in cases.into_iter().enumerate() {
+        let refused = config(&format!("bad{i}"), calls).unwrap_err();
+        assert!(
+            refused.contains("emulator.seed") && refused.contains(expected),
+            "{refused}"
+        );
+    }
+}
+
+#[test]
+fn a_seed_the_emulator_refuses_stops_the_start_with_its_answer() {
+    use serde_json::json;
+    let seed = SeedFile::new(
+        "refused",
+        &json!([{"SdkAppId": APP, "Api": "openim/sendmsg",
+                 "Body": {"From_Account": "alice", "To_Account": "nobody", "MsgRandom": 1,
+                          "MsgBody": text("hi")}}]),
+    );
+    let dir = seed.0.parent().unwrap().to_owned();
+    let path = dir.join("timgate.toml");
+    std::fs::write(&path, seed.configured(&one_app(APP, "emulator"))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_timgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("emulator.seed")
+            && stderr.contains("call 0 (openim/sendmsg)")
+            && stderr.contains("ErrorCode 90008"),
+        "{stderr}"
+    );
+}

@@ -36,6 +36,12 @@ pub(crate) const CONFIG: Cap = Cap {
     what: "a configuration file",
 };
 
+/// The emulator's seed file's cap: the configuration file's.
+pub(crate) const SEED: Cap = Cap {
+    bytes: MAX_CONFIG_BYTES,
+    what: "an emulator seed file",
+};
+
 /// A key or token file's cap.
 pub(crate) const KEY: Cap = Cap {
     bytes: MAX_KEY_FILE_BYTES,

@@ -78,6 +78,8 @@ struct Log {
 #[derive(Serialize)]
 struct Emulator {
     listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -144,6 +146,7 @@ pub(super) fn to_toml(config: &Config) -> String {
         },
         emulator: Emulator {
             listen: config.emulator.listen.to_string(),
+            seed: config.emulator.seed.as_ref().map(|seed| seed.path.clone()),
         },
         fleet: config.fleet.as_ref().map(|fleet| Fleet {
             redis_url: fleet.redis.to_string(),

@@ -127,12 +127,14 @@ fn default_log_format() -> LogFormat {
 #[serde(deny_unknown_fields, default)]
 struct RawEmulator {
     listen: String,
+    seed: Option<String>,
 }
 
 impl Default for RawEmulator {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9000".into(),
+            seed: None,
         }
     }
 }
@@ -220,6 +222,12 @@ impl RawConfig {
         super::callers::check_exposure(server.listen, server.allow_anonymous, &callers)?;
         let embedded = apps.iter().any(|a| a.endpoint == Endpoint::Emulator);
         let emulator = self.emulator.validate(embedded, &server)?;
+        let seed = self
+            .emulator
+            .seed
+            .as_deref()
+            .map(|path| super::read_seed(path, &apps))
+            .transpose()?;
         let fleet = self.fleet.validate()?;
         if let Some(fleet) = &fleet {
             quotas_fit_replicas(&apps, fleet.replicas)?;
@@ -234,7 +242,10 @@ impl RawConfig {
         let callbacks = super::callbacks::validate(self.callbacks, &apps, &taken)?;
         Ok(Config {
             server,
-            emulator: Emulator { listen: emulator },
+            emulator: Emulator {
+                listen: emulator,
+                seed,
+            },
             log: Log {
                 format: self.log.format,
             },
