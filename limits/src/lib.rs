@@ -35,9 +35,11 @@
 //! says so: a turn granted now then passes the fleet's guard in the same Redis call, and
 //! `send_now` is left with this replica's own guard.
 
+mod backend;
 mod fleet;
 mod keyed;
 mod lane;
+mod local;
 pub mod series;
 pub mod spec;
 pub mod table;
@@ -60,7 +62,8 @@ use lane::{Lane, guard};
 pub use lane::{TokioClock, TokioInstant};
 pub use table::{DEFAULT_API_RATE, Per, Quota};
 
-use fleet::{Ask, Begun, Fleet, Group, Underway};
+use backend::{AppBackend, Backend, Implicit};
+use fleet::{Ask, Fleet};
 pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 pub use series::FleetSeries;
 pub use spec::{AppSpec, CallerSpec, FleetSpec};
@@ -90,7 +93,8 @@ pub struct Throttled {
 #[derive(Default)]
 pub struct Limiter {
     waiting: Arc<AtomicUsize>,
-    fleet: Option<Arc<Fleet>>,
+    /// Where the lanes are kept: here alone, or shared with a fleet.
+    backend: Backend,
     /// The last moment a turn may be granted, once the limiter closes (a drain).
     closing: Arc<watch::Sender<Option<Instant>>>,
 }
@@ -100,8 +104,19 @@ impl Limiter {
     pub fn new(fleet: Option<impl Into<FleetSpec>>, series: FleetSeries) -> Limiter {
         Limiter {
             waiting: Arc::default(),
-            fleet: fleet.map(|f| Fleet::start(&f.into(), series)),
+            backend: fleet.map_or(Backend::Local, |f| {
+                Backend::Fleet(Fleet::start(&f.into(), series))
+            }),
             closing: Arc::default(),
+        }
+    }
+
+    /// A limiter sharing its lanes through `fleet` (the simulations' own fleet).
+    #[cfg(test)]
+    fn on(fleet: Arc<Fleet>) -> Limiter {
+        Limiter {
+            backend: Backend::Fleet(fleet),
+            ..Limiter::default()
         }
     }
 
@@ -151,7 +166,7 @@ impl Limiter {
         callers: impl Iterator<Item = CallerSpec<'c>>,
         previous: Option<&Lanes>,
     ) -> Lanes {
-        let limit = |scope, limit: NonZeroU32, before: Option<&Arc<Limit>>, key: Option<String>| {
+        let limit = |scope, limit: NonZeroU32, before: Option<&Arc<Limit>>, key: String| {
             let lane = match before {
                 Some(before) if before.limit() == limit => return before.clone(),
                 Some(before) => Lane::succeed(&before.lane, limit),
@@ -159,11 +174,10 @@ impl Limiter {
             };
             Arc::new(Limit {
                 lane,
-                key: key.unwrap_or_default(),
+                key,
                 fallback: Mutex::new(None),
             })
         };
-        let fleet = self.fleet.as_ref();
         let mut apis: HashMap<String, ApiLanes> = app
             .api_limits
             .iter()
@@ -171,7 +185,7 @@ impl Limiter {
                 let before = previous
                     .and_then(|p| p.apis.get(api))
                     .and_then(|l| l.calls.as_ref());
-                let key = fleet.map(|f| f.key(app.sdkappid, Some(api)));
+                let key = self.backend.key(app.sdkappid, Some(api));
                 let lanes = ApiLanes {
                     calls: Some(limit(Scope::Api, *n, before, key)),
                     ..ApiLanes::default()
@@ -182,7 +196,7 @@ impl Limiter {
         let callers = callers
             .map(|(name, n)| {
                 let before = previous.and_then(|p| p.callers.get(name));
-                let key = fleet.map(|f| f.caller_key(app.sdkappid, name));
+                let key = self.backend.caller_key(app.sdkappid, name);
                 (name.to_owned(), limit(Scope::Caller, n, before, key))
             })
             .collect();
@@ -199,39 +213,17 @@ impl Limiter {
                 .lanes
                 .push(kept.unwrap_or_else(|| Arc::new(QuotaLanes::new(quota, quota.rate))));
         }
-        let implicit = match previous {
-            // The implicit lanes never change (DEFAULT_API_RATE): a reload keeps them.
-            Some(previous) => previous.implicit.clone(),
-            None => self.fleet.is_none().then(|| {
-                let default = NonZeroU32::new(DEFAULT_API_RATE).unwrap_or(NonZeroU32::MIN);
-                let second = Duration::from_secs(1);
-                Arc::new(Keyed::new(Scope::Api, default, second, NonZeroU32::MIN))
-            }),
-        };
-        // In a fleet, an app whose own limit is above an API's needs the implicit per-API
-        // lanes shared too; at or below it, the app lane is the stricter and suffices.
-        let shared_implicit = match fleet {
-            Some(_) if app.rate_limit.get() > DEFAULT_API_RATE => Some(
-                previous
-                    .and_then(|p| p.shared_implicit.clone())
-                    .unwrap_or_else(|| Arc::new(SharedImplicit::new(app.sdkappid))),
-            ),
-            _ => None,
-        };
         Lanes {
-            sdkappid: app.sdkappid,
             app: limit(
                 Scope::App,
                 app.rate_limit,
                 previous.map(|p| &p.app),
-                fleet.map(|f| f.key(app.sdkappid, None)),
+                self.backend.key(app.sdkappid, None),
             ),
             apis,
             callers,
-            implicit,
-            shared_implicit,
             waiting: self.waiting.clone(),
-            fleet: self.fleet.as_ref().map(|fleet| fleet.group(app.sdkappid)),
+            backend: self.backend.app(app, previous.map(|p| &p.backend)),
             closing: Closing(self.closing.subscribe()),
         }
     }
@@ -243,9 +235,7 @@ impl Limiter {
 
     /// Gives this replica's fleet claim back; call once no request will be sent any more.
     pub async fn leave(&self) {
-        if let Some(fleet) = &self.fleet {
-            fleet.leave().await;
-        }
+        self.backend.leave().await;
     }
 }
 
@@ -264,103 +254,18 @@ impl Limit {
     fn limit(&self) -> NonZeroU32 {
         self.lane.newest().limit
     }
-
-    fn ask(&self) -> Ask {
-        Ask::calls(self.key.clone(), self.limit(), self.lane.scope)
-    }
-
-    /// The lane at this replica's share now; `Throttled` when the share is nothing.
-    fn fallback(&self, fleet: &Group) -> Result<Arc<Lane>, Throttled> {
-        let share = fleet.share(self.limit()).ok_or(Throttled {
-            scope: self.lane.scope,
-            retry_after: Duration::from_secs(1),
-        })?;
-        let mut fallback = self
-            .fallback
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &*fallback {
-            Some((n, lane)) if *n == share => Ok(lane.clone()),
-            Some((_, before)) => {
-                // A new share takes over the old one's sends, as a reloaded limit does.
-                let lane = Lane::succeed(before, share);
-                *fallback = Some((share, lane.clone()));
-                Ok(lane)
-            }
-            None => {
-                let lane = Arc::new(Lane::new(self.lane.scope, share));
-                *fallback = Some((share, lane.clone()));
-                Ok(lane)
-            }
-        }
-    }
 }
 
 /// One app's limits, found once when a request is routed to the app.
 pub struct Lanes {
-    sdkappid: u64,
     app: Arc<Limit>,
     apis: HashMap<String, ApiLanes>,
     /// Callers with a `rate_limit` of their own, by name.
     callers: HashMap<String, Arc<Limit>>,
-    /// The lane of every API without a calls limit of its own, keyed by its name (without
-    /// a fleet).
-    implicit: Option<Arc<Keyed>>,
-    /// In a fleet, the same implicit lanes kept in Redis (only for an app whose own limit is
-    /// above `DEFAULT_API_RATE`).
-    shared_implicit: Option<Arc<SharedImplicit>>,
     waiting: Arc<AtomicUsize>,
-    /// In a fleet, this app's part of it.
-    fleet: Option<Arc<Group>>,
+    /// Where the app's lanes are kept beyond this replica's own: nowhere, or in the fleet.
+    backend: AppBackend,
     closing: Closing,
-}
-
-/// The most implicit per-API lanes an app keeps for the fleet at once.
-const SHARED_IMPLICIT_MOST: usize = 1024;
-
-/// One app's implicit per-API lanes in a fleet, by API name: each a `Limit` at
-/// `DEFAULT_API_RATE` on the API's Redis key. At most `SHARED_IMPLICIT_MOST`: past that, the
-/// lanes no turn holds and as a fresh one would be are dropped (exact, as in `keyed`); when
-/// every lane is busy, a new API is refused (429) as if its lane were full.
-struct SharedImplicit {
-    sdkappid: u64,
-    limits: Mutex<HashMap<String, Arc<Limit>>>,
-}
-
-impl SharedImplicit {
-    fn new(sdkappid: u64) -> SharedImplicit {
-        SharedImplicit {
-            sdkappid,
-            limits: Mutex::default(),
-        }
-    }
-
-    fn limit(&self, fleet: &Group, api: &str, now: Instant) -> Result<Arc<Limit>, Throttled> {
-        let mut limits = self
-            .limits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(limit) = limits.get(api) {
-            return Ok(limit.clone());
-        }
-        let default = NonZeroU32::new(DEFAULT_API_RATE).unwrap_or(NonZeroU32::MIN);
-        if limits.len() >= SHARED_IMPLICIT_MOST {
-            limits.retain(|_, l| Arc::strong_count(l) > 1 || !l.lane.is_fresh(now));
-            if limits.len() >= SHARED_IMPLICIT_MOST {
-                return Err(Throttled {
-                    scope: Scope::Api,
-                    retry_after: Duration::from_secs(1) / default.get(),
-                });
-            }
-        }
-        let limit = Arc::new(Limit {
-            lane: Arc::new(Lane::new(Scope::Api, default)),
-            key: fleet.key(self.sdkappid, Some(api)),
-            fallback: Mutex::new(None),
-        });
-        limits.insert(api.to_owned(), limit.clone());
-        Ok(limit)
-    }
 }
 
 /// The limiter's closing time as the lanes see it ([`Limiter::close_at`]).
@@ -405,33 +310,6 @@ impl ApiLanes {
     fn lanes_of(&self, quota: &Quota) -> Option<Arc<QuotaLanes>> {
         let i = self.quotas.iter().position(|q| q == quota)?;
         self.lanes.get(i).cloned()
-    }
-
-    /// The quotas' lanes at this replica's share for the loss of Redis `generation`;
-    /// `Throttled` when the share of one is nothing.
-    fn fallback(&self, fleet: &Group, generation: u64) -> Result<Vec<Arc<QuotaLanes>>, Throttled> {
-        let mut fallback = self
-            .fallback
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((made, lanes)) = &*fallback
-            && *made == generation
-        {
-            return Ok(lanes.clone());
-        }
-        let lanes = self
-            .quotas
-            .iter()
-            .map(|quota| {
-                let share = fleet.share(quota.rate).ok_or(Throttled {
-                    scope: Scope::Api,
-                    retry_after: quota.per.period(),
-                })?;
-                Ok(Arc::new(QuotaLanes::new(quota, share)))
-            })
-            .collect::<Result<Vec<_>, Throttled>>()?;
-        *fallback = Some((generation, lanes.clone()));
-        Ok(lanes)
     }
 }
 
@@ -555,16 +433,11 @@ impl Lanes {
     /// (a quota's): a turn of `api` asked by a caller that holds a ready connection may pass
     /// its send-time guard in the same Redis call ([`Lanes::ask`]).
     pub fn guards_with_turn(&self, api: &str) -> bool {
-        let local = self.implicit.is_some()
-            || self
-                .apis
-                .get(api)
-                .is_some_and(|lanes| !lanes.lanes.is_empty());
-        !local
-            && self
-                .fleet
-                .as_ref()
-                .is_some_and(|fleet| fleet.fallback_in().is_none())
+        let quotas = self
+            .apis
+            .get(api)
+            .is_some_and(|lanes| !lanes.lanes.is_empty());
+        !quotas && self.backend.guards_with_turn()
     }
 
     /// The first phase of `turn_as`: the turn granted now, or a wait for it. A caller that
@@ -581,36 +454,8 @@ impl Lanes {
         max_wait: Duration,
         ready: bool,
     ) -> Result<Asked<'_>, Throttled> {
-        let mut turn = self.prepare(api, caller, measured, max_wait)?;
-        let Some(fleet) = self.fleet.as_ref() else {
-            return Ok(Asked::Waiting(Waiting::new(self.wait_local(turn))));
-        };
-        if !turn.local.is_empty() || fleet.fallback_in().is_some() {
-            let waiting = self.wait_fleet(turn, fleet, None, max_wait);
-            return Ok(Asked::Waiting(Waiting::new(waiting)));
-        }
-        let start = Instant::now();
-        let begun = {
-            let _waiting = Queued::enter(&self.waiting);
-            let budget = self.closing.budget(start, max_wait);
-            fleet.begin(&turn.asks(), budget, ready).await?
-        };
-        match begun {
-            Begun::Granted(guarded) => {
-                turn.guarded = guarded;
-                Ok(Asked::Granted(turn))
-            }
-            Begun::Underway(underway) => {
-                let left = max_wait.saturating_sub(start.elapsed());
-                let waiting = self.wait_fleet(turn, fleet, Some(underway), left);
-                Ok(Asked::Waiting(Waiting::new(waiting)))
-            }
-            Begun::Lost => {
-                let left = max_wait.saturating_sub(start.elapsed());
-                let waiting = self.wait_fleet(turn, fleet, None, left);
-                Ok(Asked::Waiting(Waiting::new(waiting)))
-            }
-        }
+        let turn = self.prepare(api, caller, measured, max_wait)?;
+        self.backend.ask(self, turn, ready).await
     }
 
     /// The turn of a request of `caller` for `api`, not yet waited for.
@@ -633,138 +478,24 @@ impl Lanes {
             ));
         }
         let mut calls = lanes.and_then(|l| l.calls.clone());
-        if let (None, Some(shared), Some(fleet)) = (&calls, &self.shared_implicit, &self.fleet) {
-            calls = Some(shared.limit(fleet, api, now)?);
-        }
-        if let (None, Some(implicit)) = (&calls, &self.implicit) {
-            local.push((implicit.lane(api, now)?, NonZeroU32::MIN));
+        if calls.is_none() {
+            match self.backend.implicit(api, now)? {
+                Implicit::Lane(lane) => local.push((lane, NonZeroU32::MIN)),
+                Implicit::Limit(limit) => calls = Some(limit),
+                Implicit::App => {}
+            }
         }
         Ok(Turn {
             guarded: false,
             caller: caller.and_then(|name| self.callers.get(name)).map(|l| &**l),
             local,
-            quotas: self.quota_asks(lanes, measured),
+            quotas: self.backend.quota_asks(lanes, measured),
             entry: lanes,
             api: calls,
             app: &self.app,
-            fleet: self.fleet.as_ref(),
+            backend: &self.backend,
             max_wait,
         })
-    }
-
-    /// In a fleet, each quota's lane in Redis: the quota's, or the key's within it.
-    fn quota_asks(&self, lanes: Option<&ApiLanes>, measured: &[Measured]) -> Vec<Ask> {
-        let (Some(fleet), Some(lanes)) = (&self.fleet, lanes) else {
-            return Vec::new();
-        };
-        let ask = |(i, quota): (usize, &Quota)| {
-            let measured = measured.get(i);
-            let key = quota
-                .key
-                .as_ref()
-                .map(|_| measured.and_then(|m| m.key.as_deref()).unwrap_or(""));
-            Ask {
-                key: fleet.quota_key(self.sdkappid, &quota.api, i, key),
-                limit: quota.rate,
-                scope: Scope::Api,
-                period: quota.per.period(),
-                cost: measured.map_or(NonZeroU32::MIN, |m| m.cost),
-                largest: quota.largest_cost(),
-            }
-        };
-        lanes.quotas.iter().enumerate().map(ask).collect()
-    }
-
-    /// The wait for a turn on this replica's lanes alone.
-    async fn wait_local<'a>(&'a self, turn: Turn<'a>) -> Result<Turn<'a>, Throttled> {
-        let lanes: Vec<(&Lane, NonZeroU32)> = turn.lanes().collect();
-        pace(&lanes, turn.max_wait, &self.waiting, &self.closing).await?;
-        Ok(turn)
-    }
-
-    /// The wait for a turn in a fleet, no longer than `max_wait`: this replica's own lanes
-    /// first, then Redis's (the rest of a turn `underway` there), or the fallback share's
-    /// while Redis is gone.
-    async fn wait_fleet<'a>(
-        &'a self,
-        turn: Turn<'a>,
-        fleet: &'a Arc<Group>,
-        underway: Option<Underway>,
-        max_wait: Duration,
-    ) -> Result<Turn<'a>, Throttled> {
-        let start = Instant::now();
-        let local: Vec<(&Lane, NonZeroU32)> = turn.local.iter().map(|(l, c)| (&**l, *c)).collect();
-        pace(&local, max_wait, &self.waiting, &self.closing).await?;
-        let budget = max_wait.saturating_sub(start.elapsed());
-        self.shared(fleet, &turn, budget, underway).await?;
-        Ok(turn)
-    }
-
-    /// A turn in Redis (going on from `underway` when its first call was made), or on this
-    /// replica's share while Redis is gone.
-    async fn shared(
-        &self,
-        fleet: &Arc<Group>,
-        turn: &Turn<'_>,
-        max_wait: Duration,
-        mut underway: Option<Underway>,
-    ) -> Result<(), Throttled> {
-        let start = Instant::now();
-        let _waiting = Queued::enter(&self.waiting);
-        loop {
-            if let Some(underway) = underway.take() {
-                if fleet.finish(&turn.asks(), underway, &self.closing).await? {
-                    return Ok(());
-                }
-                continue;
-            }
-            let budget = self
-                .closing
-                .budget(Instant::now(), max_wait.saturating_sub(start.elapsed()));
-            match fleet.fallback_in() {
-                None => {
-                    if fleet.turn(&turn.asks(), budget, &self.closing).await? {
-                        return Ok(());
-                    }
-                }
-                Some(wait) if wait > budget => {
-                    return Err(Throttled {
-                        scope: Scope::App,
-                        retry_after: wait,
-                    });
-                }
-                Some(wait) => match self.on_share(fleet, turn, wait, budget).await? {
-                    true => return Ok(()),
-                    false => continue,
-                },
-            }
-        }
-    }
-
-    /// A turn on this replica's fallback share, which may be spent `wait` from now: `false`
-    /// when a quota over a longer window may not be spent yet (ask again after that wait).
-    async fn on_share(
-        &self,
-        fleet: &Group,
-        turn: &Turn<'_>,
-        wait: Duration,
-        budget: Duration,
-    ) -> Result<bool, Throttled> {
-        let lanes = match turn.fallback_lanes(fleet) {
-            Ok(lanes) => lanes,
-            Err(throttled) if throttled.retry_after < budget => {
-                tokio::time::sleep(throttled.retry_after).await;
-                return Ok(false);
-            }
-            Err(throttled) => return Err(throttled),
-        };
-        let lanes: Vec<(&Lane, NonZeroU32)> = lanes.iter().map(|(l, c, _)| (&**l, *c)).collect();
-        // In line from when the share may be spent: the requests that wait for it keep
-        // their order, and do not all wake at that moment.
-        let from = Instant::now() + wait;
-        let waiting = AtomicUsize::new(0);
-        pace_from(&lanes, from, budget, &waiting, &self.closing).await?;
-        Ok(true)
     }
 
     /// `turn` then `send_now`, for a caller with nothing to prepare in between.
@@ -775,33 +506,20 @@ impl Lanes {
     /// Tencent said `scope` is over its limit: run it slower for a while (in the fleet: for
     /// every replica).
     pub fn slow_down(&self, api: &str, scope: Scope) {
-        let limit = match (scope, &self.shared_implicit, &self.fleet) {
-            (Scope::Api, shared, fleet) => {
-                let own = self.apis.get(api).and_then(|l| l.calls.clone());
-                own.or_else(|| {
-                    let (shared, fleet) = (shared.as_ref()?, fleet.as_ref()?);
-                    shared.limit(fleet, api, Instant::now()).ok()
-                })
-            }
-            (Scope::App | Scope::Caller, _, _) => None,
+        let own = match scope {
+            Scope::Api => self.apis.get(api).and_then(|l| l.calls.clone()),
+            Scope::App | Scope::Caller => None,
         };
-        if let (Scope::Api, None, Some(implicit)) = (scope, &limit, &self.implicit) {
-            // Its own lane, kept by name; a table too busy to hold it has nothing to slow.
-            if let Ok(lane) = implicit.lane(api, Instant::now()) {
-                lane.slow_down(Instant::now());
+        let limit = match own {
+            Some(own) => own,
+            None if scope == Scope::Api => {
+                self.backend.slow_implicit(api, &self.app);
+                return;
             }
-            return;
-        }
-        // In a fleet, an API without its own lane (an app at or under DEFAULT_API_RATE) runs
-        // in its app's lane: that one slows.
-        let limit = limit.as_deref().unwrap_or(&self.app);
+            None => self.app.clone(),
+        };
         limit.lane.slow_down(Instant::now());
-        if let Some(fleet) = &self.fleet {
-            fleet.slow_down(limit.key.clone(), limit.limit());
-            if let Ok(lane) = limit.fallback(fleet) {
-                lane.slow_down(Instant::now());
-            }
-        }
+        self.backend.slow_down(&limit);
     }
 }
 
@@ -925,7 +643,8 @@ pub struct Turn<'a> {
     entry: Option<&'a ApiLanes>,
     api: Option<Arc<Limit>>,
     app: &'a Limit,
-    fleet: Option<&'a Arc<Group>>,
+    /// The app's backend, whose send-time guard follows this replica's own.
+    backend: &'a AppBackend,
     /// The longest the turn could wait; the send-time guard waits no longer, in any mode
     /// (a send that would wait longer is refused), so a request's waits for the limit add
     /// up to at most twice it, which the proxy keeps within its queue wait and deadline.
@@ -939,54 +658,6 @@ impl Turn<'_> {
             .into_iter()
             .chain(self.api.as_deref())
             .chain([self.app])
-    }
-
-    /// What this attempt asks of Redis, narrowest first.
-    fn asks(&self) -> Vec<Ask> {
-        let mut asks: Vec<Ask> = self.caller.map(Limit::ask).into_iter().collect();
-        asks.extend(self.quotas.iter().cloned());
-        asks.extend(
-            self.api
-                .as_deref()
-                .into_iter()
-                .chain([self.app])
-                .map(Limit::ask),
-        );
-        asks
-    }
-
-    /// The lanes at this replica's fallback share that this attempt passes, with its cost
-    /// and each lane's window; `Throttled` when a share is nothing or may not be spent yet.
-    fn fallback_lanes(
-        &self,
-        fleet: &Group,
-    ) -> Result<Vec<(Arc<Lane>, NonZeroU32, Duration)>, Throttled> {
-        let second = Duration::from_secs(1);
-        let mut lanes = Vec::new();
-        if let Some(entry) = self.entry.filter(|e| !e.quotas.is_empty()) {
-            let now = Instant::now();
-            let mut generation = 0;
-            for ask in &self.quotas {
-                let (made, wait) = fleet.fallback_period(ask.period);
-                if !wait.is_zero() {
-                    return Err(Throttled {
-                        scope: Scope::Api,
-                        retry_after: wait,
-                    });
-                }
-                generation = made;
-            }
-            let quota_lanes = entry.fallback(fleet, generation)?;
-            // A keyed quota's lanes here are keyed by the lane's Redis key, one per value.
-            for (quota_lanes, ask) in quota_lanes.iter().zip(&self.quotas) {
-                let lane = quota_lanes.lane(Some(&ask.key), now)?;
-                lanes.push((lane, ask.cost, ask.period));
-            }
-        }
-        for limit in self.limits() {
-            lanes.push((limit.fallback(fleet)?, NonZeroU32::MIN, second));
-        }
-        Ok(lanes)
     }
 
     /// Every lane this attempt passes and what it costs there, narrowest first: the
@@ -1018,38 +689,7 @@ impl Turn<'_> {
             }
         }
         guard(&lanes, by).await?;
-        match self.fleet {
-            Some(fleet) => self.send_in(fleet, by).await,
-            None => Ok(()),
-        }
-    }
-
-    /// The fleet's send-time guard, by `by`: Redis's, or this replica's share's while Redis
-    /// is gone.
-    async fn send_in(&self, fleet: &Arc<Group>, by: Instant) -> Result<(), Throttled> {
-        loop {
-            match fleet.fallback_in() {
-                None => {
-                    if fleet.guard(&self.asks(), by).await? {
-                        return Ok(());
-                    }
-                }
-                Some(wait) if !wait.is_zero() => {
-                    return Err(Throttled {
-                        scope: Scope::App,
-                        retry_after: wait,
-                    });
-                }
-                Some(_) => {
-                    let lanes = self.fallback_lanes(fleet)?;
-                    let lanes: Vec<(&Lane, NonZeroU32, Duration)> =
-                        lanes.iter().map(|(l, c, p)| (&**l, *c, *p)).collect();
-                    if fleet.fallback_send(&lanes, by).await? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        self.backend.send(&self, by).await
     }
 }
 
