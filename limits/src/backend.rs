@@ -9,9 +9,10 @@ use tokio::time::Instant;
 
 use crate::fleet::{Ask, Fleet, Shared};
 use crate::lane::Lane;
+use crate::limit::{ApiLanes, Limit};
 use crate::local::Local;
 use crate::spec::AppSpec;
-use crate::{ApiLanes, Asked, Lanes, Limit, Measured, Throttled, Turn};
+use crate::{Asked, Lanes, Measured, Throttled, Turn};
 
 /// Where a limiter keeps its lanes.
 #[derive(Default)]

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use crate::keyed::Keyed;
 use crate::lane::Lane;
+use crate::pace::pace;
 use crate::table::DEFAULT_API_RATE;
-use crate::{Asked, Lanes, Scope, Throttled, Turn, Waiting, pace};
+use crate::{Asked, Lanes, Scope, Throttled, Turn, Waiting};
 
 /// One app's lanes as this replica alone keeps them.
 pub(crate) struct Local {

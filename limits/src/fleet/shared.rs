@@ -15,12 +15,11 @@ use tokio::time::Instant;
 
 use super::{Ask, Begun, Fleet, Group, Underway};
 use crate::lane::Lane;
+use crate::limit::{ApiLanes, Limit, QuotaLanes};
+use crate::pace::{Queued, pace, pace_from};
 use crate::spec::AppSpec;
 use crate::table::{DEFAULT_API_RATE, Quota};
-use crate::{
-    ApiLanes, Asked, Lanes, Limit, Measured, Queued, QuotaLanes, Scope, Throttled, Turn, Waiting,
-    pace, pace_from,
-};
+use crate::{Asked, Lanes, Measured, Scope, Throttled, Turn, Waiting};
 
 /// One app's part of the fleet, as its lanes see it.
 pub(crate) struct Shared {
