@@ -69,6 +69,7 @@ pub use self::group::Group;
 pub(super) use self::group::{Begun, Underway};
 use self::link::Link;
 use self::mode::{Answered, Machine, Mode};
+pub(super) use self::shared::Shared;
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::series::FleetSeries;
@@ -523,5 +524,6 @@ mod cause;
 mod group;
 mod link;
 mod mode;
+mod shared;
 #[cfg(test)]
 mod tests;

@@ -214,10 +214,7 @@ impl Sim {
                     NonZeroU32::new(3).unwrap(),
                     FleetSeries::default(),
                 );
-                let limiter = Limiter {
-                    fleet: Some(fleet.clone()),
-                    ..Limiter::default()
-                };
+                let limiter = Limiter::on(fleet.clone());
                 let lanes = Arc::new(limiter.lanes(&app));
                 Replica {
                     redis,
