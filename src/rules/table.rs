@@ -140,7 +140,11 @@ const MSG_INVALID: u32 = 90010;
 const MSG_RANDOM: u32 = 90005;
 /// `MsgBody` not an array (…/269/2282).
 const MSG_BODY_NOT_ARRAY: u32 = 90007;
-/// A `MsgBody` element that is not in the message format (…/269/2282, …/269/2720).
+/// A `MsgBody` that is not in the message format (…/269/2282, …/269/2720): an element of
+/// an unknown type or without its fields, or no element at all. Tencent's error table gives
+/// 90002 as "MsgBody 不符合消息格式描述" (confirmed in the SDKs' copy of …/269/1671); that
+/// an empty `MsgBody` answers 90002 rather than 90001 is unconfirmed: check it against the
+/// sendmsg page's error table (…/269/2282).
 const MSG_BODY_INVALID: u32 = 90002;
 /// More than 500 recipients in one batchsendmsg (…/269/1612).
 const MSG_TOO_MANY_RECIPIENTS: u32 = 90011;
@@ -215,12 +219,14 @@ const fn group(field: &'static str, check: super::Check) -> Rule {
     coded(field, check, GROUP_INVALID)
 }
 
-/// The message body rules a one-to-one message shares (…/269/2282, …/269/1612).
-const C2C_BODY: [Rule; 8] = [
+/// The message body rules a one-to-one message shares (…/269/2282, …/269/1612). `MsgBody`
+/// is required and holds the message's elements: an empty one is no message.
+const C2C_BODY: [Rule; 9] = [
     coded("MsgRandom", Required(Integer), MSG_RANDOM),
     coded("MsgRandom", MinValue(0), MSG_RANDOM),
     coded("MsgRandom", MaxValue(4_294_967_295), MSG_RANDOM),
     coded("MsgBody", Required(Array), MSG_BODY_NOT_ARRAY),
+    coded("MsgBody", NonEmpty, MSG_BODY_INVALID),
     coded("MsgBody[]", Elements(ELEMENTS), MSG_BODY_INVALID),
     coded("MsgBody", MaxJsonBytes(MAX_MSG_BYTES), MSG_TOO_LONG),
     coded("MsgLifeTime", MinValue(0), MSG_LIFETIME),
@@ -285,6 +291,7 @@ const SENDMSG: &[Rule] = &[
     C2C_BODY[5],
     C2C_BODY[6],
     C2C_BODY[7],
+    C2C_BODY[8],
 ];
 
 // batchsendmsg (…/269/1612): at most 500 recipients a call (90011).
@@ -303,6 +310,7 @@ const BATCHSENDMSG: &[Rule] = &[
     C2C_BODY[5],
     C2C_BODY[6],
     C2C_BODY[7],
+    C2C_BODY[8],
 ];
 
 // admin_getroammsg (…/269/42794): both accounts, a count and a time range.
@@ -390,7 +398,8 @@ const GET_APPID_GROUP_LIST: &[Rule] = &[
 ];
 
 // send_group_msg (…/269/1629): Random a 32-bit unsigned integer, a valid MsgBody of at
-// most 12 KB.
+// most 12 KB with at least one element. An empty MsgBody answers the group APIs' 10004
+// here, unconfirmed: check it against the page's error table (…/269/1629).
 const SEND_GROUP_MSG: &[Rule] = &[
     GROUP_ID[0],
     GROUP_ID[1],
@@ -399,6 +408,7 @@ const SEND_GROUP_MSG: &[Rule] = &[
     coded("Random", MinValue(0), MSG_RANDOM),
     coded("Random", MaxValue(4_294_967_295), MSG_RANDOM),
     group("MsgBody", Required(Array)),
+    group("MsgBody", NonEmpty),
     group("MsgBody[]", Elements(ELEMENTS)),
     coded("MsgBody", MaxJsonBytes(MAX_MSG_BYTES), GROUP_MSG_TOO_LONG),
 ];
