@@ -79,6 +79,19 @@ pub struct Groups {
     store: Mutex<Store>,
 }
 
+/// What a group's lifecycle callbacks say of it: its type, name, owner and members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// `Type`, e.g. `Public`.
+    pub kind: String,
+    /// `Name`.
+    pub name: String,
+    /// `Owner_Account`.
+    pub owner: String,
+    /// Every member's account, the owner first, in joining order.
+    pub members: Vec<String>,
+}
+
 /// Who asks, and when: the app, the admin account and Unix seconds now.
 pub struct Asker<'a> {
     /// The app.
@@ -364,6 +377,18 @@ impl Groups {
             .collect();
         let finished = older.next().is_none();
         Ok(json!({"GroupId": id, "IsFinished": u8::from(finished), "RspMsgList": list}))
+    }
+
+    /// Group `id` of `sdkappid` as its lifecycle callbacks describe it, if it exists.
+    pub fn facts(&self, sdkappid: u64, id: &str) -> Option<Facts> {
+        let store = self.lock();
+        let group = store.groups.get(&(sdkappid, id.to_owned()))?;
+        Some(Facts {
+            kind: group.kind.clone(),
+            name: group.name.clone(),
+            owner: group.owner.clone(),
+            members: group.members.iter().map(|m| m.account.clone()).collect(),
+        })
     }
 
     /// Whether group `id` of `sdkappid` exists.
