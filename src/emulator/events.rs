@@ -3,7 +3,8 @@
 //! cloud.tencent.com/document/product/269/1632 and …/269/1619; the group lifecycle pages,
 //! trtc.io/document/34369, …/34377, …/34372, …/34373; the live room pages,
 //! trtc.io/document/64422 and …/64423). A before-send event comes with the code its
-//! refusal answers the REST caller: 20006 for a C2C message, 10016 for a group one.
+//! refusal answers the REST caller: 20006 for a C2C message, 10016 for a group one (both
+//! confirmed in Tencent's error table …/269/1671, as its Web SDK carries it).
 
 use serde_json::{Map, Value, json};
 
