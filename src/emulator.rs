@@ -409,13 +409,7 @@ impl Emulator {
             "group_open_http_svc/get_group_member_info" => self.groups.member_info(sdkappid, body),
             "group_open_http_svc/get_appid_group_list" => self.groups.list(sdkappid, body),
             "group_open_http_svc/send_group_msg" => {
-                let id = body.get("GroupId").and_then(Value::as_str).unwrap_or("");
-                if !self.groups.exists(sdkappid, id) {
-                    return Err(Refusal::new(
-                        groups::NO_GROUP,
-                        format!("group {id} does not exist or was dissolved"),
-                    ));
-                }
+                self.group_exists(caller, body)?;
                 self.groups.send(&asker, body, fresh()?)
             }
             "group_open_http_svc/group_msg_get_simple" => self.groups.history(sdkappid, body),
@@ -432,6 +426,78 @@ impl Emulator {
                 .is_some_and(|t| t.admins.iter().any(|a| a == user))
     }
 
+    /// What Tencent checks of a message before anything else happens to it (and so before
+    /// any callback is posted for it): the API's rules, then that its sender, recipients or
+    /// group exist. `carry_out` makes the same checks again, for calls that post nothing.
+    fn precheck(
+        &self,
+        caller: &Caller,
+        api: &Api,
+        parsed: &serde_json_borrow::Value<'_>,
+        body: &Map<String, Value>,
+    ) -> Result<(), Refusal> {
+        if let Some(rules) = rules::for_api(api.name()) {
+            rules::check(rules, parsed)?;
+        }
+        match api.name() {
+            "openim/sendmsg" => self.c2c_accounts(caller, body).map(drop),
+            "openim/batchsendmsg" => self.batch_accounts(caller, body).map(drop),
+            "group_open_http_svc/send_group_msg" => self.group_exists(caller, body),
+            _ => Ok(()),
+        }
+    }
+
+    /// `sendmsg`'s sender and recipient, both of which must exist (90008, 90012).
+    fn c2c_accounts<'b>(
+        &self,
+        caller: &'b Caller,
+        body: &'b Map<String, Value>,
+    ) -> Result<(&'b str, &'b str), Refusal> {
+        let from = sender(caller, body);
+        let to = body.get("To_Account").and_then(Value::as_str).unwrap_or("");
+        c2c::require(self.known(caller, from), c2c::FROM_NOT_IMPORTED, from)?;
+        c2c::require(self.known(caller, to), c2c::TO_NOT_IMPORTED, to)?;
+        Ok((from, to))
+    }
+
+    /// `batchsendmsg`'s recipients that exist and those that do not; refused as a whole
+    /// when the sender does not exist (90008) or none of them does (90012), as Tencent
+    /// answers FAIL then.
+    fn batch_accounts<'b>(
+        &self,
+        caller: &Caller,
+        body: &'b Map<String, Value>,
+    ) -> Result<Recipients<'b>, Refusal> {
+        let from = sender(caller, body);
+        c2c::require(self.known(caller, from), c2c::FROM_NOT_IMPORTED, from)?;
+        let (known, unknown): Recipients<'b> = body
+            .get("To_Account")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .partition(|to| self.known(caller, to));
+        if known.is_empty() {
+            return Err(Refusal::new(
+                c2c::TO_NOT_IMPORTED,
+                "none of To_Account was ever imported",
+            ));
+        }
+        Ok((known, unknown))
+    }
+
+    /// The group a message is sent to must exist (10010).
+    fn group_exists(&self, caller: &Caller, body: &Map<String, Value>) -> Result<(), Refusal> {
+        let id = body.get("GroupId").and_then(Value::as_str).unwrap_or("");
+        if self.groups.exists(caller.sdkappid, id) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            groups::NO_GROUP,
+            format!("group {id} does not exist or was dissolved"),
+        ))
+    }
+
     /// `sendmsg`: both accounts must exist (90008, 90012).
     fn send(
         &self,
@@ -440,13 +506,7 @@ impl Emulator {
         unix: u64,
         fresh: Fresh<'_>,
     ) -> Result<Value, Refusal> {
-        let from = body
-            .get("From_Account")
-            .and_then(Value::as_str)
-            .unwrap_or(&caller.identifier);
-        let to = body.get("To_Account").and_then(Value::as_str).unwrap_or("");
-        c2c::require(self.known(caller, from), c2c::FROM_NOT_IMPORTED, from)?;
-        c2c::require(self.known(caller, to), c2c::TO_NOT_IMPORTED, to)?;
+        let (from, to) = self.c2c_accounts(caller, body)?;
         let out = c2c::Outgoing {
             sdkappid: caller.sdkappid,
             from,
@@ -464,24 +524,8 @@ impl Emulator {
         body: &Map<String, Value>,
         unix: u64,
     ) -> Result<Value, Refusal> {
-        let from = body
-            .get("From_Account")
-            .and_then(Value::as_str)
-            .unwrap_or(&caller.identifier);
-        c2c::require(self.known(caller, from), c2c::FROM_NOT_IMPORTED, from)?;
-        let (known, unknown): (Vec<&str>, Vec<&str>) = body
-            .get("To_Account")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .partition(|to| self.known(caller, to));
-        if known.is_empty() {
-            return Err(Refusal::new(
-                c2c::TO_NOT_IMPORTED,
-                "none of To_Account was ever imported",
-            ));
-        }
+        let (known, unknown) = self.batch_accounts(caller, body)?;
+        let from = sender(caller, body);
         let out = c2c::Outgoing {
             sdkappid: caller.sdkappid,
             from,
@@ -494,6 +538,16 @@ impl Emulator {
 
 /// Records a message for Tencent's duplicate window: whether it is new.
 type Fresh<'a> = &'a dyn Fn() -> Result<bool, Refusal>;
+
+/// A batch's recipients that exist, and those that do not.
+type Recipients<'b> = (Vec<&'b str>, Vec<&'b str>);
+
+/// A message's sender: its `From_Account`, or the admin who sends it.
+fn sender<'b>(caller: &'b Caller, body: &'b Map<String, Value>) -> &'b str {
+    body.get("From_Account")
+        .and_then(Value::as_str)
+        .unwrap_or(&caller.identifier)
+}
 
 /// How Tencent answers each UserSig fault.
 fn refusal_for(error: VerifyError) -> Refusal {
@@ -572,35 +626,81 @@ async fn answer(emulator: &Emulator, request: Request<Incoming>) -> Result<Value
 }
 
 impl Emulator {
-    /// `carry_out`, between the callbacks Tencent posts for it: a before-event callback
-    /// that refuses (or drops) the request stops it; the after-event one follows success.
+    /// `carry_out`, between the callbacks Tencent posts for it: nothing is posted for a
+    /// request Tencent refuses first (`precheck`); a before-event callback that refuses (or
+    /// drops) the request stops it; the after-event ones follow success.
     async fn carry_out_notified(
         &self,
         caller: &Caller,
         api: &Api,
         parsed: &serde_json_borrow::Value<'_>,
     ) -> Result<Value, Refusal> {
-        let notifier = self.notifier.as_ref();
-        let event = notifier
-            .zip(parsed.as_object())
-            .and_then(|(notifier, object)| {
-                let body = Map::from(object);
-                notifier.event(caller.sdkappid, api.name(), &body, &caller.identifier)
-            });
-        let (Some(notifier), Some(event)) = (notifier, event) else {
+        let notifier = self
+            .notifier
+            .as_ref()
+            .filter(|notifier| notifier.subscribed(caller.sdkappid));
+        let (Some(notifier), Some(object)) = (notifier, parsed.as_object()) else {
             return self.carry_out(caller, api, parsed);
         };
-        let changes = match notifier.before(&event).await {
-            callbacks::Verdict::Go(changes) => changes,
-            callbacks::Verdict::Deny(refusal) => return Err(refusal),
-            callbacks::Verdict::Discard => return Ok(Value::Null),
+        let body = Map::from(object);
+        self.precheck(caller, api, parsed, &body)?;
+        let event = notifier.event(caller.sdkappid, api.name(), &body, &caller.identifier);
+        let changes = match &event {
+            Some(event) => match notifier.before(event).await {
+                callbacks::Verdict::Go(changes) => changes,
+                callbacks::Verdict::Deny(refusal) => return Err(refusal),
+                callbacks::Verdict::Discard => return Ok(Value::Null),
+            },
+            None => Map::new(),
         };
+        let was = self.group_facts(caller, &body);
         let answered = self.carry_out(caller, api, parsed);
-        if answered.is_ok() {
-            notifier.after(event, changes);
+        if let Ok(answer) = &answered {
+            if let Some(event) = event {
+                notifier.after(event, with_answer(changes, answer));
+            }
+            self.notify_lifecycle(notifier, (caller, api), (&body, answer), was.as_ref());
         }
         answered
     }
+
+    /// Posts the group lifecycle callback an answered call makes, if any; `was` is the group
+    /// the call named, as it was before it.
+    fn notify_lifecycle(
+        &self,
+        notifier: &Arc<Notifier>,
+        (caller, api): (&Caller, &Api),
+        done: (&Map<String, Value>, &Value),
+        was: Option<&groups::Facts>,
+    ) {
+        let now = done
+            .1
+            .get("GroupId")
+            .and_then(Value::as_str)
+            .and_then(|id| self.groups.facts(caller.sdkappid, id));
+        let lifecycle =
+            events::lifecycle(api.name(), done, (was, now.as_ref()), &caller.identifier);
+        if let Some(lifecycle) = lifecycle {
+            notifier.notify(caller.sdkappid, lifecycle);
+        }
+    }
+
+    /// The group a request names, as it is before the request is carried out.
+    fn group_facts(&self, caller: &Caller, body: &Map<String, Value>) -> Option<groups::Facts> {
+        let id = body.get("GroupId").and_then(Value::as_str)?;
+        self.groups.facts(caller.sdkappid, id)
+    }
+}
+
+/// `changes` with the fields of a message's `answer` its after-send callback repeats: the
+/// `MsgSeq` a group gave it, the `MsgTime` and `MsgKey` Tencent gave it.
+fn with_answer(mut changes: Map<String, Value>, answer: &Value) -> Map<String, Value> {
+    for name in ["MsgSeq", "MsgTime", "MsgKey"] {
+        if let Some(value) = answer.get(name) {
+            changes.insert(name.to_owned(), value.clone());
+        }
+    }
+    changes
 }
 
 /// A stand-in for the service behind the callback listener, for the demo: it refuses a

@@ -585,14 +585,32 @@ async fn the_emulators_callbacks_go_through_the_listener_to_the_service_and_back
         .post(gw.addr, "/v4/openim/sendmsg", send("a forbidden word", 2))
         .await;
     assert_eq!(refused.code(), 20006, "{:?}", refused.json());
-    let group = json!({"GroupId": "@TGS#1", "Random": 5, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "forbidden"}}]});
-    let refused = caller
+    // Tencent refuses a message to an account or group that does not exist before any
+    // callback: none is posted for these.
+    let unknown = caller
         .post(
             gw.addr,
-            "/v4/group_open_http_svc/send_group_msg",
-            group.to_string(),
+            "/v4/openim/sendmsg",
+            send("hello", 3).replace("\"b\"", "\"ghost\""),
         )
         .await;
+    assert_eq!(unknown.code(), 90012, "{:?}", unknown.json());
+    let group = |id: &str| {
+        json!({"GroupId": id, "Random": 5, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "forbidden"}}]}).to_string()
+    };
+    let path = "/v4/group_open_http_svc/send_group_msg";
+    let missing = caller.post(gw.addr, path, group("@TGS#1")).await;
+    assert_eq!(missing.code(), 10010, "{:?}", missing.json());
+    let created = caller
+        .post(
+            gw.addr,
+            "/v4/group_open_http_svc/create_group",
+            r#"{"Type":"Public","Name":"n","GroupId":"g"}"#,
+        )
+        .await;
+    assert_eq!(created.code(), 0, "{:?}", created.json());
+    within(service.arrived(4)).await;
+    let refused = caller.post(gw.addr, path, group("g")).await;
     assert_eq!(refused.code(), 10016, "{:?}", refused.json());
     let stats = caller.post(gw.addr, "/v4/_emulator/stats", "{}").await;
     assert_eq!(
@@ -611,6 +629,7 @@ async fn the_emulators_callbacks_go_through_the_listener_to_the_service_and_back
             BEFORE_C2C,
             AFTER_C2C,
             BEFORE_C2C,
+            "Group.CallbackAfterCreateGroup",
             "Group.CallbackBeforeSendMsg"
         ]
     );
@@ -623,6 +642,151 @@ async fn the_emulators_callbacks_go_through_the_listener_to_the_service_and_back
     let first: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(first["MsgBody"][0]["MsgContent"]["Text"], "hello");
     assert_eq!(first["MsgRandom"], 1);
+}
+
+/// Waits for `arrival`, at most 10 s.
+async fn within(arrival: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(10), arrival)
+        .await
+        .expect("the callback arrived within 10 s");
+}
+
+/// A group's lifecycle through the gateway and the emulator: each call that creates,
+/// fills, empties or dissolves a group posts its after-event callback with the fields the
+/// pages give; a call that changes nobody, or that Tencent refuses, posts none; a group
+/// message's after-send callback carries the `MsgSeq` the group gave it.
+#[tokio::test]
+async fn the_emulator_posts_a_groups_lifecycle_callbacks() {
+    let service = Recorder::with(|_| serde_json::from_str(ALLOW).unwrap()).await;
+    let routes = route(&["Group.*"], &service.url(), "");
+    let keys = format!("callback_token_file = {:?}\n", token_file("life", TOKEN));
+    let gw = gateway(config("", "emulator", &keys, &routes)).await;
+    let caller = Caller::default();
+    let addr = gw.addr;
+    let call = |api: &str, body: Value| {
+        let caller = &caller;
+        let path = format!("/v4/group_open_http_svc/{api}");
+        async move { caller.post(addr, &path, body.to_string()).await.code() }
+    };
+    let imported = caller
+        .post(
+            gw.addr,
+            "/v4/im_open_login_svc/multiaccount_import",
+            r#"{"Accounts":["a","b","c"]}"#,
+        )
+        .await;
+    assert_eq!(imported.code(), 0);
+    let members =
+        |names: &[&str]| -> Value { names.iter().map(|n| json!({"Member_Account": n})).collect() };
+    let create = json!({"Type": "Public", "Name": "team", "GroupId": "team",
+        "Owner_Account": "a", "MemberList": members(&["b"])});
+    assert_eq!(call("create_group", create).await, 0);
+    within(service.arrived(1)).await;
+    let never = json!({"Type": "Public", "Name": "x", "MemberList": members(&["ghost"])});
+    assert_eq!(call("create_group", never).await, 10019);
+    let add = |names: &[&str]| json!({"GroupId": "team", "MemberList": members(names)});
+    assert_eq!(call("add_group_member", add(&["b", "c", "ghost"])).await, 0);
+    within(service.arrived(2)).await;
+    assert_eq!(
+        call("add_group_member", add(&["b"])).await,
+        0,
+        "adds nobody"
+    );
+    let text = json!([{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]);
+    for (random, arrivals) in [(1, 4), (2, 6)] {
+        let message = json!({"GroupId": "team", "Random": random, "MsgBody": text});
+        assert_eq!(call("send_group_msg", message).await, 0);
+        within(service.arrived(arrivals)).await;
+    }
+    let delete = json!({"GroupId": "team", "MemberToDel_Account": ["c", "a", "nobody"]});
+    assert_eq!(call("delete_group_member", delete).await, 0);
+    within(service.arrived(7)).await;
+    assert_eq!(call("destroy_group", json!({"GroupId": "team"})).await, 0);
+    within(service.arrived(8)).await;
+    assert_eq!(
+        call("destroy_group", json!({"GroupId": "team"})).await,
+        10010
+    );
+    let end = json!({"Type": "Public", "Name": "end", "GroupId": "end"});
+    assert_eq!(call("create_group", end).await, 0);
+    within(service.arrived(9)).await;
+    let seen = service.seen();
+    let bodies: Vec<Value> = seen
+        .iter()
+        .map(|s| serde_json::from_slice(&s.body).unwrap())
+        .collect();
+    let commands: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["CallbackCommand"].as_str().unwrap())
+        .collect();
+    let (before, after) = ("Group.CallbackBeforeSendMsg", "Group.CallbackAfterSendMsg");
+    assert_eq!(
+        commands,
+        [
+            "Group.CallbackAfterCreateGroup",
+            "Group.CallbackAfterNewMemberJoin",
+            before,
+            after,
+            before,
+            after,
+            "Group.CallbackAfterMemberExit",
+            "Group.CallbackAfterGroupDestroyed",
+            "Group.CallbackAfterCreateGroup",
+        ],
+        "{bodies:?}"
+    );
+    for (body, callback) in bodies.iter().zip(&seen) {
+        assert_eq!(
+            callback.param("CallbackCommand"),
+            body["CallbackCommand"].as_str()
+        );
+        assert!(body["EventTime"].as_u64().is_some(), "{body}");
+    }
+    let created = &bodies[0];
+    assert_eq!(
+        (
+            &created["GroupId"],
+            &created["Owner_Account"],
+            &created["Type"],
+            &created["Name"]
+        ),
+        (
+            &json!("team"),
+            &json!("a"),
+            &json!("Public"),
+            &json!("team")
+        )
+    );
+    assert_eq!(created["Operator_Account"], "administrator");
+    assert_eq!(created["MemberList"], members(&["b"]));
+    let joined = &bodies[1];
+    assert_eq!(
+        joined["NewMemberList"],
+        members(&["c"]),
+        "b was in, ghost never imported"
+    );
+    assert_eq!(
+        (&joined["JoinType"], &joined["Type"]),
+        (&json!("Invited"), &json!("Public"))
+    );
+    let seqs: Vec<&Value> = [&bodies[3], &bodies[5]]
+        .iter()
+        .map(|b| &b["MsgSeq"])
+        .collect();
+    assert_eq!(seqs, [&json!(1), &json!(2)], "the group's own MsgSeq");
+    let exited = &bodies[6];
+    assert_eq!(
+        exited["ExitMemberList"],
+        members(&["c"]),
+        "never the owner, only members"
+    );
+    assert_eq!(exited["ExitType"], "Kicked");
+    let destroyed = &bodies[7];
+    assert_eq!(destroyed["MemberList"], members(&["a", "b"]));
+    assert_eq!(
+        (&destroyed["Owner_Account"], &destroyed["Name"]),
+        (&json!("a"), &json!("team"))
+    );
 }
 
 /// `timgate callback-sign` prints Tencent's known answer (TENCENT.md §7).

@@ -106,7 +106,7 @@ async fn refused_callers_get_401_or_403_and_never_reach_the_upstream() {
     let api = send(
         "/v4/openim/sendmsg?sdkappid=1".into(),
         Some(LIVE_TOKEN),
-        r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[]}"#,
+        r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#,
     )
     .await;
     let app = send(room(2), Some(LIVE_TOKEN), body).await;
@@ -253,7 +253,7 @@ async fn a_flooding_caller_is_held_to_its_share_and_the_other_gets_through() {
                         addr,
                         "/v4/openim/sendmsg",
                         &[("authorization", &auth)],
-                        r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[]}"#,
+                        r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#,
                     )
                     .await;
                 if answer.status.as_u16() == 429 {

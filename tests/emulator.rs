@@ -199,6 +199,52 @@ async fn a_repeated_key_is_refused_as_the_gateway_refuses_it() {
     assert!(info.contains(r#"the key "GroupId" twice"#), "{info}");
 }
 
+/// A message needs at least one element, in the emulator as in the gateway's rules: an
+/// empty `MsgBody` is refused with the rules table's code (90002 one-to-one, 10004 in a
+/// group), one element goes out. Straight to the emulator, so no gateway check stands in.
+#[tokio::test]
+async fn an_empty_msg_body_is_refused_and_one_element_is_sent() {
+    use serde_json::json;
+    let config = Config::from_toml(&one_app(APP, "http://127.0.0.1:1")).unwrap();
+    let emu = emulator(&config).await;
+    let caller = Caller::default();
+    let q = query(
+        APP,
+        "administrator",
+        &token(KEY, APP, "administrator", usersig::unix_now(), 600),
+    );
+    let addr = emu.addr;
+    let post = |api: &str, body: serde_json::Value| {
+        let path = format!("/v4/{api}?{q}");
+        let caller = &caller;
+        async move { caller.post(addr, &path, body.to_string()).await.json() }
+    };
+    let created = post(
+        "group_open_http_svc/create_group",
+        json!({"Type": "Public", "Name": "n", "GroupId": "g"}),
+    )
+    .await;
+    assert_eq!(created["ErrorCode"], 0, "{created}");
+    let c2c = |body: serde_json::Value| json!({"To_Account": "administrator", "MsgRandom": 1, "MsgBody": body});
+    let group = |body: serde_json::Value| json!({"GroupId": "g", "Random": 1, "MsgBody": body});
+    let cases = [
+        ("openim/sendmsg", c2c(json!([])), 90002),
+        ("openim/sendmsg", c2c(text("one")), 0),
+        (
+            "group_open_http_svc/send_group_msg",
+            group(json!([])),
+            10004,
+        ),
+        ("group_open_http_svc/send_group_msg", group(text("one")), 0),
+    ];
+    for (api, body, code) in cases {
+        let answer = post(api, body.clone()).await;
+        assert_eq!(answer["ErrorCode"], code, "{api} {body}: {answer}");
+    }
+    let info = post("openim/sendmsg", c2c(json!([]))).await["ErrorInfo"].clone();
+    assert_eq!(info, "MsgBody must not be empty");
+}
+
 /// A gateway in front of the built-in emulator, and a caller.
 async fn chat() -> (support::Running, support::Running, Caller) {
     let config = Config::from_toml(&one_app(APP, "http://127.0.0.1:1")).unwrap();

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 const SEND: &str = "/v4/openim/sendmsg";
 /// The smallest sendmsg the rules let through (…/269/2282: To_Account, MsgRandom, MsgBody).
-const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[]}"#;
+const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#;
 
 /// The tests that run gateway processes and count seconds take turns: on a small machine,
 /// two of them at once would measure each other.
@@ -1013,13 +1013,13 @@ fn units_seen(
 /// A batchsendmsg body to 100 recipients.
 fn batch_of_100() -> String {
     let accounts: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
-    serde_json::json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []})
+    serde_json::json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]})
         .to_string()
 }
 
 /// A send_group_msg body to group `id`.
 fn to_group(id: &str) -> String {
-    serde_json::json!({"GroupId": id, "Random": 1, "MsgBody": []}).to_string()
+    serde_json::json!({"GroupId": id, "Random": 1, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]}).to_string()
 }
 
 /// Asserts that from `start` on the upstream never saw more than 4,000 recipients of
@@ -1412,7 +1412,7 @@ async fn numbered_load(addr: SocketAddr, rate: u32, seconds: f64) -> Vec<Asked> 
         let caller = caller.clone();
         requests.push(tokio::spawn(async move {
             let at = Instant::now();
-            let body = serde_json::json!({ "To_Account": "b", "MsgRandom": seq, "MsgBody": [] })
+            let body = serde_json::json!({ "To_Account": "b", "MsgRandom": seq, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}] })
                 .to_string();
             let answer = caller.post(addr, SEND, body).await;
             Asked {

@@ -282,7 +282,7 @@ async fn every_limit_passes_at_the_limit_and_fails_one_past_it() {
 }
 
 /// The lower bounds (a 32-bit unsigned `MsgRandom`/`Random`, `MsgLifeTime` from 0, counts
-/// from 1) and the message element types, at their boundary both sides, through the
+/// from 1, a `MsgBody` of at least one element) and the message element types, at their boundary both sides, through the
 /// gateway: the refused ones never reach Tencent.
 #[tokio::test]
 async fn lower_bounds_and_message_elements_hold_before_the_wire() {
@@ -302,6 +302,10 @@ async fn lower_bounds_and_message_elements_hold_before_the_wire() {
         ("openim/sendmsg", send("MsgLifeTime", json!(0)), 0),
         ("openim/sendmsg", send("MsgLifeTime", json!(-1)), 90026),
         ("openim/sendmsg", send("MsgBody", json!({})), 90007),
+        // A message of no element at all: refused; one element is the valid body above.
+        ("openim/sendmsg", send("MsgBody", json!([])), 90002),
+        ("openim/batchsendmsg", json!({"To_Account": ["u"], "MsgRandom": 1, "MsgBody": []}).to_string(), 90002),
+        ("group_open_http_svc/send_group_msg", json!({"GroupId": "g", "Random": 1, "MsgBody": []}).to_string(), 10004),
         ("openim/sendmsg", element(json!({"MsgType": "TIMFaceElem", "MsgContent": {"Index": 1}})), 0),
         ("openim/sendmsg", element(json!({"MsgType": "TIMFaceElem", "MsgContent": {"Data": "x"}})), 90002),
         ("openim/sendmsg", element(json!({"MsgType": "TIMLocationElem", "MsgContent": {"Latitude": 1.5, "Longitude": 2}})), 0),

@@ -403,7 +403,7 @@ async fn sendmsg_keeps_its_own_200_a_second_when_the_app_may_send_1000() {
     ))
     .await;
     let caller = Caller::default();
-    let body = r#"{"From_Account":"a","To_Account":"b","MsgRandom":1,"MsgBody":[]}"#;
+    let body = r#"{"From_Account":"a","To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#;
     let answers = burst_of(&caller, gw.addr, "/v4/openim/sendmsg", body, 300).await;
     assert!(answers.iter().all(|a| a.code() == 0));
     let times: Vec<Instant> = upstream.seen().iter().map(|s| s.at).collect();
@@ -422,7 +422,7 @@ async fn batchsendmsg_recipients_are_a_per_minute_quota_and_600_are_refused() {
     let caller = Caller::default();
     let to = |n: usize| {
         let accounts: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
-        json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": []})
+        json!({"From_Account": "a", "To_Account": accounts, "MsgRandom": 1, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]})
             .to_string()
     };
     let refused = caller.post(gw.addr, BATCH, to(600)).await;
@@ -500,7 +500,7 @@ async fn a_sendmsg_that_timed_out_after_arriving_is_retried_once_and_stored_once
     caller
         .post(emu.addr, timgate::emulator::FAULTS_PATH, fault.to_string())
         .await;
-    let batch = r#"{"From_Account":"a","To_Account":["b"],"MsgRandom":1,"MsgBody":[]}"#;
+    let batch = r#"{"From_Account":"a","To_Account":["b"],"MsgRandom":1,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#;
     let answer = caller.post(gw.addr, "/v4/openim/batchsendmsg", batch).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(answer.headers["x-timgate-attempts"], "1");

@@ -20,7 +20,10 @@ pub const MAX_ACCOUNTS: usize = 10_000;
 /// The longest UserID, in bytes (…/269/1608).
 pub const MAX_USER_ID_BYTES: usize = 32;
 /// Tencent's code for an account that was never imported, in a per-account result
-/// (`ResultItem`, `ErrorList`): 70107, "请求的用户账号不存在".
+/// (`ResultItem`, `ErrorList`): 70107, "请求的用户账号不存在". Confirmed for account_delete
+/// (the error table …/269/1671: "请求删除的 UserID 不存在"); that query_online_status and
+/// batchsendmsg list the same code in `ErrorList` follows their pages' examples as
+/// remembered, unconfirmed: check against …/269/2566 and …/269/1612.
 pub const NOT_IMPORTED: u32 = 70107;
 
 type Key = (u64, String);

@@ -20,10 +20,11 @@ pub const MAX_HISTORY: usize = 2048;
 /// Most messages one admin_getroammsg answer holds (the page's example pages by `MaxCnt`;
 /// the emulator caps it here).
 pub const MAX_PAGE: usize = 100;
-/// sendmsg's code for a `To_Account` that was never imported (…/269/2282).
+/// sendmsg's code for a `To_Account` that was never imported (…/269/2282; confirmed in
+/// Tencent's error table …/269/1671 as its Web SDK carries it: "To_Account 没有注册或不存在").
 pub const TO_NOT_IMPORTED: u32 = 90012;
 /// The code for a `From_Account` that was never imported (…/269/2282: "缺少 From_Account
-/// 字段或者 From_Account 账号不存在").
+/// 字段或者 From_Account 账号不存在"; confirmed the same way).
 pub const FROM_NOT_IMPORTED: u32 = 90008;
 
 /// One stored message.

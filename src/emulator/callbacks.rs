@@ -5,7 +5,11 @@
 //! name (as if the console's switches were on for exactly those): `openim/sendmsg` posts
 //! `C2C.CallbackBeforeSendMsg` and, once the message is stored, `C2C.CallbackAfterSendMsg`;
 //! `group_open_http_svc/send_group_msg` the `Group.` pair; `live_engine_http_srv/create_room`
-//! and `destroy_room` `Live.CallbackAfterCreateRoom` and `Live.CallbackAfterDestroyRoom`.
+//! and `destroy_room` `Live.CallbackAfterCreateRoom` and `Live.CallbackAfterDestroyRoom`;
+//! a group's lifecycle its after-event callbacks (`Group.CallbackAfterCreateGroup`,
+//! `AfterGroupDestroyed`, `AfterNewMemberJoin`, `AfterMemberExit`: [`Notifier::notify`]).
+//! Nothing is posted for a request Tencent refuses before the event (its rules, an account
+//! or group that does not exist), nor for a seed's calls.
 //! A before-send answer is honoured as Tencent documents it: `ErrorCode` 1 refuses the
 //! message (the caller gets 20006 for a C2C message, 10016 for a group one), 2 drops it
 //! silently, a code in 120001–130000 refuses it with that code and `ErrorInfo`; 0 sends it,
@@ -156,6 +160,11 @@ impl Notifier {
         }
     }
 
+    /// Whether app `sdkappid` has routes, and so gets callbacks at all.
+    pub fn subscribed(&self, sdkappid: u64) -> bool {
+        self.apps.contains_key(&sdkappid)
+    }
+
     /// Posts the after-event callback, if any, with `changes` applied; not waited for.
     pub fn after(self: &Arc<Self>, event: Event, changes: Map<String, Value>) {
         let Event {
@@ -166,6 +175,26 @@ impl Notifier {
         if after.is_null() {
             return;
         }
+        if let Some(fields) = after.as_object_mut() {
+            fields.extend(changes);
+        }
+        self.spawn(sdkappid, after);
+    }
+
+    /// Posts `body`, an after-event callback of its own (a group's lifecycle), when the app's
+    /// routes name its command; not waited for.
+    pub fn notify(self: &Arc<Self>, sdkappid: u64, body: Value) {
+        let wanted = self
+            .apps
+            .get(&sdkappid)
+            .is_some_and(|subscriber| subscriber.patterns.iter().any(|p| glob(p, command(&body))));
+        if wanted {
+            self.spawn(sdkappid, body);
+        }
+    }
+
+    /// Posts `after` in the background, within `MAX_AFTER` in flight.
+    fn spawn(self: &Arc<Self>, sdkappid: u64, after: Value) {
         let Ok(permit) = self.after.clone().try_acquire_owned() else {
             warn!(
                 sdkappid,
@@ -173,9 +202,6 @@ impl Notifier {
             );
             return;
         };
-        if let Some(fields) = after.as_object_mut() {
-            fields.extend(changes);
-        }
         let notifier = self.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(AFTER_DEADLINE, notifier.post(sdkappid, &after)).await;

@@ -29,6 +29,9 @@ pub const MAX_MEMBERS: usize = 500;
 pub const MAX_GROUP_HISTORY: usize = 32;
 /// The first `Next` cursor value: above 2^53, where a double stops holding every integer.
 pub const FIRST_SERIAL: u64 = (1 << 53) + 1;
+// The group codes are confirmed in Tencent's error table (…/269/1671, as its Web SDK carries
+// it). `MAX_MEMBERS` is the emulator's own bound, not a Tencent group type's cap.
+
 /// The group APIs' "group does not exist or was dissolved".
 pub const NO_GROUP: u32 = 10010;
 /// The group APIs' "the group is full".
@@ -77,6 +80,19 @@ struct Store {
 #[derive(Default)]
 pub struct Groups {
     store: Mutex<Store>,
+}
+
+/// What a group's lifecycle callbacks say of it: its type, name, owner and members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// `Type`, e.g. `Public`.
+    pub kind: String,
+    /// `Name`.
+    pub name: String,
+    /// `Owner_Account`.
+    pub owner: String,
+    /// Every member's account, the owner first, in joining order.
+    pub members: Vec<String>,
 }
 
 /// Who asks, and when: the app, the admin account and Unix seconds now.
@@ -364,6 +380,18 @@ impl Groups {
             .collect();
         let finished = older.next().is_none();
         Ok(json!({"GroupId": id, "IsFinished": u8::from(finished), "RspMsgList": list}))
+    }
+
+    /// Group `id` of `sdkappid` as its lifecycle callbacks describe it, if it exists.
+    pub fn facts(&self, sdkappid: u64, id: &str) -> Option<Facts> {
+        let store = self.lock();
+        let group = store.groups.get(&(sdkappid, id.to_owned()))?;
+        Some(Facts {
+            kind: group.kind.clone(),
+            name: group.name.clone(),
+            owner: group.owner.clone(),
+            members: group.members.iter().map(|m| m.account.clone()).collect(),
+        })
     }
 
     /// Whether group `id` of `sdkappid` exists.
