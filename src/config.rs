@@ -217,6 +217,9 @@ pub struct Fleet {
     /// `timgate`). Fleets of different apps are apart without it: membership, claims and
     /// lanes are per SDKAppID.
     pub key_prefix: String,
+    /// This replica's name in the fleet (`member`, default the host name): a process that
+    /// restarts under it takes its place, claim and all.
+    pub member: String,
     /// Planned replica count, the fallback share's divisor until Redis has told us the live
     /// size (`replicas`, default 1).
     pub replicas: NonZeroU32,
@@ -232,6 +235,7 @@ impl From<&Fleet> for crate::limiter::FleetSpec {
         crate::limiter::FleetSpec {
             client: fleet.redis.client(),
             key_prefix: fleet.key_prefix.clone(),
+            member: fleet.member.clone(),
             replicas: fleet.replicas,
             timeout: fleet.timeout,
         }
@@ -1186,6 +1190,27 @@ mod tests {
         ] {
             let e = refusal(&format!("[fleet]\nredis_url = \"{url}\"\n{GOOD}"));
             assert_eq!(e.key, "fleet.redis_url", "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_fleet_member_is_the_host_name_unless_configured_and_must_be_a_plain_name() {
+        let fleet = |extra: &str| {
+            Config::from_toml(&format!(
+                "[fleet]\nredis_url = \"redis://127.0.0.1:6379\"\n{extra}{GOOD}"
+            ))
+        };
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(fleet("").unwrap().fleet.unwrap().member, host);
+        let named = fleet("member = \"timgate-7.blue_0\"\n").unwrap();
+        assert_eq!(named.fleet.unwrap().member, "timgate-7.blue_0");
+        for bad in ["", "a b", "~x", "@x", "-x", ".x", "ü", &"x".repeat(254)] {
+            let refused = fleet(&format!("member = {bad:?}\n")).unwrap_err();
+            assert_eq!(refused.key, "fleet.member", "{bad:?}");
+            assert!(refused.message.contains("letters, digits"), "{refused}");
         }
     }
 

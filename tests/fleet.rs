@@ -337,6 +337,8 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
                 "1".into(),
                 String::new(),
                 "600000000".into(),
+                String::new(),
+                "a".into(),
             ],
         )
         .await,
@@ -358,6 +360,8 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
                 "1".into(),
                 String::new(),
                 "600000000".into(),
+                String::new(),
+                "b".into(),
             ],
         )
         .await,
@@ -383,6 +387,8 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
                 "1".into(),
                 (lapsed - 1).to_string(),
                 "600000000".into(),
+                String::new(),
+                "a".into(),
             ],
         )
         .await,

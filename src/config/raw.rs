@@ -42,6 +42,7 @@ struct RawFleet {
     redis_url: Option<String>,
     redis_password_env: Option<String>,
     key_prefix: String,
+    member: Option<String>,
     replicas: u32,
     timeout_ms: u64,
 }
@@ -52,6 +53,7 @@ impl Default for RawFleet {
             redis_url: None,
             redis_password_env: None,
             key_prefix: "timgate".into(),
+            member: None,
             replicas: 1,
             timeout_ms: 50,
         }
@@ -75,6 +77,7 @@ impl RawFleet {
         let redis =
             RedisUrl::new(&url, password).map_err(|e| ConfigError::new("fleet.redis_url", e))?;
         key_prefix(&self.key_prefix)?;
+        let member = member(self.member)?;
         let replicas = NonZeroU32::new(self.replicas)
             .ok_or_else(|| ConfigError::new("fleet.replicas", "must be at least 1"))?;
         if !(1..=1000).contains(&self.timeout_ms) {
@@ -87,6 +90,7 @@ impl RawFleet {
             redis,
             redis_password_env: self.redis_password_env,
             key_prefix: self.key_prefix,
+            member,
             replicas,
             timeout: Duration::from_millis(self.timeout_ms),
         }))
@@ -102,6 +106,37 @@ fn key_prefix(prefix: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `fleet.member`, by default the host name (Kubernetes sets it to the pod's name, which a
+/// restarted container keeps): a name the script can keep beside its own `~`/`@` fields.
+fn member(configured: Option<String>) -> Result<String, ConfigError> {
+    let (name, from) = match configured {
+        Some(name) => (name, "is"),
+        None => (
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+            "defaults to the host name, which is",
+        ),
+    };
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if name.is_empty()
+        || name.len() > 253
+        || !name.chars().all(fits)
+        || name.starts_with(['-', '.'])
+    {
+        return Err(ConfigError::new(
+            "fleet.member",
+            format!(
+                "{from} {name:?}: must be 1 to 253 letters, digits, '.', '-' or '_', not starting \
+                 with '.' or '-' (each replica's own name; a replica that restarts under it takes \
+                 its place)"
+            ),
+        ));
+    }
+    Ok(name)
 }
 
 #[derive(Deserialize)]
