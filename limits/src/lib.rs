@@ -39,6 +39,7 @@ mod fleet;
 mod keyed;
 mod lane;
 pub mod series;
+mod share;
 pub mod spec;
 pub mod table;
 pub mod timing;
@@ -75,6 +76,9 @@ pub enum Scope {
     Api,
     /// One caller's own share of the SDKAppID (`[[callers]] rate_limit`).
     Caller,
+    /// This replica's share of an API's quota while it is cut off from the fleet's Redis,
+    /// too small for the call (Tencent's 60007; see `share`).
+    Share,
 }
 
 /// A request that would wait longer than it may.
@@ -423,11 +427,11 @@ impl ApiLanes {
             .quotas
             .iter()
             .map(|quota| {
-                let share = fleet.share(quota.rate).ok_or(Throttled {
-                    scope: Scope::Api,
-                    retry_after: quota.per.period(),
-                })?;
-                Ok(Arc::new(QuotaLanes::new(quota, share)))
+                let share = fleet.share(quota.rate).ok_or_else(share::too_small)?;
+                Ok(Arc::new(QuotaLanes::new(
+                    &share::quota(quota, share),
+                    share,
+                )))
             })
             .collect::<Result<Vec<_>, Throttled>>()?;
         *fallback = Some((generation, lanes.clone()));
@@ -783,7 +787,7 @@ impl Lanes {
                     shared.limit(fleet, api, Instant::now()).ok()
                 })
             }
-            (Scope::App | Scope::Caller, _, _) => None,
+            (Scope::App | Scope::Caller | Scope::Share, _, _) => None,
         };
         if let (Scope::Api, None, Some(implicit)) = (scope, &limit, &self.implicit) {
             // Its own lane, kept by name; a table too busy to hold it has nothing to slow.
@@ -983,6 +987,7 @@ impl Turn<'_> {
                 lanes.push((lane, ask.cost, ask.period));
             }
         }
+        share::fits(&lanes)?;
         for limit in self.limits() {
             lanes.push((limit.fallback(fleet)?, NonZeroU32::MIN, second));
         }

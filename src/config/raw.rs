@@ -263,10 +263,9 @@ impl RawConfig {
             .as_deref()
             .map(|path| super::read_seed(path, &apps))
             .transpose()?;
+        // Any `replicas` fits every quota: a share smaller than a call is the fallback's to
+        // handle while cut off from Redis (the limiter's `share`).
         let fleet = self.fleet.validate()?;
-        if let Some(fleet) = &fleet {
-            quotas_fit_replicas(&apps, fleet.replicas)?;
-        }
         let mut taken = vec![
             ("server.listen", server.listen),
             ("server.admin_listen", server.admin_listen),
@@ -505,33 +504,6 @@ fn api_name(key: &str, api: &str) -> Result<(), ConfigError> {
             ),
         )),
     }
-}
-
-/// In a fleet, each replica keeps every quota at 1/`replicas` of its rate (quotas are not
-/// in Redis), so that the replicas together never pass it. That share must still be at least
-/// one unit, and for a cost quota more than the most one call may cost: a smaller share would
-/// hold the fleet under the limit only by refusing such calls forever.
-fn quotas_fit_replicas(apps: &[App], replicas: NonZeroU32) -> Result<(), ConfigError> {
-    for (i, app) in apps.iter().enumerate() {
-        for quota in &app.api_quotas {
-            let share = quota.rate.get() / replicas.get();
-            let least = match quota.cost {
-                Some(_) => quota.largest_cost().get() + 1,
-                None => 1,
-            };
-            if share < least {
-                return Err(ConfigError::new(
-                    "fleet.replicas",
-                    format!(
-                        "{replicas} is too many for apps[{i}]'s {} quota of {quota}: each replica \
-                         keeps 1/replicas of it ({share}), which must be at least {least}",
-                        quota.api
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The documented quotas, each replaced by a configured one that counts the same thing

@@ -1138,3 +1138,70 @@ async fn a_second_live_process_under_one_name_holds_no_share_and_is_renamed() {
     assert_eq!(holder(&claims, &renamed), second.fleet.token);
     assert!(claimed(&claims) <= 1_000_000, "{claims:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn cut_off_a_call_over_half_the_quotas_share_waits_for_redis_then_is_refused_saying_so() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    // 900 recipients a second, one call up to 500: 299 each on three replicas' shares, so
+    // while cut off a call of at most 149 goes on the share and a larger one cannot.
+    let mut small = app();
+    small.api_quotas = vec![Quota {
+        api: "openim/batchsendmsg".to_owned(),
+        rate: NonZeroU32::new(900).unwrap(),
+        per: Per::Second,
+        cost: Some("To_Account".to_owned()),
+        key: None,
+        max_cost: Some((NonZeroU32::new(500).unwrap(), 90011)),
+    }];
+    let sim = Sim::formed_with(server, small).await;
+    let (lanes, fleet) = (&sim.replicas[0].lanes, &sim.replicas[0].fleet);
+    let api = "openim/batchsendmsg";
+    let costing = |n: u32| {
+        [crate::Measured {
+            cost: NonZeroU32::new(n).unwrap(),
+            key: None,
+        }]
+    };
+    let send = |n: u32| async move {
+        let turn = lanes.turn_as(api, None, &costing(n), MAX_WAIT).await?;
+        turn.send_now().await
+    };
+    // In Redis, the whole quota: a call of 400 goes.
+    send(400).await.unwrap();
+    sim.cut(0, true);
+    send(1).await.unwrap_err();
+    // In fallback once Redis surely counts it lapsed and a second more has passed.
+    let deadline = Instant::now() + 4 * WINDOW;
+    while fleet.fallback_in() != Some(Duration::ZERO) {
+        assert!(Instant::now() < deadline, "in fallback by now");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    send(149).await.unwrap();
+    let asked = Instant::now();
+    let refused = send(150).await.unwrap_err();
+    assert_eq!(refused.scope, Scope::Share);
+    assert!(
+        asked.elapsed() >= MAX_WAIT - super::BEAT,
+        "refused after {:?}: it waits for Redis first",
+        asked.elapsed()
+    );
+    // Redis back while it waits: through Redis, the whole quota again.
+    let asked = Instant::now();
+    let back = tokio::spawn({
+        let sim_redis = sim.replicas[0].redis.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sim_redis.cut.store(false, Ordering::SeqCst);
+        }
+    });
+    send(400).await.unwrap();
+    back.await.unwrap();
+    assert!(
+        asked.elapsed() < MAX_WAIT,
+        "sent {:?} after",
+        asked.elapsed()
+    );
+    assert_eq!(fleet.fallback_in(), None);
+}
