@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod redis;
 pub mod stamp;
 
 use std::future::Future;

@@ -8,7 +8,8 @@
 --           "~" .. name -> until when (Redis time) that member's own sends on lanes of a
 --           longer period than a second still count there; and "@" .. name -> "token seen":
 --           the incarnation (one process) that holds the name, and the Redis time of its last
---           beat of any kind)
+--           beat of any kind; and "#" -> the sum of the claims, so a beat reads two fields, not
+--           the whole hash, however many members there are)
 -- KEYS[3] epoch   (string: when this Redis state was born)
 -- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until, l = the lowest limit
 --           the guard was asked with lately, t = when it was last asked with it), narrowest first
@@ -436,34 +437,51 @@ end
 -- counting until their time, at no smaller a claim. Returns {claim, live members, members,
 -- now}; {-1, ...}: the beat came after its deadline; {-2, ...}: another incarnation that
 -- still beats holds the name (nothing was written).
+-- The sum of the claims ("#"), worked out from the whole hash once if it is not kept yet.
+local function claims_total()
+  local total = tonumber(redis.call('HGET', KEYS[2], '#'))
+  if total then
+    return total
+  end
+  total = 0
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local first = string.sub(all[i], 1, 1)
+    if first ~= '~' and first ~= '@' and first ~= '#' then
+      total = total + tonumber(all[i + 1])
+    end
+  end
+  redis.call('HSET', KEYS[2], '#', total)
+  return total
+end
+
 if op == 'beat' then
   local id, held, wanted, token = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[11]
   local not_after = tonumber(ARGV[8])
   if not_after and now > not_after then
     return {-1, 0, 0, now}
   end
-  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[9])))) do
-    redis.call('ZREM', KEYS[1], gone)
-    redis.call('HDEL', KEYS[2], gone, '~' .. gone, '@' .. gone)
+  local total = claims_total()
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[9])))
+  for _, name in ipairs(gone) do
+    total = total - (tonumber(redis.call('HGET', KEYS[2], name)) or 0)
+    redis.call('ZREM', KEYS[1], name)
+    redis.call('HDEL', KEYS[2], name, '~' .. name, '@' .. name)
+  end
+  if #gone > 0 then
+    redis.call('HSET', KEYS[2], '#', total)
   end
   if not name_free(id, token) then
     return {-2, 0, redis.call('ZCARD', KEYS[1]), now}
   end
   redis.call('HSET', KEYS[2], '@' .. id, token .. ' ' .. string.format('%.0f', now))
-  local others = 0
-  local all = redis.call('HGETALL', KEYS[2])
-  for i = 1, #all, 2 do
-    local first = string.sub(all[i], 1, 1)
-    if all[i] ~= id and first ~= '~' and first ~= '@' then
-      others = others + tonumber(all[i + 1])
-    end
-  end
-  local granted = math.max(held, math.min(wanted, MILLION - others))
+  local own = tonumber(redis.call('HGET', KEYS[2], id)) or 0
+  local granted = math.max(held, math.min(wanted, MILLION - (total - own)))
   local counted = tonumber(redis.call('HGET', KEYS[2], '~' .. id))
   if counted and counted > now then
-    granted = math.max(granted, tonumber(redis.call('HGET', KEYS[2], id)) or 0)
+    granted = math.max(granted, own)
   end
-  redis.call('HSET', KEYS[2], id, granted)
+  redis.call('HSET', KEYS[2], id, granted, '#', total - own + granted)
   if ARGV[7] == '1' then
     redis.call('ZADD', KEYS[1], now, id)
     local long_until = tonumber(ARGV[10])
@@ -485,6 +503,10 @@ if op == 'leave' then
   local held = redis.call('HGET', KEYS[2], '@' .. ARGV[4])
   if held and string.match(held, '^(%S+)') ~= ARGV[5] then
     return 0
+  end
+  local own = tonumber(redis.call('HGET', KEYS[2], ARGV[4])) or 0
+  if own > 0 and redis.call('HEXISTS', KEYS[2], '#') == 1 then
+    redis.call('HINCRBY', KEYS[2], '#', -own)
   end
   redis.call('ZREM', KEYS[1], ARGV[4])
   redis.call('HDEL', KEYS[2], ARGV[4], '~' .. ARGV[4], '@' .. ARGV[4])

@@ -1030,7 +1030,7 @@ fn live(members: &HashMap<String, i64>, now: i64) -> usize {
 fn claimed(claims: &HashMap<String, String>) -> u64 {
     claims
         .iter()
-        .filter(|(name, _)| !name.starts_with(['~', '@']))
+        .filter(|(name, _)| !name.starts_with(['~', '@', '#']))
         .map(|(_, claim)| claim.parse::<u64>().unwrap())
         .sum()
 }
@@ -1070,6 +1070,7 @@ async fn a_replica_restarted_under_its_name_takes_its_place_claim_and_all() {
     let now = sim.replicas[0].redis.now();
     assert_eq!((members.len(), live(&members, now)), (3, 3), "{members:?}");
     assert!(claimed(&claims) <= 1_000_000, "{claims:?}");
+    assert_eq!(claims["#"].parse::<u64>().unwrap(), claimed(&claims));
     let new_token = sim.replicas[2].fleet.token.clone();
     assert_eq!(holder(&claims, "replica-2"), new_token);
     assert_eq!(sim.replicas[2].fleet.name(), "replica-2", "not renamed");
@@ -1105,6 +1106,7 @@ async fn a_replica_restarted_under_its_name_takes_its_place_claim_and_all() {
     let (members, claims) = membership(&sim);
     assert!(!members.contains_key("replica-2"));
     assert!(!claims.keys().any(|field| field.ends_with("replica-2")));
+    assert_eq!(claims["#"].parse::<u64>().unwrap(), claimed(&claims));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1137,6 +1139,7 @@ async fn a_second_live_process_under_one_name_holds_no_share_and_is_renamed() {
     assert_eq!(holder(&claims, "replica-0"), first);
     assert_eq!(holder(&claims, &renamed), second.fleet.token);
     assert!(claimed(&claims) <= 1_000_000, "{claims:?}");
+    assert_eq!(claims["#"].parse::<u64>().unwrap(), claimed(&claims));
 }
 
 #[tokio::test(start_paused = true)]
