@@ -217,6 +217,9 @@ pub struct Fleet {
     /// `timgate`). Fleets of different apps are apart without it: membership, claims and
     /// lanes are per SDKAppID.
     pub key_prefix: String,
+    /// This replica's name in the fleet (`member`, default the host name): a process that
+    /// restarts under it takes its place, claim and all.
+    pub member: String,
     /// Planned replica count, the fallback share's divisor until Redis has told us the live
     /// size (`replicas`, default 1).
     pub replicas: NonZeroU32,
@@ -232,6 +235,7 @@ impl From<&Fleet> for crate::limiter::FleetSpec {
         crate::limiter::FleetSpec {
             client: fleet.redis.client(),
             key_prefix: fleet.key_prefix.clone(),
+            member: fleet.member.clone(),
             replicas: fleet.replicas,
             timeout: fleet.timeout,
         }
@@ -1111,31 +1115,17 @@ mod tests {
     }
 
     #[test]
-    fn a_fleet_too_large_for_a_quotas_share_is_refused_naming_replicas() {
-        let fleet = |replicas: u32| {
-            Config::from_toml(&format!(
+    fn a_fleet_of_any_size_is_accepted_whatever_its_quotas_shares() {
+        // 12,000 recipients a minute over 100 or 1,000 replicas is 120 or 12 each, under one
+        // call of 500; 40 a second per group over 1,000 is nothing. While cut off from Redis
+        // such a call is refused (the limiter's `share`), so the size is accepted.
+        for replicas in [24, 100, 1000] {
+            let text = format!(
                 "[fleet]\nredis_url = \"redis://127.0.0.1:6379\"\nreplicas = {replicas}\n{GOOD}"
-            ))
-        };
-        // 12,000 recipients a minute over 23 replicas: 521 each, above one call of 500.
-        assert!(fleet(23).is_ok());
-        // Over 24, each replica's 500 could never take a 500-recipient call.
-        let refused = fleet(24).unwrap_err();
-        assert_eq!(refused.key, "fleet.replicas");
-        assert!(
-            refused.message.contains("openim/batchsendmsg"),
-            "{}",
-            refused.message
-        );
-        // 40 a second per group over 41 replicas would round up to 41 a second.
-        let bought = format!(
-            "[fleet]\nredis_url = \"redis://127.0.0.1:6379\"\nreplicas = 41\n{GOOD}\
-             [[apps.api_quotas]]\napi = \"openim/batchsendmsg\"\nrate = 100000\nper = \"minute\"\n\
-             cost = \"To_Account\"\n"
-        );
-        let refused = Config::from_toml(&bought).unwrap_err();
-        assert_eq!(refused.key, "fleet.replicas");
-        assert!(refused.message.contains("GroupId"), "{}", refused.message);
+            );
+            let config = Config::from_toml(&text).unwrap();
+            assert_eq!(config.fleet.unwrap().replicas.get(), replicas);
+        }
     }
 
     #[test]
@@ -1186,6 +1176,27 @@ mod tests {
         ] {
             let e = refusal(&format!("[fleet]\nredis_url = \"{url}\"\n{GOOD}"));
             assert_eq!(e.key, "fleet.redis_url", "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_fleet_member_is_the_host_name_unless_configured_and_must_be_a_plain_name() {
+        let fleet = |extra: &str| {
+            Config::from_toml(&format!(
+                "[fleet]\nredis_url = \"redis://127.0.0.1:6379\"\n{extra}{GOOD}"
+            ))
+        };
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(fleet("").unwrap().fleet.unwrap().member, host);
+        let named = fleet("member = \"timgate-7.blue_0\"\n").unwrap();
+        assert_eq!(named.fleet.unwrap().member, "timgate-7.blue_0");
+        for bad in ["", "a b", "~x", "@x", "-x", ".x", "ü", &"x".repeat(254)] {
+            let refused = fleet(&format!("member = {bad:?}\n")).unwrap_err();
+            assert_eq!(refused.key, "fleet.member", "{bad:?}");
+            assert!(refused.message.contains("letters, digits"), "{refused}");
         }
     }
 

@@ -84,15 +84,32 @@ pub enum Error {
         throttled: Throttled,
     },
     /// The request would wait longer than `max_queue_wait_ms` for its turn.
-    #[error("{} rate limit reached: the wait for a turn would be {:?}, over this app's max_queue_wait_ms", scope_name(.0.scope), .0.retry_after)]
+    #[error("{}", throttled_info(.0))]
     Throttled(Throttled),
 }
 
 fn scope_name(scope: Scope) -> &'static str {
     match scope {
         Scope::App => "SDKAppID",
-        Scope::Api => "API",
+        Scope::Api | Scope::Share => "API",
         Scope::Caller => "caller",
+    }
+}
+
+/// A `Throttled` refusal's ErrorInfo: the limit, and why the turn would not come in time.
+fn throttled_info(throttled: &Throttled) -> String {
+    match throttled.scope {
+        Scope::Share => "API quota: this call costs more than this replica's share of the \
+                         quota can carry, and the replica is cut off from the fleet's Redis \
+                         (no answer within max_queue_wait_ms); through Redis the whole quota \
+                         applies again"
+            .to_owned(),
+        scope => format!(
+            "{} rate limit reached: the wait for a turn would be {:?}, over this app's \
+             max_queue_wait_ms",
+            scope_name(scope),
+            throttled.retry_after
+        ),
     }
 }
 
@@ -130,7 +147,8 @@ impl Error {
                 scope: Scope::App, ..
             }) => (StatusCode::TOO_MANY_REQUESTS, 60011),
             Error::Throttled(Throttled {
-                scope: Scope::Api, ..
+                scope: Scope::Api | Scope::Share,
+                ..
             }) => (StatusCode::TOO_MANY_REQUESTS, 60007),
             // A caller's share of the app's frequency: the app-wide code, with its own ErrorInfo.
             Error::Throttled(Throttled {
@@ -215,4 +233,35 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_share_too_small_while_cut_off_from_redis_is_60007_saying_why() {
+        let throttled = |scope| {
+            Error::Throttled(Throttled {
+                scope,
+                retry_after: Duration::from_millis(200),
+            })
+        };
+        let share = throttled(Scope::Share);
+        assert_eq!(
+            share.status_and_code(),
+            (StatusCode::TOO_MANY_REQUESTS, 60007)
+        );
+        let info = share.to_string();
+        assert!(
+            info.contains("share of the quota") && info.contains("cut off from the fleet's Redis"),
+            "{info}"
+        );
+        assert_eq!(
+            throttled(Scope::Api).to_string(),
+            "API rate limit reached: the wait for a turn would be 200ms, over this app's \
+             max_queue_wait_ms"
+        );
+    }
 }

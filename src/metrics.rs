@@ -615,7 +615,7 @@ impl AppSeries {
     pub fn rejected(&self, scope: Scope) {
         let counter = match scope {
             Scope::App => &self.rejected_app,
-            Scope::Api => &self.rejected_api,
+            Scope::Api | Scope::Share => &self.rejected_api,
             Scope::Caller => &self.rejected_caller,
         };
         counter.inc();

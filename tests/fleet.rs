@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Caller, Process, Recorder, free_port, sample};
+use support::redis::Redis;
+use support::{Caller, Process, Recorder, sample};
 use tokio::time::Instant;
 
 const SEND: &str = "/v4/openim/sendmsg";
@@ -24,147 +25,6 @@ const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgType"
 /// The tests that run gateway processes and count seconds take turns: on a small machine,
 /// two of them at once would measure each other.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A `redis-server` on a free loopback port; killed when dropped.
-struct Redis {
-    child: Option<std::process::Child>,
-    port: u16,
-    /// Extra arguments (a cluster node's).
-    args: Vec<String>,
-    /// A cluster node's working directory (its `nodes.conf`), removed when dropped.
-    dir: Option<std::path::PathBuf>,
-}
-
-impl Redis {
-    /// Starts one, or `None` (after saying so) when the program is missing outside CI.
-    fn start() -> Option<Redis> {
-        Redis::start_with(Vec::new())
-    }
-
-    /// A one-node Redis Cluster owning every slot: it refuses (CROSSSLOT) any command whose
-    /// keys hash to different slots, as every Cluster does.
-    ///
-    /// The node starts in an empty directory of its own: a `nodes.conf` left there by an
-    /// earlier run (same name, another process) would hand it the slots already, and
-    /// ADDSLOTS would fail with "Slot 0 is already busy".
-    async fn start_cluster() -> Option<Redis> {
-        let dir = std::env::temp_dir().join(format!(
-            "timgate-cluster-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis::start_with(vec![
-            "--cluster-enabled".into(),
-            "yes".into(),
-            "--dir".into(),
-            dir.to_str().unwrap().into(),
-        ])?;
-        redis.dir = Some(dir);
-        let mut client = redis.client().await;
-        let mut add = redis::cmd("CLUSTER");
-        add.arg("ADDSLOTS").arg((0..16384).collect::<Vec<u16>>());
-        let () = add.query_async(&mut client).await.unwrap();
-        support::eventually(|| {
-            let mut client = client.clone();
-            async move {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut client)
-                    .await
-                    .unwrap();
-                info.contains("cluster_state:ok")
-            }
-        })
-        .await;
-        Some(redis)
-    }
-
-    fn start_with(args: Vec<String>) -> Option<Redis> {
-        let found = std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file())
-        });
-        if !found {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not on PATH, and CI is set: .ci/run installs it"
-            );
-            eprintln!(
-                "\n*** SKIPPED: redis-server is not on PATH; install it (apt-get install redis-server) to run the fleet tests ***\n"
-            );
-            return None;
-        }
-        let mut redis = Redis {
-            child: None,
-            port: free_port(),
-            args,
-            dir: None,
-        };
-        redis.spawn();
-        Some(redis)
-    }
-
-    fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .args(&self.args)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        let id = self.child.as_ref().unwrap().id();
-        let pid = rustix::process::Pid::from_raw(i32::try_from(id).unwrap()).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
-    }
-
-    /// SIGKILL: Redis and all its state are gone.
-    fn kill(&mut self) {
-        self.signal(rustix::process::Signal::KILL);
-        self.child.take().unwrap().wait().unwrap();
-    }
-
-    /// A new, empty Redis on the same port.
-    fn restart(&mut self) {
-        self.spawn();
-    }
-
-    async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 // ---- The script's answers, at fixed Redis times ----------------------------------------
 
@@ -337,6 +197,8 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
                 "1".into(),
                 String::new(),
                 "600000000".into(),
+                String::new(),
+                "a".into(),
             ],
         )
         .await,
@@ -358,6 +220,8 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
                 "1".into(),
                 String::new(),
                 "600000000".into(),
+                String::new(),
+                "b".into(),
             ],
         )
         .await,
@@ -383,6 +247,8 @@ async fn the_scripts_guard_admits_the_limit_in_any_second_and_lapsed_claims_are_
                 "1".into(),
                 (lapsed - 1).to_string(),
                 "600000000".into(),
+                String::new(),
+                "a".into(),
             ],
         )
         .await,

@@ -29,7 +29,11 @@
 //!
 //! # Membership and claims
 //! Membership is per app (`group`): the members of an app are the replicas that serve it,
-//! whatever their deployment, and what follows holds for each app on its own. Every replica
+//! whatever their deployment, and what follows holds for each app on its own. A member is
+//! a name (`[fleet] member`) held by one process, told apart by a random incarnation token:
+//! a process that comes back under its name takes its place and claim once its
+//! predecessor has not beaten for `EXPIRY`; a second one that still sees the name held
+//! holds no claim and, after `HELD`, renames itself (`Fleet::rename`). Every replica
 //! beats every `BEAT` into each of its apps' sorted sets, scored by Redis time; a member whose
 //! last live beat is older than `EXPIRY` has *lapsed* and is counted as possibly sending on
 //! its own. Each member holds a *claim* c (millionths): its fallback share of a limit L is
@@ -68,7 +72,7 @@ use self::cause::Cause;
 pub use self::group::Group;
 pub(super) use self::group::{Begun, Underway};
 use self::link::Link;
-use self::mode::{Answered, Machine, Mode};
+use self::mode::{Answered, Machine, Mode, Naming};
 pub(super) use self::shared::Shared;
 use super::lane::Lane;
 use super::{Scope, Throttled};
@@ -76,11 +80,13 @@ use crate::series::FleetSeries;
 use crate::spec::FleetSpec;
 
 use crate::timing::{self, TICK, WINDOW};
-pub(super) use crate::timing::{BACK, FRESH};
+pub(super) use crate::timing::{BACK, FRESH, HELD};
 pub use crate::timing::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 
 /// A whole claim: every limit.
 const MILLION: u32 = 1_000_000;
+/// The heartbeat's answer when another process that still beats holds this member name.
+const NAME_HELD: i64 = -2;
 
 /// The shared backend: its way to Redis, this replica's state.
 pub struct Fleet {
@@ -90,7 +96,10 @@ pub struct Fleet {
     /// `{key_prefix}`: every key starts with it, so all keys one script call touches hash
     /// to one Redis Cluster slot.
     tag: String,
-    id: String,
+    /// This replica's member name (`[fleet] member`, or that with a suffix once another
+    /// process that reaches Redis was found under it) and its incarnation token.
+    name: Mutex<String>,
+    token: String,
     timeout: Duration,
     state: Mutex<Machine>,
     series: FleetSeries,
@@ -193,6 +202,7 @@ impl Fleet {
             Arc::new(link::Redis::new(redis, script, causes.clone())),
             causes,
             &config.key_prefix,
+            &config.member,
             config.timeout,
             config.replicas,
             series,
@@ -204,6 +214,7 @@ impl Fleet {
         link: Arc<dyn Link>,
         causes: Arc<cause::Causes>,
         prefix: &str,
+        member: &str,
         timeout: Duration,
         replicas: NonZeroU32,
         series: FleetSeries,
@@ -213,7 +224,9 @@ impl Fleet {
             link,
             causes,
             tag,
-            id: format!("{:016x}", rand::random::<u64>()),
+            name: Mutex::new(member.to_owned()),
+            // Tells this process from an earlier or a second one under the same name.
+            token: format!("{:016x}", rand::random::<u64>()),
             timeout,
             state: Mutex::new(Machine::new(Instant::now(), timeout)),
             series,
@@ -391,10 +404,49 @@ impl Fleet {
     /// Gives this replica's claim back (on shutdown).
     pub async fn leave(&self) {
         for group in self.groups() {
-            let _ = group
-                .call::<i64>("leave", &[], std::slice::from_ref(&self.id))
-                .await;
+            let _ = group.call::<i64>("leave", &[], &self.leave_args()).await;
         }
+    }
+
+    /// The `leave` call's arguments: the name and this incarnation's token, so a process
+    /// never takes away the place of another under its name.
+    fn leave_args(&self) -> [String; 2] {
+        [self.name(), self.token.clone()]
+    }
+
+    /// The member name this replica beats under now.
+    pub fn name(&self) -> String {
+        self.name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Another process that reaches Redis has held this replica's name longer than a dead
+    /// one could: beat under the name with this incarnation's token as suffix, from now on.
+    /// No claim is held meanwhile, so the two never hold two shares.
+    fn rename(&self) {
+        let renamed = {
+            let mut name = self
+                .name
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if name.ends_with(&self.token) {
+                return;
+            }
+            let new = format!("{name}-{}", self.token);
+            let old = std::mem::replace(&mut *name, new);
+            (old, name.clone())
+        };
+        for group in self.groups() {
+            group.claim().naming = Naming::default();
+        }
+        warn!(
+            member = renamed.0,
+            now = renamed.1,
+            "fleet: another timgate that reaches Redis beats under this member name; this one \
+             takes the name with its own suffix (give each replica its own [fleet] member)"
+        );
     }
 
     /// One heartbeat, for each app this replica serves: live while in Redis and past any
@@ -423,17 +475,22 @@ impl Fleet {
             (claim.held, wanted)
         };
         let args = [
-            self.id.clone(),
+            self.name(),
             held.to_string(),
             wanted.to_string(),
             if beat.live { "1" } else { "0" }.to_owned(),
             beat.not_after.map(|at| at.to_string()).unwrap_or_default(),
             RETAIN.as_micros().to_string(),
             beat.long_until.map(|at| at.to_string()).unwrap_or_default(),
+            self.token.clone(),
         ];
         let answer = group.call::<Vec<i64>>("beat", &[], &args).await;
         let received = Instant::now();
         match answer {
+            Ok(reply) if reply.len() == 4 && reply[0] == NAME_HELD => {
+                self.causes.answered();
+                self.name_held(group, received);
+            }
             Ok(reply) if reply.len() == 4 && reply[0] >= 0 => {
                 self.causes.answered();
                 return self.answered(group, &reply, sent, received);
@@ -450,6 +507,20 @@ impl Fleet {
             Err(why) => self.lost(&why),
         }
         None
+    }
+
+    /// A beat refused: another process that still beats holds this replica's name. This one
+    /// holds no claim meanwhile (it may share Redis's lanes, never spend a share); once the
+    /// name stays held longer than a process that is gone could hold it, it renames.
+    fn name_held(&self, group: &Group, at: Instant) {
+        let rename = {
+            let mut claim = group.claim();
+            claim.held = 0;
+            claim.naming.held(at)
+        };
+        if rename {
+            self.rename();
+        }
     }
 
     /// A heartbeat's answer. Away from Redis, one slower than `BACK` does not bring the
@@ -480,6 +551,7 @@ impl Fleet {
         // Under the mode's lock: no fallback send comes between the claim and the mode.
         {
             let mut claim = group.claim();
+            claim.naming = Naming::default();
             claim.held = u32::try_from(reply[0]).unwrap_or(0).min(MILLION);
             claim.members = u32::try_from(reply[2]).unwrap_or(1).max(1);
         }

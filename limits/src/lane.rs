@@ -300,6 +300,11 @@ impl Lane {
         Ok(())
     }
 
+    /// The most units one request may cost on this lane (its guard's burst).
+    pub(super) fn largest(&self) -> NonZeroU32 {
+        self.newest().largest
+    }
+
     /// Whether the lane is as a fresh one would be at `now`: nothing reserved ahead, not
     /// slowed, its guard full. Such a lane may be handed to another key.
     pub(super) fn is_fresh(&self, now: Instant) -> bool {

@@ -130,7 +130,7 @@ impl Lanes {
     pub fn slow_down(&self, api: &str, scope: Scope) {
         let own = match scope {
             Scope::Api => self.apis.get(api).and_then(|l| l.calls.clone()),
-            Scope::App | Scope::Caller => None,
+            Scope::App | Scope::Caller | Scope::Share => None,
         };
         let limit = match own {
             Some(own) => own,

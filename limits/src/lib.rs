@@ -59,6 +59,7 @@ mod local;
 mod measure;
 mod pace;
 pub mod series;
+mod share;
 pub mod spec;
 pub mod table;
 pub mod timing;
@@ -99,6 +100,9 @@ pub enum Scope {
     Api,
     /// One caller's own share of the SDKAppID (`[[callers]] rate_limit`).
     Caller,
+    /// This replica's share of an API's quota while it is cut off from the fleet's Redis,
+    /// too small for the call (Tencent's 60007; see `share`).
+    Share,
 }
 
 /// A request that would wait longer than it may.

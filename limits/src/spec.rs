@@ -53,6 +53,9 @@ pub struct FleetSpec {
     pub client: redis::Client,
     /// Prefix of every key, and their Redis Cluster hash tag.
     pub key_prefix: String,
+    /// This replica's name in the fleet (`[fleet] member`): a process that comes back under
+    /// it takes its place.
+    pub member: String,
     /// Planned replica count: a replica's share until Redis has told it the live size.
     pub replicas: NonZeroU32,
     /// Longest one Redis call may take before the fallback takes over.
@@ -70,6 +73,7 @@ impl std::fmt::Debug for FleetSpec {
         // The client holds the password: only the rest is shown.
         f.debug_struct("FleetSpec")
             .field("key_prefix", &self.key_prefix)
+            .field("member", &self.member)
             .field("replicas", &self.replicas)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()

@@ -31,6 +31,10 @@ pub const EXPIRY: Duration = Duration::from_millis(1000);
 pub const QUARANTINE: Duration = Duration::from_millis(1200);
 /// How long a lapsed member's claim is kept in Redis.
 pub const RETAIN: Duration = Duration::from_secs(600);
+/// How long another process that still beats must hold this replica's member name before
+/// this one renames: a process that is gone holds it at most `EXPIRY` past its last beat, and
+/// the newcomer, refused meanwhile, takes the name at its first beat after that.
+pub const HELD: Duration = Duration::from_secs(2);
 /// Room for timer lateness and clock-rate differences in the waits of the fleet's argument.
 pub const MARGIN: Duration = Duration::from_millis(100);
 /// The oldest a fleet guard's admission may be when its answer arrives (the write follows
@@ -69,6 +73,9 @@ const _: () = assert!(2 * BEAT.as_nanos() <= EXPIRY.as_nanos());
 const _: () = assert!(SPREAD.as_nanos() < MARGIN.as_nanos());
 // After lost state no guard window holds admissions of both the old and the new state.
 const _: () = assert!(TRANSITION.as_nanos() < QUARANTINE.as_nanos());
+// A restarted process is not renamed for the beats of its own predecessor, which is gone:
+// the name is free a beat after EXPIRY, with a beat to spare.
+const _: () = assert!(EXPIRY.as_nanos() + 2 * BEAT.as_nanos() <= HELD.as_nanos());
 // A claim outlives the wait before its replica may spend it.
 const _: () = assert!(EXPIRY.as_nanos() + MARGIN.as_nanos() < RETAIN.as_nanos());
 // A lowered limit stands past the guard's whole transition.

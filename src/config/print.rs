@@ -66,6 +66,7 @@ struct Fleet {
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_password_env: Option<String>,
     key_prefix: String,
+    member: String,
     replicas: u32,
     timeout_ms: u64,
 }
@@ -152,6 +153,7 @@ pub(super) fn to_toml(config: &Config) -> String {
             redis_url: fleet.redis.to_string(),
             redis_password_env: fleet.redis_password_env.clone(),
             key_prefix: fleet.key_prefix.clone(),
+            member: fleet.member.clone(),
             replicas: fleet.replicas.get(),
             timeout_ms: ms(fleet.timeout),
         }),

@@ -42,6 +42,7 @@ struct RawFleet {
     redis_url: Option<String>,
     redis_password_env: Option<String>,
     key_prefix: String,
+    member: Option<String>,
     replicas: u32,
     timeout_ms: u64,
 }
@@ -52,6 +53,7 @@ impl Default for RawFleet {
             redis_url: None,
             redis_password_env: None,
             key_prefix: "timgate".into(),
+            member: None,
             replicas: 1,
             timeout_ms: 50,
         }
@@ -75,6 +77,7 @@ impl RawFleet {
         let redis =
             RedisUrl::new(&url, password).map_err(|e| ConfigError::new("fleet.redis_url", e))?;
         key_prefix(&self.key_prefix)?;
+        let member = member(self.member)?;
         let replicas = NonZeroU32::new(self.replicas)
             .ok_or_else(|| ConfigError::new("fleet.replicas", "must be at least 1"))?;
         if !(1..=1000).contains(&self.timeout_ms) {
@@ -87,6 +90,7 @@ impl RawFleet {
             redis,
             redis_password_env: self.redis_password_env,
             key_prefix: self.key_prefix,
+            member,
             replicas,
             timeout: Duration::from_millis(self.timeout_ms),
         }))
@@ -102,6 +106,37 @@ fn key_prefix(prefix: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `fleet.member`, by default the host name (Kubernetes sets it to the pod's name, which a
+/// restarted container keeps): a name the script can keep beside its own `~`/`@` fields.
+fn member(configured: Option<String>) -> Result<String, ConfigError> {
+    let (name, from) = match configured {
+        Some(name) => (name, "is"),
+        None => (
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+            "defaults to the host name, which is",
+        ),
+    };
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if name.is_empty()
+        || name.len() > 253
+        || !name.chars().all(fits)
+        || name.starts_with(['-', '.'])
+    {
+        return Err(ConfigError::new(
+            "fleet.member",
+            format!(
+                "{from} {name:?}: must be 1 to 253 letters, digits, '.', '-' or '_', not starting \
+                 with '.' or '-' (each replica's own name; a replica that restarts under it takes \
+                 its place)"
+            ),
+        ));
+    }
+    Ok(name)
 }
 
 #[derive(Deserialize)]
@@ -228,10 +263,9 @@ impl RawConfig {
             .as_deref()
             .map(|path| super::read_seed(path, &apps))
             .transpose()?;
+        // Any `replicas` fits every quota: a share smaller than a call is the fallback's to
+        // handle while cut off from Redis (the limiter's `share`).
         let fleet = self.fleet.validate()?;
-        if let Some(fleet) = &fleet {
-            quotas_fit_replicas(&apps, fleet.replicas)?;
-        }
         let mut taken = vec![
             ("server.listen", server.listen),
             ("server.admin_listen", server.admin_listen),
@@ -470,33 +504,6 @@ fn api_name(key: &str, api: &str) -> Result<(), ConfigError> {
             ),
         )),
     }
-}
-
-/// In a fleet, each replica keeps every quota at 1/`replicas` of its rate (quotas are not
-/// in Redis), so that the replicas together never pass it. That share must still be at least
-/// one unit, and for a cost quota more than the most one call may cost: a smaller share would
-/// hold the fleet under the limit only by refusing such calls forever.
-fn quotas_fit_replicas(apps: &[App], replicas: NonZeroU32) -> Result<(), ConfigError> {
-    for (i, app) in apps.iter().enumerate() {
-        for quota in &app.api_quotas {
-            let share = quota.rate.get() / replicas.get();
-            let least = match quota.cost {
-                Some(_) => quota.largest_cost().get() + 1,
-                None => 1,
-            };
-            if share < least {
-                return Err(ConfigError::new(
-                    "fleet.replicas",
-                    format!(
-                        "{replicas} is too many for apps[{i}]'s {} quota of {quota}: each replica \
-                         keeps 1/replicas of it ({share}), which must be at least {least}",
-                        quota.api
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The documented quotas, each replaced by a configured one that counts the same thing

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod redis;
 pub mod stamp;
 
 use std::future::Future;
@@ -521,6 +522,14 @@ impl Process {
     pub async fn start(config: &str, args: &[&str], stderr: std::process::Stdio) -> Process {
         let (port, admin_port) = (free_port(), free_port());
         let path = std::env::temp_dir().join(format!("timgate-{}-{port}.toml", std::process::id()));
+        // Each process its own fleet member name, as each pod has its own host name, unless
+        // the test names it (a restart under its name).
+        let member = format!("[fleet]\nmember = \"replica-{port}\"\n");
+        let config = if config.contains("\nmember = ") {
+            config.to_owned()
+        } else {
+            config.replacen("[fleet]\n", &member, 1)
+        };
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{config}"
         );

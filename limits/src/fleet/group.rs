@@ -23,7 +23,7 @@ use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::batch::{self, Kind, Wait};
-use super::mode::{Guarded, Guarding};
+use super::mode::{Guarded, Guarding, Naming};
 use super::{Ask, BEAT, FRESH, Fleet, MILLION, Reservation, TICK, WINDOW, unreachable_reply};
 use crate::lane::Lane;
 use crate::{Closing, Scope, Throttled};
@@ -145,6 +145,8 @@ pub(super) struct Claim {
     pub(super) held: u32,
     /// How many members Redis last reported for the app (lapsed included).
     pub(super) members: u32,
+    /// Since when this app's beats find the member name held by another process.
+    pub(super) naming: Naming,
 }
 
 impl Group {
@@ -162,6 +164,7 @@ impl Group {
             claim: Mutex::new(Claim {
                 held: MILLION / replicas.get(),
                 members: replicas.get(),
+                naming: Naming::default(),
             }),
             turns: batch::Batches::default(),
             guards: batch::Batches::default(),
@@ -450,8 +453,8 @@ impl Drop for Group {
         let (fleet, common) = (self.fleet.clone(), self.common.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let id = fleet.id.clone();
-                let _ = fleet.call::<i64>(&common, "leave", &[], &[id]).await;
+                let args = fleet.leave_args();
+                let _ = fleet.call::<i64>(&common, "leave", &[], &args).await;
             });
         }
     }

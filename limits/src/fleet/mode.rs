@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{BACK, EXPIRY, FRESH, MARGIN, RETAIN, WINDOW};
+use super::{BACK, EXPIRY, FRESH, HELD, MARGIN, RETAIN, WINDOW};
 
 /// Where this replica takes its turns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +225,23 @@ impl Machine {
 
     fn micros(&self, at: Instant) -> i64 {
         at.saturating_duration_since(self.anchor).as_micros() as i64
+    }
+}
+
+/// Whether this replica's member name is held by another process that still beats, and
+/// since when: past `HELD`, that one is alive (a process that is gone stops holding a name
+/// `EXPIRY` after its last beat), and this one must take another name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Naming {
+    /// The first beat refused in this run of refusals.
+    held_since: Option<Instant>,
+}
+
+impl Naming {
+    /// A beat was refused at `now`: `true` when the name has been held for `HELD`.
+    pub(super) fn held(&mut self, now: Instant) -> bool {
+        let since = *self.held_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= HELD
     }
 }
 
@@ -492,6 +509,23 @@ mod tests {
         let edge = t0 + RETAIN - EXPIRY - MARGIN;
         assert!(machine.retained(edge - Duration::from_micros(1)));
         assert!(!machine.retained(edge));
+    }
+
+    #[test]
+    fn a_name_held_by_another_process_is_given_up_only_after_held() {
+        let t0 = Instant::now();
+        let mut naming = Naming::default();
+        assert!(!naming.held(t0));
+        // A predecessor that is gone stops holding the name EXPIRY after its last beat: the
+        // beats refused until then do not rename.
+        assert!(!naming.held(t0 + EXPIRY + crate::timing::BEAT));
+        assert!(!naming.held(t0 + HELD - Duration::from_micros(1)));
+        assert!(naming.held(t0 + HELD));
+        // A beat taken in between starts the count again.
+        let mut naming = Naming::default();
+        naming.held(t0);
+        naming = Naming::default();
+        assert!(!naming.held(t0 + HELD));
     }
 
     #[test]

@@ -4,9 +4,12 @@
 --
 -- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat), of the one app
 --           whose lanes the call touches: the replicas that serve it
--- KEYS[2] claims  (hash: replica id -> fallback claim, millionths of each of that app's limits; and
---           "~" .. id -> until when (Redis time) that replica's own sends on lanes of a
---           longer period than a second still count there)
+-- KEYS[2] claims  (hash: member name -> fallback claim, millionths of each of that app's limits;
+--           "~" .. name -> until when (Redis time) that member's own sends on lanes of a
+--           longer period than a second still count there; and "@" .. name -> "token seen":
+--           the incarnation (one process) that holds the name, and the Redis time of its last
+--           beat of any kind; and "#" -> the sum of the claims, so a beat reads two fields, not
+--           the whole hash, however many members there are)
 -- KEYS[3] epoch   (string: when this Redis state was born)
 -- KEYS[4..] lanes (hash: p = pacing TAT, g = guard TAT, s = slowed until, l = the lowest limit
 --           the guard was asked with lately, t = when it was last asked with it), narrowest first
@@ -410,37 +413,81 @@ if op == 'slow' then
   return 0
 end
 
--- beat: ARGV[4] id, ARGV[5] the claim it holds now, ARGV[6] the claim it wants,
+-- Whether `token` may beat under `name`: the name is free, already this incarnation's, or
+-- held by one that has not beaten at all (live or not) for the heartbeat expiry: a process
+-- under the name that is gone, or cut off from Redis. Two processes that both reach Redis
+-- are told apart: the second is refused while the first beats.
+local function name_free(name, token)
+  local held = redis.call('HGET', KEYS[2], '@' .. name)
+  if not held then
+    return true
+  end
+  local holder, seen = string.match(held, '^(%S+) (%d+)$')
+  return holder == token or not seen or tonumber(seen) < now - expiry
+end
+
+-- beat: ARGV[4] member name, ARGV[5] the claim it holds now, ARGV[6] the claim it wants,
 -- ARGV[7] 1 = live, 0 = register as possibly in fallback, ARGV[8] ignore after ("" = never),
 -- ARGV[9] how long a lapsed member is kept, ARGV[10] until when its fallback sends on lanes
--- of a longer period still count there ("" = none), set with a live beat.
+-- of a longer period still count there ("" = none), set with a live beat, ARGV[11] this
+-- process's incarnation token.
 -- The claims never sum above a million: a larger claim is granted from what is free, and
--- never below what the replica holds now. Returns {claim, live members, members, now}.
+-- never below what the replica holds now. A new incarnation under a member's name takes its
+-- place, claim and all (replaced, not added); its predecessor's sends on longer lanes keep
+-- counting until their time, at no smaller a claim. Returns {claim, live members, members,
+-- now}; {-1, ...}: the beat came after its deadline; {-2, ...}: another incarnation that
+-- still beats holds the name (nothing was written).
+-- The sum of the claims ("#"), worked out from the whole hash once if it is not kept yet.
+local function claims_total()
+  local total = tonumber(redis.call('HGET', KEYS[2], '#'))
+  if total then
+    return total
+  end
+  total = 0
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local first = string.sub(all[i], 1, 1)
+    if first ~= '~' and first ~= '@' and first ~= '#' then
+      total = total + tonumber(all[i + 1])
+    end
+  end
+  redis.call('HSET', KEYS[2], '#', total)
+  return total
+end
+
 if op == 'beat' then
-  local id, held, wanted = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  local id, held, wanted, token = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[11]
   local not_after = tonumber(ARGV[8])
   if not_after and now > not_after then
     return {-1, 0, 0, now}
   end
-  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[9])))) do
-    redis.call('ZREM', KEYS[1], gone)
-    redis.call('HDEL', KEYS[2], gone, '~' .. gone)
+  local total = claims_total()
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[9])))
+  for _, name in ipairs(gone) do
+    total = total - (tonumber(redis.call('HGET', KEYS[2], name)) or 0)
+    redis.call('ZREM', KEYS[1], name)
+    redis.call('HDEL', KEYS[2], name, '~' .. name, '@' .. name)
   end
-  local others = 0
-  local all = redis.call('HGETALL', KEYS[2])
-  for i = 1, #all, 2 do
-    if all[i] ~= id and string.sub(all[i], 1, 1) ~= '~' then
-      others = others + tonumber(all[i + 1])
-    end
+  if #gone > 0 then
+    redis.call('HSET', KEYS[2], '#', total)
   end
-  local granted = math.max(held, math.min(wanted, MILLION - others))
-  redis.call('HSET', KEYS[2], id, granted)
+  if not name_free(id, token) then
+    return {-2, 0, redis.call('ZCARD', KEYS[1]), now}
+  end
+  redis.call('HSET', KEYS[2], '@' .. id, token .. ' ' .. string.format('%.0f', now))
+  local own = tonumber(redis.call('HGET', KEYS[2], id)) or 0
+  local granted = math.max(held, math.min(wanted, MILLION - (total - own)))
+  local counted = tonumber(redis.call('HGET', KEYS[2], '~' .. id))
+  if counted and counted > now then
+    granted = math.max(granted, own)
+  end
+  redis.call('HSET', KEYS[2], id, granted, '#', total - own + granted)
   if ARGV[7] == '1' then
     redis.call('ZADD', KEYS[1], now, id)
     local long_until = tonumber(ARGV[10])
-    if long_until and long_until > now then
+    if long_until and long_until > math.max(counted or 0, now) then
       redis.call('HSET', KEYS[2], '~' .. id, long_until)
-    else
+    elseif counted and counted <= now then
       redis.call('HDEL', KEYS[2], '~' .. id)
     end
   else
@@ -450,10 +497,19 @@ if op == 'beat' then
   return {granted, live, redis.call('ZCARD', KEYS[1]), now}
 end
 
--- leave: ARGV[4] id. A replica that shuts down gives its claim back.
+-- leave: ARGV[4] member name, ARGV[5] incarnation token. A replica that shuts down gives
+-- its claim back, unless another incarnation holds the name by now.
 if op == 'leave' then
+  local held = redis.call('HGET', KEYS[2], '@' .. ARGV[4])
+  if held and string.match(held, '^(%S+)') ~= ARGV[5] then
+    return 0
+  end
+  local own = tonumber(redis.call('HGET', KEYS[2], ARGV[4])) or 0
+  if own > 0 and redis.call('HEXISTS', KEYS[2], '#') == 1 then
+    redis.call('HINCRBY', KEYS[2], '#', -own)
+  end
   redis.call('ZREM', KEYS[1], ARGV[4])
-  redis.call('HDEL', KEYS[2], ARGV[4], '~' .. ARGV[4])
+  redis.call('HDEL', KEYS[2], ARGV[4], '~' .. ARGV[4], '@' .. ARGV[4])
   return 0
 end
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{Ask, Begun, Fleet, Group, Underway};
 use crate::lane::Lane;
+use crate::share;
 use crate::limit::{ApiLanes, Limit, QuotaLanes};
 use crate::pace::{Queued, pace, pace_from};
 use crate::spec::AppSpec;
@@ -269,6 +270,7 @@ impl Shared {
                 lanes.push((lane, ask.cost, ask.period));
             }
         }
+        share::fits(&lanes)?;
         for limit in turn.limits() {
             lanes.push((self.fallback(limit)?, NonZeroU32::MIN, second));
         }
@@ -321,11 +323,11 @@ impl Shared {
             .quotas
             .iter()
             .map(|quota| {
-                let share = self.group.share(quota.rate).ok_or(Throttled {
-                    scope: Scope::Api,
-                    retry_after: quota.per.period(),
-                })?;
-                Ok(Arc::new(QuotaLanes::new(quota, share)))
+                let share = self.group.share(quota.rate).ok_or_else(share::too_small)?;
+                Ok(Arc::new(QuotaLanes::new(
+                    &share::quota(quota, share),
+                    share,
+                )))
             })
             .collect::<Result<Vec<_>, Throttled>>()?;
         *fallback = Some((generation, lanes.clone()));

@@ -8,6 +8,7 @@
 //! Without `redis-server` on PATH these tests say so loudly and pass, unless `CI` is set,
 //! where they fail (`.ci/run` installs it).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -167,6 +168,41 @@ struct Replica {
     lanes: Arc<Lanes>,
 }
 
+impl Replica {
+    /// A replica named `member` of `app`, `replicas = 3`, `timeout_ms = 50`, on its own link
+    /// to `server` at Redis time `REDIS_EPOCH` + the time since `start`.
+    fn start(server: &Server, start: Instant, member: &str, app: &AppSpec) -> Replica {
+        let redis = Arc::new(FixedRedis {
+            connection: Arc::new(Mutex::new(server.connection())),
+            start,
+            cut: AtomicBool::new(false),
+            late: Mutex::default(),
+            calls: Mutex::default(),
+        });
+        let fleet = Fleet::with_link(
+            redis.clone(),
+            Arc::default(),
+            "sim",
+            member,
+            TIMEOUT,
+            NonZeroU32::new(3).unwrap(),
+            FleetSeries::default(),
+        );
+        let limiter = Limiter::on(fleet.clone());
+        let lanes = Arc::new(limiter.lanes(app));
+        Replica {
+            redis,
+            fleet,
+            lanes,
+        }
+    }
+
+    /// Killed: it never answers or calls again, and gives nothing back (a SIGKILL).
+    fn kill(self) {
+        self.redis.cut.store(true, Ordering::SeqCst);
+    }
+}
+
 /// One send the limiter let go: which replica, when, and whether on its fallback share.
 #[derive(Clone, Copy, Debug)]
 struct Send {
@@ -183,6 +219,8 @@ struct Record {
 
 struct Sim {
     server: Server,
+    /// Redis time's origin, shared by every replica's link.
+    start: Instant,
     replicas: Vec<Replica>,
     record: Arc<Mutex<Record>>,
 }
@@ -198,34 +236,12 @@ impl Sim {
     async fn formed_with(server: Server, app: AppSpec) -> Sim {
         let start = Instant::now();
         let replicas = (0..3)
-            .map(|_| {
-                let redis = Arc::new(FixedRedis {
-                    connection: Arc::new(Mutex::new(server.connection())),
-                    start,
-                    cut: AtomicBool::new(false),
-                    late: Mutex::default(),
-                    calls: Mutex::default(),
-                });
-                let fleet = Fleet::with_link(
-                    redis.clone(),
-                    Arc::default(),
-                    "sim",
-                    TIMEOUT,
-                    NonZeroU32::new(3).unwrap(),
-                    FleetSeries::default(),
-                );
-                let limiter = Limiter::on(fleet.clone());
-                let lanes = Arc::new(limiter.lanes(&app));
-                Replica {
-                    redis,
-                    fleet,
-                    lanes,
-                }
-            })
+            .map(|i| Replica::start(&server, start, &format!("replica-{i}"), &app))
             .collect();
         tokio::time::sleep(Duration::from_secs(2)).await;
         Sim {
             server,
+            start,
             replicas,
             record: Arc::default(),
         }
@@ -981,4 +997,211 @@ async fn a_request_holding_a_connection_whose_turn_is_free_makes_one_redis_call(
         assert_eq!(calls() - before, 2, "a turn, then a guard of its own");
     }
     assert!(waited >= 10, "only {waited} of 20 turns waited");
+}
+
+/// The app's members in Redis (name → last beat's Redis time, µs) and its claims hash.
+fn membership(sim: &Sim) -> (HashMap<String, i64>, HashMap<String, String>) {
+    let mut connection = sim.server.connection();
+    let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg("{sim}:members:1")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(&mut connection)
+        .unwrap();
+    let claims: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("{sim}:claims:1")
+        .query(&mut connection)
+        .unwrap();
+    let members = members.into_iter().map(|(m, s)| (m, s as i64)).collect();
+    (members, claims)
+}
+
+/// The members live at Redis time `now` (last live beat within `EXPIRY`).
+fn live(members: &HashMap<String, i64>, now: i64) -> usize {
+    let expiry = EXPIRY.as_micros() as i64;
+    members.values().filter(|at| **at >= now - expiry).count()
+}
+
+/// The sum of the members' claims (the `~` and `@` fields are not claims).
+fn claimed(claims: &HashMap<String, String>) -> u64 {
+    claims
+        .iter()
+        .filter(|(name, _)| !name.starts_with(['~', '@', '#']))
+        .map(|(_, claim)| claim.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// The incarnation token that holds `name` in Redis.
+fn holder(claims: &HashMap<String, String>, name: &str) -> String {
+    let held = &claims[&format!("@{name}")];
+    held.split(' ').next().unwrap().to_owned()
+}
+
+/// This replica's claim on app 1 (millionths).
+fn held(replica: &Replica) -> u32 {
+    replica.lanes.fleet.as_ref().unwrap().claim().held
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_restarted_under_its_name_takes_its_place_claim_and_all() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let mut sim = Sim::formed(server).await;
+    let old_token = sim.replicas[2].fleet.token.clone();
+    let killed = Instant::now();
+    sim.replicas.remove(2).kill();
+    // Started again 300 ms later, under its name: its predecessor's last beat is younger
+    // than EXPIRY, so Redis cannot tell it from a live one yet and refuses the name.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = Replica::start(&sim.server, sim.start, "replica-2", &app());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(held(&again), 0, "no claim while the name is held");
+    assert_eq!(holder(&membership(&sim).1, "replica-2"), old_token);
+    sim.replicas.push(again);
+    // Its place, a beat after the predecessor's last beat lapsed: three live members, one
+    // claim each, and the whole limit shared again.
+    tokio::time::sleep_until(killed + EXPIRY + 3 * super::BEAT).await;
+    let (members, claims) = membership(&sim);
+    let now = sim.replicas[0].redis.now();
+    assert_eq!((members.len(), live(&members, now)), (3, 3), "{members:?}");
+    assert!(claimed(&claims) <= 1_000_000, "{claims:?}");
+    assert_eq!(claims["#"].parse::<u64>().unwrap(), claimed(&claims));
+    let new_token = sim.replicas[2].fleet.token.clone();
+    assert_eq!(holder(&claims, "replica-2"), new_token);
+    assert_eq!(sim.replicas[2].fleet.name(), "replica-2", "not renamed");
+    assert!(held(&sim.replicas[2]) > 0);
+    let t0 = Instant::now();
+    let load = sim.offer(150, t0 + Duration::from_secs(3));
+    load.await.unwrap();
+    let sends = sim.sends();
+    assert!(busiest_second(&sends) <= LIMIT);
+    // 0.96 × 200 a second with the whole limit; with the dead member's share still held
+    // off the lanes (its claim kept for RETAIN, as before names) 0.96 × 134.
+    let served = between(&sends, t0 + WINDOW, t0 + 3 * WINDOW);
+    assert!(served >= 360, "served {served} in 2 s after the restart");
+    // A process's leave takes away only its own incarnation's place.
+    let leave = |token: &str| {
+        let _: i64 = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(3)
+            .arg(&["{sim}:members:1", "{sim}:claims:1", "{sim}:epoch"])
+            .arg(&[
+                "leave",
+                "",
+                crate::timing::REPLICAS.as_str(),
+                "replica-2",
+                token,
+            ])
+            .query(&mut sim.server.connection())
+            .unwrap();
+    };
+    leave(&old_token);
+    assert!(membership(&sim).0.contains_key("replica-2"));
+    leave(&new_token);
+    let (members, claims) = membership(&sim);
+    assert!(!members.contains_key("replica-2"));
+    assert!(!claims.keys().any(|field| field.ends_with("replica-2")));
+    assert_eq!(claims["#"].parse::<u64>().unwrap(), claimed(&claims));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_live_process_under_one_name_holds_no_share_and_is_renamed() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let sim = Sim::formed(server).await;
+    let first = sim.replicas[0].fleet.token.clone();
+    let before = held(&sim.replicas[0]);
+    let t0 = Instant::now();
+    let second = Replica::start(&sim.server, sim.start, "replica-0", &app());
+    // Refused while the first beats: no claim, no place, the first's untouched.
+    for _ in 0..5 {
+        tokio::time::sleep(super::BEAT).await;
+        let (members, claims) = membership(&sim);
+        assert_eq!(members.len(), 3);
+        assert_eq!(holder(&claims, "replica-0"), first);
+        assert_eq!(held(&second), 0);
+        assert_eq!(second.fleet.name(), "replica-0");
+        assert_eq!(held(&sim.replicas[0]), before);
+    }
+    // Past HELD it takes its own name, and a claim under it from what is free.
+    tokio::time::sleep_until(t0 + super::HELD + 4 * super::BEAT).await;
+    let renamed = format!("replica-0-{}", second.fleet.token);
+    assert_eq!(second.fleet.name(), renamed);
+    let (members, claims) = membership(&sim);
+    let now = sim.replicas[0].redis.now();
+    assert_eq!((members.len(), live(&members, now)), (4, 4), "{members:?}");
+    assert_eq!(holder(&claims, "replica-0"), first);
+    assert_eq!(holder(&claims, &renamed), second.fleet.token);
+    assert!(claimed(&claims) <= 1_000_000, "{claims:?}");
+    assert_eq!(claims["#"].parse::<u64>().unwrap(), claimed(&claims));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cut_off_a_call_over_half_the_quotas_share_waits_for_redis_then_is_refused_saying_so() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    // 900 recipients a second, one call up to 500: 299 each on three replicas' shares, so
+    // while cut off a call of at most 149 goes on the share and a larger one cannot.
+    let mut small = app();
+    small.api_quotas = vec![Quota {
+        api: "openim/batchsendmsg".to_owned(),
+        rate: NonZeroU32::new(900).unwrap(),
+        per: Per::Second,
+        cost: Some("To_Account".to_owned()),
+        key: None,
+        max_cost: Some((NonZeroU32::new(500).unwrap(), 90011)),
+    }];
+    let sim = Sim::formed_with(server, small).await;
+    let (lanes, fleet) = (&sim.replicas[0].lanes, &sim.replicas[0].fleet);
+    let api = "openim/batchsendmsg";
+    let costing = |n: u32| {
+        [crate::Measured {
+            cost: NonZeroU32::new(n).unwrap(),
+            key: None,
+        }]
+    };
+    let send = |n: u32| async move {
+        let turn = lanes.turn_as(api, None, &costing(n), MAX_WAIT).await?;
+        turn.send_now().await
+    };
+    // In Redis, the whole quota: a call of 400 goes.
+    send(400).await.unwrap();
+    sim.cut(0, true);
+    send(1).await.unwrap_err();
+    // In fallback once Redis surely counts it lapsed and a second more has passed.
+    let deadline = Instant::now() + 4 * WINDOW;
+    while fleet.fallback_in() != Some(Duration::ZERO) {
+        assert!(Instant::now() < deadline, "in fallback by now");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    send(149).await.unwrap();
+    let asked = Instant::now();
+    let refused = send(150).await.unwrap_err();
+    assert_eq!(refused.scope, Scope::Share);
+    assert!(
+        asked.elapsed() >= MAX_WAIT - super::BEAT,
+        "refused after {:?}: it waits for Redis first",
+        asked.elapsed()
+    );
+    // Redis back while it waits: through Redis, the whole quota again.
+    let asked = Instant::now();
+    let back = tokio::spawn({
+        let sim_redis = sim.replicas[0].redis.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sim_redis.cut.store(false, Ordering::SeqCst);
+        }
+    });
+    send(400).await.unwrap();
+    back.await.unwrap();
+    assert!(
+        asked.elapsed() < MAX_WAIT,
+        "sent {:?} after",
+        asked.elapsed()
+    );
+    assert_eq!(fleet.fallback_in(), None);
 }

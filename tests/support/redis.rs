@@ -1,0 +1,147 @@
+//! A real `redis-server` for the fleet's tests: started on a free loopback port without
+//! persistence, killed when dropped; a one-node Cluster too.
+
+use std::time::Duration;
+
+use super::free_port;
+
+/// A `redis-server` on a free loopback port; killed when dropped.
+pub struct Redis {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    /// Extra arguments (a cluster node's).
+    args: Vec<String>,
+    /// A cluster node's working directory (its `nodes.conf`), removed when dropped.
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Redis {
+    /// Starts one, or `None` (after saying so) when the program is missing outside CI.
+    pub fn start() -> Option<Redis> {
+        Redis::start_with(Vec::new())
+    }
+
+    /// A one-node Redis Cluster owning every slot: it refuses (CROSSSLOT) any command whose
+    /// keys hash to different slots, as every Cluster does.
+    ///
+    /// The node starts in an empty directory of its own: a `nodes.conf` left there by an
+    /// earlier run (same name, another process) would hand it the slots already, and
+    /// ADDSLOTS would fail with "Slot 0 is already busy".
+    pub async fn start_cluster() -> Option<Redis> {
+        let dir = std::env::temp_dir().join(format!(
+            "timgate-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis::start_with(vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--dir".into(),
+            dir.to_str().unwrap().into(),
+        ])?;
+        redis.dir = Some(dir);
+        let mut client = redis.client().await;
+        let mut add = redis::cmd("CLUSTER");
+        add.arg("ADDSLOTS").arg((0..16384).collect::<Vec<u16>>());
+        let () = add.query_async(&mut client).await.unwrap();
+        super::eventually(|| {
+            let mut client = client.clone();
+            async move {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut client)
+                    .await
+                    .unwrap();
+                info.contains("cluster_state:ok")
+            }
+        })
+        .await;
+        Some(redis)
+    }
+
+    pub fn start_with(args: Vec<String>) -> Option<Redis> {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file())
+        });
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not on PATH, and CI is set: .ci/run installs it"
+            );
+            eprintln!(
+                "\n*** SKIPPED: redis-server is not on PATH; install it (apt-get install redis-server) to run the fleet tests ***\n"
+            );
+            return None;
+        }
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            args,
+            dir: None,
+        };
+        redis.spawn();
+        Some(redis)
+    }
+
+    pub fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let id = self.child.as_ref().unwrap().id();
+        let pid = rustix::process::Pid::from_raw(i32::try_from(id).unwrap()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// SIGKILL: Redis and all its state are gone.
+    pub fn kill(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    /// A new, empty Redis on the same port.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
