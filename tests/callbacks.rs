@@ -642,6 +642,10 @@ async fn the_emulators_callbacks_go_through_the_listener_to_the_service_and_back
     let first: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(first["MsgBody"][0]["MsgContent"]["Text"], "hello");
     assert_eq!(first["MsgRandom"], 1);
+    // The after-send callback names the message as the caller's answer did.
+    let after: Value = serde_json::from_slice(&seen[1].body).unwrap();
+    assert_eq!(after["MsgKey"], sent.json()["MsgKey"], "{after}");
+    assert_eq!(after["MsgTime"], sent.json()["MsgTime"]);
 }
 
 /// Waits for `arrival`, at most 10 s.

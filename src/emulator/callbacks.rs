@@ -128,7 +128,7 @@ impl Notifier {
         let wanted = |command: &str| subscriber.patterns.iter().any(|p| glob(p, command));
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let (before, after) = match api {
-            "openim/sendmsg" => events::c2c(body, operator, seq),
+            "openim/sendmsg" => events::c2c(body, operator),
             "group_open_http_svc/send_group_msg" => events::group(body, operator, seq),
             "live_engine_http_srv/create_room" => (None, events::created(body, operator)),
             "live_engine_http_srv/destroy_room" => (None, events::destroyed(body, operator)),

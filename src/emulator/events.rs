@@ -28,10 +28,11 @@ fn with_custom_data(mut event: Value, body: &Map<String, Value>) -> Value {
     event
 }
 
-/// `openim/sendmsg`: the C2C pair; a refusal answers 20006.
-pub(super) fn c2c(body: &Map<String, Value>, operator: &str, seq: u64) -> Pair {
-    let seq = body.get("MsgSeq").and_then(Value::as_u64).unwrap_or(seq);
+/// `openim/sendmsg`: the C2C pair; a refusal answers 20006. Without a `MsgSeq` the message's
+/// seq is its `MsgRandom`, as the emulator stores it, so `MsgKey` reads the same in both.
+pub(super) fn c2c(body: &Map<String, Value>, operator: &str) -> Pair {
     let random = body.get("MsgRandom").and_then(Value::as_u64).unwrap_or(0);
+    let seq = body.get("MsgSeq").and_then(Value::as_u64).unwrap_or(random);
     let time = unix_now();
     let online_only = body.get("MsgLifeTime").and_then(Value::as_u64) == Some(0);
     let event = |command: &str| {
@@ -239,7 +240,7 @@ mod tests {
             r#"{"To_Account":"b","MsgSeq":9,"MsgRandom":77,"MsgLifeTime":0,
                 "MsgBody":[{"MsgType":"TIMTextElem"}],"CloudCustomData":"x"}"#,
         );
-        let (before, after) = c2c(&sent, "admin", 1);
+        let (before, after) = c2c(&sent, "admin");
         let (before, refused_with) = before.unwrap();
         assert_eq!(refused_with, 20006);
         assert_eq!(before["CallbackCommand"], "C2C.CallbackBeforeSendMsg");
