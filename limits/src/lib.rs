@@ -63,7 +63,7 @@ pub use table::{DEFAULT_API_RATE, Per, Quota};
 use fleet::{Ask, Begun, Fleet, Group, Underway};
 pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
 pub use series::FleetSeries;
-pub use spec::{AppSpec, CallerSpec, FleetSpec};
+pub use spec::{AppSpec, CallerSpec, ClusterSpec, FleetSpec, RedisSpec, SentinelSpec};
 pub use timing::{GUARD, PACE, SLOWDOWN, SPREAD};
 
 /// Which limit refused or slowed a request.
