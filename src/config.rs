@@ -15,6 +15,7 @@ mod callers;
 mod egress;
 mod env;
 pub(crate) mod file;
+mod fleet;
 mod print;
 mod raw;
 mod server;
@@ -22,6 +23,7 @@ mod value;
 
 pub use callbacks::{AppCallbacks, CallbackRoute, CallbackToken, Callbacks, OnTimeout};
 pub use file::{MAX_CONFIG_BYTES, MAX_KEY_FILE_BYTES};
+pub use fleet::FleetRedis;
 pub use server::{Reload, SERVER_KEYS, ServerKey};
 pub use value::{MAX_MS, MAX_RATE};
 
@@ -146,7 +148,7 @@ pub struct Config {
     /// One entry per SDKAppID; at least one.
     pub apps: Vec<App>,
     /// `[fleet]`: limits shared with every timgate on the same Redis; `None` without
-    /// `redis_url` (each process keeps the limits alone).
+    /// `redis_url`, `sentinels` or `cluster_nodes` (each process keeps the limits alone).
     pub fleet: Option<Fleet>,
     /// `[[callers]]`: who may call, with which token; empty = anyone who reaches the port.
     pub callers: Vec<Caller>,
@@ -204,12 +206,13 @@ pub enum TokenSource {
     File(String),
 }
 
-/// `[fleet]`, when `redis_url` is set.
+/// `[fleet]`, when `redis_url`, `sentinels` or `cluster_nodes` is set.
 #[derive(Debug, Clone)]
 pub struct Fleet {
-    /// Where the shared lanes live (`redis_url`: `redis://` or `rediss://`, password
-    /// optional); `Debug` masks the password.
-    pub redis: RedisUrl,
+    /// Where the shared lanes live: one of `redis_url` (`redis://` or `rediss://`, password
+    /// optional), `sentinels` with `master_name`, or `cluster_nodes`; `Debug` masks the
+    /// passwords.
+    pub redis: FleetRedis,
     /// The variable the Redis password was read from (`redis_password_env`), if any: a name,
     /// not a secret.
     pub redis_password_env: Option<String>,
@@ -229,11 +232,11 @@ pub struct Fleet {
 }
 
 impl From<&Fleet> for crate::limiter::FleetSpec {
-    /// What the limiter needs of `[fleet]`: the client built from the URL and password, the
-    /// key prefix, the planned replica count and the call timeout.
+    /// What the limiter needs of `[fleet]`: the way to Redis with its passwords, the key
+    /// prefix, the planned replica count and the call timeout.
     fn from(fleet: &Fleet) -> Self {
         crate::limiter::FleetSpec {
-            client: fleet.redis.client(),
+            redis: fleet.redis.spec(),
             key_prefix: fleet.key_prefix.clone(),
             member: fleet.member.clone(),
             replicas: fleet.replicas,
@@ -1222,6 +1225,124 @@ mod tests {
             "[fleet]\nredis_url = \"redis://x\"\nredis_password_env = \"TIMGATE_TEST_UNSET_PASSWORD\"\n{GOOD}"
         ));
         assert_eq!(e.key, "fleet.redis_password_env");
+    }
+
+    #[test]
+    fn the_fleet_takes_exactly_one_of_redis_url_sentinels_and_cluster_nodes() {
+        let url = "redis_url = \"redis://127.0.0.1:6379\"\n";
+        let sentinels = "sentinels = [\"s0:26379\", \"s1:26379\"]\nmaster_name = \"mymaster\"\n";
+        let nodes = "cluster_nodes = [\"r0:6379\", \"r1:6379\"]\n";
+        for (keys, named) in [
+            (format!("{url}{sentinels}"), "redis_url and sentinels"),
+            (format!("{url}{nodes}"), "redis_url and cluster_nodes"),
+            (format!("{sentinels}{nodes}"), "sentinels and cluster_nodes"),
+            (
+                format!("{url}{sentinels}{nodes}"),
+                "redis_url and sentinels and cluster_nodes",
+            ),
+        ] {
+            let e = refusal(&format!("[fleet]\n{keys}{GOOD}"));
+            assert_eq!(e.key, "fleet", "{keys}");
+            assert!(e.message.contains("exactly one of"), "{e}");
+            assert!(e.message.contains(named), "{e}");
+        }
+        for (keys, key) in [
+            ("master_name = \"m\"\n".to_owned(), "fleet.master_name"),
+            (format!("{url}master_name = \"m\"\n"), "fleet.master_name"),
+            (
+                format!("{nodes}sentinel_password_env = \"PATH\"\n"),
+                "fleet.sentinel_password_env",
+            ),
+            (
+                "sentinels = [\"s0:26379\"]\n".to_owned(),
+                "fleet.master_name",
+            ),
+            (
+                format!("{sentinels}sentinel_password_env = \"TIMGATE_TEST_UNSET_PASSWORD\"\n"),
+                "fleet.sentinel_password_env",
+            ),
+            (
+                "sentinels = []\nmaster_name = \"m\"\n".to_owned(),
+                "fleet.sentinels",
+            ),
+            ("cluster_nodes = []\n".to_owned(), "fleet.cluster_nodes"),
+            (
+                "cluster_nodes = [\"r0:6379\", \"r1\"]\n".to_owned(),
+                "fleet.cluster_nodes[1]",
+            ),
+            (
+                "cluster_nodes = [\"r0:0\"]\n".to_owned(),
+                "fleet.cluster_nodes[0]",
+            ),
+            (
+                "cluster_nodes = [\"::1:6379\"]\n".to_owned(),
+                "fleet.cluster_nodes[0]",
+            ),
+            (
+                "cluster_nodes = [\"redis://r0:6379\"]\n".to_owned(),
+                "fleet.cluster_nodes[0]",
+            ),
+            (
+                "sentinels = [\"s0:x\"]\nmaster_name = \"m\"\n".to_owned(),
+                "fleet.sentinels[0]",
+            ),
+            (
+                "sentinels = [\"s0:1\"]\nmaster_name = \"a b\"\n".to_owned(),
+                "fleet.master_name",
+            ),
+        ] {
+            let e = refusal(&format!("[fleet]\n{keys}{GOOD}"));
+            assert_eq!(e.key, key, "{keys}: {e}");
+        }
+        let v6 = Config::from_toml(&format!(
+            "[fleet]\ncluster_nodes = [\"[::1]:7000\"]\n{GOOD}"
+        ));
+        assert!(v6.unwrap().fleet.is_some());
+    }
+
+    #[test]
+    fn sentinels_and_cluster_nodes_print_back_without_a_password() {
+        let path = std::env::var("PATH").unwrap();
+        for (keys, form) in [
+            (
+                "sentinels = [\"s0:26379\", \"[::1]:26380\"]\nmaster_name = \"mymaster\"\n\
+                 sentinel_password_env = \"PATH\"\nredis_password_env = \"PATH\"\n",
+                "Sentinel",
+            ),
+            (
+                "cluster_nodes = [\"r0:6379\", \"r1:6380\"]\nredis_password_env = \"PATH\"\n",
+                "Cluster",
+            ),
+        ] {
+            let config = Config::from_toml(&format!("[fleet]\n{keys}{GOOD}")).unwrap();
+            let fleet = config.fleet.as_ref().unwrap();
+            let debug = format!("{fleet:?}");
+            assert!(debug.contains(form), "{debug}");
+            assert!(!debug.contains(&path), "{debug}");
+            let spec = crate::limiter::FleetSpec::from(fleet);
+            match (&spec.redis, form) {
+                (crate::limiter::RedisSpec::Sentinel(s), "Sentinel") => {
+                    assert_eq!(s.master_name, "mymaster");
+                    assert_eq!(s.sentinels[1], ("::1".to_owned(), 26380));
+                    assert_eq!(s.sentinel_password.as_deref(), Some(path.as_str()));
+                    assert_eq!(s.password.as_deref(), Some(path.as_str()));
+                }
+                (crate::limiter::RedisSpec::Cluster(c), "Cluster") => {
+                    assert_eq!(c.nodes[1], ("r1".to_owned(), 6380));
+                    assert_eq!(c.password.as_deref(), Some(path.as_str()));
+                }
+                _ => panic!("{form}: another way to Redis"),
+            }
+            let printed = config.to_toml();
+            assert!(!printed.contains(&path), "{printed}");
+            assert!(!printed.contains("redis_url"), "{printed}");
+            for line in keys.lines() {
+                assert!(printed.contains(line.trim()), "{line} in {printed}");
+            }
+            let again = Config::from_toml(&printed).unwrap();
+            assert_eq!(format!("{again:?}"), format!("{config:?}"));
+            assert_eq!(again.to_toml(), printed);
+        }
     }
 
     #[test]

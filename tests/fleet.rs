@@ -14,13 +14,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::redis::Redis;
+use support::fleet::{Redis, SEND, SEND_BODY, Tally, arrivals, count_between, fleet_formed, offer};
 use support::{Caller, Process, Recorder, sample};
 use tokio::time::Instant;
-
-const SEND: &str = "/v4/openim/sendmsg";
-/// The smallest sendmsg the rules let through (…/269/2282: To_Account, MsgRandom, MsgBody).
-const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#;
 
 /// The tests that run gateway processes and count seconds take turns: on a small machine,
 /// two of them at once would measure each other.
@@ -472,76 +468,6 @@ async fn replica(redis: &Redis, upstream: &Recorder) -> Process {
         support::one_app(1, &upstream.url()),
     );
     Process::start(&config, &[], std::process::Stdio::null()).await
-}
-
-/// How each request was answered.
-#[derive(Default)]
-struct Tally {
-    ok: usize,
-    throttled: usize,
-    throttled_without_retry_after: usize,
-    other: Vec<u16>,
-}
-
-/// Offers `rate` requests per second to `addr` for `seconds`, on a fixed schedule (not
-/// waiting for answers), and waits for every answer.
-async fn offer(addr: SocketAddr, rate: u32, seconds: f64, tally: Arc<Mutex<Tally>>) {
-    let caller = Caller::default();
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut requests = Vec::new();
-    while Instant::now() < end {
-        ticks.tick().await;
-        let (caller, tally) = (caller.clone(), tally.clone());
-        requests.push(tokio::spawn(async move {
-            let answer = caller.post(addr, SEND, SEND_BODY).await;
-            let mut tally = tally.lock().unwrap();
-            match answer.status.as_u16() {
-                200 => tally.ok += 1,
-                429 => {
-                    tally.throttled += 1;
-                    if !answer.headers.contains_key("retry-after") {
-                        tally.throttled_without_retry_after += 1;
-                    }
-                }
-                status => tally.other.push(status),
-            }
-        }));
-    }
-    for request in requests {
-        request.await.expect("every request is answered");
-    }
-}
-
-fn arrivals(upstream: &Recorder) -> Vec<Instant> {
-    upstream.seen().iter().map(|s| s.at).collect()
-}
-
-fn count_between(times: &[Instant], from: Instant, to: Instant) -> usize {
-    times.iter().filter(|t| **t >= from && **t < to).count()
-}
-
-/// Waits until every replica has beaten live at least once, so the fleet knows its size,
-/// and a request passes: a Redis seen for the first time holds its guard shut for
-/// `QUARANTINE`, as after a restart.
-async fn fleet_formed(replicas: &[Process], caller: &Caller) {
-    let size = replicas.len() as f64;
-    for replica in replicas {
-        let admin = replica.admin;
-        support::eventually(|| async move {
-            let text = caller.get(admin, "/metrics").await.body;
-            sample(
-                std::str::from_utf8(&text).unwrap(),
-                "timgate_fleet_members",
-                &[],
-            ) >= size
-        })
-        .await;
-    }
-    let addr = replicas[0].addr;
-    support::eventually(|| async move { caller.post(addr, SEND, SEND_BODY).await.status == 200 })
-        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ const LIMIT: usize = 200;
 /// Offered to the fleet as a whole, spread over the live replicas (as a load balancer does).
 const OFFERED: u32 = 300;
 const SEND: &str = "/v4/openim/sendmsg";
-const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[]}"#;
+const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"hi"}}]}"#;
 /// How long after their return the killed replicas' names must be the fleet's again: one
 /// member each, all live.
 const MEMBERS_RIGHT_WITHIN: Duration = Duration::from_secs(3);

@@ -99,9 +99,10 @@ fn every_file_a_test_includes_lies_inside_the_repository() {
 
 /// Programs a test may start besides `timgate`: servers the product talks to, which `.ci/run`
 /// installs with apt-get when they are missing (package, programs it brings).
-const INSTALLED_BY_CI: [(&str, &[&str]); 2] = [
+const INSTALLED_BY_CI: [(&str, &[&str]); 3] = [
     ("prometheus", &["prometheus", "promtool"]),
     ("redis-server", &["redis-server"]),
+    ("redis-tools", &["redis-cli"]),
 ];
 
 /// Programs every machine the tests run on has, as Debian's Essential packages: `sh` (dash,

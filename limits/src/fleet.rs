@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, Script};
+use redis::{AsyncConnectionConfig, FromRedisValue, Script};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -77,7 +77,7 @@ pub(super) use self::shared::Shared;
 use super::lane::Lane;
 use super::{Scope, Throttled};
 use crate::series::FleetSeries;
-use crate::spec::FleetSpec;
+use crate::spec::{FleetSpec, RedisSpec};
 
 use crate::timing::{self, TICK, WINDOW};
 pub(super) use crate::timing::{BACK, FRESH, HELD};
@@ -186,20 +186,12 @@ impl Ask {
 
 impl Fleet {
     /// Connects lazily (a Redis that is down at start is an outage like any other) and starts
-    /// the heartbeat. Cannot fail: validation built the client from the URL, and nothing here
-    /// may fail once the ports are bound.
+    /// the heartbeat. Cannot fail: validation built the clients, and nothing here may fail
+    /// once the ports are bound.
     pub fn start(config: &FleetSpec, series: FleetSeries) -> Arc<Fleet> {
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let redis = ConnectionManager::new_lazy_with_config(config.client.clone(), manager)
-            .expect("a lazy manager fails only for push or resubscribe settings, not set here");
         let causes = Arc::<cause::Causes>::default();
-        let script = Script::new(include_str!("fleet/script.lua"));
         Fleet::with_link(
-            Arc::new(link::Redis::new(redis, script, causes.clone())),
+            connect(config, causes.clone()),
             causes,
             &config.key_prefix,
             &config.member,
@@ -573,6 +565,42 @@ fn unreachable_reply() -> Throttled {
 }
 
 /// Beats every `BEAT` until the fleet is dropped.
+/// The link to the Redis that `config` names: one server, Sentinel's primary or a Cluster.
+fn connect(config: &FleetSpec, causes: Arc<cause::Causes>) -> Arc<dyn Link> {
+    let script = Script::new(include_str!("fleet/script.lua"));
+    let connect_within = config.timeout.max(Duration::from_millis(200));
+    match &config.redis {
+        RedisSpec::Url(client) => {
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_within))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200));
+            let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+                .expect("a lazy manager fails only for push or resubscribe settings, not set here");
+            Arc::new(link::Redis::new(redis, script, causes))
+        }
+        RedisSpec::Sentinel(sentinel) => {
+            let client = sentinel
+                .client()
+                .expect("validation built this Sentinel client already");
+            let connection = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_within))
+                .set_response_timeout(Some(config.timeout));
+            let find = link::Sentinel::new(client, connection);
+            let way = link::Finder::new(find, causes.clone());
+            Arc::new(link::Redis::new(way, script, causes))
+        }
+        RedisSpec::Cluster(cluster) => {
+            let client = cluster
+                .client(config.timeout)
+                .expect("validation built this Cluster client already");
+            let way = link::Finder::new(link::Cluster(client), causes.clone());
+            Arc::new(link::Redis::new(way, script, causes))
+        }
+    }
+}
+
 async fn heartbeat(fleet: Weak<Fleet>) {
     let mut ticks = tokio::time::interval(BEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -87,7 +87,7 @@ pub use keyed::{SETS, WAYS};
 pub use lane::{TokioClock, TokioInstant};
 pub use measure::{Measured, TooCostly, measure};
 pub use series::FleetSeries;
-pub use spec::{AppSpec, CallerSpec, FleetSpec};
+pub use spec::{AppSpec, CallerSpec, ClusterSpec, FleetSpec, RedisSpec, SentinelSpec};
 pub use table::{DEFAULT_API_RATE, Per, Quota};
 pub use timing::{GUARD, PACE, SLOWDOWN, SPREAD};
 

@@ -9,8 +9,8 @@ use serde::Serialize;
 use super::server::RawServer;
 use super::value::ms;
 use super::{
-    App, AppCallbacks, CallbackToken, Caller, Config, Endpoint, LogFormat, SecretSource,
-    TokenSource,
+    App, AppCallbacks, CallbackToken, Caller, Config, Endpoint, FleetRedis, LogFormat,
+    SecretSource, TokenSource,
 };
 
 #[derive(Serialize)]
@@ -59,10 +59,20 @@ struct CallerEntry {
     rate_limit: Option<u32>,
 }
 
-/// `[fleet]`: the URL with any password in it masked; `redis_password_env` names a variable.
+/// `[fleet]`: the URL with any password in it masked, or the Sentinels or Cluster nodes;
+/// `redis_password_env` and `sentinel_password_env` name variables.
 #[derive(Serialize)]
 struct Fleet {
-    redis_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sentinels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    master_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sentinel_password_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_nodes: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_password_env: Option<String>,
     key_prefix: String,
@@ -149,14 +159,7 @@ pub(super) fn to_toml(config: &Config) -> String {
             listen: config.emulator.listen.to_string(),
             seed: config.emulator.seed.as_ref().map(|seed| seed.path.clone()),
         },
-        fleet: config.fleet.as_ref().map(|fleet| Fleet {
-            redis_url: fleet.redis.to_string(),
-            redis_password_env: fleet.redis_password_env.clone(),
-            key_prefix: fleet.key_prefix.clone(),
-            member: fleet.member.clone(),
-            replicas: fleet.replicas.get(),
-            timeout_ms: ms(fleet.timeout),
-        }),
+        fleet: config.fleet.as_ref().map(fleet),
         apps: config.apps.iter().map(entry).collect(),
         callers: config.callers.iter().map(caller).collect(),
         callbacks: config.callbacks.listen.map(|addr| CallbacksSection {
@@ -264,4 +267,35 @@ fn caller(caller: &Caller) -> CallerEntry {
         apis: patterns(caller.apis.as_deref()),
         rate_limit: caller.rate_limit.map(std::num::NonZeroU32::get),
     }
+}
+
+/// `[fleet]` as printed: exactly one of the three ways to Redis, no password.
+fn fleet(fleet: &super::Fleet) -> Fleet {
+    let mut printed = Fleet {
+        redis_url: None,
+        sentinels: None,
+        master_name: None,
+        sentinel_password_env: None,
+        cluster_nodes: None,
+        redis_password_env: fleet.redis_password_env.clone(),
+        key_prefix: fleet.key_prefix.clone(),
+        member: fleet.member.clone(),
+        replicas: fleet.replicas.get(),
+        timeout_ms: ms(fleet.timeout),
+    };
+    match &fleet.redis {
+        FleetRedis::Url(url) => printed.redis_url = Some(url.to_string()),
+        FleetRedis::Sentinel {
+            sentinels,
+            master_name,
+            sentinel_password_env,
+            ..
+        } => {
+            printed.sentinels = Some(sentinels.clone());
+            printed.master_name = Some(master_name.clone());
+            printed.sentinel_password_env = sentinel_password_env.clone();
+        }
+        FleetRedis::Cluster { nodes, .. } => printed.cluster_nodes = Some(nodes.clone()),
+    }
+    printed
 }

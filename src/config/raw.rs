@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::value::{millis, rate, socket_addr, up_to_an_hour};
 use super::{
     App, Config, ConfigError, DEFAULT_API_LIMITS, Emulator, Endpoint, Fleet, Log, LogFormat,
-    RedisUrl, Region, SecretKey, SecretSource, Server,
+    Region, SecretKey, SecretSource, Server,
 };
 use crate::api::{Api, Known};
 use crate::limiter::table::{self, Per, Quota};
@@ -40,6 +40,10 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawFleet {
     redis_url: Option<String>,
+    sentinels: Option<Vec<String>>,
+    master_name: Option<String>,
+    sentinel_password_env: Option<String>,
+    cluster_nodes: Option<Vec<String>>,
     redis_password_env: Option<String>,
     key_prefix: String,
     member: Option<String>,
@@ -51,6 +55,10 @@ impl Default for RawFleet {
     fn default() -> Self {
         Self {
             redis_url: None,
+            sentinels: None,
+            master_name: None,
+            sentinel_password_env: None,
+            cluster_nodes: None,
             redis_password_env: None,
             key_prefix: "timgate".into(),
             member: None,
@@ -62,9 +70,11 @@ impl Default for RawFleet {
 
 impl RawFleet {
     fn validate(self) -> Result<Option<Fleet>, ConfigError> {
-        let Some(url) = self.redis_url else {
+        let none =
+            self.redis_url.is_none() && self.sentinels.is_none() && self.cluster_nodes.is_none();
+        if none && self.master_name.is_none() && self.sentinel_password_env.is_none() {
             return Ok(None);
-        };
+        }
         let password = match &self.redis_password_env {
             None => None,
             Some(var) => Some(SecretKey::new(&std::env::var(var).map_err(|_| {
@@ -74,8 +84,16 @@ impl RawFleet {
                 )
             })?)),
         };
-        let redis =
-            RedisUrl::new(&url, password).map_err(|e| ConfigError::new("fleet.redis_url", e))?;
+        let raw = super::fleet::RawRedis {
+            redis_url: self.redis_url,
+            sentinels: self.sentinels,
+            master_name: self.master_name,
+            sentinel_password_env: self.sentinel_password_env,
+            cluster_nodes: self.cluster_nodes,
+        };
+        let Some(redis) = raw.validate(password, Duration::from_millis(self.timeout_ms))? else {
+            return Ok(None);
+        };
         key_prefix(&self.key_prefix)?;
         let member = member(self.member)?;
         let replicas = NonZeroU32::new(self.replicas)

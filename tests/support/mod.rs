@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod net;
 pub mod redis;
 pub mod stamp;

@@ -7,12 +7,14 @@ use super::free_port;
 
 /// A `redis-server` on a free loopback port; killed when dropped.
 pub struct Redis {
-    child: Option<std::process::Child>,
+    pub child: Option<std::process::Child>,
     pub port: u16,
     /// Extra arguments (a cluster node's).
-    args: Vec<String>,
+    pub args: Vec<String>,
     /// A cluster node's working directory (its `nodes.conf`), removed when dropped.
-    dir: Option<std::path::PathBuf>,
+    pub dir: Option<std::path::PathBuf>,
+    /// Arguments before the options (a Sentinel's configuration file and `--sentinel`).
+    pub first: Vec<String>,
 }
 
 impl Redis {
@@ -80,6 +82,7 @@ impl Redis {
             port: free_port(),
             args,
             dir: None,
+            first: Vec::new(),
         };
         redis.spawn();
         Some(redis)
@@ -87,6 +90,7 @@ impl Redis {
 
     pub fn spawn(&mut self) {
         let child = std::process::Command::new("redis-server")
+            .args(&self.first)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .args(&self.args)
