@@ -291,7 +291,8 @@ fn lines(format: LogFormat) -> Lines {
     // Colour codes only for a person at a terminal, not for a log collector.
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_timer(timgate::logfmt::UtcMicros);
     match format {
         LogFormat::Json => Box::new(lines.json()),
         LogFormat::Text => Box::new(lines.fmt_fields(timgate::logfmt::PlainFields)),

@@ -16,8 +16,8 @@
 mod callbacks;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -121,6 +121,47 @@ pub struct AppSeries {
     api_attempts: HashMap<String, Counter>,
     /// Failed entries of partial answers, in `PARTIAL_APIS` order, then `other`.
     partial: Vec<Counter>,
+    requests: RequestHandles,
+}
+
+/// One app's `timgate_requests_total` counters, found in the family once per API and
+/// outcome: a family lookup allocates its label set's strings and hashes all three on every
+/// request. Bounded as the labels are: known APIs (plus `other` and `none`) by outcomes.
+#[derive(Default)]
+struct RequestHandles(RwLock<HashMap<String, Vec<(&'static str, Counter)>>>);
+
+impl RequestHandles {
+    /// Counts one request of `app` (its label) on `api` (a label value) that ended `outcome`.
+    fn inc(
+        &self,
+        family: &Family<RequestLabels, Counter>,
+        app: &str,
+        api: &str,
+        outcome: &'static str,
+    ) {
+        let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let counted = known
+            .get(api)
+            .and_then(|outcomes| outcomes.iter().find(|(name, _)| *name == outcome))
+            .map(|(_, counter)| counter.inc());
+        drop(known);
+        if counted.is_some() {
+            return;
+        }
+        let labels = RequestLabels {
+            app: app.to_owned(),
+            api: api.to_owned(),
+            outcome,
+        };
+        let counter = family.get_or_create(&labels).clone();
+        counter.inc();
+        let mut known = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let outcomes = known.entry(labels.api).or_default();
+        // Another request may have added it meanwhile: the same counter either way.
+        if !outcomes.iter().any(|(name, _)| *name == outcome) {
+            outcomes.push((outcome, counter));
+        }
+    }
 }
 
 /// The APIs whose answers may carry `ErrorList` or `FailAccounts` (a batch carried out in
@@ -157,6 +198,8 @@ pub struct Metrics {
     /// Every `api` label value besides `other` and `none`.
     apis: HashSet<String>,
     apps: HashMap<u64, Arc<AppSeries>>,
+    /// The requests that found no app (`app="none"`).
+    unrouted: RequestHandles,
     fleet: FleetSeries,
     /// The callback listener's series (`[callbacks]`).
     callbacks: CallbackMetrics,
@@ -275,6 +318,7 @@ impl Metrics {
                 .chain(apps.iter().flat_map(|app| app.api_limits.keys().cloned()))
                 .collect(),
             apps: HashMap::new(),
+            unrouted: RequestHandles::default(),
             fleet: FleetSeries::default(),
             callbacks: CallbackMetrics::new(),
         };
@@ -457,12 +501,12 @@ impl Metrics {
             Some(_) => "other",
             None => "none",
         };
-        let labels = RequestLabels {
-            app: app.map_or("none", |series| &series.app).to_owned(),
-            api: api.to_owned(),
-            outcome,
-        };
-        self.requests.get_or_create(&labels).inc();
+        match app {
+            Some(series) => series
+                .requests
+                .inc(&self.requests, &series.app, api, outcome),
+            None => self.unrouted.inc(&self.requests, "none", api, outcome),
+        }
     }
 
     /// One request of `caller` (a configured name, or `none`), by how it ended.
@@ -549,6 +593,7 @@ impl Metrics {
                     self.partial_failures.get_or_create(&labels).clone()
                 })
                 .collect(),
+            requests: RequestHandles::default(),
         }
     }
 

@@ -51,9 +51,10 @@ impl std::fmt::Display for SecretKey {
 /// The largest inflated token `verify` accepts; real ones are a few hundred bytes.
 const MAX_INFLATED: u64 = 64 * 1024;
 
-/// A signed UserSig. Its `Debug` hides the token, so it can sit in logged structs.
+/// A signed UserSig. Its `Debug` hides the token, so it can sit in logged structs. Shared,
+/// not copied: every request signed with the cached token takes it, twice an attempt.
 #[derive(Clone, PartialEq, Eq)]
-pub struct UserSig(String);
+pub struct UserSig(std::sync::Arc<str>);
 
 impl UserSig {
     /// The token as it goes into the `usersig` query parameter.
@@ -122,7 +123,7 @@ pub fn sign(key: &SecretKey, claims: &Claims) -> UserSig {
         .and_then(|()| zlib.flush())
         .expect("writing to a Vec cannot fail");
     let packed = zlib.finish().expect("writing to a Vec cannot fail");
-    UserSig(to_url_alphabet(&STANDARD.encode(packed)))
+    UserSig(to_url_alphabet(&STANDARD.encode(packed)).into())
 }
 
 /// Checks `token` for `sdkappid`/`identifier` at `now` (UNIX seconds), as Tencent does.

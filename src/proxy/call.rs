@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::time::Instant;
 use tracing::info;
@@ -55,7 +55,8 @@ struct Summary {
 }
 
 impl Summary {
-    fn of_reply(reply: &Reply) -> Summary {
+    /// Takes the reply's `RequestId` (the answer passes on the body, not the parsed envelope).
+    fn of_reply(reply: &mut Reply) -> Summary {
         let code = reply.envelope.error_code;
         Summary {
             outcome: match code {
@@ -65,7 +66,7 @@ impl Summary {
             },
             status: Some(reply.status),
             error_code: code,
-            request_id: reply.envelope.request_id.clone(),
+            request_id: reply.envelope.request_id.take(),
             error: None,
         }
     }
@@ -113,8 +114,8 @@ impl<'g> Call<'g> {
     /// says how many attempts it took.
     pub(super) fn answer(mut self, result: Result<Reply, Error>) -> Response<Full<Bytes>> {
         let mut response = match result {
-            Ok(reply) => {
-                self.record(&Summary::of_reply(&reply));
+            Ok(mut reply) => {
+                self.record(&Summary::of_reply(&mut reply));
                 respond(reply)
             }
             Err(error) => {
@@ -124,7 +125,7 @@ impl<'g> Call<'g> {
         };
         response
             .headers_mut()
-            .insert(ATTEMPTS, self.attempts.into());
+            .insert(ATTEMPTS, attempts_value(self.attempts));
         response
     }
 
@@ -183,6 +184,15 @@ impl Drop for Call<'_> {
             };
             self.record(&Summary::unanswered(outcome));
         }
+    }
+}
+
+/// `attempts` as a header value; the usual few without formatting and allocating one.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const FEW: [&str; 4] = ["0", "1", "2", "3"];
+    match usize::try_from(attempts).ok().and_then(|i| FEW.get(i)) {
+        Some(few) => HeaderValue::from_static(few),
+        None => attempts.into(),
     }
 }
 
