@@ -15,9 +15,9 @@ use tokio::time::Instant;
 
 use super::{Ask, Begun, Fleet, Group, Underway};
 use crate::lane::Lane;
-use crate::share;
 use crate::limit::{ApiLanes, Limit, QuotaLanes};
 use crate::pace::{Queued, pace, pace_from};
+use crate::share;
 use crate::spec::AppSpec;
 use crate::table::{DEFAULT_API_RATE, Quota};
 use crate::{Asked, Lanes, Measured, Scope, Throttled, Turn, Waiting};

@@ -1040,7 +1040,7 @@ fn holder(claims: &HashMap<String, String>, name: &str) -> String {
 
 /// This replica's claim on app 1 (millionths).
 fn held(replica: &Replica) -> u32 {
-    replica.lanes.fleet.as_ref().unwrap().claim().held
+    replica.fleet.group(1).claim().held
 }
 
 #[tokio::test(start_paused = true)]
