@@ -151,6 +151,26 @@ async fn redis_cpu(redis: &mut redis::aio::MultiplexedConnection) -> f64 {
         .sum()
 }
 
+/// Redis's own count of the scripts it ran and their time (`INFO commandstats`, the
+/// `evalsha` line): calls and µs per call.
+async fn script_calls(redis: &mut redis::aio::MultiplexedConnection) -> (u64, f64) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let Some(line) = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")) else {
+        return (0, 0.0);
+    };
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field("calls=") as u64, field("usec_per_call="))
+}
+
 /// Offers `OFFERED` requests a second, round-robin over the live replicas' addresses, until
 /// `until`; counts 200s.
 async fn offer(live: Arc<Mutex<Vec<Option<SocketAddr>>>>, until: Instant) -> usize {
@@ -168,7 +188,11 @@ async fn offer(live: Arc<Mutex<Vec<Option<SocketAddr>>>>, until: Instant) -> usi
         };
         let caller = caller.clone();
         requests.push(tokio::spawn(async move {
-            caller.post(addr, SEND, SEND_BODY).await.status == 200
+            // A replica killed with the request in flight answers nothing: not served.
+            caller
+                .try_post(addr, SEND, SEND_BODY)
+                .await
+                .is_ok_and(|answer| answer.status == 200)
         }));
     }
     let mut ok = 0;
@@ -189,6 +213,19 @@ struct Run {
     /// Redis CPU per replica-second with no load (heartbeats), and per request served.
     beat_cpu: Duration,
     request_cpu: Duration,
+    /// Scripts a replica ran a second with no load (its heartbeats), and Redis's µs per
+    /// script then; scripts per request served under load, and µs per script then.
+    beats_per_second: f64,
+    beat_script: f64,
+    scripts_per_request: f64,
+    request_script: f64,
+}
+
+/// Calls and µs per call between two `script_calls` readings.
+fn between(from: (u64, f64), to: (u64, f64)) -> (f64, f64) {
+    let calls = to.0.saturating_sub(from.0) as f64;
+    let micros = to.0 as f64 * to.1 - from.0 as f64 * from.1;
+    (calls, micros / calls.max(1.0))
 }
 
 /// Forms the fleet, measures its heartbeats alone, then offers load, kills `KILLED`
@@ -207,8 +244,11 @@ async fn run(redis: &Redis, same_names: bool) -> Run {
     assert!(formed.is_ok(), "the fleet did not form: {formed:?}");
 
     let (idle, cpu_idle) = (Duration::from_secs(3), redis_cpu(&mut client).await);
+    let scripts_idle = script_calls(&mut client).await;
     tokio::time::sleep(idle).await;
     let cpu_start = redis_cpu(&mut client).await;
+    let scripts_start = script_calls(&mut client).await;
+    let (beat_calls, beat_script) = between(scripts_idle, scripts_start);
     let beat_cpu = (cpu_start - cpu_idle) / (REPLICAS as f64 * idle.as_secs_f64());
 
     let addrs = |replicas: &[Option<Replica>]| {
@@ -247,6 +287,7 @@ async fn run(redis: &Redis, same_names: bool) -> Run {
     let members = membership_is(&mut client, want, MEMBERS_RIGHT_WITHIN).await;
     let served = load.await.unwrap();
     let cpu_end = redis_cpu(&mut client).await;
+    let (load_calls, load_script) = between(scripts_start, script_calls(&mut client).await);
     let load_time = end.saturating_duration_since(t0).as_secs_f64();
     let beats = beat_cpu * REPLICAS as f64 * load_time;
     let request_cpu = (cpu_end - cpu_start - beats).max(0.0) / served.max(1) as f64;
@@ -265,6 +306,10 @@ async fn run(redis: &Redis, same_names: bool) -> Run {
         members,
         beat_cpu: Duration::from_secs_f64(beat_cpu),
         request_cpu: Duration::from_secs_f64(request_cpu),
+        beats_per_second: beat_calls / (REPLICAS as f64 * idle.as_secs_f64()),
+        beat_script,
+        scripts_per_request: load_calls / served.max(1) as f64,
+        request_script: load_script,
     }
 }
 
@@ -272,12 +317,18 @@ fn report(label: &str, run: &Run) {
     eprintln!(
         "{label}: {REPLICAS} replicas, {KILLED} killed and back: busiest sliding second {} of \
          {LIMIT}; served per second from their return: {:?}; membership settled: {:?}; Redis CPU \
-         per replica-second of heartbeats {:.1} µs, per request served {:.1} µs",
+         per replica-second of heartbeats {:.1} µs, per request served {:.1} µs; scripts: {:.1} \
+         a replica-second idle at {:.1} µs each, {:.2} a request served under load at {:.1} µs \
+         each",
         run.busiest,
         run.after,
         run.members,
         run.beat_cpu.as_secs_f64() * 1e6,
         run.request_cpu.as_secs_f64() * 1e6,
+        run.beats_per_second,
+        run.beat_script,
+        run.scripts_per_request,
+        run.request_script,
     );
 }
 

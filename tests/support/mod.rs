@@ -460,15 +460,42 @@ impl Caller {
             request = request.header(*name, *value);
         }
         let request = request.body(Full::new(body.into())).unwrap();
-        let response: Response<Incoming> = self.client.request(request).await.unwrap();
+        self.exchange(request).await.unwrap()
+    }
+
+    /// POSTs `body` to `addr` at `path`; an error where the connection failed (a gateway
+    /// killed with the request in flight) rather than a panic.
+    pub async fn try_post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Answer, String> {
+        let request = Request::post(format!("http://{addr}{path}"))
+            .body(Full::new(body.into()))
+            .unwrap();
+        self.exchange(request).await
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+        let response: Response<Incoming> = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Answer {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
+        Ok(Answer {
             status,
             headers,
             body,
-        }
+        })
     }
 
     /// GETs `path` from `addr`.
