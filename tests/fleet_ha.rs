@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::fleet::{
-    Cluster, Redis, Sentinels, Tally, arrivals, count_between, fleet_formed, offer, within,
+    Cluster, Post, Redis, Sentinels, Tally, addrs, arrivals, count_between, fleet_formed,
+    offer_each, within,
 };
 use support::{Caller, Process, Recorder, sample};
 use tokio::time::Instant;
@@ -109,26 +110,79 @@ async fn under_load<F: std::future::Future<Output = ()>>(
         replicas.iter().map(|r| r.admin).collect(),
         stop.clone(),
     ));
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let until = Instant::now() + Duration::from_secs_f64(seconds);
-    let loads: Vec<_> = replicas
-        .iter()
-        .map(|r| tokio::spawn(offer(r.addr, 150, seconds, tally.clone())))
-        .collect();
+    let load = tokio::spawn(offer_each(addrs(replicas), Post::send(), 150, seconds));
     tokio::time::sleep(Duration::from_secs(2)).await;
     failover.await;
-    for load in loads {
-        load.await.unwrap();
-    }
+    let tally = load.await.unwrap();
     stop.store(true, Ordering::Release);
     let up = watch.await.unwrap();
-    let tally = std::mem::take(&mut *tally.lock().unwrap());
     Run {
         until,
         times: arrivals(upstream),
         tally,
         up,
     }
+}
+
+/// Three gateways on the Redis `fleet` names, under load (`under_load`) with `failover`
+/// run 2 s in: it kills the primary (or the master serving the fleet's slot) and returns
+/// once another serves. Asserts what the limit must hold meanwhile (`held`), and returns the
+/// gateways, the run and when the failover was done.
+async fn kill_under_load<F: std::future::Future<Output = ()>>(
+    name: &str,
+    fleet: &str,
+    upstream: &Recorder,
+    failover: F,
+) -> ([Process; 3], Run, Instant) {
+    let replicas = three(fleet, "ha", upstream).await;
+    fleet_formed(&replicas, &Caller::default()).await;
+    let promoted = Arc::new(Mutex::new(None));
+    let run = {
+        let promoted = promoted.clone();
+        under_load(&replicas, upstream, 16.0, async move {
+            let killed = Instant::now();
+            failover.await;
+            let done = Instant::now();
+            *promoted.lock().unwrap() = Some(done);
+            eprintln!(
+                "{name}: replica promoted {:?} after the kill",
+                done - killed
+            );
+        })
+        .await
+    };
+    held(&run, name);
+    let promoted = promoted.lock().unwrap().unwrap();
+    if let Some((left, back)) = away(&run.up, 3) {
+        eprintln!(
+            "{name}: replicas off Redis for {:?} (until {:?} after the promotion)",
+            back - left,
+            back.saturating_duration_since(promoted)
+        );
+    }
+    (replicas, run, promoted)
+}
+
+/// After the failover the replicas share the new primary's lanes: all three beat live on
+/// `primary`, each is back on Redis and counts three members, and together they serve most
+/// of the limit again (`shared_again`).
+async fn shared_on(primary: &Redis, replicas: &[Process; 3], run: &Run, promoted: Instant) {
+    within(
+        Duration::from_secs(5),
+        "three live members on the new primary",
+        || async { live_members(primary, "ha").await == 3 },
+    )
+    .await;
+    let caller = Caller::default();
+    for replica in replicas {
+        assert_eq!(
+            metric(&caller, replica.admin, "timgate_fleet_redis_up").await,
+            1.0
+        );
+        assert!(metric(&caller, replica.admin, "timgate_fleet_members").await >= 3.0);
+    }
+    shared_again(run, promoted);
 }
 
 /// Every sliding second within the limit, every request answered 200 or 429 with
@@ -167,56 +221,19 @@ async fn the_limit_holds_while_sentinel_fails_the_primary_over() {
         "sentinels = {}\nmaster_name = \"mymaster\"\n",
         servers.addresses()
     );
-    let replicas = three(&fleet, "ha", &upstream).await;
-    let caller = Caller::default();
-    fleet_formed(&replicas, &caller).await;
-    let promoted = Arc::new(Mutex::new(None));
-    let run = {
-        let (servers, promoted) = (&mut servers, promoted.clone());
-        under_load(&replicas, &upstream, 16.0, async move {
-            let killed = Instant::now();
-            servers.primary.kill();
-            let new = servers.replica.port;
-            within(
-                Duration::from_secs(20),
-                "Sentinel promotes the replica",
-                || async { servers.primary_port().await == Some(new) },
-            )
-            .await;
-            let done = Instant::now();
-            *promoted.lock().unwrap() = Some(done);
-            eprintln!(
-                "sentinel: replica promoted {:?} after the kill",
-                done - killed
-            );
-        })
-        .await
-    };
-    held(&run, "sentinel");
-    let promoted = promoted.lock().unwrap().unwrap();
-    if let Some((left, back)) = away(&run.up, 3) {
-        eprintln!(
-            "sentinel: replicas off Redis for {:?} (until {:?} after the promotion)",
-            back - left,
-            back.saturating_duration_since(promoted)
-        );
-    }
-    // The replicas share the new primary's lanes: all three beat live there, each is back
-    // on Redis and counts three members.
-    within(
-        Duration::from_secs(5),
-        "three live members on the new primary",
-        || async { live_members(&servers.replica, "ha").await == 3 },
-    )
+    let servers = &mut servers;
+    let (replicas, run, promoted) = kill_under_load("sentinel", &fleet, &upstream, async {
+        servers.primary.kill();
+        let new = servers.replica.port;
+        within(
+            Duration::from_secs(20),
+            "Sentinel promotes the replica",
+            || async { servers.primary_port().await == Some(new) },
+        )
+        .await;
+    })
     .await;
-    for replica in &replicas {
-        assert_eq!(
-            metric(&caller, replica.admin, "timgate_fleet_redis_up").await,
-            1.0
-        );
-        assert!(metric(&caller, replica.admin, "timgate_fleet_members").await >= 3.0);
-    }
-    shared_again(&run, promoted);
+    shared_on(&servers.replica, &replicas, &run, promoted).await;
 }
 
 /// The fleet serves most of the limit again on the new primary: in the last 2 s of the
@@ -241,53 +258,18 @@ async fn the_limit_holds_while_a_cluster_master_fails_over() {
     };
     let upstream = Recorder::ok().await;
     let fleet = format!("cluster_nodes = {}\n", cluster.addresses());
-    let replicas = three(&fleet, "ha", &upstream).await;
-    let caller = Caller::default();
-    fleet_formed(&replicas, &caller).await;
     let master = cluster.master_of("ha").await;
-    let promoted = Arc::new(Mutex::new(None));
-    let run = {
-        let (cluster, promoted) = (&mut cluster, promoted.clone());
-        under_load(&replicas, &upstream, 16.0, async move {
-            let killed = Instant::now();
-            cluster.nodes[master].kill();
-            within(
-                Duration::from_secs(20),
-                "a replica takes the slot over",
-                || async { cluster.master_of("ha").await != master },
-            )
-            .await;
-            let done = Instant::now();
-            *promoted.lock().unwrap() = Some(done);
-            eprintln!(
-                "cluster: replica promoted {:?} after the kill",
-                done - killed
-            );
-        })
-        .await
-    };
-    held(&run, "cluster");
-    let promoted = promoted.lock().unwrap().unwrap();
-    if let Some((left, back)) = away(&run.up, 3) {
-        eprintln!(
-            "cluster: replicas off Redis for {:?} (until {:?} after the promotion)",
-            back - left,
-            back.saturating_duration_since(promoted)
-        );
-    }
-    let new = cluster.master_of("ha").await;
-    within(
-        Duration::from_secs(5),
-        "three live members on the new master",
-        || async { live_members(&cluster.nodes[new], "ha").await == 3 },
-    )
+    let cluster = &mut cluster;
+    let (replicas, run, promoted) = kill_under_load("cluster", &fleet, &upstream, async {
+        cluster.nodes[master].kill();
+        within(
+            Duration::from_secs(20),
+            "a replica takes the slot over",
+            || async { cluster.master_of("ha").await != master },
+        )
+        .await;
+    })
     .await;
-    for replica in &replicas {
-        assert_eq!(
-            metric(&caller, replica.admin, "timgate_fleet_redis_up").await,
-            1.0
-        );
-        assert!(metric(&caller, replica.admin, "timgate_fleet_members").await >= 3.0);
-    }
-    shared_again(&run, promoted);
+    let new = cluster.master_of("ha").await;
+    shared_on(&cluster.nodes[new], &replicas, &run, promoted).await;
 }

@@ -3,12 +3,13 @@
 //! counted at the upstream.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Caller, Process, Recorder, free_port, sample};
+use bytes::Bytes;
+
+use super::{Answer, Caller, Process, Recorder, free_port, sample};
 
 pub const SEND: &str = "/v4/openim/sendmsg";
 /// The smallest sendmsg the rules let through (…/269/2282: To_Account, MsgRandom, MsgBody).
@@ -17,7 +18,7 @@ pub const SEND_BODY: &str = r#"{"To_Account":"b","MsgRandom":1,"MsgBody":[{"MsgT
 pub use super::redis::Redis;
 
 /// How each request was answered.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Tally {
     pub ok: usize,
     pub throttled: usize,
@@ -25,9 +26,66 @@ pub struct Tally {
     pub other: Vec<u16>,
 }
 
-/// Offers `rate` requests per second to `addr` for `seconds`, on a fixed schedule (not
-/// waiting for answers), and waits for every answer.
-pub async fn offer(addr: SocketAddr, rate: u32, seconds: f64, tally: Arc<Mutex<Tally>>) {
+impl Tally {
+    /// Counts `other`'s answers in too.
+    pub fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.throttled += other.throttled;
+        self.throttled_without_retry_after += other.throttled_without_retry_after;
+        self.other.extend(other.other);
+    }
+
+    fn count(&mut self, answer: &Answer) {
+        match answer.status.as_u16() {
+            200 => self.ok += 1,
+            429 => {
+                self.throttled += 1;
+                if !answer.headers.contains_key("retry-after") {
+                    self.throttled_without_retry_after += 1;
+                }
+            }
+            status => self.other.push(status),
+        }
+    }
+}
+
+/// The gateway addresses of `replicas`.
+pub fn addrs(replicas: &[Process]) -> Vec<SocketAddr> {
+    replicas.iter().map(|r| r.addr).collect()
+}
+
+/// The request a load repeats: a POST of `body` to `path`, with `headers`.
+#[derive(Clone)]
+pub struct Post {
+    pub path: &'static str,
+    pub headers: &'static [(&'static str, &'static str)],
+    pub body: Bytes,
+}
+
+impl Post {
+    /// `body` to `path`, without headers of its own.
+    pub fn of(path: &'static str, body: impl Into<Bytes>) -> Post {
+        Post {
+            path,
+            headers: &[],
+            body: body.into(),
+        }
+    }
+
+    /// The smallest sendmsg (`SEND`, `SEND_BODY`).
+    pub fn send() -> Post {
+        Post::of(SEND, SEND_BODY)
+    }
+
+    /// The same with `headers` on every request.
+    pub fn with(self, headers: &'static [(&'static str, &'static str)]) -> Post {
+        Post { headers, ..self }
+    }
+}
+
+/// Offers `rate` of `post` a second to `addr` for `seconds`, on a fixed schedule (not
+/// waiting for answers), and tallies every answer.
+pub async fn offer(addr: SocketAddr, post: Post, rate: u32, seconds: f64) -> Tally {
     let caller = Caller::default();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -35,25 +93,31 @@ pub async fn offer(addr: SocketAddr, rate: u32, seconds: f64, tally: Arc<Mutex<T
     let mut requests = Vec::new();
     while Instant::now() < end {
         ticks.tick().await;
-        let (caller, tally) = (caller.clone(), tally.clone());
+        let (caller, post) = (caller.clone(), post.clone());
         requests.push(tokio::spawn(async move {
-            let answer = caller.post(addr, SEND, SEND_BODY).await;
-            let mut tally = tally.lock().unwrap();
-            match answer.status.as_u16() {
-                200 => tally.ok += 1,
-                429 => {
-                    tally.throttled += 1;
-                    if !answer.headers.contains_key("retry-after") {
-                        tally.throttled_without_retry_after += 1;
-                    }
-                }
-                status => tally.other.push(status),
-            }
+            caller
+                .send_with("POST", addr, post.path, post.headers, post.body)
+                .await
         }));
     }
+    let mut tally = Tally::default();
     for request in requests {
-        request.await.expect("every request is answered");
+        tally.count(&request.await.expect("every request is answered"));
     }
+    tally
+}
+
+/// `offer` to each of `replicas` at once; their answers tallied together.
+pub async fn offer_each(replicas: Vec<SocketAddr>, post: Post, rate: u32, seconds: f64) -> Tally {
+    let loads: Vec<_> = replicas
+        .into_iter()
+        .map(|addr| tokio::spawn(offer(addr, post.clone(), rate, seconds)))
+        .collect();
+    let mut tally = Tally::default();
+    for load in loads {
+        tally.add(load.await.expect("every load ends"));
+    }
+    tally
 }
 
 pub fn arrivals(upstream: &Recorder) -> Vec<Instant> {
@@ -197,12 +261,12 @@ impl Sentinels {
         .unwrap();
         let mut sentinel = Redis {
             child: None,
-            port: free_port(),
+            port: 0,
             args: vec!["--dir".into(), dir.to_str().unwrap().into()],
             dir: Some(dir),
             first: vec![conf.to_str().unwrap().into(), "--sentinel".into()],
         };
-        sentinel.spawn();
+        sentinel.spawn_on_a_free_port();
         Some(sentinel)
     }
 

@@ -79,17 +79,40 @@ impl Redis {
         }
         let mut redis = Redis {
             child: None,
-            port: free_port(),
+            port: 0,
             args,
             dir: None,
             first: Vec::new(),
         };
-        redis.spawn();
+        redis.spawn_on_a_free_port();
         Some(redis)
     }
 
+    /// Starts the server on a port free a moment ago, and on another should that one be
+    /// taken by the time the server binds it (a free port is only free until someone binds
+    /// it: another test's server, or a connection's local port).
+    pub fn spawn_on_a_free_port(&mut self) {
+        let mut failed = Vec::new();
+        for _ in 0..ATTEMPTS {
+            self.port = free_port();
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(why) => failed.push(why),
+            }
+        }
+        panic!("redis-server did not start: {failed:?}");
+    }
+
+    /// Starts the server again on its port (a restart keeps the address).
     pub fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
+        if let Err(why) = self.try_spawn() {
+            panic!("redis-server did not start again: {why}");
+        }
+    }
+
+    /// Starts the server and waits until it serves, as itself, on `self.port`.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let mut child = std::process::Command::new("redis-server")
             .args(&self.first)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
@@ -97,14 +120,22 @@ impl Redis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        // A server started with a password answers nothing else until it is given.
+        let password = self
+            .args
+            .windows(2)
+            .find(|pair| pair[0] == "--requirepass")
+            .map(|pair| pair[1].as_str());
+        match serving(&mut child, self.port, password) {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(why)
+            }
         }
     }
 
@@ -136,6 +167,51 @@ impl Redis {
             .await
             .unwrap()
     }
+}
+
+/// How many free ports a server is tried on before its start counts as failed.
+const ATTEMPTS: usize = 5;
+
+/// Waits until the `redis-server` `child` serves on `port`: `Err` when it exits first (the
+/// port was taken meanwhile) or does not serve within 10 s.
+fn serving(
+    child: &mut std::process::Child,
+    port: u16,
+    password: Option<&str>,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("exited ({status}) before serving on port {port}"));
+        }
+        if answers_as(child.id(), port, password) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("not serving on port {port} within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether the server on `port` is the process `pid`: a connection that merely succeeds may
+/// reach another server that holds the port, or the probe's own socket (a connection to a
+/// port of the ephemeral range nobody listens on can be given that very port, and connects
+/// to itself).
+fn answers_as(pid: u32, port: u16, password: Option<&str>) -> bool {
+    let auth = password.map_or(String::new(), |password| format!(":{password}@"));
+    let info = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/"))
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
+        .and_then(|mut connection| {
+            connection.set_read_timeout(Some(Duration::from_secs(1)))?;
+            redis::cmd("INFO")
+                .arg("server")
+                .query::<String>(&mut connection)
+        });
+    info.is_ok_and(|info| {
+        info.lines()
+            .any(|line| line.trim() == format!("process_id:{pid}"))
+    })
 }
 
 impl Drop for Redis {
