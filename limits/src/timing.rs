@@ -3,7 +3,6 @@
 //! the ones it uses written into its text from here ([`script`], `fleet::script`), so Rust
 //! and Lua cannot disagree.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 /// One second: the window every calls-a-second limit is counted over.
@@ -99,9 +98,6 @@ pub fn script(expiry: Duration, quarantine: Duration) -> String {
         micros(TICK),
     )
 }
-
-/// The timing values of every replica's script: `script(EXPIRY, QUARANTINE)`.
-pub static REPLICAS: LazyLock<String> = LazyLock::new(|| script(EXPIRY, QUARANTINE));
 
 #[cfg(test)]
 mod tests {
