@@ -6,6 +6,9 @@
 //! quiet machine it costs about two PINGs, and noise from other load moves both alike. A
 //! request that holds a ready connection through its turn (the gateway's usual case) makes
 //! one call, the turn with the guard: timed as its own row.
+//! Last, Redis's own figures for the one-call row (`INFO commandstats` and `INFO cpu`: time
+//! per script call and the server's CPU per call), which other load on the machine moves
+//! far less than round trips.
 //! Starts its own `redis-server` on a free port; without one on PATH it says so and exits.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -60,6 +63,60 @@ async fn round_trips(
         took.push(start.elapsed());
     }
     took
+}
+
+/// The script calls Redis ran while `work` ran, their time (µs, commandstats) and the
+/// server's main thread's CPU time (µs) meanwhile.
+async fn redis_time<T>(
+    redis: &mut redis::aio::ConnectionManager,
+    work: impl std::future::Future<Output = T>,
+) -> (u64, f64, f64) {
+    let cpu = |info: &str| -> f64 {
+        ["used_cpu_user_main_thread:", "used_cpu_sys_main_thread:"]
+            .iter()
+            .map(|name| field(info, name))
+            .sum::<f64>()
+            * 1e6
+    };
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let before: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(redis)
+        .await
+        .unwrap();
+    work.await;
+    let after: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let evalsha = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+        .unwrap_or_default()
+        .replace(',', "\n");
+    (
+        field(&evalsha, "calls=") as u64,
+        field(&evalsha, "usec="),
+        cpu(&after) - cpu(&before),
+    )
+}
+
+/// The number after `name` at the start of one of `text`'s lines (0 without one).
+fn field(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Kills the `redis-server` it holds, also when the bench panics.
@@ -192,6 +249,13 @@ fn main() {
             "one replica, one turn at a time: fleet {:.0}/s, local {:.0}/s (request throughput with concurrency: the load bench)",
             20_000.0 / shared_total.as_secs_f64(),
             20_000.0 / local_total.as_secs_f64(),
+        );
+        let (calls, usec, cpu) = redis_time(&mut redis, times(&shared, &api, 5000, true)).await;
+        println!(
+            "Redis's own, a turn with its send check (one call): {calls} calls, {:.1} µs a call \
+             (INFO commandstats), {:.1} µs of redis-server CPU a call (INFO cpu)",
+            usec / calls as f64,
+            cpu / calls as f64,
         );
     });
 }

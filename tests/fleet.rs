@@ -25,8 +25,6 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 // ---- The script's answers, at fixed Redis times ----------------------------------------
 
-const SCRIPT: &str = include_str!("../limits/src/fleet/script.lua");
-
 /// Runs one op of the script at the fixed time `now` (µs), on lanes `lanes`.
 async fn op(
     redis: &mut redis::aio::MultiplexedConnection,
@@ -35,15 +33,15 @@ async fn op(
     lanes: &[&str],
     args: &[String],
 ) -> redis::Value {
-    let script = redis::Script::new(SCRIPT);
+    // Expiry 1 s, no quarantine (the epoch is born at the first call).
+    let text = timgate::limiter::fleet_script(Duration::from_secs(1), Duration::ZERO);
+    let script = redis::Script::new(&text);
     let mut call = script.prepare_invoke();
     call.key("t:members").key("t:claims").key("t:epoch");
     for lane in lanes {
         call.key(*lane);
     }
-    // Expiry 1 s, no quarantine (the epoch is born at the first call).
-    let timing = timgate::limiter::timing::script(Duration::from_secs(1), Duration::ZERO);
-    call.arg(name).arg(now).arg(timing);
+    call.arg(name).arg(now);
     for arg in args {
         call.arg(arg);
     }

@@ -6,7 +6,7 @@
 //! API lanes, and only those timgates: membership and claims are the app's too. The two
 //! layers of a local lane move into Redis, each one atomic call of one Lua script
 //! (`fleet/script.lua`, loaded once, run by EVALSHA, on Redis's own clock, its timing values
-//! passed in from [`crate::timing`]): the **turn** (the pacing reservation on all of a
+//! written into its text from [`crate::timing`], [`script`]): the **turn** (the pacing reservation on all of a
 //! request's lanes at once) and, right before the write, the **guard** (at most the lane's
 //! capacity in any window of its period and `SPREAD` of Redis time, fleet-wide). An
 //! admission is sent on only while fresh (answered within `FRESH` of its ask); a replica away
@@ -324,7 +324,7 @@ impl Fleet {
     ) -> Result<T, String> {
         let started = Instant::now();
         let keys = common.iter().chain(keys).cloned().collect();
-        let mut all = vec![op.to_owned(), String::new(), timing::REPLICAS.clone()];
+        let mut all = vec![op.to_owned(), String::new()];
         all.extend_from_slice(args);
         let answer = self.link.eval(keys, all, self.timeout).await;
         self.series.latency.observe(started.elapsed().as_secs_f64());
@@ -564,10 +564,22 @@ fn unreachable_reply() -> Throttled {
     }
 }
 
-/// Beats every `BEAT` until the fleet is dropped.
+/// The fleet's script (`fleet/script.lua`) with its timing values written in as its first
+/// line: heartbeat `expiry`, epoch `quarantine` and the rest of [`timing::script`]'s. The
+/// replicas' are `EXPIRY` and `QUARANTINE`; a test of the script alone may pass others. A
+/// call then parses nothing of them (they cost a tenth of a short call's time in Redis when
+/// each call passed them as an argument), and another set of values is another script.
+pub fn script(expiry: Duration, quarantine: Duration) -> String {
+    format!(
+        "local expiry, quarantine, PACE, GUARD, SPREAD, SLOWDOWN, KEEP, LOWEST_STANDS, TICK = {}\n{}",
+        timing::script(expiry, quarantine).replace(' ', ", "),
+        include_str!("fleet/script.lua")
+    )
+}
+
 /// The link to the Redis that `config` names: one server, Sentinel's primary or a Cluster.
 fn connect(config: &FleetSpec, causes: Arc<cause::Causes>) -> Arc<dyn Link> {
-    let script = Script::new(include_str!("fleet/script.lua"));
+    let script = Script::new(&script(EXPIRY, QUARANTINE));
     let connect_within = config.timeout.max(Duration::from_millis(200));
     match &config.redis {
         RedisSpec::Url(client) => {
@@ -601,6 +613,7 @@ fn connect(config: &FleetSpec, causes: Arc<cause::Causes>) -> Arc<dyn Link> {
     }
 }
 
+/// Beats every `BEAT` until the fleet is dropped.
 async fn heartbeat(fleet: Weak<Fleet>) {
     let mut ticks = tokio::time::interval(BEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

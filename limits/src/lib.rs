@@ -82,7 +82,7 @@ use lane::Lane;
 use limit::{ApiLanes, Limit};
 use pace::Closing;
 
-pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN};
+pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN, script as fleet_script};
 pub use keyed::{SETS, WAYS};
 pub use lane::{TokioClock, TokioInstant};
 pub use measure::{Measured, TooCostly, measure};

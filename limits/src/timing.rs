@@ -1,8 +1,8 @@
 //! Every timing constant of the limiter, local and fleet-wide, and the assertions that tie
-//! them. Why each value keeps the limit is argued in `ARGUMENT.md`; the fleet's script
-//! receives the ones it uses as an argument ([`script`]), so Rust and Lua cannot disagree.
+//! them. Why each value keeps the limit is argued in `ARGUMENT.md`; the fleet's script has
+//! the ones it uses written into its text from here ([`script`], `fleet::script`), so Rust
+//! and Lua cannot disagree.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 /// One second: the window every calls-a-second limit is counted over.
@@ -81,8 +81,8 @@ const _: () = assert!(EXPIRY.as_nanos() + MARGIN.as_nanos() < RETAIN.as_nanos())
 // A lowered limit stands past the guard's whole transition.
 const _: () = assert!(TRANSITION.as_nanos() < LOWEST_STANDS.as_nanos());
 
-/// The fleet script's timing argument (`ARGV[3]`), its values space-separated in the order
-/// it reads them: heartbeat expiry (µs), epoch quarantine (µs), `PACE`, `GUARD`, `SPREAD`
+/// The fleet script's timing values, space-separated in the order its first line sets them
+/// (`fleet::script`): heartbeat expiry (µs), epoch quarantine (µs), `PACE`, `GUARD`, `SPREAD`
 /// (µs), `SLOWDOWN` (µs), `KEEP` (ms), `LOWEST_STANDS` (µs), `TICK` (µs). The replicas pass `EXPIRY` and
 /// `QUARANTINE`; a test of the script alone may pass others.
 pub fn script(expiry: Duration, quarantine: Duration) -> String {
@@ -98,9 +98,6 @@ pub fn script(expiry: Duration, quarantine: Duration) -> String {
         micros(TICK),
     )
 }
-
-/// The timing argument every replica passes the script: `script(EXPIRY, QUARANTINE)`.
-pub static REPLICAS: LazyLock<String> = LazyLock::new(|| script(EXPIRY, QUARANTINE));
 
 #[cfg(test)]
 mod tests {

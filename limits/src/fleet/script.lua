@@ -1,6 +1,8 @@
 -- timgate's shared lanes: one script, loaded once, run by EVALSHA. Times are microseconds of
 -- Redis's own clock (TIME), never a replica's; ARGV[2] may fix "now" for tests. Every timing
--- value comes in ARGV[3] (from the limiter's `timing` module), none is written here.
+-- value is written into the text by the limiter (`fleet::script`, from its `timing` module)
+-- as its first line, ahead of this one, so a call does not parse them again: they are
+-- constant for a process, and a text with other values is another script (another SHA).
 --
 -- KEYS[1] members (sorted set: replica id -> time of its last live heartbeat), of the one app
 --           whose lanes the call touches: the replicas that serve it
@@ -16,25 +18,19 @@
 --
 -- ARGV[1] op: turn | guard | turns | guards | release | slow | beat | leave
 -- ARGV[2] now ("" = TIME)
--- ARGV[3] timing, space-separated: heartbeat expiry (a member whose last live beat is older
---         is counted in fallback), epoch quarantine (no guard admits before the epoch's birth
---         plus this), PACE, GUARD, SPREAD, SLOWDOWN, KEEP (ms), LOWEST_STANDS, TICK
--- ARGV[4..] per op, below. A lane's *spec* is its limit, alone ("200": calls a second) or as
+-- ARGV[3..] per op, below. A lane's *spec* is its limit, alone ("200": calls a second) or as
 -- "limit/period/cost/largest" (units per period in µs, what this request costs, the most
 -- one request may cost): a quota counted in recipients per minute, say.
 
-local MILLION = 1000000
--- PACE, GUARD: shares of a lane's capacity that pacing and the guard's refill run at.
--- SPREAD: how far apart from their admissions sends may reach Tencent (µs). SLOWDOWN: how
+-- The first line's timing values (µs unless said): `expiry`: a member whose last live beat
+-- is older is counted in fallback. `quarantine`: no guard admits before the epoch's birth
+-- plus this. PACE, GUARD: shares of a lane's capacity that pacing and the guard's refill run
+-- at. SPREAD: how far apart from their admissions sends may reach Tencent. SLOWDOWN: how
 -- long a lane runs at half pace after Tencent said too fast. KEEP: how long a lane's key
 -- outlives its state (ms). LOWEST_STANDS: how long a lane's lowest limit stands after the
 -- last call that asked with it: a larger limit takes over only then (a raise everywhere),
 -- not while replicas still ask with both. TICK: a wait under it is not slept by a replica.
-local timing = {}
-for value in string.gmatch(ARGV[3], '%S+') do
-  timing[#timing + 1] = tonumber(value)
-end
-local expiry, quarantine, PACE, GUARD, SPREAD, SLOWDOWN, KEEP, LOWEST_STANDS, TICK = unpack(timing)
+local MILLION = 1000000
 
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -48,6 +44,126 @@ if not born then
   redis.call('SET', KEYS[3], born)
 end
 local open = born + quarantine
+
+-- The ops that touch no lane (release, beat, leave) first: a call runs only the definitions
+-- before its op, and each is made anew on every call.
+
+-- release: ARGV[3..] before, after per lane. A reservation given back while still the last.
+if op == 'release' then
+  for i = 4, #KEYS do
+    local before, after = ARGV[2 * i - 5], ARGV[2 * i - 4]
+    if redis.call('HGET', KEYS[i], 'p') == after then
+      redis.call('HSET', KEYS[i], 'p', before)
+    end
+  end
+  return 0
+end
+
+-- Whether `token` may beat under a name that `held` holds ("token seen", or none): the name
+-- is free, already this incarnation's, or held by one that has not beaten at all (live or
+-- not) for the heartbeat expiry: a process under the name that is gone, or cut off from
+-- Redis. Two processes that both reach Redis are told apart: the second is refused while
+-- the first beats.
+local function name_free(held, token)
+  if not held then
+    return true
+  end
+  local holder, seen = string.match(held, '^(%S+) (%d+)$')
+  return holder == token or not seen or tonumber(seen) < now - expiry
+end
+
+-- The sum of the claims: `kept` ("#"), or worked out from the whole hash once if it is not
+-- kept yet.
+local function claims_total(kept)
+  local total = tonumber(kept)
+  if total then
+    return total
+  end
+  total = 0
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local first = string.sub(all[i], 1, 1)
+    if first ~= '~' and first ~= '@' and first ~= '#' then
+      total = total + tonumber(all[i + 1])
+    end
+  end
+  redis.call('HSET', KEYS[2], '#', total)
+  return total
+end
+
+-- beat: ARGV[3] member name, ARGV[4] the claim it holds now, ARGV[5] the claim it wants,
+-- ARGV[6] 1 = live, 0 = register as possibly in fallback, ARGV[7] ignore after ("" = never),
+-- ARGV[8] how long a lapsed member is kept, ARGV[9] until when its fallback sends on lanes
+-- of a longer period still count there ("" = none), set with a live beat, ARGV[10] this
+-- process's incarnation token.
+-- The claims never sum above a million: a larger claim is granted from what is free, and
+-- never below what the replica holds now. A new incarnation under a member's name takes its
+-- place, claim and all (replaced, not added); its predecessor's sends on longer lanes keep
+-- counting until their time, at no smaller a claim. Returns {claim, live members, members,
+-- now}; {-1, ...}: the beat came after its deadline; {-2, ...}: another incarnation that
+-- still beats holds the name (nothing was written).
+if op == 'beat' then
+  local id, held, wanted, token = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[10]
+  local not_after = tonumber(ARGV[7])
+  if not_after and now > not_after then
+    return {-1, 0, 0, now}
+  end
+  -- The sum, and this name's holder, claim and longer lanes' time, in one read.
+  local fields = redis.call('HMGET', KEYS[2], '#', '@' .. id, id, '~' .. id)
+  local total = claims_total(fields[1])
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[8])))
+  for _, name in ipairs(gone) do
+    total = total - (tonumber(redis.call('HGET', KEYS[2], name)) or 0)
+    redis.call('ZREM', KEYS[1], name)
+    redis.call('HDEL', KEYS[2], name, '~' .. name, '@' .. name)
+    if name == id then
+      fields = {}
+    end
+  end
+  if #gone > 0 then
+    redis.call('HSET', KEYS[2], '#', total)
+  end
+  if not name_free(fields[2], token) then
+    return {-2, 0, redis.call('ZCARD', KEYS[1]), now}
+  end
+  local own = tonumber(fields[3]) or 0
+  local granted = math.max(held, math.min(wanted, MILLION - (total - own)))
+  local counted = tonumber(fields[4])
+  if counted and counted > now then
+    granted = math.max(granted, own)
+  end
+  redis.call('HSET', KEYS[2], '@' .. id, token .. ' ' .. string.format('%.0f', now),
+    id, granted, '#', total - own + granted)
+  if ARGV[6] == '1' then
+    redis.call('ZADD', KEYS[1], now, id)
+    local long_until = tonumber(ARGV[9])
+    if long_until and long_until > math.max(counted or 0, now) then
+      redis.call('HSET', KEYS[2], '~' .. id, long_until)
+    elseif counted and counted <= now then
+      redis.call('HDEL', KEYS[2], '~' .. id)
+    end
+  else
+    redis.call('ZADD', KEYS[1], now - expiry - 1, id)
+  end
+  local live = redis.call('ZCOUNT', KEYS[1], now - expiry, '+inf')
+  return {granted, live, redis.call('ZCARD', KEYS[1]), now}
+end
+
+-- leave: ARGV[3] member name, ARGV[4] incarnation token. A replica that shuts down gives
+-- its claim back, unless another incarnation holds the name by now.
+if op == 'leave' then
+  local held = redis.call('HGET', KEYS[2], '@' .. ARGV[3])
+  if held and string.match(held, '^(%S+)') ~= ARGV[4] then
+    return 0
+  end
+  local own = tonumber(redis.call('HGET', KEYS[2], ARGV[3])) or 0
+  if own > 0 and redis.call('HEXISTS', KEYS[2], '#') == 1 then
+    redis.call('HINCRBY', KEYS[2], '#', -own)
+  end
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  redis.call('HDEL', KEYS[2], ARGV[3], '~' .. ARGV[3], '@' .. ARGV[3])
+  return 0
+end
 
 -- The claims of members whose heartbeat lapsed: they may be spending them in fallback. With
 -- `long`, for a lane of a longer period, also of live members whose fallback sends on such
@@ -189,7 +305,7 @@ local function save_all()
   end
 end
 
--- turn: ARGV[4] longest wait, ARGV[5..] each lane's spec (KEYS[4..]).
+-- turn: ARGV[3] longest wait, ARGV[4..] each lane's spec (KEYS[4..]).
 -- Reserves one pacing slot (GCRA, burst 1, at PACE x capacity) on every lane at once (a
 -- request costing k units takes k slots' time), or, when the first (narrowest) lane is
 -- further behind than every other lane by more than their intervals, on the first lane
@@ -253,18 +369,7 @@ local function turn(lanes_asked, max_wait, out)
   end
 end
 
--- release: ARGV[4..] before, after per lane. A reservation given back while still the last.
-if op == 'release' then
-  for i = 4, #KEYS do
-    local before, after = ARGV[2 * i - 4], ARGV[2 * i - 3]
-    if redis.call('HGET', KEYS[i], 'p') == after then
-      redis.call('HSET', KEYS[i], 'p', before)
-    end
-  end
-  return 0
-end
-
--- guard: ARGV[4..] each lane's spec (KEYS[4..]). The send-time guard, fleet-wide: GCRA per unit at
+-- guard: ARGV[3..] each lane's spec (KEYS[4..]). The send-time guard, fleet-wide: GCRA per unit at
 -- the rate and burst of `shape`: at most capacity units in any window of period + SPREAD,
 -- so sends that reach Tencent up to SPREAD apart from when Redis admitted them still make
 -- at most capacity in any period. A request costing k units needs k cells at once.
@@ -341,20 +446,20 @@ end
 
 if op == 'turn' then
   local reply = {}
-  turn(asked_lanes(5), tonumber(ARGV[4]), reply)
+  turn(asked_lanes(4), tonumber(ARGV[3]), reply)
   save_all()
   return reply
 end
 
 if op == 'guard' then
-  local wait = guard(asked_lanes(4))
+  local wait = guard(asked_lanes(3))
   save_all()
   return wait
 end
 
 -- turns, guards: a batch, the asks of one replica's concurrent requests, run in order as
 -- that many turn or guard calls would be at the same Redis time, each lane read and written
--- once. ARGV[4] how many entries; then per entry: how many asks alike it stands for (one
+-- once. ARGV[3] how many entries; then per entry: how many asks alike it stands for (one
 -- after the other), (turns only) their longest wait and whether to guard too (1 or 0),
 -- their lane count k, and k times: the lane's index in KEYS, its spec. Returns each ask's
 -- answer as the single op would, each preceded by its length.
@@ -364,8 +469,8 @@ end
 -- or -1 when the guard was not run: then the request sends after its own guard call. So a
 -- request that need not wait makes one call, as a turn and a guard made back to back.
 if op == 'turns' or op == 'guards' then
-  local replies, at = {}, 5
-  for _ = 1, tonumber(ARGV[4]) do
+  local replies, at = {}, 4
+  for _ = 1, tonumber(ARGV[3]) do
     local alike = tonumber(ARGV[at])
     at = at + 1
     local max_wait, also_guard
@@ -400,9 +505,9 @@ if op == 'turns' or op == 'guards' then
   return replies
 end
 
--- slow: ARGV[4] the lane's spec. Tencent said too fast: half pace for a while, from now.
+-- slow: ARGV[3] the lane's spec. Tencent said too fast: half pace for a while, from now.
 if op == 'slow' then
-  local limit, period, _, largest = spec(ARGV[4])
+  local limit, period, _, largest = spec(ARGV[3])
   local c = math.max(capacity(limit, lapsed_claims(period > MILLION)), 1)
   local interval = shape(c, period, largest)
   local lane = load(KEYS[4])
@@ -410,106 +515,6 @@ if op == 'slow' then
   mark(lane, period, 's')
   mark(lane, period, 'p')
   save_all()
-  return 0
-end
-
--- Whether `token` may beat under `name`: the name is free, already this incarnation's, or
--- held by one that has not beaten at all (live or not) for the heartbeat expiry: a process
--- under the name that is gone, or cut off from Redis. Two processes that both reach Redis
--- are told apart: the second is refused while the first beats.
-local function name_free(name, token)
-  local held = redis.call('HGET', KEYS[2], '@' .. name)
-  if not held then
-    return true
-  end
-  local holder, seen = string.match(held, '^(%S+) (%d+)$')
-  return holder == token or not seen or tonumber(seen) < now - expiry
-end
-
--- beat: ARGV[4] member name, ARGV[5] the claim it holds now, ARGV[6] the claim it wants,
--- ARGV[7] 1 = live, 0 = register as possibly in fallback, ARGV[8] ignore after ("" = never),
--- ARGV[9] how long a lapsed member is kept, ARGV[10] until when its fallback sends on lanes
--- of a longer period still count there ("" = none), set with a live beat, ARGV[11] this
--- process's incarnation token.
--- The claims never sum above a million: a larger claim is granted from what is free, and
--- never below what the replica holds now. A new incarnation under a member's name takes its
--- place, claim and all (replaced, not added); its predecessor's sends on longer lanes keep
--- counting until their time, at no smaller a claim. Returns {claim, live members, members,
--- now}; {-1, ...}: the beat came after its deadline; {-2, ...}: another incarnation that
--- still beats holds the name (nothing was written).
--- The sum of the claims ("#"), worked out from the whole hash once if it is not kept yet.
-local function claims_total()
-  local total = tonumber(redis.call('HGET', KEYS[2], '#'))
-  if total then
-    return total
-  end
-  total = 0
-  local all = redis.call('HGETALL', KEYS[2])
-  for i = 1, #all, 2 do
-    local first = string.sub(all[i], 1, 1)
-    if first ~= '~' and first ~= '@' and first ~= '#' then
-      total = total + tonumber(all[i + 1])
-    end
-  end
-  redis.call('HSET', KEYS[2], '#', total)
-  return total
-end
-
-if op == 'beat' then
-  local id, held, wanted, token = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[11]
-  local not_after = tonumber(ARGV[8])
-  if not_after and now > not_after then
-    return {-1, 0, 0, now}
-  end
-  local total = claims_total()
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - tonumber(ARGV[9])))
-  for _, name in ipairs(gone) do
-    total = total - (tonumber(redis.call('HGET', KEYS[2], name)) or 0)
-    redis.call('ZREM', KEYS[1], name)
-    redis.call('HDEL', KEYS[2], name, '~' .. name, '@' .. name)
-  end
-  if #gone > 0 then
-    redis.call('HSET', KEYS[2], '#', total)
-  end
-  if not name_free(id, token) then
-    return {-2, 0, redis.call('ZCARD', KEYS[1]), now}
-  end
-  redis.call('HSET', KEYS[2], '@' .. id, token .. ' ' .. string.format('%.0f', now))
-  local own = tonumber(redis.call('HGET', KEYS[2], id)) or 0
-  local granted = math.max(held, math.min(wanted, MILLION - (total - own)))
-  local counted = tonumber(redis.call('HGET', KEYS[2], '~' .. id))
-  if counted and counted > now then
-    granted = math.max(granted, own)
-  end
-  redis.call('HSET', KEYS[2], id, granted, '#', total - own + granted)
-  if ARGV[7] == '1' then
-    redis.call('ZADD', KEYS[1], now, id)
-    local long_until = tonumber(ARGV[10])
-    if long_until and long_until > math.max(counted or 0, now) then
-      redis.call('HSET', KEYS[2], '~' .. id, long_until)
-    elseif counted and counted <= now then
-      redis.call('HDEL', KEYS[2], '~' .. id)
-    end
-  else
-    redis.call('ZADD', KEYS[1], now - expiry - 1, id)
-  end
-  local live = redis.call('ZCOUNT', KEYS[1], now - expiry, '+inf')
-  return {granted, live, redis.call('ZCARD', KEYS[1]), now}
-end
-
--- leave: ARGV[4] member name, ARGV[5] incarnation token. A replica that shuts down gives
--- its claim back, unless another incarnation holds the name by now.
-if op == 'leave' then
-  local held = redis.call('HGET', KEYS[2], '@' .. ARGV[4])
-  if held and string.match(held, '^(%S+)') ~= ARGV[5] then
-    return 0
-  end
-  local own = tonumber(redis.call('HGET', KEYS[2], ARGV[4])) or 0
-  if own > 0 and redis.call('HEXISTS', KEYS[2], '#') == 1 then
-    redis.call('HINCRBY', KEYS[2], '#', -own)
-  end
-  redis.call('ZREM', KEYS[1], ARGV[4])
-  redis.call('HDEL', KEYS[2], ARGV[4], '~' .. ARGV[4], '@' .. ARGV[4])
   return 0
 end
 

@@ -23,7 +23,9 @@ use crate::spec::AppSpec;
 use crate::table::{Per, Quota};
 use crate::{Asked, Lanes, Limiter, Scope};
 
-const SCRIPT: &str = include_str!("script.lua");
+/// The replicas' script, timing values and all.
+static SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| super::script(EXPIRY, super::QUARANTINE));
 const TIMEOUT: Duration = Duration::from_millis(50);
 const LIMIT: usize = 200;
 const MAX_WAIT: Duration = Duration::from_millis(1000);
@@ -179,7 +181,7 @@ impl FixedRedis {
         let connection = self.connection.clone();
         let value = tokio::task::spawn_blocking(move || {
             redis::cmd("EVAL")
-                .arg(SCRIPT)
+                .arg(&*SCRIPT)
                 .arg(keys.len())
                 .arg(keys)
                 .arg(args)
@@ -207,7 +209,7 @@ impl FixedRedis {
             .unwrap()
             .iter()
             .filter(|(_, args)| args[0] == "beat")
-            .map(|(at, args)| (*at, args[6] == "1"))
+            .map(|(at, args)| (*at, args[5] == "1"))
             .collect()
     }
 }
@@ -729,14 +731,9 @@ async fn redis_that_lost_its_state_admits_nothing_until_no_second_can_hold_old_a
 /// The guard op at Redis time `now` (µs) for one lane at `limit`: whether it admitted.
 fn guard_at(connection: &mut redis::Connection, now: i64, limit: u32) -> bool {
     let keys = ["t:members", "t:claims", "t:epoch", "t:lane:1"];
-    let args = [
-        "guard".to_owned(),
-        now.to_string(),
-        crate::timing::script(EXPIRY, Duration::ZERO),
-        limit.to_string(),
-    ];
+    let args = ["guard".to_owned(), now.to_string(), limit.to_string()];
     let wait: i64 = redis::cmd("EVAL")
-        .arg(SCRIPT)
+        .arg(super::script(EXPIRY, Duration::ZERO))
         .arg(keys.len())
         .arg(&keys)
         .arg(&args)
@@ -1179,16 +1176,10 @@ async fn a_replica_restarted_under_its_name_takes_its_place_claim_and_all() {
     // A process's leave takes away only its own incarnation's place.
     let leave = |token: &str| {
         let _: i64 = redis::cmd("EVAL")
-            .arg(SCRIPT)
+            .arg(&*SCRIPT)
             .arg(3)
             .arg(&["{sim}:members:1", "{sim}:claims:1", "{sim}:epoch"])
-            .arg(&[
-                "leave",
-                "",
-                crate::timing::REPLICAS.as_str(),
-                "replica-2",
-                token,
-            ])
+            .arg(&["leave", "", "replica-2", token])
             .query(&mut sim.server.connection())
             .unwrap();
     };
