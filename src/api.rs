@@ -5,6 +5,7 @@
 //! and a path no real API could have is refused before it costs anything.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The longest `service/command` accepted. The longest name in Tencent's documentation
 /// (TENCENT.md) is `live_engine_http_srv/get_banned_member_list`, 43 bytes, and the Chat
@@ -14,10 +15,13 @@ use std::fmt;
 pub const MAX_NAME_BYTES: usize = 128;
 
 /// One REST API, e.g. `live_engine_http_srv/set_room_metadata`.
+///
+/// Its name is shared, not owned: a request keeps one for its log line beside the one its
+/// steps use, and a clone is then a count, not a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Api {
     /// `service/command`.
-    name: String,
+    name: Arc<str>,
     /// Where `/` sits in `name`.
     split: usize,
 }
@@ -35,8 +39,9 @@ impl Api {
         if parts.next().is_some() || !is_name(service) || !is_name(command) {
             return None;
         }
+        // `name` is `service/command` exactly: taken as it is, not formatted anew.
         Some(Api {
-            name: format!("{service}/{command}"),
+            name: Arc::from(name),
             split: service.len(),
         })
     }

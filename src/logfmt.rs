@@ -7,8 +7,9 @@
 //! hands everything else to `DefaultFields` as it is: coloured output, the message (whose
 //! ANSI escapes `DefaultFields` neutralises), errors (with their sources), raw `r#` names
 //! and the `log.` metadata of records from the `log` crate. Its output is byte for byte
-//! `DefaultFields`'s; a test holds it to that. Integers, booleans and plain strings are
-//! written without `core::fmt`, which costs several times what the bytes do.
+//! `DefaultFields`'s; a test holds it to that. Integers, booleans, plain strings and floats
+//! in decimal notation (the latency) are written without `core::fmt`, which costs several
+//! times what the bytes do.
 //!
 //! [`UtcMicros`] is tracing-subscriber's `SystemTime` timestamp (RFC 3339, UTC, microseconds),
 //! its digits written directly rather than through seven `write!` calls.
@@ -142,6 +143,17 @@ impl Visit for PlainVisitor<'_> {
         }
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.result.is_err() {
+            return;
+        }
+        if Self::special(field) || !debug_is_decimal(value) {
+            self.record_debug(field, &value);
+        } else {
+            self.write_raw(field, ryu::Buffer::new().format_finite(value));
+        }
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
         if self.result.is_err() {
             return;
@@ -170,6 +182,13 @@ impl Visit for PlainVisitor<'_> {
             self.write(field, value);
         }
     }
+}
+
+/// Whether `f64`'s `Debug` writes `value` in decimal notation (zero, or `1e-4 <= |value| <
+/// 1e16`), where ryu's shortest digits, also in decimal there, are the same bytes. Outside
+/// it (exponents, NaN, infinities) `Debug` writes it.
+fn debug_is_decimal(value: f64) -> bool {
+    value == 0.0 || (1e-4..1e16).contains(&value.abs())
 }
 
 /// tracing-subscriber's `SystemTime` timestamp, `2026-12-07T16:37:17.058410Z`, with its
@@ -321,6 +340,19 @@ mod tests {
         tracing::info!(log.target = "skipped", after = f64::NAN);
         tracing::debug!(alone = "no message");
         tracing::info!(message = "explicit", x = 2.0_f64, y = ?'c');
+        // Each side of where f64's `Debug` turns to exponents, and latencies as logged.
+        tracing::info!(
+            a = 1e-4_f64,
+            b = 9.999e-5_f64,
+            c = -0.0_f64,
+            d = 9_999_999_999_999_998.0_f64,
+            e = 1e16_f64,
+            f = f64::NEG_INFINITY,
+            g = 0.1_f64 + 0.2_f64,
+            h = 12.345_678_f64,
+            i = 60_000.0_f64,
+            j = -1.5e-3_f64
+        );
     }
 
     fn captured(plain: bool, ansi: bool) -> String {
@@ -343,7 +375,7 @@ mod tests {
     fn plain_fields_write_what_default_fields_write() {
         for ansi in [false, true] {
             let (plain, default) = (captured(true, ansi), captured(false, ansi));
-            assert_eq!(plain.lines().count(), 7, "{plain}");
+            assert_eq!(plain.lines().count(), 8, "{plain}");
             assert_eq!(plain, default, "colours {ansi}");
         }
         // The text log line as users and tests read it, to show what was compared.

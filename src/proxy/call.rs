@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::time::Instant;
 use tracing::info;
@@ -125,7 +125,7 @@ impl<'g> Call<'g> {
         };
         response
             .headers_mut()
-            .insert(ATTEMPTS, attempts_value(self.attempts));
+            .insert(ATTEMPTS_HEADER.clone(), attempts_value(self.attempts));
         response
     }
 
@@ -186,6 +186,10 @@ impl Drop for Call<'_> {
         }
     }
 }
+
+/// The attempts header's name, made once: a name given as `&str` is copied into a new
+/// buffer at every insert.
+static ATTEMPTS_HEADER: HeaderName = HeaderName::from_static(ATTEMPTS);
 
 /// `attempts` as a header value; the usual few without formatting and allocating one.
 fn attempts_value(attempts: u32) -> HeaderValue {

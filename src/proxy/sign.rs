@@ -2,7 +2,6 @@
 //! new `random` into the upstream URL of every attempt. The caller's own `identifier`,
 //! `usersig`, `random` and `contenttype` are never read: the target is built from scratch.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use hyper::Uri;
@@ -64,22 +63,26 @@ pub(super) fn carries(target: &Uri, credentials: &Credentials, sig: &UserSig) ->
 }
 
 /// `api`'s upstream path and query, signed with `sig` of `credentials`, with a new `random`:
-/// appended into one buffer, which `Uri` takes without a copy.
+/// appended into one buffer of exactly its length, which `Uri` takes without a copy (a
+/// buffer with room to spare would cost `Bytes` a second allocation to share it).
 pub(super) fn target(api: &Api, credentials: &Credentials, sig: &UserSig) -> Result<Uri, Error> {
-    let (name, sig) = (api.name(), sig.as_str());
-    let mut target = String::with_capacity(
-        "/v4/".len() + name.len() + credentials.query.len() + sig.len() + RANDOM_AND_TYPE,
-    );
-    for part in ["/v4/", name, &credentials.query, sig, "&random="] {
+    let mut random = itoa::Buffer::new();
+    let random = random.format(rand::random::<u32>());
+    let parts = [
+        "/v4/",
+        api.name(),
+        &credentials.query,
+        sig.as_str(),
+        "&random=",
+        random,
+        "&contenttype=json",
+    ];
+    let mut target = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
         target.push_str(part);
     }
-    let _ = write!(target, "{}", rand::random::<u32>());
-    target.push_str("&contenttype=json");
     Uri::try_from(target).map_err(|_| Error::Unforwardable)
 }
-
-/// `&random=` with the longest `u32`, then `&contenttype=json`.
-const RANDOM_AND_TYPE: usize = "&random=4294967295&contenttype=json".len();
 
 /// Whether `a` and `b` sign the same UserSigs: same key, app, identifier and lifetime.
 pub(super) fn same_signer(a: &App, b: &App) -> bool {
