@@ -65,6 +65,15 @@ async fn round_trips(
     took
 }
 
+/// Redis's `INFO section`.
+async fn info(redis: &mut redis::aio::ConnectionManager, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
 /// The script calls Redis ran while `work` ran, their time (µs, commandstats) and the
 /// server's main thread's CPU time (µs) meanwhile.
 async fn redis_time<T>(
@@ -83,22 +92,10 @@ async fn redis_time<T>(
         .query_async(redis)
         .await
         .unwrap();
-    let before: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(redis)
-        .await
-        .unwrap();
+    let before = info(redis, "cpu").await;
     work.await;
-    let after: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(redis)
-        .await
-        .unwrap();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(redis)
-        .await
-        .unwrap();
+    let after = info(redis, "cpu").await;
+    let stats = info(redis, "commandstats").await;
     let evalsha = stats
         .lines()
         .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
