@@ -219,7 +219,7 @@ impl Leading {
             .collect();
         let (keys, args) = encode(&all);
         let answers = group
-            .call::<redis::Value>(kind.op(), &keys, &args)
+            .call_owned::<redis::Value>(kind.op(), keys, args)
             .await
             .and_then(|packed| {
                 unpack(packed)
@@ -372,7 +372,7 @@ mod tests {
         assert!(unpack(redis::Value::Array(vec![redis::Value::Int(1)])).is_err());
         assert_eq!(
             unpack(redis::Value::BulkString(Vec::new())).unwrap(),
-            vec![]
+            Vec::<i64>::new()
         );
     }
 
