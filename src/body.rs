@@ -101,7 +101,7 @@ pub async fn read_exact(
     // A declared length is a promise, not bytes: the buffer still grows only as data comes.
     let expected = declared.map_or(limit, |n| n as usize);
     let reading = collect(request.into_body(), limit, expected, budget);
-    let (body, held) = tokio::time::timeout(deadline, reading)
+    let (body, held) = crate::deadline::within(deadline, reading)
         .await
         .map_err(|_| Error::BodyTimeout(deadline))??;
     Ok((body.freeze(), held))

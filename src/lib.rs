@@ -33,6 +33,7 @@ pub mod auth;
 pub mod body;
 pub mod callback;
 pub mod config;
+pub mod deadline;
 pub mod emulator;
 pub mod error;
 pub mod json;

@@ -394,7 +394,7 @@ impl Upstream {
                 // Ready before the send-time guard, not after it: a connection just handed
                 // over by the request before is ready only once its task has seen that
                 // answer through. Waiting for that after the guard would let writes bunch.
-                let ready = tokio::time::timeout_at(until, sender.ready()).await;
+                let ready = crate::deadline::until(until, sender.ready()).await;
                 if let Ok(Ok(())) = ready {
                     return Ok(Connection {
                         sender,

@@ -52,6 +52,16 @@ fn ints(value: redis::Value) -> Vec<i64> {
     redis::FromRedisValue::from_redis_value(value).unwrap()
 }
 
+/// A batch op's answer: its numbers packed in one string, 8 bytes little-endian each.
+fn packed(value: redis::Value) -> Vec<i64> {
+    let redis::Value::BulkString(bytes) = value else {
+        panic!("not a string: {value:?}");
+    };
+    let (numbers, rest) = bytes.as_chunks::<8>();
+    assert!(rest.is_empty(), "{} bytes", bytes.len());
+    numbers.iter().map(|n| i64::from_le_bytes(*n)).collect()
+}
+
 async fn turn(
     redis: &mut redis::aio::MultiplexedConnection,
     now: i64,
@@ -285,7 +295,7 @@ async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
     }
     let (keys, args) = batch_call(&batch_asks("all"), Some(false));
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let batch = ints(op(&mut redis, "turns", t0, &keys, &args).await);
+    let batch = packed(op(&mut redis, "turns", t0, &keys, &args).await);
     assert_eq!(batch, expected);
     // The third was refused (a wait over 0) and reserved nothing; the quota's was taken.
     assert!(expected.contains(&-1), "{expected:?}");
@@ -318,7 +328,7 @@ async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
     }
     let (keys, args) = batch_call(&guards("all"), None);
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let batch = ints(op(&mut redis, "guards", t0, &keys, &args).await);
+    let batch = packed(op(&mut redis, "guards", t0, &keys, &args).await);
     assert_eq!(batch, expected);
     assert!(expected.iter().skip(1).step_by(2).any(|&w| w == 0));
     assert!(expected.iter().skip(1).step_by(2).any(|&w| w > 0));
@@ -346,7 +356,7 @@ async fn a_batch_answers_each_ask_as_its_own_call_at_that_time_would() {
     }
     let (keys, args) = batch_call(&batch_asks("tg_all"), Some(true));
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let batch = ints(op(&mut redis, "turns", t0, &keys, &args).await);
+    let batch = packed(op(&mut redis, "turns", t0, &keys, &args).await);
     assert_eq!(batch, expected);
     // The first ask was admitted with its turn (a trailing 0); a later one waited (-1).
     assert_eq!(

@@ -322,10 +322,25 @@ impl Fleet {
         keys: &[String],
         args: &[String],
     ) -> Result<T, String> {
+        self.call_owned(common, op, keys.to_vec(), args.to_vec())
+            .await
+    }
+
+    /// `call`, with `keys` and `args` moved into the call rather than copied: a request's
+    /// call (a batch's) carries a dozen of them.
+    async fn call_owned<T: FromRedisValue>(
+        &self,
+        common: &[String; 3],
+        op: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, String> {
         let started = Instant::now();
-        let keys = common.iter().chain(keys).cloned().collect();
-        let mut all = vec![op.to_owned(), String::new()];
-        all.extend_from_slice(args);
+        let keys = common.iter().cloned().chain(keys).collect();
+        let all = [op.to_owned(), String::new()]
+            .into_iter()
+            .chain(args)
+            .collect();
         let answer = self.link.eval(keys, all, self.timeout).await;
         self.series.latency.observe(started.elapsed().as_secs_f64());
         T::from_redis_value(answer?).map_err(|error| {

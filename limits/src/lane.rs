@@ -331,6 +331,12 @@ impl Lane {
         by: Instant,
     ) -> Result<tokio::sync::MutexGuard<'_, ()>, Throttled> {
         let lane = self.newest();
+        // A free gate is taken without making a timer. `try_lock` fails while others queue
+        // for the gate (tokio's mutex hands a freed gate to its first waiter), so the order
+        // of the queue holds.
+        if let Ok(open) = lane.gate.try_lock() {
+            return Ok(open);
+        }
         tokio::time::timeout_at(by, lane.gate.lock())
             .await
             .map_err(|_| lane.refusal(lane.refill))

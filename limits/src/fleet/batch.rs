@@ -219,10 +219,11 @@ impl Leading {
             .collect();
         let (keys, args) = encode(&all);
         let answers = group
-            .call::<Vec<i64>>(kind.op(), &keys, &args)
+            .call_owned::<redis::Value>(kind.op(), keys, args)
             .await
-            .and_then(|flat| {
-                split(kind, &flat, asks)
+            .and_then(|packed| {
+                unpack(packed)
+                    .and_then(|flat| split(kind, &flat, asks))
                     .inspect_err(|why| fleet.causes.failed(Cause::Protocol, why))
             });
         let mut answers = match answers {
@@ -307,6 +308,24 @@ fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
     (keys, args)
 }
 
+/// The batch's numbers out of the one string the script packs them in (8-byte little-endian
+/// integers). Anything else is not the script talking.
+fn unpack(packed: redis::Value) -> Result<Vec<i64>, String> {
+    let redis::Value::BulkString(bytes) = packed else {
+        return Err(format!(
+            "a batch got {packed:?}, not the script's packed numbers"
+        ));
+    };
+    let (numbers, rest) = bytes.as_chunks::<8>();
+    if !rest.is_empty() {
+        return Err(format!(
+            "a batch got {} bytes, not 8-byte numbers",
+            bytes.len()
+        ));
+    }
+    Ok(numbers.iter().map(|n| i64::from_le_bytes(*n)).collect())
+}
+
 /// Each ask's answer out of the batch's, where each is preceded by its length.
 /// Each answer must have the script's shape: a guard's its wait alone, a turn's at least
 /// its lane count and wait. Anything else is not the script talking (a server that answers
@@ -337,6 +356,25 @@ fn split(kind: Kind, flat: &[i64], asks: usize) -> Result<Vec<Vec<i64>>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_packed_numbers_are_read_back_and_anything_else_is_refused() {
+        let packed: Vec<u8> = [3_i64, -1, 1_733_600_000_123_456]
+            .iter()
+            .flat_map(|n| n.to_le_bytes())
+            .collect();
+        assert_eq!(
+            unpack(redis::Value::BulkString(packed.clone())).unwrap(),
+            vec![3, -1, 1_733_600_000_123_456]
+        );
+        assert!(unpack(redis::Value::BulkString(packed[..7].to_vec())).is_err());
+        assert!(unpack(redis::Value::Int(0)).is_err());
+        assert!(unpack(redis::Value::Array(vec![redis::Value::Int(1)])).is_err());
+        assert_eq!(
+            unpack(redis::Value::BulkString(Vec::new())).unwrap(),
+            Vec::<i64>::new()
+        );
+    }
 
     #[test]
     fn an_answer_not_of_the_scripts_shape_is_refused_not_read_as_an_admission() {

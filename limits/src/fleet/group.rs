@@ -187,6 +187,16 @@ impl Group {
         self.fleet.call(&self.common, op, keys, args).await
     }
 
+    /// `call`, with `keys` and `args` moved into the call (`Fleet::call_owned`).
+    pub(super) async fn call_owned<T: FromRedisValue>(
+        &self,
+        op: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, String> {
+        self.fleet.call_owned(&self.common, op, keys, args).await
+    }
+
     /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
     pub(crate) fn share(&self, limit: NonZeroU32) -> Option<NonZeroU32> {
         let retained = self.fleet.lock().retained(Instant::now());
