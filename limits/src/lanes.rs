@@ -15,7 +15,7 @@ use crate::limit::{ApiLanes, Limit, QuotaLanes};
 use crate::pace::Closing;
 use crate::spec::{AppSpec, CallerSpec};
 use crate::table::Quota;
-use crate::{Asked, Lanes, Limiter, Measured, Scope, Throttled, Turn};
+use crate::{Asked, Hasher, Lanes, Limiter, Measured, Scope, Throttled, Turn};
 
 impl Lanes {
     /// The quotas of `api` beyond calls a second, whose costs and keys `turn` needs.
@@ -174,9 +174,13 @@ impl Limiter {
 
     /// The lanes of each API of `app` with an entry: its calls limit, if configured, and
     /// its quotas.
-    fn api_lanes(&self, app: &AppSpec, previous: Option<&Lanes>) -> HashMap<String, ApiLanes> {
+    fn api_lanes(
+        &self,
+        app: &AppSpec,
+        previous: Option<&Lanes>,
+    ) -> HashMap<String, ApiLanes, Hasher> {
         let before = |api: &str| previous.and_then(|p| p.apis.get(api));
-        let mut apis: HashMap<String, ApiLanes> = app
+        let mut apis: HashMap<String, ApiLanes, Hasher> = app
             .api_limits
             .iter()
             .map(|(api, n)| {

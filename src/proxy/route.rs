@@ -24,7 +24,9 @@ use super::sign::{Credentials, carries, same_signer, target};
 /// until the request is answered; a reload builds a new one and swaps it in whole, so no
 /// request ever sees half of one configuration and half of another.
 pub struct Routes {
-    by_id: HashMap<u64, Route>,
+    /// Seeded foldhash: the id comes from the request, and SipHash cost more than the rest
+    /// of finding the route.
+    by_id: HashMap<u64, Route, foldhash::fast::RandomState>,
     /// Who may call what (`[[callers]]`), from the same configuration as the apps.
     pub(super) callers: Callers,
 }
