@@ -85,6 +85,7 @@ use pace::Closing;
 pub use fleet::{BEAT, EXPIRY, MARGIN, QUARANTINE, RETAIN, script as fleet_script};
 pub use keyed::{SETS, WAYS};
 pub use lane::{TokioClock, TokioInstant};
+pub use lanes::LanesOf;
 pub use measure::{Measured, TooCostly, measure};
 pub use series::FleetSeries;
 pub use spec::{AppSpec, CallerSpec, ClusterSpec, FleetSpec, RedisSpec, SentinelSpec};
