@@ -117,49 +117,89 @@ pub struct AppSeries {
     signs: Counter,
     /// Tencent's answers by ErrorCode, in `CODES` order, then `other`, then `none`.
     codes: Vec<Counter>,
-    /// Attempts sent per API that has a limit of its own, keyed `service/command`.
-    api_attempts: HashMap<String, Counter>,
     /// Failed entries of partial answers, in `PARTIAL_APIS` order, then `other`.
     partial: Vec<Counter>,
-    requests: RequestHandles,
+    /// Its requests and attempts by API.
+    apis: ApiSet,
 }
 
-/// One app's `timgate_requests_total` counters, found in the family once per API and
-/// outcome: a family lookup allocates its label set's strings and hashes all three on every
-/// request. Bounded as the labels are: known APIs (plus `other` and `none`) by outcomes.
-#[derive(Default)]
-struct RequestHandles(RwLock<HashMap<String, Vec<(&'static str, Counter)>>>);
+/// The hasher of the maps a request looks up by API name: seeded at random like std's
+/// SipHash, at a fraction of its cost on these short keys.
+type Hasher = foldhash::fast::RandomState;
 
-impl RequestHandles {
-    /// Counts one request of `app` (its label) on `api` (a label value) that ended `outcome`.
-    fn inc(
-        &self,
-        family: &Family<RequestLabels, Counter>,
-        app: &str,
-        api: &str,
-        outcome: &'static str,
-    ) {
-        let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let counted = known
-            .get(api)
-            .and_then(|outcomes| outcomes.iter().find(|(name, _)| *name == outcome))
-            .map(|(_, counter)| counter.inc());
-        drop(known);
-        if counted.is_some() {
+/// The series of one `api` label value of one app (or of the requests that found none).
+struct ApiSeries {
+    /// The `api` label value.
+    api: String,
+    /// Its `timgate_requests_total` counters by outcome, each found in the family on its
+    /// first request: a family lookup allocates its label set's strings and hashes all three.
+    /// Bounded as the outcomes are, and no series shows before its first request.
+    requests: RwLock<Vec<(&'static str, Counter)>>,
+    /// Attempts sent, for an API with a limit of its own.
+    attempts: Option<Counter>,
+}
+
+impl ApiSeries {
+    fn new(api: &str, attempts: Option<Counter>) -> ApiSeries {
+        ApiSeries {
+            api: api.to_owned(),
+            requests: RwLock::default(),
+            attempts,
+        }
+    }
+
+    /// Counts one request of `app` (its label) that ended `outcome`.
+    fn request(&self, family: &Family<RequestLabels, Counter>, app: &str, outcome: &'static str) {
+        let known = self.requests.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, counter)) = known.iter().find(|(name, _)| *name == outcome) {
+            counter.inc();
             return;
         }
+        drop(known);
         let labels = RequestLabels {
             app: app.to_owned(),
-            api: api.to_owned(),
+            api: self.api.clone(),
             outcome,
         };
         let counter = family.get_or_create(&labels).clone();
         counter.inc();
-        let mut known = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        let outcomes = known.entry(labels.api).or_default();
+        let mut known = self
+            .requests
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         // Another request may have added it meanwhile: the same counter either way.
-        if !outcomes.iter().any(|(name, _)| *name == outcome) {
-            outcomes.push((outcome, counter));
+        if !known.iter().any(|(name, _)| *name == outcome) {
+            known.push((outcome, counter));
+        }
+    }
+}
+
+/// The series of every `api` label value of one app, so a request finds its API's with one
+/// lookup of its name: each known API (`Metrics::apis`), then `other` and `none`.
+struct ApiSet {
+    known: HashMap<String, ApiSeries, Hasher>,
+    other: ApiSeries,
+    none: ApiSeries,
+}
+
+impl ApiSet {
+    /// The set of `apis`, each with its attempts counter from `attempts`, if any.
+    fn new(apis: &HashSet<String>, mut attempts: impl FnMut(&str) -> Option<Counter>) -> ApiSet {
+        ApiSet {
+            known: apis
+                .iter()
+                .map(|api| (api.clone(), ApiSeries::new(api, attempts(api))))
+                .collect(),
+            other: ApiSeries::new("other", None),
+            none: ApiSeries::new("none", None),
+        }
+    }
+
+    /// The series of the API named `api` (`None`: the path named none).
+    fn of(&self, api: Option<&str>) -> &ApiSeries {
+        match api {
+            Some(name) => self.known.get(name).unwrap_or(&self.other),
+            None => &self.none,
         }
     }
 }
@@ -199,7 +239,7 @@ pub struct Metrics {
     apis: HashSet<String>,
     apps: HashMap<u64, Arc<AppSeries>>,
     /// The requests that found no app (`app="none"`).
-    unrouted: RequestHandles,
+    unrouted: ApiSet,
     fleet: FleetSeries,
     /// The callback listener's series (`[callbacks]`).
     callbacks: CallbackMetrics,
@@ -292,6 +332,11 @@ impl Metrics {
         // 1 ms to 11.6 s in steps of √2: a p99 read from the buckets is within 41% of the
         // truth, fine enough to tell a wait from one near max_queue_wait_ms.
         let latency = || Histogram::new(exponential_buckets(0.001, std::f64::consts::SQRT_2, 28));
+        let apis: HashSet<String> = rules::TABLE
+            .iter()
+            .map(|(api, _)| (*api).to_owned())
+            .chain(apps.iter().flat_map(|app| app.api_limits.keys().cloned()))
+            .collect();
         let mut metrics = Metrics {
             registry: Registry::with_prefix("timgate"),
             requests: Family::default(),
@@ -312,13 +357,9 @@ impl Metrics {
             upstream_failovers: Counter::default(),
             limits: LimitGauges::default(),
             reloads: Default::default(),
-            apis: rules::TABLE
-                .iter()
-                .map(|(api, _)| (*api).to_owned())
-                .chain(apps.iter().flat_map(|app| app.api_limits.keys().cloned()))
-                .collect(),
+            unrouted: ApiSet::new(&apis, |_| None),
+            apis,
             apps: HashMap::new(),
-            unrouted: RequestHandles::default(),
             fleet: FleetSeries::default(),
             callbacks: CallbackMetrics::new(),
         };
@@ -496,17 +537,12 @@ impl Metrics {
     /// One request, answered or not: `app` is its route's series when it got that far, `api`
     /// the API its path names, if any.
     pub fn request(&self, app: Option<&AppSeries>, api: Option<&Api>, outcome: &'static str) {
-        let api = match api {
-            Some(api) if self.apis.contains(api.name()) => api.name(),
-            Some(_) => "other",
-            None => "none",
+        let (label, apis) = match app {
+            Some(series) => (series.app.as_str(), &series.apis),
+            None => ("none", &self.unrouted),
         };
-        match app {
-            Some(series) => series
-                .requests
-                .inc(&self.requests, &series.app, api, outcome),
-            None => self.unrouted.inc(&self.requests, "none", api, outcome),
-        }
+        apis.of(api.map(Api::name))
+            .request(&self.requests, label, outcome);
     }
 
     /// One request of `caller` (a configured name, or `none`), by how it ended.
@@ -537,7 +573,21 @@ impl Metrics {
         }
     }
 
+    /// The series of `app`, which has a limit of its own on the APIs `limited` (all of them
+    /// in `apis`, which holds every configured app's).
     fn series<'a>(&self, app: u64, limited: impl Iterator<Item = &'a String>) -> AppSeries {
+        let mut attempts: HashMap<&str, Counter> = limited
+            .map(|api| {
+                let labels = ApiLabels {
+                    app: app.to_string(),
+                    api: api.clone(),
+                };
+                (
+                    api.as_str(),
+                    self.api_attempts.get_or_create(&labels).clone(),
+                )
+            })
+            .collect();
         let labels = AppLabels {
             app: app.to_string(),
         };
@@ -570,18 +620,6 @@ impl Metrics {
                     self.upstream_codes.get_or_create(&labels).clone()
                 })
                 .collect(),
-            api_attempts: limited
-                .map(|api| {
-                    let labels = ApiLabels {
-                        app: app.to_string(),
-                        api: api.clone(),
-                    };
-                    (
-                        api.clone(),
-                        self.api_attempts.get_or_create(&labels).clone(),
-                    )
-                })
-                .collect(),
             partial: PARTIAL_APIS
                 .iter()
                 .chain(&["other"])
@@ -593,7 +631,7 @@ impl Metrics {
                     self.partial_failures.get_or_create(&labels).clone()
                 })
                 .collect(),
-            requests: RequestHandles::default(),
+            apis: ApiSet::new(&self.apis, |api| attempts.remove(api)),
         }
     }
 
@@ -631,7 +669,7 @@ impl AppSeries {
     /// Tencent's answer to one attempt on `api`: its ErrorCode, `None` when the attempt got
     /// no envelope (timed out, broke, or the body was not Tencent's JSON).
     pub fn answered(&self, api: &str, code: Option<i64>) {
-        if let Some(sent) = self.api_attempts.get(api) {
+        if let Some(sent) = self.apis.known.get(api).and_then(|s| s.attempts.as_ref()) {
             sent.inc();
         }
         let slot = match code {

@@ -36,7 +36,7 @@ use crate::auth;
 use crate::body::{self, Budget};
 use crate::config::Resolved;
 use crate::error::Error;
-use crate::limiter::{self, Asked, Lanes, Limiter, Measured, Scope, Throttled, Turn};
+use crate::limiter::{self, Asked, LanesOf, Limiter, Measured, Scope, Throttled, Turn};
 use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::server;
@@ -178,8 +178,11 @@ async fn forward<'g>(
         &gateway.bodies,
     ))
     .await?;
-    let measured = inspect::inspect(&api, &body, route.lanes.quotas(&api))?;
-    gateway.deliver(route, &api, body, &measured, call).await
+    let lanes = route.lanes.of(&api);
+    let measured = inspect::inspect(&api, &body, lanes.quotas())?;
+    gateway
+        .deliver(route, &api, lanes, body, &measured, call)
+        .await
 }
 
 impl Gateway {
@@ -194,6 +197,7 @@ impl Gateway {
         &self,
         route: &Route,
         api: &Api,
+        lanes: LanesOf<'_, '_>,
         body: Bytes,
         measured: &[Measured],
         call: &mut Call<'_>,
@@ -211,12 +215,12 @@ impl Gateway {
                 // turn: a turn that needs no wait then passes Redis's send-time guard in the same
                 // call (`Lanes::ask`), one Redis call instead of two. A turn that waits gives it
                 // back before waiting (`take_turn`).
-                let held = route
-                    .lanes
-                    .guards_with_turn(api)
+                let held = lanes
+                    .guards_with_turn()
                     .then(|| self.upstream.try_connect(&route.endpoint))
                     .flatten();
-                let turned = Box::pin(self.turn(route, api, call.caller, measured, deadline, held));
+                let turned =
+                    Box::pin(self.turn(route, lanes, call.caller, measured, deadline, held));
                 let (turn, held) = match turned.await {
                     Ok(turned) => turned,
                     Err(refused) => {
@@ -288,7 +292,7 @@ impl Gateway {
     async fn turn<'r>(
         &self,
         route: &'r Route,
-        api: &Api,
+        lanes: LanesOf<'r, '_>,
         caller: Option<&auth::Caller>,
         measured: &[Measured],
         deadline: Instant,
@@ -302,7 +306,7 @@ impl Gateway {
         // A drain closes the limiter at its last turn, so the lanes refuse a turn that would
         // come later, at once, also for requests that were already waiting when it started.
         let granted = tokio::select! {
-            granted = Self::take_turn(&route.lanes, api, caller.map(auth::Caller::name), measured, max_wait, held) => granted,
+            granted = Self::take_turn(lanes, caller.map(auth::Caller::name), measured, max_wait, held) => granted,
             () = self.drain.past_last_turn() => return Err(Error::Draining),
         };
         match granted {
@@ -334,15 +338,14 @@ impl Gateway {
     /// turn granted now (in a fleet, Redis has passed the send-time guard with it), let go
     /// before a wait, so no connection is kept from others by a waiting request.
     async fn take_turn<'r>(
-        lanes: &'r Lanes,
-        api: &Api,
+        lanes: LanesOf<'r, '_>,
         caller: Option<&str>,
         measured: &[Measured],
         max_wait: Duration,
         held: Option<upstream::Held>,
     ) -> Result<(Turn<'r>, Option<upstream::Held>), Throttled> {
         match lanes
-            .ask(api, caller, measured, max_wait, held.is_some())
+            .ask(caller, measured, max_wait, held.is_some())
             .await?
         {
             Asked::Granted(turn) => Ok((turn, held)),

@@ -15,12 +15,21 @@ use crate::limit::{ApiLanes, Limit, QuotaLanes};
 use crate::pace::Closing;
 use crate::spec::{AppSpec, CallerSpec};
 use crate::table::Quota;
-use crate::{Asked, Lanes, Limiter, Measured, Scope, Throttled, Turn};
+use crate::{Asked, Hasher, Lanes, Limiter, Measured, Scope, Throttled, Turn};
 
 impl Lanes {
+    /// The lanes of `api`, found once for the steps of a request that need them.
+    pub fn of<'a, 'n>(&'a self, api: &'n str) -> LanesOf<'a, 'n> {
+        LanesOf {
+            lanes: self,
+            entry: self.apis.get(api),
+            api,
+        }
+    }
+
     /// The quotas of `api` beyond calls a second, whose costs and keys `turn` needs.
     pub fn quotas(&self, api: &str) -> &[Quota] {
-        self.apis.get(api).map_or(&[], |lanes| &lanes.quotas)
+        self.of(api).quotas()
     }
 
     /// Waits, in arrival order, for one attempt's turn of `api`; refuses at once when the
@@ -55,11 +64,7 @@ impl Lanes {
     /// (a quota's): a turn of `api` asked by a caller that holds a ready connection may pass
     /// its send-time guard in the same Redis call ([`Lanes::ask`]).
     pub fn guards_with_turn(&self, api: &str) -> bool {
-        let quotas = self
-            .apis
-            .get(api)
-            .is_some_and(|lanes| !lanes.lanes.is_empty());
-        !quotas && self.backend.guards_with_turn()
+        self.of(api).guards_with_turn()
     }
 
     /// The first phase of `turn_as`: the turn granted now, or a wait for it. A caller that
@@ -76,48 +81,7 @@ impl Lanes {
         max_wait: Duration,
         ready: bool,
     ) -> Result<Asked<'_>, Throttled> {
-        let turn = self.prepare(api, caller, measured, max_wait)?;
-        self.backend.ask(self, turn, ready).await
-    }
-
-    /// The turn of a request of `caller` for `api`, not yet waited for.
-    fn prepare(
-        &self,
-        api: &str,
-        caller: Option<&str>,
-        measured: &[Measured],
-        max_wait: Duration,
-    ) -> Result<Turn<'_>, Throttled> {
-        let lanes = self.apis.get(api);
-        let now = Instant::now();
-        let mut local = Vec::new();
-        for (i, quota) in lanes.iter().flat_map(|l| &l.lanes).enumerate() {
-            let measured = measured.get(i);
-            let cost = measured.map_or(NonZeroU32::MIN, |m| m.cost);
-            local.push((
-                quota.lane(measured.and_then(|m| m.key.as_deref()), now)?,
-                cost,
-            ));
-        }
-        let mut calls = lanes.and_then(|l| l.calls.clone());
-        if calls.is_none() {
-            match self.backend.implicit(api, now)? {
-                Implicit::Lane(lane) => local.push((lane, NonZeroU32::MIN)),
-                Implicit::Limit(limit) => calls = Some(limit),
-                Implicit::App => {}
-            }
-        }
-        Ok(Turn {
-            guarded: false,
-            caller: caller.and_then(|name| self.callers.get(name)).map(|l| &**l),
-            local,
-            quotas: self.backend.quota_asks(lanes, measured),
-            entry: lanes,
-            api: calls,
-            app: &self.app,
-            backend: &self.backend,
-            max_wait,
-        })
+        self.of(api).ask(caller, measured, max_wait, ready).await
     }
 
     /// `turn` then `send_now`, for a caller with nothing to prepare in between.
@@ -142,6 +106,82 @@ impl Lanes {
         };
         limit.lane.slow_down(Instant::now());
         self.backend.slow_down(&limit);
+    }
+}
+
+/// The lanes of one API of an app (`Lanes::of`): found once, by name, for every step of a
+/// request that needs them (its quotas, whether its turn guards the send, the turn itself).
+#[derive(Clone, Copy)]
+pub struct LanesOf<'a, 'n> {
+    lanes: &'a Lanes,
+    entry: Option<&'a ApiLanes>,
+    /// The API's name.
+    api: &'n str,
+}
+
+impl<'a> LanesOf<'a, '_> {
+    /// The API's quotas beyond calls a second, whose costs and keys `ask` needs.
+    pub fn quotas(&self) -> &'a [Quota] {
+        self.entry.map_or(&[], |lanes| &lanes.quotas)
+    }
+
+    /// `Lanes::guards_with_turn` of the API.
+    pub fn guards_with_turn(&self) -> bool {
+        let quotas = self.entry.is_some_and(|lanes| !lanes.lanes.is_empty());
+        !quotas && self.lanes.backend.guards_with_turn()
+    }
+
+    /// `Lanes::ask` of the API.
+    pub async fn ask(
+        &self,
+        caller: Option<&str>,
+        measured: &[Measured],
+        max_wait: Duration,
+        ready: bool,
+    ) -> Result<Asked<'a>, Throttled> {
+        let turn = self.prepare(caller, measured, max_wait)?;
+        self.lanes.backend.ask(self.lanes, turn, ready).await
+    }
+
+    /// The turn of a request of `caller`, not yet waited for.
+    fn prepare(
+        &self,
+        caller: Option<&str>,
+        measured: &[Measured],
+        max_wait: Duration,
+    ) -> Result<Turn<'a>, Throttled> {
+        let (lanes, entry) = (self.lanes, self.entry);
+        let now = Instant::now();
+        let mut local = Vec::new();
+        for (i, quota) in entry.iter().flat_map(|l| &l.lanes).enumerate() {
+            let measured = measured.get(i);
+            let cost = measured.map_or(NonZeroU32::MIN, |m| m.cost);
+            local.push((
+                quota.lane(measured.and_then(|m| m.key.as_deref()), now)?,
+                cost,
+            ));
+        }
+        let mut calls = entry.and_then(|l| l.calls.clone());
+        if calls.is_none() {
+            match lanes.backend.implicit(self.api, now)? {
+                Implicit::Lane(lane) => local.push((lane, NonZeroU32::MIN)),
+                Implicit::Limit(limit) => calls = Some(limit),
+                Implicit::App => {}
+            }
+        }
+        Ok(Turn {
+            guarded: false,
+            caller: caller
+                .and_then(|name| lanes.callers.get(name))
+                .map(|l| &**l),
+            local,
+            quotas: lanes.backend.quota_asks(entry, measured),
+            entry,
+            api: calls,
+            app: &lanes.app,
+            backend: &lanes.backend,
+            max_wait,
+        })
     }
 }
 
@@ -174,9 +214,13 @@ impl Limiter {
 
     /// The lanes of each API of `app` with an entry: its calls limit, if configured, and
     /// its quotas.
-    fn api_lanes(&self, app: &AppSpec, previous: Option<&Lanes>) -> HashMap<String, ApiLanes> {
+    fn api_lanes(
+        &self,
+        app: &AppSpec,
+        previous: Option<&Lanes>,
+    ) -> HashMap<String, ApiLanes, Hasher> {
         let before = |api: &str| previous.and_then(|p| p.apis.get(api));
-        let mut apis: HashMap<String, ApiLanes> = app
+        let mut apis: HashMap<String, ApiLanes, Hasher> = app
             .api_limits
             .iter()
             .map(|(api, n)| {

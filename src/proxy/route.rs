@@ -3,6 +3,7 @@
 //! snapshot. A reload builds the next snapshot from the running one, so each app that stays
 //! carries its lanes and its signer over.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -24,7 +25,9 @@ use super::sign::{Credentials, carries, same_signer, target};
 /// until the request is answered; a reload builds a new one and swaps it in whole, so no
 /// request ever sees half of one configuration and half of another.
 pub struct Routes {
-    by_id: HashMap<u64, Route>,
+    /// Seeded foldhash: the id comes from the request, and SipHash cost more than the rest
+    /// of finding the route.
+    by_id: HashMap<u64, Route, foldhash::fast::RandomState>,
     /// Who may call what (`[[callers]]`), from the same configuration as the apps.
     pub(super) callers: Callers,
 }
@@ -79,15 +82,40 @@ impl Routes {
 
 /// The SDKAppID a request's query asks for (`sdkappid`, the first if repeated), if any.
 pub fn requested_app(query: Option<&str>) -> Result<Option<u64>, Error> {
-    let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(name, _)| name == "sdkappid")
-        .map(|(_, value)| value);
+    let query = query.unwrap_or("");
+    // Without `%` or `+` decoding changes nothing, so the pairs are read as they are: the
+    // decoder cost about 1,100 instructions a request for `sdkappid=N` alone.
+    let given = if query.bytes().any(|b| matches!(b, b'%' | b'+')) {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "sdkappid")
+            .map(|(_, value)| value)
+    } else {
+        plain_sdkappid(query).map(Cow::Borrowed)
+    };
     given
         .map(|text| {
             text.parse()
                 .map_err(|_| Error::BadSdkAppId(text.into_owned()))
         })
         .transpose()
+}
+
+/// The value of the first `sdkappid` pair of a `query` that needs no decoding (no `%` or
+/// `+`): pairs split at `&`, a pair's name and value at its first `=`, as the decoder does.
+fn plain_sdkappid(query: &str) -> Option<&str> {
+    let mut pairs = query;
+    loop {
+        let end = pairs.bytes().position(|b| b == b'&').unwrap_or(pairs.len());
+        if let Some(rest) = pairs.get(..end)?.strip_prefix("sdkappid") {
+            if rest.is_empty() {
+                return Some(rest);
+            }
+            if let Some(value) = rest.strip_prefix('=') {
+                return Some(value);
+            }
+        }
+        pairs = pairs.get(end + 1..)?;
+    }
 }
 
 impl Route {
@@ -162,5 +190,33 @@ impl Route {
             self.series.signed();
         }
         sig
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(query: &str) -> Result<Option<u64>, String> {
+        requested_app(Some(query)).map_err(|e| match e {
+            Error::BadSdkAppId(text) => text,
+            other => panic!("{other}"),
+        })
+    }
+
+    #[test]
+    fn plain_and_encoded_queries_name_the_same_app() {
+        assert_eq!(id(""), Ok(None));
+        assert_eq!(id("a=1&b"), Ok(None));
+        assert_eq!(id("sdkappid=7"), Ok(Some(7)));
+        assert_eq!(id("a=1&&sdkappid=7&sdkappid=8"), Ok(Some(7)));
+        assert_eq!(id("sdk%61ppid=9&sdkappid=8"), Ok(Some(9)));
+        assert_eq!(id("sdkappid=%37"), Ok(Some(7)));
+        assert_eq!(id("sdkappid=1+2"), Err("1 2".to_owned()));
+        assert_eq!(id("sdkappid=x=1"), Err("x=1".to_owned()));
+        assert_eq!(id("x=1&sdkappid"), Err(String::new()));
+        assert_eq!(id("sdkappidx=1&sdkappid=3&"), Ok(Some(3)));
+        assert_eq!(id("&sdkappid="), Err(String::new()));
+        assert_eq!(requested_app(None).ok(), Some(None));
     }
 }
