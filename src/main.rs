@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use timgate::config::{Config, LogFormat, SecretKey};
+use timgate::logfmt::{PlainFields, PlainFormat, UtcMicros};
 use timgate::reload::{ApplyLogs, Source};
 use timgate::usersig::{self, Claims};
 use tokio::net::TcpListener;
@@ -291,11 +292,14 @@ fn lines(format: LogFormat) -> Lines {
     // Colour codes only for a person at a terminal, not for a log collector.
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_timer(timgate::logfmt::UtcMicros);
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => Box::new(lines.json()),
-        LogFormat::Text => Box::new(lines.fmt_fields(timgate::logfmt::PlainFields)),
+        LogFormat::Json => Box::new(lines.with_timer(UtcMicros).json()),
+        LogFormat::Text => Box::new(
+            lines
+                .fmt_fields(PlainFields)
+                .event_format(PlainFormat::new(UtcMicros)),
+        ),
     }
 }
 

@@ -155,7 +155,9 @@ impl<'g> Call<'g> {
                 .metrics
                 .caller_request(caller.unwrap_or("none"), summary.outcome);
         }
+        // The message as a `&str` field, where `"request"` alone would be `format_args!`.
         info!(
+            message = "request",
             caller,
             app = self.route.map(|route| route.app.sdkappid),
             api = self.api.as_ref().map(tracing::field::display),
@@ -167,7 +169,6 @@ impl<'g> Call<'g> {
             reached_tencent = self.reached_tencent,
             latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             error = summary.error.as_deref(),
-            "request"
         );
     }
 }
