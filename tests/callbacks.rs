@@ -953,22 +953,24 @@ async fn a_rotated_token_file_and_changed_routes_follow_a_reload() {
 /// "forbidden" in it is refused by the emulator's stand-in service, through the listener.
 #[tokio::test]
 async fn the_committed_demo_refuses_a_forbidden_message_through_its_callbacks() {
-    let emulator_port = support::free_port();
-    let forward = format!("http://127.0.0.1:{emulator_port}/_emulator/moderate");
-    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"));
-    run.arg("--config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/timgate.toml"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("TIMGATE__LOG__FORMAT", "json")
-        .env("TIMGATE__SERVER__LISTEN", "127.0.0.1:0")
-        .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
-        .env("TIMGATE__CALLBACKS__LISTEN", "127.0.0.1:0")
-        .env(
-            "TIMGATE__EMULATOR__LISTEN",
-            format!("127.0.0.1:{emulator_port}"),
-        )
-        .env("TIMGATE__APPS__0__CALLBACKS__0__FORWARD", forward);
-    let gateway = support::Launched::start(run).await.unwrap();
+    let (gateway, _) = support::start_on_free_port(|emulator_port| {
+        let forward = format!("http://127.0.0.1:{emulator_port}/_emulator/moderate");
+        let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"));
+        run.arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/timgate.toml"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TIMGATE__LOG__FORMAT", "json")
+            .env("TIMGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("TIMGATE__CALLBACKS__LISTEN", "127.0.0.1:0")
+            .env(
+                "TIMGATE__EMULATOR__LISTEN",
+                format!("127.0.0.1:{emulator_port}"),
+            )
+            .env("TIMGATE__APPS__0__CALLBACKS__0__FORWARD", forward);
+        run
+    })
+    .await;
     assert!(gateway.callbacks.is_some());
     let caller = Caller::default();
     let send = |text: &str| {

@@ -279,16 +279,18 @@ async fn a_fifo_as_the_configuration_is_refused_at_start_not_waited_on() {
 /// faults posted to `emulator.listen` make the gateway's next request retry.
 #[tokio::test]
 async fn the_in_process_emulator_listens_on_emulator_listen_for_fault_injection() {
-    let port = support::free_port();
-    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"));
-    run.arg("--config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/timgate.toml"))
-        .env("TIMGATE__LOG__FORMAT", "json")
-        .env("TIMGATE__SERVER__LISTEN", "127.0.0.1:0")
-        .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
-        .env("TIMGATE__CALLBACKS__LISTEN", "127.0.0.1:0")
-        .env("TIMGATE__EMULATOR__LISTEN", format!("127.0.0.1:{port}"));
-    let gateway = Launched::start(run).await.unwrap();
+    let (gateway, port) = support::start_on_free_port(|port| {
+        let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_timgate"));
+        run.arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/timgate.toml"))
+            .env("TIMGATE__LOG__FORMAT", "json")
+            .env("TIMGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("TIMGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("TIMGATE__CALLBACKS__LISTEN", "127.0.0.1:0")
+            .env("TIMGATE__EMULATOR__LISTEN", format!("127.0.0.1:{port}"));
+        run
+    })
+    .await;
     let emulator = gateway
         .emulator
         .expect("the in-process emulator's log line");

@@ -648,6 +648,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Launches the process `command(port)` makes, `port` one that was free a moment before. A
+/// port another test took meanwhile (`bind(0)` hands recently freed ports out again) is
+/// tried again with another, up to five times.
+pub async fn start_on_free_port(
+    command: impl Fn(u16) -> tokio::process::Command,
+) -> (Launched, u16) {
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        let port = free_port();
+        match Launched::start(command(port)).await {
+            Ok(launched) => return (launched, port),
+            Err(exited) if exited.stderr.contains("Address already in use") => taken.push(exited),
+            Err(exited) => panic!("{exited:?}"),
+        }
+    }
+    panic!("five ports taken before the process could listen: {taken:?}");
+}
+
 /// A process's JSON log lines, collected as they are written.
 #[derive(Clone)]
 pub struct Logs {
