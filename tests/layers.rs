@@ -33,8 +33,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // Signing, and which API a path names.
     &["usersig", "api"],
-    // Plain rules and formats.
-    &["rules", "json", "logfmt", "limiter"],
+    // Plain rules and formats, and deadlines that cost nothing when not needed.
+    &["rules", "json", "logfmt", "deadline", "limiter"],
 ];
 
 /// A module by its path from the crate's root (`["config", "raw"]`); the root is `[]`.
