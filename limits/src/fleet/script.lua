@@ -169,8 +169,9 @@ end
 -- `long`, for a lane of a longer period, also of live members whose fallback sends on such
 -- lanes still count in that period.
 local function read_lapsed_claims(long)
-  -- %.0f: Lua's own number to string keeps only 14 digits (1.7957482460219e+15).
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - expiry))
+  -- '%d' (times are whole µs): Lua's own number to string keeps only 14 digits
+  -- (1.7957482460219e+15), and '%.0f' costs Redis twice as much.
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', now - expiry))
   if long then
     local seen = {}
     for _, id in ipairs(ids) do
@@ -258,51 +259,83 @@ local function rated(text)
   return r
 end
 
--- A lane's state, read at once: its times p, g, s (0 when unset), and l, t.
+-- A lane's state, read at once: its times p, g, s (0 when unset), and l, t; `was` keeps them
+-- as read (in the order of `FIELDS`), so that only what changed is written back.
 local function read(key)
   local v = redis.call('HMGET', key, 'p', 'g', 's', 'l', 't')
-  return {
-    key = key,
-    p = tonumber(v[1]) or 0,
-    g = tonumber(v[2]) or 0,
-    s = tonumber(v[3]) or 0,
-    l = tonumber(v[4]),
-    t = tonumber(v[5]) or 0,
-  }
+  local p, g, s, t = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[5]) or 0
+  local l = tonumber(v[4])
+  return {key = key, p = p, g = g, s = s, l = l, t = t, was = {p, g, s, l, t}}
 end
+local FIELDS = {'p', 'g', 's', 'l', 't'}
 
--- Every lane this call read, by key, and those it changed, in order: a batch reads each lane
--- once and writes it once, after its last ask.
-local loaded, dirty = {}, {}
-local function load(key)
-  if not loaded[key] then
-    loaded[key] = read(key)
+-- Every lane this call read, by key and in order: a batch reads each lane once and writes
+-- what changed in it once, after its last ask. `period`: the window of the lane's limit.
+local loaded, order = {}, {}
+local function load(key, period)
+  local lane = loaded[key]
+  if not lane then
+    lane = read(key)
+    lane.period = period
+    loaded[key] = lane
+    order[#order + 1] = lane
   end
-  return loaded[key]
+  return lane
 end
 
--- Marks the field `name` of `lane` (of window `period`) to be written by `save_all`.
-local function mark(lane, period, name)
-  if not lane.names then
-    lane.names, lane.period = {}, period
-    dirty[#dirty + 1] = lane
-  end
-  lane.names[name] = true
-end
-
--- Writes every changed field, and keeps each key alive as long as any of its times is
--- ahead, plus one period (past that its state is a fresh lane's), plus KEEP.
+-- Writes every changed field, and keeps each changed key alive as long as any of its times
+-- is ahead, plus one period (past that its state is a fresh lane's), plus KEEP. Every value
+-- is a whole number (µs, a limit, ms), written with '%d': the digits Redis's own conversion
+-- of a number writes, at half its cost.
 local function save_all()
-  for _, lane in ipairs(dirty) do
-    local args = {}
-    for name in pairs(lane.names) do
-      args[#args + 1] = name
-      args[#args + 1] = lane[name]
+  for _, lane in ipairs(order) do
+    local args, was = {}, lane.was
+    for i = 1, 5 do
+      local name = FIELDS[i]
+      local value = lane[name]
+      if value ~= was[i] then
+        args[#args + 1] = name
+        args[#args + 1] = string.format('%d', value)
+      end
     end
-    redis.call('HSET', lane.key, unpack(args))
-    local last = math.max(lane.p, lane.g, lane.s, now)
-    redis.call('PEXPIRE', lane.key, KEEP + math.ceil((last - now + lane.period) / 1000))
+    if #args > 0 then
+      redis.call('HSET', lane.key, unpack(args))
+      local last = math.max(lane.p, lane.g, lane.s, now)
+      local keep = KEEP + math.ceil((last - now + lane.period) / 1000)
+      redis.call('PEXPIRE', lane.key, string.format('%d', keep))
+    end
   end
+end
+
+-- The lanes of one ask, worked out once a call: a single op's, or a batch entry's, which every
+-- ask alike in it shares. `lanes_asked`: {key, spec} per lane, narrowest first. Per lane: its
+-- state, its spec as rated now, and the pacing step a turn takes on it (a lane slowed down
+-- steps twice as far; only `slow`, a call of its own, slows a lane). `starved`: the first
+-- lane without capacity now (lapsed members hold all of it), or false. `held`: how long the
+-- guard waits for Redis's quarantine on these lanes' periods, at least 0.
+local function plan(lanes_asked)
+  local count = #lanes_asked
+  local pl = {n = count, lanes = {}, rated = {}, steps = {}, starved = false, held = 0}
+  for i = 1, count do
+    local asked = lanes_asked[i]
+    local r = rated_specs[asked[2]] or rated(asked[2])
+    local lane = load(asked[1], r.period)
+    pl.lanes[i], pl.rated[i] = lane, r
+    if r.c < 1 then
+      pl.starved = pl.starved or i
+    else
+      local interval = r.pace
+      if lane.s > now then
+        interval = interval * 2
+      end
+      pl.steps[i] = interval * r.cost
+    end
+    local held = open + r.period - MILLION - now
+    if held > pl.held then
+      pl.held = held
+    end
+  end
+  return pl
 end
 
 -- turn: ARGV[3] longest wait, ARGV[4..] each lane's spec (KEYS[4..]).
@@ -313,39 +346,32 @@ end
 -- Returns {lanes reserved, wait, before1, after1[, before2, after2]} or {-lane, retry after};
 -- a retry after of -1: the lane has no capacity now (lapsed members hold all of it), ask
 -- again after a heartbeat.
--- `lanes`: {key, spec} per lane, narrowest first.
--- Appends the answer to `out`. Runs once per ask of a batch: it allocates nothing but the
--- answer's cells (the scratch tables below are reused).
-local turn_slots, turn_intervals, turn_periods, turn_lanes = {}, {}, {}, {}
-local function turn(lanes_asked, max_wait, out)
-  local count = #lanes_asked
+-- `pl`: the lanes' `plan`. Writes the answer into `out` after its first `o` cells and
+-- returns how many it holds then. Runs once per ask of a batch, on what `plan` worked out:
+-- it reads and writes each lane's pacing time and allocates nothing but the answer's cells
+-- (the scratch table below is reused).
+local turn_slots = {}
+local function turn(pl, max_wait, out, o)
+  local lanes, steps, count = pl.lanes, pl.steps, pl.n
   for i = 1, count do
-    local asked = lanes_asked[i]
-    local r = rated_specs[asked[2]] or rated(asked[2])
-    if r.c < 1 then
-      out[#out + 1], out[#out + 2] = -i, -1
-      return
+    if pl.starved == i then
+      out[o + 1], out[o + 2] = -i, -1
+      return o + 2
     end
-    local lane = loaded[asked[1]] or load(asked[1])
-    local interval = r.pace
-    if lane.s > now then
-      interval = interval * 2
-    end
-    local slot = lane.p
+    local slot = lanes[i].p
     if now > slot then
       slot = now
     end
     if slot - now > max_wait then
-      out[#out + 1], out[#out + 2] = -i, slot - now
-      return
+      out[o + 1], out[o + 2] = -i, slot - now
+      return o + 2
     end
-    turn_slots[i], turn_intervals[i] = slot, interval * r.cost
-    turn_periods[i], turn_lanes[i] = r.period, lane
+    turn_slots[i] = slot
   end
   local n = count
   local others = 0
   for i = 2, n do
-    local after = turn_slots[i] + turn_intervals[i]
+    local after = turn_slots[i] + steps[i]
     if after > others then
       others = after
     end
@@ -359,14 +385,16 @@ local function turn(lanes_asked, max_wait, out)
       slot = turn_slots[i]
     end
   end
-  out[#out + 1], out[#out + 2] = n, slot - now
+  out[o + 1], out[o + 2] = n, slot - now
+  o = o + 2
   for i = 1, n do
-    local lane = turn_lanes[i]
-    out[#out + 1] = lane.p
-    lane.p = slot + turn_intervals[i]
-    mark(lane, turn_periods[i], 'p')
-    out[#out + 1] = lane.p
+    local lane = lanes[i]
+    out[o + 1] = lane.p
+    lane.p = slot + steps[i]
+    out[o + 2] = lane.p
+    o = o + 2
   end
+  return o
 end
 
 -- guard: ARGV[3..] each lane's spec (KEYS[4..]). The send-time guard, fleet-wide: GCRA per unit at
@@ -378,42 +406,33 @@ end
 -- nothing for a period + SPREAD from then: no window holds sends under both limits, as a
 -- local lane does across a reload. A raise needs nothing: every interval already spent is
 -- at least the new one. After Redis lost its state nothing is admitted for the quarantine,
--- and on a lane of a longer period for that period longer: its sends before are unknown.
--- `lanes`: {key, spec} per lane.
--- Allocates nothing, as `turn`.
-local guard_lanes, guard_periods, guard_next = {}, {}, {}
-local function guard(lanes_asked)
+-- and on a lane of a longer period for that period longer (`plan`'s `held`): its sends
+-- before are unknown.
+-- `pl`: the lanes' `plan`. Allocates nothing, as `turn`.
+local guard_next = {}
+local function guard(pl)
   if now < open then
     return open - now
   end
-  local count = #lanes_asked
-  for i = 1, count do
-    local r = rated_specs[lanes_asked[i][2]] or rated(lanes_asked[i][2])
-    if r.c < 1 then
-      return MILLION
-    end
+  if pl.starved then
+    return MILLION
   end
-  local wait = 0
+  local lanes, rs, count = pl.lanes, pl.rated, pl.n
+  local wait = pl.held
   for i = 1, count do
-    local asked = lanes_asked[i]
-    local r = rated_specs[asked[2]]
-    local limit, period, cost, interval, burst = r.limit, r.period, r.cost, r.interval, r.burst
-    local held = open + period - MILLION - now
-    if held > wait then
-      wait = held
+    local lane, r = lanes[i], rs[i]
+    local limit, cost, interval, burst = r.limit, r.cost, r.interval, r.burst
+    local lowest = lane.l
+    if lowest and limit < lowest then
+      local closed = now + r.period + SPREAD + (burst - 1) * interval
+      if closed > lane.g then
+        lane.g = closed
+      end
     end
-    local lane = loaded[asked[1]] or load(asked[1])
-    if lane.l and limit < lane.l then
-      lane.g = math.max(lane.g, now + period + SPREAD + (burst - 1) * interval)
-      mark(lane, period, 'g')
-    end
-    if not lane.l or limit < lane.l or (limit > lane.l and now - lane.t > LOWEST_STANDS) then
+    if not lowest or limit < lowest or (limit > lowest and now - lane.t > LOWEST_STANDS) then
       lane.l, lane.t = limit, now
-      mark(lane, period, 'l')
-      mark(lane, period, 't')
-    elseif limit == lane.l then
+    elseif limit == lowest then
       lane.t = now
-      mark(lane, period, 't')
     end
     local tat = lane.g
     if now > tat then
@@ -423,14 +442,13 @@ local function guard(lanes_asked)
     if needs > wait then
       wait = needs
     end
-    guard_lanes[i], guard_periods[i], guard_next[i] = lane, period, tat + cost * interval
+    guard_next[i] = tat + cost * interval
   end
   if wait > 0 then
     return wait
   end
   for i = 1, count do
-    guard_lanes[i].g = guard_next[i]
-    mark(guard_lanes[i], guard_periods[i], 'g')
+    lanes[i].g = guard_next[i]
   end
   return 0
 end
@@ -446,13 +464,13 @@ end
 
 if op == 'turn' then
   local reply = {}
-  turn(asked_lanes(4), tonumber(ARGV[3]), reply)
+  turn(plan(asked_lanes(4)), tonumber(ARGV[3]), reply, 0)
   save_all()
   return reply
 end
 
 if op == 'guard' then
-  local wait = guard(asked_lanes(3))
+  local wait = guard(plan(asked_lanes(3)))
   save_all()
   return wait
 end
@@ -470,8 +488,9 @@ end
 -- (which the replica does not sleep: it would send at once), and appends the guard's answer,
 -- or -1 when the guard was not run: then the request sends after its own guard call. So a
 -- request that need not wait makes one call, as a turn and a guard made back to back.
+-- An entry's lanes are planned once for all its asks alike.
 if op == 'turns' or op == 'guards' then
-  local replies, at = {}, 4
+  local replies, o, at = {}, 0, 4
   for _ = 1, tonumber(ARGV[3]) do
     local alike = tonumber(ARGV[at])
     at = at + 1
@@ -484,27 +503,29 @@ if op == 'turns' or op == 'guards' then
       lanes[j] = {KEYS[tonumber(ARGV[at + 2 * j - 1])], ARGV[at + 2 * j]}
     end
     at = at + 1 + 2 * #lanes
+    local pl = plan(lanes)
     for _ = 1, alike do
       if op == 'turns' then
-        local at = #replies + 1
-        replies[at] = 0
-        turn(lanes, max_wait, replies)
+        local start = o + 1
+        replies[start] = 0
+        o = turn(pl, max_wait, replies, start)
         if also_guard then
-          if replies[at + 1] == #lanes and replies[at + 2] < TICK then
-            replies[#replies + 1] = guard(lanes)
+          if replies[start + 1] == pl.n and replies[start + 2] < TICK then
+            replies[o + 1] = guard(pl)
           else
-            replies[#replies + 1] = -1
+            replies[o + 1] = -1
           end
+          o = o + 1
         end
-        replies[at] = #replies - at
+        replies[start] = o - start
       else
-        replies[#replies + 1] = 1
-        replies[#replies + 1] = guard(lanes)
+        replies[o + 1], replies[o + 2] = 1, guard(pl)
+        o = o + 2
       end
     end
   end
   save_all()
-  return struct.pack('<' .. string.rep('l', #replies), unpack(replies))
+  return struct.pack('<' .. string.rep('l', o), unpack(replies, 1, o))
 end
 
 -- slow: ARGV[3] the lane's spec. Tencent said too fast: half pace for a while, from now.
@@ -512,10 +533,8 @@ if op == 'slow' then
   local limit, period, _, largest = spec(ARGV[3])
   local c = math.max(capacity(limit, lapsed_claims(period > MILLION)), 1)
   local interval = shape(c, period, largest)
-  local lane = load(KEYS[4])
+  local lane = load(KEYS[4], period)
   lane.s, lane.p = now + SLOWDOWN, math.max(lane.p, now) + 2 * interval
-  mark(lane, period, 's')
-  mark(lane, period, 'p')
   save_all()
   return 0
 end
