@@ -243,7 +243,7 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
             }
         }
     })
-    .await
+    .await;
 }
 
 /// A connection whose graceful shutdown was asked for, run until hyper has let go of it,
