@@ -140,7 +140,10 @@ async fn answer(gateway: Arc<Gateway>, request: Box<Request<Incoming>>) -> Respo
     let routes = gateway.routes();
     let mut call = Call::new(&gateway);
     call.named = routes.callers.required();
+    // The work first: the drain's cut is looked at only while the work waits, and not at all
+    // in the poll that finishes it.
     let result = tokio::select! {
+        biased;
         result = forward(&gateway, &routes, request, &mut call) => result,
         () = gateway.drain.cut() => Err(Error::DrainCut),
     };
@@ -305,7 +308,10 @@ impl Gateway {
             .min(deadline.saturating_duration_since(now));
         // A drain closes the limiter at its last turn, so the lanes refuse a turn that would
         // come later, at once, also for requests that were already waiting when it started.
+        // The turn first: one granted at once (the limiter is closed from the last turn on)
+        // never looks at the drain.
         let granted = tokio::select! {
+            biased;
             granted = Self::take_turn(lanes, caller.map(auth::Caller::name), measured, max_wait, held) => granted,
             () = self.drain.past_last_turn() => return Err(Error::Draining),
         };

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use hyper::StatusCode;
 use hyper::server::conn::http1::{Connection, Parts};
@@ -130,7 +130,7 @@ async fn first_bytes(
                 First::Gone
             }
         }
-        _ = closing.wait_for(|closing| *closing) => First::Gone,
+        () = closed(closing) => First::Gone,
         ask = place.ask(activity) => {
             if !io::unread(stream) {
                 return First::Asked(ask);
@@ -211,7 +211,7 @@ where
             // hyper first: what it reads or answers decides whether the place is idle.
             biased;
             ended = &mut *http => return Driven::Closed(ended),
-            _ = closing.wait_for(|closing| *closing), if !draining => {
+            () = closed(closing), if !draining => {
                 draining = true;
                 Pin::new(&mut *http).graceful_shutdown();
             }
@@ -220,6 +220,30 @@ where
     };
     Pin::new(http).graceful_shutdown();
     Driven::Asked(ask)
+}
+
+/// Resolves once the listener is closing (or gone). Polled again at every wake-up of its
+/// connection: a poll by the task already registered only looks whether the channel has
+/// changed (a watch's wait registers anew at each poll, some 250 instructions).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let mut seen = closing.clone();
+    let mut wait = pin!(closing.wait_for(|closing| *closing));
+    let mut registered: Option<Waker> = None;
+    std::future::poll_fn(|cx| {
+        let unchanged = matches!(seen.has_changed(), Ok(false));
+        if unchanged && registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        seen.mark_unchanged();
+        match wait.as_mut().poll(cx) {
+            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Pending => {
+                registered = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await;
 }
 
 /// A connection whose graceful shutdown was asked for, run until hyper has let go of it,
