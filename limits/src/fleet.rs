@@ -113,7 +113,7 @@ pub struct Fleet {
 /// A pacing reservation in Redis, given back if dropped unused.
 pub(super) struct Reservation {
     group: Arc<Group>,
-    keys: Vec<String>,
+    keys: Vec<Arc<str>>,
     /// `before`, `after` per reserved lane, as Redis stored them.
     tats: Vec<i64>,
     used: bool,
@@ -134,7 +134,7 @@ impl Drop for Reservation {
             let _ = group
                 .call::<i64>(
                     "release",
-                    &keys,
+                    &keys.iter().map(|key| key.to_string()).collect::<Vec<_>>(),
                     &tats.iter().map(i64::to_string).collect::<Vec<_>>(),
                 )
                 .await;
@@ -145,7 +145,9 @@ impl Drop for Reservation {
 /// What a shared turn asks of Redis, per lane.
 #[derive(Clone)]
 pub(super) struct Ask {
-    pub key: String,
+    /// The lane's key, shared with its `Limit`: an ask is made (and queued, and batched) for
+    /// every request, its key never copied.
+    pub key: Arc<str>,
     pub limit: NonZeroU32,
     pub scope: Scope,
     /// The window `limit` counts over.
@@ -156,9 +158,38 @@ pub(super) struct Ask {
     pub largest: NonZeroU32,
 }
 
+/// A lane's spec as the script reads it (`fleet/script.lua`), written as it is sent
+/// (`Display`). Two specs are equal exactly when their text is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spec {
+    /// A limit of calls a second: the limit alone.
+    Calls(NonZeroU32),
+    /// Any other: `limit/period in µs/cost/largest`.
+    Full {
+        limit: NonZeroU32,
+        period: u128,
+        cost: NonZeroU32,
+        largest: NonZeroU32,
+    },
+}
+
+impl std::fmt::Display for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Spec::Calls(limit) => write!(f, "{limit}"),
+            Spec::Full {
+                limit,
+                period,
+                cost,
+                largest,
+            } => write!(f, "{limit}/{period}/{cost}/{largest}"),
+        }
+    }
+}
+
 impl Ask {
     /// A limit of calls a second.
-    pub fn calls(key: String, limit: NonZeroU32, scope: Scope) -> Ask {
+    pub fn calls(key: Arc<str>, limit: NonZeroU32, scope: Scope) -> Ask {
         Ask {
             key,
             limit,
@@ -169,18 +200,17 @@ impl Ask {
         }
     }
 
-    /// The lane's spec as the script reads it (`fleet/script.lua`).
-    fn spec(&self) -> String {
+    /// The lane's spec as the script reads it.
+    fn spec(&self) -> Spec {
         if self.period == WINDOW && self.largest == NonZeroU32::MIN {
-            return self.limit.to_string();
+            return Spec::Calls(self.limit);
         }
-        format!(
-            "{}/{}/{}/{}",
-            self.limit,
-            self.period.as_micros(),
-            self.cost,
-            self.largest
-        )
+        Spec::Full {
+            limit: self.limit,
+            period: self.period.as_micros(),
+            cost: self.cost,
+            largest: self.largest,
+        }
     }
 }
 

@@ -59,11 +59,20 @@ pub(super) struct Wait {
     pub guard_too: bool,
 }
 
-/// One request's ask: (turns only) its wait, and its lanes' keys and specs.
+/// One request's ask: (turns only) its wait, and its lanes.
 struct Ask {
     wait: Option<Wait>,
-    keys: Vec<String>,
-    specs: Vec<String>,
+    lanes: Vec<super::Ask>,
+}
+
+impl Ask {
+    /// Whether `other` reads alike in a batch: the same wait, lanes and specs.
+    fn alike(&self, other: &Ask) -> bool {
+        self.wait == other.wait
+            && self.lanes.len() == other.lanes.len()
+            && std::iter::zip(&self.lanes, &other.lanes)
+                .all(|(a, b)| a.key == b.key && a.spec() == b.spec())
+    }
 }
 
 /// What a queued ask is sent: its answer, or itself back with a call's place to lead.
@@ -165,8 +174,7 @@ impl Group {
         loop {
             let ask = Ask {
                 wait,
-                keys: lanes.iter().map(|lane| lane.key.clone()).collect(),
-                specs: lanes.iter().map(super::Ask::spec).collect(),
+                lanes: lanes.to_vec(),
             };
             let queued = {
                 let mut queue = self.batches(kind).lock();
@@ -256,12 +264,10 @@ fn give_back(group: &Arc<Group>, kind: Kind, ask: Ask, answer: &[i64]) {
     };
     // A guard run with the turn leaves an admission unused: capacity lost, never the limit.
     let guarded = usize::from(ask.wait.is_some_and(|wait| wait.guard_too));
-    if n > 0 && answer.len() == 2 + 2 * n + guarded && n <= ask.keys.len() {
-        let mut keys = ask.keys;
-        keys.truncate(n);
+    if n > 0 && answer.len() == 2 + 2 * n + guarded && n <= ask.lanes.len() {
         drop(Reservation {
             group: group.clone(),
-            keys,
+            keys: ask.lanes[..n].iter().map(|lane| lane.key.clone()).collect(),
             tats: answer[2..2 + 2 * n].to_vec(),
             used: false,
         });
@@ -277,30 +283,25 @@ fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
     let mut entries = 0;
     let mut rest = asks;
     while let Some(ask) = rest.first() {
-        let alike = rest
-            .iter()
-            .take_while(|other| {
-                other.wait == ask.wait && other.keys == ask.keys && other.specs == ask.specs
-            })
-            .count();
+        let alike = rest.iter().take_while(|other| ask.alike(other)).count();
         entries += 1;
         args.push(alike.to_string());
         if let Some(wait) = ask.wait {
             args.push(wait.longest.to_string());
             args.push(if wait.guard_too { "1" } else { "0" }.to_owned());
         }
-        args.push(ask.keys.len().to_string());
-        for (key, spec) in ask.keys.iter().zip(&ask.specs) {
-            let at = match keys.iter().position(|k| k == key) {
+        args.push(ask.lanes.len().to_string());
+        for lane in &ask.lanes {
+            let at = match keys.iter().position(|k| **k == *lane.key) {
                 Some(at) => at,
                 None => {
-                    keys.push(key.clone());
+                    keys.push(lane.key.to_string());
                     keys.len() - 1
                 }
             };
             // KEYS counts from 1, after the three common keys.
             args.push((at + 4).to_string());
-            args.push(spec.clone());
+            args.push(lane.spec().to_string());
         }
         rest = &rest[alike..];
     }

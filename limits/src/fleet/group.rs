@@ -444,11 +444,11 @@ impl Group {
     }
 
     /// Tencent said too fast: slow the shared lane for every replica.
-    pub(crate) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
+    pub(crate) fn slow_down(self: &Arc<Self>, key: Arc<str>, limit: NonZeroU32) {
         let group = self.clone();
         tokio::spawn(async move {
             if let Err(why) = group
-                .call::<i64>("slow", &[key], &[limit.get().to_string()])
+                .call::<i64>("slow", &[key.to_string()], &[limit.get().to_string()])
                 .await
             {
                 group.fleet.lost(&why);

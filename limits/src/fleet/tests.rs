@@ -974,7 +974,7 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
     // The group app 1's lanes hold: the one whose calls they make.
     let fleet = sim.replicas[0].fleet.group(1);
     let lane = [Ask::calls(
-        fleet.key(1, None),
+        fleet.key(1, None).into(),
         NonZeroU32::new(200).unwrap(),
         Scope::App,
     )];
