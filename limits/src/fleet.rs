@@ -71,7 +71,7 @@ use tracing::{info, warn};
 use self::cause::Cause;
 pub use self::group::Group;
 pub(super) use self::group::{Begun, Underway};
-use self::link::Link;
+use self::link::{Call, Link};
 use self::mode::{Answered, Machine, Mode, Naming};
 pub(super) use self::shared::Shared;
 use super::lane::Lane;
@@ -131,13 +131,8 @@ impl Drop for Reservation {
         );
         // Best effort: a caller who left does not wait for Redis.
         tokio::spawn(async move {
-            let _ = group
-                .call::<i64>(
-                    "release",
-                    &keys.iter().map(|key| key.to_string()).collect::<Vec<_>>(),
-                    &tats.iter().map(i64::to_string).collect::<Vec<_>>(),
-                )
-                .await;
+            let keys = keys.iter().map(|key| &**key);
+            let _ = group.call::<i64>("release", keys, &tats).await;
         });
     }
 }
@@ -186,6 +181,18 @@ impl std::fmt::Display for Spec {
         }
     }
 }
+
+/// Written as one argument of a script call: a calls limit's integer as any other.
+impl redis::ToRedisArgs for Spec {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            Spec::Calls(limit) => limit.write_redis_args(out),
+            Spec::Full { .. } => out.write_arg_fmt(self),
+        }
+    }
+}
+
+impl redis::ToSingleRedisArg for Spec {}
 
 impl Ask {
     /// A limit of calls a second.
@@ -345,33 +352,9 @@ impl Fleet {
 
     /// One script call within `timeout_ms`, with its latency recorded, and its failure's
     /// cause logged when it changes (`cause`).
-    async fn call<T: FromRedisValue>(
-        &self,
-        common: &[String; 3],
-        op: &str,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<T, String> {
-        self.call_owned(common, op, keys.to_vec(), args.to_vec())
-            .await
-    }
-
-    /// `call`, with `keys` and `args` moved into the call rather than copied: a request's
-    /// call (a batch's) carries a dozen of them.
-    async fn call_owned<T: FromRedisValue>(
-        &self,
-        common: &[String; 3],
-        op: &str,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<T, String> {
+    async fn call<T: FromRedisValue>(&self, call: Call) -> Result<T, String> {
         let started = Instant::now();
-        let keys = common.iter().cloned().chain(keys).collect();
-        let all = [op.to_owned(), String::new()]
-            .into_iter()
-            .chain(args)
-            .collect();
-        let answer = self.link.eval(keys, all, self.timeout).await;
+        let answer = self.link.eval(call, self.timeout).await;
         self.series.latency.observe(started.elapsed().as_secs_f64());
         T::from_redis_value(answer?).map_err(|error| {
             let error = redis::RedisError::from(error);
@@ -441,7 +424,7 @@ impl Fleet {
     /// Gives this replica's claim back (on shutdown).
     pub async fn leave(&self) {
         for group in self.groups() {
-            let _ = group.call::<i64>("leave", &[], &self.leave_args()).await;
+            let _ = group.call::<i64>("leave", [], &self.leave_args()).await;
         }
     }
 
@@ -521,7 +504,7 @@ impl Fleet {
             beat.long_until.map(|at| at.to_string()).unwrap_or_default(),
             self.token.clone(),
         ];
-        let answer = group.call::<Vec<i64>>("beat", &[], &args).await;
+        let answer = group.call::<Vec<i64>>("beat", [], &args).await;
         let received = Instant::now();
         match answer {
             Ok(reply) if reply.len() == 4 && reply[0] == NAME_HELD => {

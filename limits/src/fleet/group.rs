@@ -19,10 +19,11 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::FromRedisValue;
+use redis::{FromRedisValue, ToSingleRedisArg};
 use tokio::time::Instant;
 
 use super::batch::{self, Kind, Wait};
+use super::link::Call;
 use super::mode::{Guarded, Guarding, Naming};
 use super::{Ask, BEAT, FRESH, Fleet, MILLION, Reservation, TICK, WINDOW, unreachable_reply};
 use crate::lane::Lane;
@@ -177,24 +178,24 @@ impl Group {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One script call of this app.
-    pub(super) async fn call<T: FromRedisValue>(
-        &self,
-        op: &str,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<T, String> {
-        self.fleet.call(&self.common, op, keys, args).await
+    /// A call of `op` on this app's keys (its membership, its claims, the epoch) and then
+    /// `keys`; its arguments follow.
+    pub(super) fn script<'a>(&'a self, op: &str, keys: impl IntoIterator<Item = &'a str>) -> Call {
+        Call::new(op, self.common.iter().map(String::as_str).chain(keys))
     }
 
-    /// `call`, with `keys` and `args` moved into the call (`Fleet::call_owned`).
-    pub(super) async fn call_owned<T: FromRedisValue>(
-        &self,
+    /// One script call of this app.
+    pub(super) async fn call<'a, T: FromRedisValue>(
+        &'a self,
         op: &str,
-        keys: Vec<String>,
-        args: Vec<String>,
+        keys: impl IntoIterator<Item = &'a str>,
+        args: &[impl ToSingleRedisArg],
     ) -> Result<T, String> {
-        self.fleet.call_owned(&self.common, op, keys, args).await
+        let mut call = self.script(op, keys);
+        for arg in args {
+            call.arg(arg);
+        }
+        self.fleet.call(call).await
     }
 
     /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
@@ -447,10 +448,7 @@ impl Group {
     pub(crate) fn slow_down(self: &Arc<Self>, key: Arc<str>, limit: NonZeroU32) {
         let group = self.clone();
         tokio::spawn(async move {
-            if let Err(why) = group
-                .call::<i64>("slow", &[key.to_string()], &[limit.get().to_string()])
-                .await
-            {
+            if let Err(why) = group.call::<i64>("slow", [&*key], &[limit]).await {
                 group.fleet.lost(&why);
             }
         });
@@ -460,11 +458,14 @@ impl Group {
 impl Drop for Group {
     /// The app is no longer served here: its claim goes back, as on shutdown.
     fn drop(&mut self) {
-        let (fleet, common) = (self.fleet.clone(), self.common.clone());
+        let mut call = self.script("leave", []);
+        for arg in self.fleet.leave_args() {
+            call.arg(arg);
+        }
+        let fleet = self.fleet.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let args = fleet.leave_args();
-                let _ = fleet.call::<i64>(&common, "leave", &[], &args).await;
+                let _ = fleet.call::<i64>(call).await;
             });
         }
     }

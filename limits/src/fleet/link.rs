@@ -33,7 +33,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisResult, Script, ServerErrorKind};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, RedisResult, RedisWrite, Script, ServerErrorKind,
+    ToSingleRedisArg,
+};
 use tracing::info;
 
 use super::cause::{Cause, Causes};
@@ -44,10 +47,60 @@ pub(super) type Answer<'a> =
 
 /// The fleet's way to Redis.
 pub(super) trait Link: Send + Sync {
-    /// Runs the script with `keys` and `args` (ARGV[1] the op; ARGV[2] empty, for the script
-    /// to read Redis's own clock, or a time the link fixes instead), answered within
-    /// `timeout` or failed, saying why.
-    fn eval(&self, keys: Vec<String>, args: Vec<String>, timeout: Duration) -> Answer<'_>;
+    /// Runs the script with `call`'s keys and arguments, answered within `timeout` or
+    /// failed, saying why.
+    fn eval(&self, call: Call, timeout: Duration) -> Answer<'_>;
+}
+
+/// The keys and arguments of one run of the script (ARGV[1] the op; ARGV[2] empty, for the
+/// script to read Redis's own clock, or a time the link fixes instead), each written once,
+/// as Redis receives it, into one buffer: a request's call carries a dozen of them.
+pub(super) struct Call {
+    /// The keys, then the arguments.
+    words: redis::Cmd,
+    keys: usize,
+}
+
+impl Call {
+    /// A call of `op` on `keys`; its arguments after the op follow (`arg`).
+    pub(super) fn new<'a>(op: &str, keys: impl IntoIterator<Item = &'a str>) -> Call {
+        // Room for the usual call: a batch of one request on its app's and API's lanes.
+        let mut words = redis::Cmd::with_capacity(16, 256);
+        let mut n = 0;
+        for key in keys {
+            words.write_arg(key.as_bytes());
+            n += 1;
+        }
+        words.write_arg(op.as_bytes());
+        words.write_arg(b"");
+        Call { words, keys: n }
+    }
+
+    /// Appends one argument, as Redis reads it (a number in decimal).
+    pub(super) fn arg(&mut self, arg: impl ToSingleRedisArg) -> &mut Call {
+        self.words.arg(arg);
+        self
+    }
+
+    /// Each key and then each argument, as sent.
+    fn words(&self) -> impl Iterator<Item = &[u8]> {
+        self.words.args_iter().map(|word| match word {
+            redis::Arg::Simple(word) => word,
+            // A call sets no cursor (a scan's).
+            _ => &[],
+        })
+    }
+
+    /// The keys, as sent.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.words().take(self.keys)
+    }
+
+    /// The arguments, as sent.
+    #[cfg(test)]
+    pub(super) fn args(&self) -> impl Iterator<Item = &[u8]> {
+        self.words().skip(self.keys)
+    }
 }
 
 /// How long finding a server may take (the Sentinels' answer and a connection to the
@@ -117,11 +170,11 @@ impl<W: Way> Redis<W> {
     }
 
     /// The epoch key and the ID last seen, when the server must be asked who it is first.
-    fn to_check(&self, keys: &[String]) -> Option<(String, String)> {
+    fn to_check(&self, call: &Call) -> Option<(Vec<u8>, String)> {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         // KEYS[3] is the epoch key in every call of the fleet's script.
-        let epoch = keys.get(2).filter(|_| !seen.current)?;
-        Some((epoch.clone(), seen.id.clone().unwrap_or_default()))
+        let epoch = call.keys().nth(2).filter(|_| !seen.current)?;
+        Some((epoch.to_vec(), seen.id.clone().unwrap_or_default()))
     }
 
     /// A call failed with `cause`: the next call asks who the server is, if it may be another.
@@ -144,7 +197,7 @@ async fn check<C: ConnectionLike>(
     connection: &mut C,
     identity: &Script,
     seen: &Mutex<Seen>,
-    (epoch, last): (String, String),
+    (epoch, last): (Vec<u8>, String),
 ) -> RedisResult<()> {
     let id: String = identity
         .key(epoch)
@@ -162,25 +215,23 @@ async fn check<C: ConnectionLike>(
     Ok(())
 }
 
-/// `script` run by `EVALSHA` on `keys` and `args`, loaded first when the server lacks it:
+/// `script` run by `EVALSHA` on `call`, loaded first when the server lacks it:
 /// `ScriptInvocation::invoke_async`, with the command built in one buffer. An invocation
 /// copies each key and argument into a buffer of its own, then all of them into the command
 /// (a dozen allocations a call, more than the rest of a fleet request's).
 async fn evalsha<C: ConnectionLike>(
     connection: &mut C,
     script: &Script,
-    keys: &[String],
-    args: &[String],
+    call: &Call,
 ) -> RedisResult<redis::Value> {
-    let bytes = keys.iter().chain(args).map(String::len).sum::<usize>();
-    let hash = script.get_hash();
-    let mut evalsha = redis::Cmd::with_capacity(3 + keys.len() + args.len(), bytes + 64);
-    evalsha
-        .arg("EVALSHA")
-        .arg(hash)
-        .arg(keys.len())
-        .arg(keys)
-        .arg(args);
+    let (words, bytes) = call
+        .words()
+        .fold((0, 0), |(n, bytes), word| (n + 1, bytes + word.len()));
+    let mut evalsha = redis::Cmd::with_capacity(3 + words, bytes + 64);
+    evalsha.arg("EVALSHA").arg(script.get_hash()).arg(call.keys);
+    for word in call.words() {
+        evalsha.write_arg(word);
+    }
     match evalsha.query_async(connection).await {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             script.load_async(connection).await?;
@@ -193,12 +244,12 @@ async fn evalsha<C: ConnectionLike>(
 impl<W: Way> Link for Redis<W> {
     /// A call cut off by `timeout` before it could fail on its own is let run on to learn
     /// why (`cause`).
-    fn eval(&self, keys: Vec<String>, args: Vec<String>, timeout: Duration) -> Answer<'_> {
+    fn eval(&self, call: Call, timeout: Duration) -> Answer<'_> {
         let Some(mut connection) = self.way.connection() else {
             // The way logs why it has none.
             return Box::pin(async { Err("no Redis server found yet".to_owned()) });
         };
-        let to_check = self.to_check(&keys);
+        let to_check = self.to_check(&call);
         let (script, identity, seen) = (
             self.script.clone(),
             self.identity.clone(),
@@ -208,7 +259,7 @@ impl<W: Way> Link for Redis<W> {
             if let Some(to_check) = to_check {
                 check(&mut connection, &identity, &seen, to_check).await?;
             }
-            evalsha(&mut connection, &script, &keys, &args).await
+            evalsha(&mut connection, &script, &call).await
         });
         Box::pin(async move {
             match tokio::time::timeout(timeout, &mut call).await {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::batch::{self, Kind, Wait};
-use super::link::{Answer, Link};
+use super::link::{Answer, Call, Link};
 use super::{Ask, EXPIRY, Fleet, Group, MARGIN, NonZeroU32, WINDOW};
 use crate::series::FleetSeries;
 use crate::spec::AppSpec;
@@ -216,7 +216,11 @@ impl FixedRedis {
 
 /// The second way to Redis: the script at this link's fixed Redis time.
 impl Link for FixedRedis {
-    fn eval(&self, keys: Vec<String>, mut args: Vec<String>, timeout: Duration) -> Answer<'_> {
+    /// Reads the call's keys and arguments back as the text Redis receives.
+    fn eval(&self, call: Call, timeout: Duration) -> Answer<'_> {
+        let text = |word: &[u8]| String::from_utf8(word.to_vec()).unwrap();
+        let keys = call.keys().map(text).collect();
+        let mut args: Vec<String> = call.args().map(text).collect();
         args[1] = self.now().to_string();
         Box::pin(async move {
             match tokio::time::timeout(timeout, self.run(keys, args)).await {
