@@ -293,7 +293,7 @@ fn encode(group: &Group, kind: Kind, asks: &[&Ask]) -> Call {
             }));
         }
     }
-    let mut call = group.script(kind.op(), keys);
+    let mut call = group.script(kind.op(), keys.iter().copied());
     call.arg(entries);
     let mut named = named.into_iter();
     for (ask, alike) in runs(asks) {
@@ -378,9 +378,13 @@ mod tests {
     use crate::series::FleetSeries;
 
     /// A link whose every call fails: `encode` is read, never run.
-    struct Unreachable;
+    struct Unreachable(redis::Script);
 
     impl Link for Unreachable {
+        fn script(&self) -> &redis::Script {
+            &self.0
+        }
+
         fn eval(&self, _: Call, _: Duration) -> Answer<'_> {
             Box::pin(async { Err("not reached".to_owned()) })
         }
@@ -395,7 +399,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_names_each_lane_once_and_sends_alike_asks_once_with_their_count() {
         let fleet = Fleet::with_link(
-            Arc::new(Unreachable),
+            Arc::new(Unreachable(redis::Script::new("return 0"))),
             Arc::default(),
             "p",
             "m",
@@ -428,6 +432,8 @@ mod tests {
             ask(false, &[&quota, &app]),
         ];
         let call = encode(&group, Kind::Turns, &asks.iter().collect::<Vec<_>>());
+        let hash = redis::Script::new("return 0").get_hash().to_owned();
+        assert_eq!(text(call.words().take(3)), ["EVALSHA", &hash, "6"]);
         assert_eq!(
             text(call.keys()),
             [

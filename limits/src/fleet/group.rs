@@ -180,15 +180,20 @@ impl Group {
 
     /// A call of `op` on this app's keys (its membership, its claims, the epoch) and then
     /// `keys`; its arguments follow.
-    pub(super) fn script<'a>(&'a self, op: &str, keys: impl IntoIterator<Item = &'a str>) -> Call {
-        Call::new(op, self.common.iter().map(String::as_str).chain(keys))
+    pub(super) fn script<'a>(
+        &'a self,
+        op: &str,
+        keys: impl IntoIterator<Item = &'a str, IntoIter: Clone>,
+    ) -> Call {
+        let keys = self.common.iter().map(String::as_str).chain(keys);
+        Call::new(self.fleet.link.script(), op, keys)
     }
 
     /// One script call of this app.
     pub(super) async fn call<'a, T: FromRedisValue>(
         &'a self,
         op: &str,
-        keys: impl IntoIterator<Item = &'a str>,
+        keys: impl IntoIterator<Item = &'a str, IntoIter: Clone>,
         args: &[impl ToSingleRedisArg],
     ) -> Result<T, String> {
         let mut call = self.script(op, keys);

@@ -34,8 +34,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
 use redis::{
-    AsyncConnectionConfig, ErrorKind, RedisResult, RedisWrite, Script, ServerErrorKind,
-    ToSingleRedisArg,
+    AsyncConnectionConfig, ErrorKind, RedisResult, Script, ServerErrorKind, ToSingleRedisArg,
 };
 use tracing::info;
 
@@ -47,44 +46,52 @@ pub(super) type Answer<'a> =
 
 /// The fleet's way to Redis.
 pub(super) trait Link: Send + Sync {
-    /// Runs the script with `call`'s keys and arguments, answered within `timeout` or
-    /// failed, saying why.
+    /// The script this link runs: its hash heads every call (`Call::new`).
+    fn script(&self) -> &Script;
+
+    /// Runs `call`, answered within `timeout` or failed, saying why.
     fn eval(&self, call: Call, timeout: Duration) -> Answer<'_>;
 }
 
-/// The keys and arguments of one run of the script (ARGV[1] the op; ARGV[2] empty, for the
-/// script to read Redis's own clock, or a time the link fixes instead), each written once,
-/// as Redis receives it, into one buffer: a request's call carries a dozen of them.
+/// One run of the script, as the command Redis receives: `EVALSHA`, the script's hash, the
+/// number of keys, the keys, then the arguments (ARGV[1] the op; ARGV[2] empty, for the
+/// script to read Redis's own clock, or a time the link fixes instead). Each is written
+/// once, into the one buffer the command is sent from: a request's call carries a dozen.
 pub(super) struct Call {
-    /// The keys, then the arguments.
-    words: redis::Cmd,
+    command: redis::Cmd,
     keys: usize,
 }
 
+/// The words before the keys: `EVALSHA`, the hash, the number of keys.
+const HEAD: usize = 3;
+
 impl Call {
-    /// A call of `op` on `keys`; its arguments after the op follow (`arg`).
-    pub(super) fn new<'a>(op: &str, keys: impl IntoIterator<Item = &'a str>) -> Call {
+    /// A call of `script`'s `op` on `keys`; its arguments after the op follow (`arg`).
+    pub(super) fn new<'a>(
+        script: &Script,
+        op: &str,
+        keys: impl Iterator<Item = &'a str> + Clone,
+    ) -> Call {
+        let n = keys.clone().count();
         // Room for the usual call: a batch of one request on its app's and API's lanes.
-        let mut words = redis::Cmd::with_capacity(16, 256);
-        let mut n = 0;
+        let mut command = redis::Cmd::with_capacity(20, 320);
+        command.arg("EVALSHA").arg(script.get_hash()).arg(n);
         for key in keys {
-            words.write_arg(key.as_bytes());
-            n += 1;
+            command.arg(key);
         }
-        words.write_arg(op.as_bytes());
-        words.write_arg(b"");
-        Call { words, keys: n }
+        command.arg(op).arg("");
+        Call { command, keys: n }
     }
 
     /// Appends one argument, as Redis reads it (a number in decimal).
     pub(super) fn arg(&mut self, arg: impl ToSingleRedisArg) -> &mut Call {
-        self.words.arg(arg);
+        self.command.arg(arg);
         self
     }
 
-    /// Each key and then each argument, as sent.
-    fn words(&self) -> impl Iterator<Item = &[u8]> {
-        self.words.args_iter().map(|word| match word {
+    /// Each word of the command, as sent.
+    pub(super) fn words(&self) -> impl Iterator<Item = &[u8]> {
+        self.command.args_iter().map(|word| match word {
             redis::Arg::Simple(word) => word,
             // A call sets no cursor (a scan's).
             _ => &[],
@@ -93,13 +100,13 @@ impl Call {
 
     /// The keys, as sent.
     pub(super) fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.words().take(self.keys)
+        self.words().skip(HEAD).take(self.keys)
     }
 
     /// The arguments, as sent.
     #[cfg(test)]
     pub(super) fn args(&self) -> impl Iterator<Item = &[u8]> {
-        self.words().skip(self.keys)
+        self.words().skip(HEAD + self.keys)
     }
 }
 
@@ -215,33 +222,28 @@ async fn check<C: ConnectionLike>(
     Ok(())
 }
 
-/// `script` run by `EVALSHA` on `call`, loaded first when the server lacks it:
-/// `ScriptInvocation::invoke_async`, with the command built in one buffer. An invocation
-/// copies each key and argument into a buffer of its own, then all of them into the command
-/// (a dozen allocations a call, more than the rest of a fleet request's).
+/// `call` run, its script loaded first when the server lacks it (as
+/// `ScriptInvocation::invoke_async` does, which would copy each key and argument into a
+/// buffer of its own, then all of them into the command).
 async fn evalsha<C: ConnectionLike>(
     connection: &mut C,
     script: &Script,
     call: &Call,
 ) -> RedisResult<redis::Value> {
-    let (words, bytes) = call
-        .words()
-        .fold((0, 0), |(n, bytes), word| (n + 1, bytes + word.len()));
-    let mut evalsha = redis::Cmd::with_capacity(3 + words, bytes + 64);
-    evalsha.arg("EVALSHA").arg(script.get_hash()).arg(call.keys);
-    for word in call.words() {
-        evalsha.write_arg(word);
-    }
-    match evalsha.query_async(connection).await {
+    match call.command.query_async(connection).await {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             script.load_async(connection).await?;
-            evalsha.query_async(connection).await
+            call.command.query_async(connection).await
         }
         answer => answer,
     }
 }
 
 impl<W: Way> Link for Redis<W> {
+    fn script(&self) -> &Script {
+        &self.script
+    }
+
     /// A call cut off by `timeout` before it could fail on its own is let run on to learn
     /// why (`cause`).
     fn eval(&self, call: Call, timeout: Duration) -> Answer<'_> {

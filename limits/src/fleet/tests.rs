@@ -144,6 +144,8 @@ fn answers_as(pid: u32, port: u16) -> bool {
 /// `held` waits, unrun, until it is let go.
 struct FixedRedis {
     connection: Arc<Mutex<redis::Connection>>,
+    /// `SCRIPT`, run by EVAL at the fixed time, whatever hash heads a call.
+    script: redis::Script,
     start: Instant,
     cut: AtomicBool,
     late: Mutex<Option<Late>>,
@@ -216,6 +218,10 @@ impl FixedRedis {
 
 /// The second way to Redis: the script at this link's fixed Redis time.
 impl Link for FixedRedis {
+    fn script(&self) -> &redis::Script {
+        &self.script
+    }
+
     /// Reads the call's keys and arguments back as the text Redis receives.
     fn eval(&self, call: Call, timeout: Duration) -> Answer<'_> {
         let text = |word: &[u8]| String::from_utf8(word.to_vec()).unwrap();
@@ -243,6 +249,7 @@ impl Replica {
     fn start(server: &Server, start: Instant, member: &str, app: &AppSpec) -> Replica {
         let redis = Arc::new(FixedRedis {
             connection: Arc::new(Mutex::new(server.connection())),
+            script: redis::Script::new(&SCRIPT),
             start,
             cut: AtomicBool::new(false),
             late: Mutex::default(),
