@@ -293,7 +293,7 @@ fn encode(group: &Group, kind: Kind, asks: &[&Ask]) -> Call {
             }));
         }
     }
-    let mut call = group.script(kind.op(), keys.iter().copied());
+    let mut call = group.prepare(kind.op(), keys.iter().copied());
     call.arg(entries);
     let mut named = named.into_iter();
     for (ask, alike) in runs(asks) {

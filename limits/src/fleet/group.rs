@@ -180,7 +180,7 @@ impl Group {
 
     /// A call of `op` on this app's keys (its membership, its claims, the epoch) and then
     /// `keys`; its arguments follow.
-    pub(super) fn script<'a>(
+    pub(super) fn prepare<'a>(
         &'a self,
         op: &str,
         keys: impl IntoIterator<Item = &'a str, IntoIter: Clone>,
@@ -196,7 +196,7 @@ impl Group {
         keys: impl IntoIterator<Item = &'a str, IntoIter: Clone>,
         args: &[impl ToSingleRedisArg],
     ) -> Result<T, String> {
-        let mut call = self.script(op, keys);
+        let mut call = self.prepare(op, keys);
         for arg in args {
             call.arg(arg);
         }
@@ -463,7 +463,7 @@ impl Group {
 impl Drop for Group {
     /// The app is no longer served here: its claim goes back, as on shutdown.
     fn drop(&mut self) {
-        let mut call = self.script("leave", []);
+        let mut call = self.prepare("leave", []);
         for arg in self.fleet.leave_args() {
             call.arg(arg);
         }
