@@ -26,18 +26,18 @@ pub(crate) enum Backend {
 
 impl Backend {
     /// The Redis key of a calls lane of app `sdkappid` (the app's, or `api`'s); none locally.
-    pub(crate) fn key(&self, sdkappid: u64, api: Option<&str>) -> String {
+    pub(crate) fn key(&self, sdkappid: u64, api: Option<&str>) -> Arc<str> {
         match self {
-            Backend::Local => String::new(),
-            Backend::Fleet(fleet) => fleet.key(sdkappid, api),
+            Backend::Local => Arc::default(),
+            Backend::Fleet(fleet) => fleet.key(sdkappid, api).into(),
         }
     }
 
     /// The Redis key of `caller`'s own lane within app `sdkappid`; none locally.
-    pub(crate) fn caller_key(&self, sdkappid: u64, caller: &str) -> String {
+    pub(crate) fn caller_key(&self, sdkappid: u64, caller: &str) -> Arc<str> {
         match self {
-            Backend::Local => String::new(),
-            Backend::Fleet(fleet) => fleet.caller_key(sdkappid, caller),
+            Backend::Local => Arc::default(),
+            Backend::Fleet(fleet) => fleet.caller_key(sdkappid, caller).into(),
         }
     }
 

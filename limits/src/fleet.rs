@@ -71,7 +71,7 @@ use tracing::{info, warn};
 use self::cause::Cause;
 pub use self::group::Group;
 pub(super) use self::group::{Begun, Underway};
-use self::link::Link;
+use self::link::{Call, Link};
 use self::mode::{Answered, Machine, Mode, Naming};
 pub(super) use self::shared::Shared;
 use super::lane::Lane;
@@ -113,7 +113,7 @@ pub struct Fleet {
 /// A pacing reservation in Redis, given back if dropped unused.
 pub(super) struct Reservation {
     group: Arc<Group>,
-    keys: Vec<String>,
+    keys: Vec<Arc<str>>,
     /// `before`, `after` per reserved lane, as Redis stored them.
     tats: Vec<i64>,
     used: bool,
@@ -131,13 +131,8 @@ impl Drop for Reservation {
         );
         // Best effort: a caller who left does not wait for Redis.
         tokio::spawn(async move {
-            let _ = group
-                .call::<i64>(
-                    "release",
-                    &keys,
-                    &tats.iter().map(i64::to_string).collect::<Vec<_>>(),
-                )
-                .await;
+            let keys = keys.iter().map(|key| &**key);
+            let _ = group.call::<i64>("release", keys, &tats).await;
         });
     }
 }
@@ -145,7 +140,9 @@ impl Drop for Reservation {
 /// What a shared turn asks of Redis, per lane.
 #[derive(Clone)]
 pub(super) struct Ask {
-    pub key: String,
+    /// The lane's key, shared with its `Limit`: an ask is made (and queued, and batched) for
+    /// every request, its key never copied.
+    pub key: Arc<str>,
     pub limit: NonZeroU32,
     pub scope: Scope,
     /// The window `limit` counts over.
@@ -156,9 +153,50 @@ pub(super) struct Ask {
     pub largest: NonZeroU32,
 }
 
+/// A lane's spec as the script reads it (`fleet/script.lua`), written as it is sent
+/// (`Display`). Two specs are equal exactly when their text is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spec {
+    /// A limit of calls a second: the limit alone.
+    Calls(NonZeroU32),
+    /// Any other: `limit/period in µs/cost/largest`.
+    Full {
+        limit: NonZeroU32,
+        period: u128,
+        cost: NonZeroU32,
+        largest: NonZeroU32,
+    },
+}
+
+impl std::fmt::Display for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Spec::Calls(limit) => write!(f, "{limit}"),
+            Spec::Full {
+                limit,
+                period,
+                cost,
+                largest,
+            } => write!(f, "{limit}/{period}/{cost}/{largest}"),
+        }
+    }
+}
+
+/// Written as one argument of a script call: a calls limit's integer as any other.
+impl redis::ToRedisArgs for Spec {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            Spec::Calls(limit) => limit.write_redis_args(out),
+            Spec::Full { .. } => out.write_arg_fmt(self),
+        }
+    }
+}
+
+impl redis::ToSingleRedisArg for Spec {}
+
 impl Ask {
     /// A limit of calls a second.
-    pub fn calls(key: String, limit: NonZeroU32, scope: Scope) -> Ask {
+    pub fn calls(key: Arc<str>, limit: NonZeroU32, scope: Scope) -> Ask {
         Ask {
             key,
             limit,
@@ -169,18 +207,17 @@ impl Ask {
         }
     }
 
-    /// The lane's spec as the script reads it (`fleet/script.lua`).
-    fn spec(&self) -> String {
+    /// The lane's spec as the script reads it.
+    fn spec(&self) -> Spec {
         if self.period == WINDOW && self.largest == NonZeroU32::MIN {
-            return self.limit.to_string();
+            return Spec::Calls(self.limit);
         }
-        format!(
-            "{}/{}/{}/{}",
-            self.limit,
-            self.period.as_micros(),
-            self.cost,
-            self.largest
-        )
+        Spec::Full {
+            limit: self.limit,
+            period: self.period.as_micros(),
+            cost: self.cost,
+            largest: self.largest,
+        }
     }
 }
 
@@ -315,33 +352,9 @@ impl Fleet {
 
     /// One script call within `timeout_ms`, with its latency recorded, and its failure's
     /// cause logged when it changes (`cause`).
-    async fn call<T: FromRedisValue>(
-        &self,
-        common: &[String; 3],
-        op: &str,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<T, String> {
-        self.call_owned(common, op, keys.to_vec(), args.to_vec())
-            .await
-    }
-
-    /// `call`, with `keys` and `args` moved into the call rather than copied: a request's
-    /// call (a batch's) carries a dozen of them.
-    async fn call_owned<T: FromRedisValue>(
-        &self,
-        common: &[String; 3],
-        op: &str,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<T, String> {
+    async fn call<T: FromRedisValue>(&self, call: Call) -> Result<T, String> {
         let started = Instant::now();
-        let keys = common.iter().cloned().chain(keys).collect();
-        let all = [op.to_owned(), String::new()]
-            .into_iter()
-            .chain(args)
-            .collect();
-        let answer = self.link.eval(keys, all, self.timeout).await;
+        let answer = self.link.eval(call, self.timeout).await;
         self.series.latency.observe(started.elapsed().as_secs_f64());
         T::from_redis_value(answer?).map_err(|error| {
             let error = redis::RedisError::from(error);
@@ -411,7 +424,7 @@ impl Fleet {
     /// Gives this replica's claim back (on shutdown).
     pub async fn leave(&self) {
         for group in self.groups() {
-            let _ = group.call::<i64>("leave", &[], &self.leave_args()).await;
+            let _ = group.call::<i64>("leave", [], &self.leave_args()).await;
         }
     }
 
@@ -491,7 +504,7 @@ impl Fleet {
             beat.long_until.map(|at| at.to_string()).unwrap_or_default(),
             self.token.clone(),
         ];
-        let answer = group.call::<Vec<i64>>("beat", &[], &args).await;
+        let answer = group.call::<Vec<i64>>("beat", [], &args).await;
         let received = Instant::now();
         match answer {
             Ok(reply) if reply.len() == 4 && reply[0] == NAME_HELD => {

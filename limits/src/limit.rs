@@ -16,8 +16,8 @@ use crate::{Scope, Throttled};
 pub(crate) struct Limit {
     /// Its lane; a reload that changes the limit hands its turns on to a successor.
     pub(crate) lane: Arc<Lane>,
-    /// The lane's Redis key (empty without a fleet).
-    pub(crate) key: String,
+    /// The lane's Redis key (empty without a fleet), shared with every ask for it.
+    pub(crate) key: Arc<str>,
     /// The lane at this replica's fallback share, rebuilt when the share changes.
     pub(crate) fallback: Mutex<Option<(NonZeroU32, Arc<Lane>)>>,
 }
@@ -30,7 +30,7 @@ impl Limit {
         scope: Scope,
         n: NonZeroU32,
         before: Option<&Arc<Limit>>,
-        key: String,
+        key: Arc<str>,
     ) -> Arc<Limit> {
         let lane = match before {
             Some(before) if before.limit() == n => return before.clone(),

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 
 use super::cause::Cause;
+use super::link::Call;
 use super::{Group, Reservation};
 
 /// The most asks one script call carries: Redis runs nothing else while a script runs.
@@ -59,11 +60,20 @@ pub(super) struct Wait {
     pub guard_too: bool,
 }
 
-/// One request's ask: (turns only) its wait, and its lanes' keys and specs.
+/// One request's ask: (turns only) its wait, and its lanes.
 struct Ask {
     wait: Option<Wait>,
-    keys: Vec<String>,
-    specs: Vec<String>,
+    lanes: Vec<super::Ask>,
+}
+
+impl Ask {
+    /// Whether `other` reads alike in a batch: the same wait, lanes and specs.
+    fn alike(&self, other: &Ask) -> bool {
+        self.wait == other.wait
+            && self.lanes.len() == other.lanes.len()
+            && std::iter::zip(&self.lanes, &other.lanes)
+                .all(|(a, b)| a.key == b.key && a.spec() == b.spec())
+    }
 }
 
 /// What a queued ask is sent: its answer, or itself back with a call's place to lead.
@@ -165,8 +175,7 @@ impl Group {
         loop {
             let ask = Ask {
                 wait,
-                keys: lanes.iter().map(|lane| lane.key.clone()).collect(),
-                specs: lanes.iter().map(super::Ask::spec).collect(),
+                lanes: lanes.to_vec(),
             };
             let queued = {
                 let mut queue = self.batches(kind).lock();
@@ -217,9 +226,9 @@ impl Leading {
         let all: Vec<&Ask> = std::iter::once(&own)
             .chain(jobs.iter().map(|job| &job.ask))
             .collect();
-        let (keys, args) = encode(&all);
         let answers = group
-            .call_owned::<redis::Value>(kind.op(), keys, args)
+            .fleet
+            .call::<redis::Value>(encode(group, kind, &all))
             .await
             .and_then(|packed| {
                 unpack(packed)
@@ -256,56 +265,60 @@ fn give_back(group: &Arc<Group>, kind: Kind, ask: Ask, answer: &[i64]) {
     };
     // A guard run with the turn leaves an admission unused: capacity lost, never the limit.
     let guarded = usize::from(ask.wait.is_some_and(|wait| wait.guard_too));
-    if n > 0 && answer.len() == 2 + 2 * n + guarded && n <= ask.keys.len() {
-        let mut keys = ask.keys;
-        keys.truncate(n);
+    if n > 0 && answer.len() == 2 + 2 * n + guarded && n <= ask.lanes.len() {
         drop(Reservation {
             group: group.clone(),
-            keys,
+            keys: ask.lanes[..n].iter().map(|lane| lane.key.clone()).collect(),
             tats: answer[2..2 + 2 * n].to_vec(),
             used: false,
         });
     }
 }
 
-/// The keys (each lane once) and arguments of one batch call, as `script.lua` reads them:
+/// One batch call, its keys (each lane once) and arguments as `script.lua` reads them:
 /// asks alike that follow each other (the same lanes, specs and wait: concurrent requests of
 /// one API) are sent once, with how many they are.
-fn encode(asks: &[&Ask]) -> (Vec<String>, Vec<String>) {
-    let mut keys: Vec<String> = Vec::new();
-    let mut args = vec![String::new()];
-    let mut entries = 0;
-    let mut rest = asks;
-    while let Some(ask) = rest.first() {
-        let alike = rest
-            .iter()
-            .take_while(|other| {
-                other.wait == ask.wait && other.keys == ask.keys && other.specs == ask.specs
-            })
-            .count();
+fn encode(group: &Group, kind: Kind, asks: &[&Ask]) -> Call {
+    // The keys are written first, so they are found before the arguments that name them.
+    let mut keys: Vec<&str> = Vec::new();
+    let mut named = Vec::new();
+    let mut entries = 0_usize;
+    for (ask, _) in runs(asks) {
         entries += 1;
-        args.push(alike.to_string());
-        if let Some(wait) = ask.wait {
-            args.push(wait.longest.to_string());
-            args.push(if wait.guard_too { "1" } else { "0" }.to_owned());
+        for lane in &ask.lanes {
+            let at = keys.iter().position(|key| **key == *lane.key);
+            named.push(at.unwrap_or_else(|| {
+                keys.push(&lane.key);
+                keys.len() - 1
+            }));
         }
-        args.push(ask.keys.len().to_string());
-        for (key, spec) in ask.keys.iter().zip(&ask.specs) {
-            let at = match keys.iter().position(|k| k == key) {
-                Some(at) => at,
-                None => {
-                    keys.push(key.clone());
-                    keys.len() - 1
-                }
-            };
-            // KEYS counts from 1, after the three common keys.
-            args.push((at + 4).to_string());
-            args.push(spec.clone());
-        }
-        rest = &rest[alike..];
     }
-    args[0] = entries.to_string();
-    (keys, args)
+    let mut call = group.prepare(kind.op(), keys.iter().copied());
+    call.arg(entries);
+    let mut named = named.into_iter();
+    for (ask, alike) in runs(asks) {
+        call.arg(alike);
+        if let Some(wait) = ask.wait {
+            call.arg(wait.longest).arg(wait.guard_too);
+        }
+        call.arg(ask.lanes.len());
+        for (lane, at) in ask.lanes.iter().zip(&mut named) {
+            // KEYS counts from 1, after the three common keys.
+            call.arg(at + 4).arg(lane.spec());
+        }
+    }
+    call
+}
+
+/// `asks` as runs of alike ones that follow each other: each run's first, and its length.
+fn runs<'a>(asks: &'a [&'a Ask]) -> impl Iterator<Item = (&'a Ask, usize)> {
+    let mut rest = asks;
+    std::iter::from_fn(move || {
+        let (&first, _) = rest.split_first()?;
+        let alike = rest.iter().take_while(|other| first.alike(other)).count();
+        rest = &rest[alike..];
+        Some((first, alike))
+    })
 }
 
 /// The batch's numbers out of the one string the script packs them in (8-byte little-endian
@@ -355,7 +368,108 @@ fn split(kind: Kind, flat: &[i64], asks: usize) -> Result<Vec<Vec<i64>>, String>
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use super::super::link::{Answer, Link};
+    use super::super::{Fleet, WINDOW};
     use super::*;
+    use crate::Scope;
+    use crate::series::FleetSeries;
+
+    /// A link whose every call fails: `encode` is read, never run.
+    struct Unreachable(redis::Script);
+
+    impl Link for Unreachable {
+        fn script(&self) -> &redis::Script {
+            &self.0
+        }
+
+        fn eval(&self, _: Call, _: Duration) -> Answer<'_> {
+            Box::pin(async { Err("not reached".to_owned()) })
+        }
+    }
+
+    fn text<'a>(words: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+        words
+            .map(|word| String::from_utf8(word.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_names_each_lane_once_and_sends_alike_asks_once_with_their_count() {
+        let fleet = Fleet::with_link(
+            Arc::new(Unreachable(redis::Script::new("return 0"))),
+            Arc::default(),
+            "p",
+            "m",
+            Duration::from_millis(50),
+            NonZeroU32::MIN,
+            FleetSeries::default(),
+        );
+        let group = fleet.group(1);
+        let limit = |n| NonZeroU32::new(n).unwrap();
+        let app = super::super::Ask::calls("{p}:lane:1".into(), limit(200), Scope::App);
+        let api = super::super::Ask::calls("{p}:lane:1:a/b".into(), limit(100), Scope::Api);
+        let quota = super::super::Ask {
+            key: "{p}:lane:1:a/b:quota0".into(),
+            limit: limit(10),
+            scope: Scope::Api,
+            period: WINDOW * 60,
+            cost: limit(2),
+            largest: limit(5),
+        };
+        let ask = |guard_too, lanes: &[&super::super::Ask]| Ask {
+            wait: Some(Wait {
+                longest: 1000,
+                guard_too,
+            }),
+            lanes: lanes.iter().map(|&lane| lane.clone()).collect(),
+        };
+        let asks = [
+            ask(true, &[&api, &app]),
+            ask(true, &[&api, &app]),
+            ask(false, &[&quota, &app]),
+        ];
+        let call = encode(&group, Kind::Turns, &asks.iter().collect::<Vec<_>>());
+        let hash = redis::Script::new("return 0").get_hash().to_owned();
+        assert_eq!(text(call.words().take(3)), ["EVALSHA", &hash, "6"]);
+        assert_eq!(
+            text(call.keys()),
+            [
+                "{p}:members:1",
+                "{p}:claims:1",
+                "{p}:epoch",
+                "{p}:lane:1:a/b",
+                "{p}:lane:1",
+                "{p}:lane:1:a/b:quota0"
+            ]
+        );
+        assert_eq!(
+            text(call.args()),
+            [
+                "turns",
+                "",
+                "2", //
+                "2",
+                "1000",
+                "1",
+                "2",
+                "4",
+                "100",
+                "5",
+                "200", //
+                "1",
+                "1000",
+                "0",
+                "2",
+                "6",
+                "10/60000000/2/5",
+                "5",
+                "200",
+            ]
+        );
+    }
 
     #[test]
     fn the_packed_numbers_are_read_back_and_anything_else_is_refused() {

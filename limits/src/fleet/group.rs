@@ -19,10 +19,11 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::FromRedisValue;
+use redis::{FromRedisValue, ToSingleRedisArg};
 use tokio::time::Instant;
 
 use super::batch::{self, Kind, Wait};
+use super::link::Call;
 use super::mode::{Guarded, Guarding, Naming};
 use super::{Ask, BEAT, FRESH, Fleet, MILLION, Reservation, TICK, WINDOW, unreachable_reply};
 use crate::lane::Lane;
@@ -177,24 +178,29 @@ impl Group {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One script call of this app.
-    pub(super) async fn call<T: FromRedisValue>(
-        &self,
+    /// A call of `op` on this app's keys (its membership, its claims, the epoch) and then
+    /// `keys`; its arguments follow.
+    pub(super) fn prepare<'a>(
+        &'a self,
         op: &str,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<T, String> {
-        self.fleet.call(&self.common, op, keys, args).await
+        keys: impl IntoIterator<Item = &'a str, IntoIter: Clone>,
+    ) -> Call {
+        let keys = self.common.iter().map(String::as_str).chain(keys);
+        Call::new(self.fleet.link.script(), op, keys)
     }
 
-    /// `call`, with `keys` and `args` moved into the call (`Fleet::call_owned`).
-    pub(super) async fn call_owned<T: FromRedisValue>(
-        &self,
+    /// One script call of this app.
+    pub(super) async fn call<'a, T: FromRedisValue>(
+        &'a self,
         op: &str,
-        keys: Vec<String>,
-        args: Vec<String>,
+        keys: impl IntoIterator<Item = &'a str, IntoIter: Clone>,
+        args: &[impl ToSingleRedisArg],
     ) -> Result<T, String> {
-        self.fleet.call_owned(&self.common, op, keys, args).await
+        let mut call = self.prepare(op, keys);
+        for arg in args {
+            call.arg(arg);
+        }
+        self.fleet.call(call).await
     }
 
     /// This replica's fallback share of `limit`, none once cut off for longer than `RETAIN`.
@@ -444,13 +450,10 @@ impl Group {
     }
 
     /// Tencent said too fast: slow the shared lane for every replica.
-    pub(crate) fn slow_down(self: &Arc<Self>, key: String, limit: NonZeroU32) {
+    pub(crate) fn slow_down(self: &Arc<Self>, key: Arc<str>, limit: NonZeroU32) {
         let group = self.clone();
         tokio::spawn(async move {
-            if let Err(why) = group
-                .call::<i64>("slow", &[key], &[limit.get().to_string()])
-                .await
-            {
+            if let Err(why) = group.call::<i64>("slow", [&*key], &[limit]).await {
                 group.fleet.lost(&why);
             }
         });
@@ -460,11 +463,14 @@ impl Group {
 impl Drop for Group {
     /// The app is no longer served here: its claim goes back, as on shutdown.
     fn drop(&mut self) {
-        let (fleet, common) = (self.fleet.clone(), self.common.clone());
+        let mut call = self.prepare("leave", []);
+        for arg in self.fleet.leave_args() {
+            call.arg(arg);
+        }
+        let fleet = self.fleet.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let args = fleet.leave_args();
-                let _ = fleet.call::<i64>(&common, "leave", &[], &args).await;
+                let _ = fleet.call::<i64>(call).await;
             });
         }
     }

@@ -33,7 +33,9 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisResult, Script, ServerErrorKind};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, RedisResult, Script, ServerErrorKind, ToSingleRedisArg,
+};
 use tracing::info;
 
 use super::cause::{Cause, Causes};
@@ -44,10 +46,68 @@ pub(super) type Answer<'a> =
 
 /// The fleet's way to Redis.
 pub(super) trait Link: Send + Sync {
-    /// Runs the script with `keys` and `args` (ARGV[1] the op; ARGV[2] empty, for the script
-    /// to read Redis's own clock, or a time the link fixes instead), answered within
-    /// `timeout` or failed, saying why.
-    fn eval(&self, keys: Vec<String>, args: Vec<String>, timeout: Duration) -> Answer<'_>;
+    /// The script this link runs: its hash heads every call (`Call::new`).
+    fn script(&self) -> &Script;
+
+    /// Runs `call`, answered within `timeout` or failed, saying why.
+    fn eval(&self, call: Call, timeout: Duration) -> Answer<'_>;
+}
+
+/// One run of the script, as the command Redis receives: `EVALSHA`, the script's hash, the
+/// number of keys, the keys, then the arguments (ARGV[1] the op; ARGV[2] empty, for the
+/// script to read Redis's own clock, or a time the link fixes instead). Each is written
+/// once, into the one buffer the command is sent from: a request's call carries a dozen.
+pub(super) struct Call {
+    command: redis::Cmd,
+    keys: usize,
+}
+
+/// The words before the keys: `EVALSHA`, the hash, the number of keys.
+const HEAD: usize = 3;
+
+impl Call {
+    /// A call of `script`'s `op` on `keys`; its arguments after the op follow (`arg`).
+    pub(super) fn new<'a>(
+        script: &Script,
+        op: &str,
+        keys: impl Iterator<Item = &'a str> + Clone,
+    ) -> Call {
+        let n = keys.clone().count();
+        // Room for the usual call: a batch of one request on its app's and API's lanes.
+        let mut command = redis::Cmd::with_capacity(20, 320);
+        command.arg("EVALSHA").arg(script.get_hash()).arg(n);
+        for key in keys {
+            command.arg(key);
+        }
+        command.arg(op).arg("");
+        Call { command, keys: n }
+    }
+
+    /// Appends one argument, as Redis reads it (a number in decimal).
+    pub(super) fn arg(&mut self, arg: impl ToSingleRedisArg) -> &mut Call {
+        self.command.arg(arg);
+        self
+    }
+
+    /// Each word of the command, as sent.
+    pub(super) fn words(&self) -> impl Iterator<Item = &[u8]> {
+        self.command.args_iter().map(|word| match word {
+            redis::Arg::Simple(word) => word,
+            // A call sets no cursor (a scan's).
+            _ => &[],
+        })
+    }
+
+    /// The keys, as sent.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.words().skip(HEAD).take(self.keys)
+    }
+
+    /// The arguments, as sent.
+    #[cfg(test)]
+    pub(super) fn args(&self) -> impl Iterator<Item = &[u8]> {
+        self.words().skip(HEAD + self.keys)
+    }
 }
 
 /// How long finding a server may take (the Sentinels' answer and a connection to the
@@ -117,11 +177,11 @@ impl<W: Way> Redis<W> {
     }
 
     /// The epoch key and the ID last seen, when the server must be asked who it is first.
-    fn to_check(&self, keys: &[String]) -> Option<(String, String)> {
+    fn to_check(&self, call: &Call) -> Option<(Vec<u8>, String)> {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         // KEYS[3] is the epoch key in every call of the fleet's script.
-        let epoch = keys.get(2).filter(|_| !seen.current)?;
-        Some((epoch.clone(), seen.id.clone().unwrap_or_default()))
+        let epoch = call.keys().nth(2).filter(|_| !seen.current)?;
+        Some((epoch.to_vec(), seen.id.clone().unwrap_or_default()))
     }
 
     /// A call failed with `cause`: the next call asks who the server is, if it may be another.
@@ -144,7 +204,7 @@ async fn check<C: ConnectionLike>(
     connection: &mut C,
     identity: &Script,
     seen: &Mutex<Seen>,
-    (epoch, last): (String, String),
+    (epoch, last): (Vec<u8>, String),
 ) -> RedisResult<()> {
     let id: String = identity
         .key(epoch)
@@ -162,43 +222,36 @@ async fn check<C: ConnectionLike>(
     Ok(())
 }
 
-/// `script` run by `EVALSHA` on `keys` and `args`, loaded first when the server lacks it:
-/// `ScriptInvocation::invoke_async`, with the command built in one buffer. An invocation
-/// copies each key and argument into a buffer of its own, then all of them into the command
-/// (a dozen allocations a call, more than the rest of a fleet request's).
+/// `call` run, its script loaded first when the server lacks it (as
+/// `ScriptInvocation::invoke_async` does, which would copy each key and argument into a
+/// buffer of its own, then all of them into the command).
 async fn evalsha<C: ConnectionLike>(
     connection: &mut C,
     script: &Script,
-    keys: &[String],
-    args: &[String],
+    call: &Call,
 ) -> RedisResult<redis::Value> {
-    let bytes = keys.iter().chain(args).map(String::len).sum::<usize>();
-    let hash = script.get_hash();
-    let mut evalsha = redis::Cmd::with_capacity(3 + keys.len() + args.len(), bytes + 64);
-    evalsha
-        .arg("EVALSHA")
-        .arg(hash)
-        .arg(keys.len())
-        .arg(keys)
-        .arg(args);
-    match evalsha.query_async(connection).await {
+    match call.command.query_async(connection).await {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             script.load_async(connection).await?;
-            evalsha.query_async(connection).await
+            call.command.query_async(connection).await
         }
         answer => answer,
     }
 }
 
 impl<W: Way> Link for Redis<W> {
+    fn script(&self) -> &Script {
+        &self.script
+    }
+
     /// A call cut off by `timeout` before it could fail on its own is let run on to learn
     /// why (`cause`).
-    fn eval(&self, keys: Vec<String>, args: Vec<String>, timeout: Duration) -> Answer<'_> {
+    fn eval(&self, call: Call, timeout: Duration) -> Answer<'_> {
         let Some(mut connection) = self.way.connection() else {
             // The way logs why it has none.
             return Box::pin(async { Err("no Redis server found yet".to_owned()) });
         };
-        let to_check = self.to_check(&keys);
+        let to_check = self.to_check(&call);
         let (script, identity, seen) = (
             self.script.clone(),
             self.identity.clone(),
@@ -208,7 +261,7 @@ impl<W: Way> Link for Redis<W> {
             if let Some(to_check) = to_check {
                 check(&mut connection, &identity, &seen, to_check).await?;
             }
-            evalsha(&mut connection, &script, &keys, &args).await
+            evalsha(&mut connection, &script, &call).await
         });
         Box::pin(async move {
             match tokio::time::timeout(timeout, &mut call).await {

@@ -68,7 +68,10 @@ impl Shared {
                 .as_ref()
                 .map(|_| measured.and_then(|m| m.key.as_deref()).unwrap_or(""));
             Ask {
-                key: self.group.quota_key(self.sdkappid, &quota.api, i, key),
+                key: self
+                    .group
+                    .quota_key(self.sdkappid, &quota.api, i, key)
+                    .into(),
                 limit: quota.rate,
                 scope: Scope::Api,
                 period: quota.per.period(),
@@ -266,7 +269,7 @@ impl Shared {
             let quota_lanes = self.quota_fallback(entry, generation)?;
             // A keyed quota's lanes here are keyed by the lane's Redis key, one per value.
             for (quota_lanes, ask) in quota_lanes.iter().zip(&turn.quotas) {
-                let lane = quota_lanes.lane(Some(&ask.key), now)?;
+                let lane = quota_lanes.lane(Some(&*ask.key), now)?;
                 lanes.push((lane, ask.cost, ask.period));
             }
         }
@@ -408,7 +411,7 @@ impl SharedImplicit {
         }
         let limit = Arc::new(Limit {
             lane: Arc::new(Lane::new(Scope::Api, default)),
-            key: group.key(self.sdkappid, Some(api)),
+            key: group.key(self.sdkappid, Some(api)).into(),
             fallback: Mutex::new(None),
         });
         limits.insert(api.to_owned(), limit.clone());

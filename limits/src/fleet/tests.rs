@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::batch::{self, Kind, Wait};
-use super::link::{Answer, Link};
+use super::link::{Answer, Call, Link};
 use super::{Ask, EXPIRY, Fleet, Group, MARGIN, NonZeroU32, WINDOW};
 use crate::series::FleetSeries;
 use crate::spec::AppSpec;
@@ -144,6 +144,8 @@ fn answers_as(pid: u32, port: u16) -> bool {
 /// `held` waits, unrun, until it is let go.
 struct FixedRedis {
     connection: Arc<Mutex<redis::Connection>>,
+    /// `SCRIPT`, run by EVAL at the fixed time, whatever hash heads a call.
+    script: redis::Script,
     start: Instant,
     cut: AtomicBool,
     late: Mutex<Option<Late>>,
@@ -216,7 +218,15 @@ impl FixedRedis {
 
 /// The second way to Redis: the script at this link's fixed Redis time.
 impl Link for FixedRedis {
-    fn eval(&self, keys: Vec<String>, mut args: Vec<String>, timeout: Duration) -> Answer<'_> {
+    fn script(&self) -> &redis::Script {
+        &self.script
+    }
+
+    /// Reads the call's keys and arguments back as the text Redis receives.
+    fn eval(&self, call: Call, timeout: Duration) -> Answer<'_> {
+        let text = |word: &[u8]| String::from_utf8(word.to_vec()).unwrap();
+        let keys = call.keys().map(text).collect();
+        let mut args: Vec<String> = call.args().map(text).collect();
         args[1] = self.now().to_string();
         Box::pin(async move {
             match tokio::time::timeout(timeout, self.run(keys, args)).await {
@@ -239,6 +249,7 @@ impl Replica {
     fn start(server: &Server, start: Instant, member: &str, app: &AppSpec) -> Replica {
         let redis = Arc::new(FixedRedis {
             connection: Arc::new(Mutex::new(server.connection())),
+            script: redis::Script::new(&SCRIPT),
             start,
             cut: AtomicBool::new(false),
             late: Mutex::default(),
@@ -974,7 +985,7 @@ async fn an_ask_whose_call_was_dropped_asks_again_and_the_call_place_passes_on()
     // The group app 1's lanes hold: the one whose calls they make.
     let fleet = sim.replicas[0].fleet.group(1);
     let lane = [Ask::calls(
-        fleet.key(1, None),
+        fleet.key(1, None).into(),
         NonZeroU32::new(200).unwrap(),
         Scope::App,
     )];
