@@ -45,18 +45,19 @@ impl Idle {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Enters a connection that has just become idle: its key, and where its asks arrive.
-    fn enter(&self) -> (u64, oneshot::Receiver<Ask>) {
-        let (asks, asked) = oneshot::channel();
+    /// Enters a connection that has just become idle with where its asks go: its key.
+    fn enter(&self, asks: oneshot::Sender<Ask>) -> u64 {
         let mut waiting = self.lock();
         let key = waiting.next;
         waiting.next += 1;
         waiting.by_age.insert(key, asks);
-        (key, asked)
+        key
     }
 
-    fn leave(&self, key: u64) {
-        self.lock().by_age.remove(&key);
+    /// Takes a connection's entry out: its ask channel back, still unused, or `None` when an
+    /// asker has taken it.
+    fn leave(&self, key: u64) -> Option<oneshot::Sender<Ask>> {
+        self.lock().by_age.remove(&key)
     }
 
     /// The longest-idle connection's ask channel, taken out of the registry.
@@ -113,13 +114,34 @@ impl Activity {
 /// One connection's entry in [`Idle`], kept in step with its [`Activity`]; leaves on drop.
 pub(super) struct Place {
     idle: Arc<Idle>,
-    entry: Option<(u64, oneshot::Receiver<Ask>)>,
+    entry: Entry,
+}
+
+/// Where a connection stands in the registry. Its ask channel is made once and kept while
+/// no asker has taken it: a connection turns idle and busy again at every request.
+enum Entry {
+    /// Not in the registry, with no channel kept.
+    Out,
+    /// In the registry under `key`; asks arrive on `asked`.
+    In {
+        key: u64,
+        asked: oneshot::Receiver<Ask>,
+    },
+    /// Out of the registry, holding both ends of a channel no asker has seen (the receiving
+    /// end first: dropped first, it spares the task a wake-up from the sending end's drop).
+    Kept {
+        asked: oneshot::Receiver<Ask>,
+        asks: oneshot::Sender<Ask>,
+    },
 }
 
 impl Place {
     /// A connection not yet entered.
     pub(super) fn new(idle: Arc<Idle>) -> Place {
-        Place { idle, entry: None }
+        Place {
+            idle,
+            entry: Entry::Out,
+        }
     }
 
     /// Waits for an ask while `activity` says idle. Polled after every poll of the
@@ -136,25 +158,38 @@ impl Place {
     fn poll_ask(&mut self, idle: bool, cx: &mut Context<'_>) -> Poll<Ask> {
         loop {
             match (&self.entry, idle) {
-                (None, true) => self.entry = Some(self.idle.enter()),
-                (Some(_), false) => self.leave(),
+                (Entry::Out | Entry::Kept { .. }, true) => self.enter(),
+                (Entry::In { .. }, false) => self.leave(),
                 _ => {}
             }
-            let Some((_, asked)) = &mut self.entry else {
+            let Entry::In { asked, .. } = &mut self.entry else {
                 return Poll::Pending;
             };
             // The asker took the entry out of the registry.
             let ask = std::task::ready!(Pin::new(asked).poll(cx));
-            self.entry = None;
+            self.entry = Entry::Out;
             if let Ok(ask) = ask {
                 return Poll::Ready(ask);
             }
         }
     }
 
+    fn enter(&mut self) {
+        let (asks, asked) = match std::mem::replace(&mut self.entry, Entry::Out) {
+            Entry::Kept { asks, asked } => (asks, asked),
+            Entry::Out | Entry::In { .. } => oneshot::channel(),
+        };
+        let key = self.idle.enter(asks);
+        self.entry = Entry::In { key, asked };
+    }
+
     fn leave(&mut self) {
-        if let Some((key, _)) = self.entry.take() {
-            self.idle.leave(key);
+        let Entry::In { key, asked } = std::mem::replace(&mut self.entry, Entry::Out) else {
+            return;
+        };
+        // Taken by an asker: `asked` is dropped with whatever ask it holds, unanswered.
+        if let Some(asks) = self.idle.leave(key) {
+            self.entry = Entry::Kept { asks, asked };
         }
     }
 }
@@ -235,6 +270,24 @@ mod tests {
         assert_eq!(idle.len(), 1);
         drop(a);
         assert_eq!(idle.len(), 0);
+    }
+
+    #[test]
+    fn a_connection_idle_again_after_a_request_is_asked_as_before() {
+        let idle = Arc::new(Idle::default());
+        let activity = Activity::default();
+        let mut place = Place::new(idle.clone());
+        for _ in 0..3 {
+            assert!(place.poll_ask(activity.is_idle(), &mut noop()).is_pending());
+            activity.arrived();
+            assert!(place.poll_ask(activity.is_idle(), &mut noop()).is_pending());
+            assert_eq!(idle.len(), 0);
+            activity.answered();
+        }
+        assert!(place.poll_ask(activity.is_idle(), &mut noop()).is_pending());
+        let (reply, _answer) = oneshot::channel();
+        idle.longest().unwrap().send(reply).unwrap();
+        assert!(place.poll_ask(activity.is_idle(), &mut noop()).is_ready());
     }
 
     #[test]
